@@ -1,0 +1,122 @@
+"""CoMeT's per-layer memories (METHOD.md section 2) and their learned tokens.
+
+Each decoder layer ``l`` owns a gated global memory (state ``S_l``, injected rows ``G_l = RLA(S_l)``) and a FIFO
+temporary memory ``T_l`` of compressed beacon states. The update functions are pure: they take the old memory
+tensors and return new ones, so the whole memory is a value (see ``state.py``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import CometConfig
+
+
+class ResidualLowRankAdapter(nn.Module):
+    """RLA(x) = x + U(D(x)); ``U`` starts at zero so an untrained CoMeT maps memories through unchanged."""
+
+    def __init__(self, hidden_size: int, rank: int):
+        super().__init__()
+        self.down = nn.Linear(hidden_size, rank, bias=False)
+        self.up = nn.Linear(rank, hidden_size, bias=False)
+        nn.init.zeros_(self.up.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.up(self.down(x))
+
+
+class GlobalMemory(nn.Module):
+    """One layer's global memory: ``M`` slots updated from the chunk's readout outputs."""
+
+    def __init__(self, hidden_size: int, rank: int, eps: float, gated: bool):
+        super().__init__()
+        self.norm = nn.RMSNorm(hidden_size, eps=eps)
+        # One scalar gate per slot from [candidate ; old state]; absent in the no-gate ablation.
+        self.gate = nn.Linear(2 * hidden_size, 1) if gated else None
+        self.adapter = ResidualLowRankAdapter(hidden_size, rank)
+
+    def next_state(self, readouts: torch.Tensor, state: torch.Tensor, has_state: torch.Tensor) -> torch.Tensor:
+        """New ``S``: the normalised readouts, mixed with the old ``S`` by the gate where one exists.
+
+        readouts, state: (B, M, d); has_state: (B,) bool, False before a sample's first closed chunk.
+        """
+        candidate = self.norm(readouts)
+        if self.gate is None:
+            return candidate
+        g = torch.sigmoid(self.gate(torch.cat([candidate, state], dim=-1)))  # (B, M, 1)
+        mixed = g * state + (1 - g) * candidate
+        return torch.where(has_state[:, None, None], mixed, candidate)
+
+    def update(
+        self, readouts: torch.Tensor, state: torch.Tensor, has_state: torch.Tensor, closing: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns the new (G, S); samples whose chunk is not closing keep their old state."""
+        new_state = torch.where(closing[:, None, None], self.next_state(readouts, state, has_state), state)
+        return self.adapter(new_state), new_state
+
+
+class TemporaryMemory(nn.Module):
+    """One layer's FIFO queue of compressed recent states, one row per beacon."""
+
+    def __init__(self, hidden_size: int, rank: int, eps: float, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+        self.norm = nn.RMSNorm(hidden_size, eps=eps)
+        self.adapter = ResidualLowRankAdapter(hidden_size, rank)
+
+    def update(
+        self, beacons: torch.Tensor, beacon_valid: torch.Tensor, queue: torch.Tensor, queue_valid: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pushes the valid beacon rows and keeps the newest ``capacity`` valid rows.
+
+        beacons: (B, nb, d), beacon_valid: (B, nb); queue: (B, K, d), queue_valid: (B, K).
+        Invalid rows sort before every valid row (stable, so valid rows keep their order), which evicts padding
+        first; the kept invalid rows are zeroed so equal memories are equal tensors.
+        """
+        rows = torch.cat([queue, self.adapter(self.norm(beacons))], dim=1)
+        valid = torch.cat([queue_valid, beacon_valid], dim=1)
+        rank = valid.long() * torch.arange(1, valid.shape[1] + 1, device=valid.device)
+        order = torch.argsort(rank, dim=1, stable=True)[:, -self.capacity :]
+        valid = torch.gather(valid, 1, order)
+        rows = torch.gather(rows, 1, order[..., None].expand(-1, -1, rows.shape[-1]))
+        return rows * valid[..., None].to(rows.dtype), valid
+
+
+class LayerMemory(nn.Module):
+    """The memory modules attached to one decoder layer (either may be absent in an ablation)."""
+
+    def __init__(self, config: CometConfig, hidden_size: int, eps: float):
+        super().__init__()
+        self.global_memory = (
+            GlobalMemory(hidden_size, config.adapter_rank, eps, config.gate) if config.use_global else None
+        )
+        self.temporary_memory = (
+            TemporaryMemory(hidden_size, config.adapter_rank, eps, config.temp_capacity) if config.use_temp else None
+        )
+
+
+class LearnedTokens(nn.Module):
+    """The beacon and the ``M`` readout embeddings: module parameters, not vocabulary entries.
+
+    They start as copies of random rows of the backbone's embedding table, so that their scale matches what
+    the first decoder layer expects.
+    """
+
+    def __init__(self, config: CometConfig, embedding: torch.Tensor):
+        super().__init__()
+        generator = torch.Generator().manual_seed(config.init_seed)
+        picks = torch.randint(0, embedding.shape[0], (1 + config.global_slots,), generator=generator)
+        init = embedding.detach()[picks.to(embedding.device)].clone()
+        self.beacon = nn.Parameter(init[:1]) if config.use_temp else None
+        self.readouts = nn.Parameter(init[1:]) if config.use_global else None
+
+
+class CometMemory(nn.Module):
+    """All of CoMeT's own parameters: learned tokens plus one ``LayerMemory`` per decoder layer."""
+
+    def __init__(self, config: CometConfig, embedding: torch.Tensor, num_layers: int, eps: float):
+        super().__init__()
+        hidden_size = embedding.shape[1]
+        self.tokens = LearnedTokens(config, embedding)
+        self.layers = nn.ModuleList(LayerMemory(config, hidden_size, eps) for _ in range(num_layers))

@@ -1,0 +1,469 @@
+"""CometForCausalLM: a pre-trained decoder LLM that reads text chunk by chunk through a fixed-size dual memory.
+
+Data flows one way: token ids -> chunks (``ChunkLayout``) -> the backbone's own decoder layers, each with its
+memory rows in front -> logits and the next ``MemoryState``. Nothing here copies backbone code: the embedding,
+decoder layers, rotary embedding, final norm and LM head are the wrapped model's modules.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from tqdm.auto import tqdm
+
+from .backbone import Backbone
+from .config import CometConfig
+from .layout import ChunkLayout
+from .memory import CometMemory
+from .state import LayerState, MemoryState
+
+SAVE_FORMAT = "cometlm/1"
+CONFIG_FILE = "comet_config.json"
+WEIGHTS_FILE = "comet.safetensors"
+BACKBONE_DIR = "backbone"
+
+
+@dataclass
+class CometOutput:
+    """``loss`` is the mean next-token cross entropy over text targets; ``logits`` align with ``input_ids``."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+    def __getitem__(self, key):  # lets Trainer read outputs["loss"]
+        return getattr(self, key)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Token ids moved to the left of each row (so chunk t of every stream starts at t*C), and how to undo it."""
+
+    ids: torch.Tensor
+    lengths: torch.Tensor
+    order: torch.Tensor | None  # gather index used to left-align; None when nothing moved
+
+    def restore(self, x: torch.Tensor) -> torch.Tensor:
+        """Puts per-token values (B, N, ...) back at the caller's positions; padding positions get zeros."""
+        if self.order is None:
+            return x
+        real = torch.arange(x.shape[1], device=x.device)[None] < self.lengths[:, None]
+        x = x * real.view(*real.shape, *([1] * (x.dim() - 2))).to(x.dtype)
+        index = self.order.view(*self.order.shape, *([1] * (x.dim() - 2))).expand_as(x)
+        return torch.zeros_like(x).scatter(1, index, x)
+
+
+class CometForCausalLM(nn.Module):
+    """A causal LM with CoMeT memories around a Hugging Face decoder (Llama, Mistral, Qwen2, Qwen3 families)."""
+
+    def __init__(self, backbone_model: nn.Module, config: CometConfig, base_model: str | None = None):
+        super().__init__()
+        if not isinstance(config, CometConfig):
+            raise TypeError(f"config must be a CometConfig (got {type(config).__name__})")
+        self.backbone_model = backbone_model
+        self.comet_config = config
+        self.base_model = base_model or getattr(backbone_model.config, "_name_or_path", "") or None
+        self.backbone.prepare_attention()
+        text = self.backbone.config
+        eps = getattr(text, "rms_norm_eps", 1e-6)
+        weight = self.backbone.embed_tokens.weight
+        self.memory = CometMemory(config, weight, self.backbone.num_layers, eps).to(weight.dtype)
+        self.gradient_checkpointing = False
+        self.tokenizer = None
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Construction
+
+    @property
+    def backbone(self) -> Backbone:
+        return Backbone.of(self.backbone_model)
+
+    @property
+    def config(self):
+        """The backbone's HF config (what Trainer, peft and generation utilities look for)."""
+        return self.backbone_model.config
+
+    @classmethod
+    def from_backbone(cls, model_or_path, config: CometConfig | None = None, dtype=torch.float32):
+        """Wraps a loaded ``*ForCausalLM`` model, a local HF model directory, or the bundled model's name."""
+        config = config or CometConfig()
+        tokenizer = None
+        if isinstance(model_or_path, (str, os.PathLike)):
+            from .bundled import load_backbone
+
+            name = str(model_or_path)
+            model_or_path, tokenizer = load_backbone(name, dtype=dtype)
+            comet = cls(model_or_path, config, base_model=name)
+        elif isinstance(model_or_path, nn.Module):
+            Backbone.of(model_or_path)  # a clear error for unsupported models before anything else
+            comet = cls(model_or_path, config)
+        else:
+            raise TypeError(
+                "from_backbone takes a Hugging Face *ForCausalLM model, a local model directory, or the bundled "
+                f"model's name (got {type(model_or_path).__name__})"
+            )
+        comet.tokenizer = tokenizer
+        return comet
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None) -> None:
+        """Recompute each (layer, chunk) step in the backward pass instead of storing its activations."""
+        self.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.gradient_checkpointing = False
+
+    def init_memory(self, batch_size: int = 1) -> MemoryState:
+        weight = self.backbone.embed_tokens.weight
+        return MemoryState.empty(
+            self.comet_config, batch_size, self.backbone.num_layers, self.backbone.hidden_size, weight.dtype,
+            weight.device,
+        )
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Input checks
+
+    def _batch(self, input_ids, attention_mask=None, allow_empty_rows: bool = False) -> Batch:
+        if not isinstance(input_ids, torch.Tensor):
+            raise TypeError(f"input_ids must be a torch.Tensor of token ids (got {type(input_ids).__name__})")
+        if input_ids.dtype.is_floating_point or input_ids.dtype in (torch.bool, torch.complex64, torch.complex128):
+            raise ValueError(f"input_ids must hold integer token ids (got dtype {input_ids.dtype})")
+        if input_ids.dim() != 2:
+            raise ValueError(
+                f"input_ids must have shape (batch, length) (got {tuple(input_ids.shape)}); use input_ids[None] "
+                "for a single sequence"
+            )
+        if input_ids.numel() == 0:
+            raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}): give at least one token")
+        vocab = self.backbone.embed_tokens.num_embeddings
+        ids = input_ids.long().to(self.backbone.embed_tokens.weight.device)
+        if attention_mask is None:
+            mask = torch.ones_like(ids, dtype=torch.bool)
+        else:
+            if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
+                got = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else attention_mask
+                raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)} (got {got})")
+            mask = attention_mask.to(ids.device)
+            if not bool(((mask == 0) | (mask == 1)).all()):
+                raise ValueError("attention_mask must hold only 0 (padding) and 1 (token)")
+            mask = mask.bool()
+        lengths = mask.sum(dim=1)
+        if bool((lengths == 0).any()) and not allow_empty_rows:
+            raise ValueError("every row of the batch needs at least one token (attention_mask has an all-zero row)")
+        real = ids[mask]
+        if bool(((real < 0) | (real >= vocab)).any()):
+            raise ValueError(f"input_ids hold token ids outside the vocabulary [0, {vocab})")
+        order = None
+        if not bool(mask.all()):
+            order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
+            ids = torch.gather(ids, 1, order)
+            ids = ids.masked_fill(torch.arange(ids.shape[1], device=ids.device)[None] >= lengths[:, None], 0)
+        return Batch(ids, lengths, order)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # One chunk through all layers
+
+    def _stream_inputs(self, layout: ChunkLayout, text_ids: torch.Tensor) -> torch.Tensor:
+        """Input hidden states of the stream rows (text embeddings, the beacon, the readouts): (B, L, d)."""
+        batch, n = text_ids.shape
+        parts = [self.backbone.embed_tokens(text_ids)]
+        tokens = self.memory.tokens
+        beacon_at, readout_at = n, n + 1
+        if tokens.beacon is not None:
+            parts.append(tokens.beacon[None].expand(batch, -1, -1))
+        else:
+            readout_at = n
+        if tokens.readouts is not None:
+            parts.append(tokens.readouts[None].expand(batch, -1, -1))
+        table = torch.cat(parts, dim=1)
+        index = torch.where(
+            layout.stream_kind == ChunkLayout.TEXT,
+            layout.stream_token,
+            torch.where(layout.stream_kind == ChunkLayout.BEACON, beacon_at, readout_at + layout.stream_token),
+        )
+        return table[:, index]
+
+    def _attention_mask(self, layout: ChunkLayout, dtype) -> torch.Tensor | None:
+        if layout.mask is None or not self.backbone.uses_eager_attention:
+            return layout.mask
+        return torch.zeros(layout.mask.shape, dtype=dtype, device=layout.mask.device).masked_fill(
+            ~layout.mask, torch.finfo(dtype).min
+        )
+
+    def _update_memory(self, index: int, hidden: torch.Tensor, layer: LayerState, layout: ChunkLayout) -> LayerState:
+        """METHOD.md section 2 for one layer, after the chunk has passed it (only for streams that close)."""
+        if not bool(layout.closing.any()):
+            return layer
+        modules = self.memory.layers[index]
+        g, s, has_global = layer.global_memory, layer.global_state, layer.has_global
+        if modules.global_memory is not None:
+            g, s = modules.global_memory.update(hidden[:, layout.readout_slot], s, has_global, layout.closing)
+            has_global = has_global | layout.closing
+        t, t_valid = layer.temp, layer.temp_valid
+        if modules.temporary_memory is not None:
+            beacon_valid = layout.beacon_valid & layout.closing[:, None]
+            t, t_valid = modules.temporary_memory.update(hidden[:, layout.beacon_slot], beacon_valid, t, t_valid)
+        return LayerState(g, s, has_global, t, t_valid)
+
+    def _layer_step(self, index, hidden, layer: LayerState, layout, rope, mask, cache=None):
+        """(layer l, chunk t): memory rows in front, the backbone's decoder layer, then the memory update."""
+        rows = layer.rows()[:, layout.memory_index]
+        x = torch.cat([rows, hidden], dim=1)  # (B, m + L, d)
+        out = self.backbone.layers[index](
+            x,
+            attention_mask=mask,
+            position_ids=layout.position_ids,
+            position_embeddings=rope,
+            cache=cache,
+            use_cache=cache is not None,
+        )
+        hidden = out[:, rows.shape[1] :]
+        return hidden, self._update_memory(index, hidden, layer, layout)
+
+    def _run_chunk(self, state: MemoryState, text_ids, text_len, closing, cache=None):
+        """Runs one chunk of every stream through all layers.
+
+        text_ids (B, n) left-aligned, text_len (B,) real tokens per stream, closing (B,) which streams close
+        this chunk. Returns the final-norm hidden states at the text positions (B, n, d), the layers' new
+        memories, and the layout.
+        """
+        memory_valid = state.layers[0].row_valid()
+        layout = ChunkLayout.build(self.comet_config, text_len, text_ids.shape[1], closing, memory_valid)
+        hidden = self._stream_inputs(layout, text_ids)
+        rope = self.backbone.rope(hidden, layout.position_ids)
+        mask = self._attention_mask(layout, hidden.dtype)
+        new_layers = []
+        for index, layer in enumerate(state.layers):
+            step = (index, hidden, layer, layout, rope, mask, cache)
+            if self.gradient_checkpointing and torch.is_grad_enabled() and cache is None:
+                hidden, layer = checkpoint(self._layer_step, *step, use_reentrant=False)
+            else:
+                hidden, layer = self._layer_step(*step)
+            new_layers.append(layer)
+        text_hidden = self.backbone.norm(hidden[:, layout.text_slot])
+        return text_hidden, new_layers, layout
+
+    @staticmethod
+    def _advance(state: MemoryState, layers, closing: torch.Tensor) -> MemoryState:
+        return MemoryState(
+            config=state.config,
+            layers=tuple(layers),
+            pending=state.pending,
+            pending_len=state.pending_len,
+            chunks_closed=state.chunks_closed + closing.long(),
+        )
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Training / scoring
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        return_logits: bool | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
+    ) -> CometOutput:
+        """Reads every chunk of a batch with gradients through the memories.
+
+        ``loss`` is next-token cross entropy over text positions (``labels`` as in Hugging Face: aligned with
+        ``input_ids``, -100 to ignore; the last token of chunk t predicts the first of chunk t+1), computed chunk
+        by chunk so logits for the whole sequence are never held at once unless ``logits`` are asked for
+        (the default when no labels are given). ``num_items_in_batch`` (from Trainer's gradient accumulation)
+        replaces the number of targets as the denominator.
+        """
+        batch = self._batch(input_ids, attention_mask)
+        if return_logits is None:
+            return_logits = labels is None
+        targets = None
+        if labels is not None:
+            if not isinstance(labels, torch.Tensor) or labels.shape != input_ids.shape:
+                raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}")
+            labels = labels.long().to(batch.ids.device)
+            if batch.order is not None:
+                labels = torch.gather(labels, 1, batch.order)
+            positions = torch.arange(labels.shape[1], device=labels.device)[None]
+            labels = labels.masked_fill(positions >= batch.lengths[:, None], -100)
+            targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # target of position i is labels[i + 1]
+
+        c = self.comet_config.chunk_size
+        state = self.init_memory(batch.ids.shape[0])
+        total_loss = batch.ids.new_zeros((), dtype=torch.float32)
+        logits = []
+        for start in range(0, batch.ids.shape[1], c):
+            text_len = (batch.lengths - start).clamp(0, c)
+            text_ids = batch.ids[:, start : start + c]
+            closing = batch.lengths > start + c  # only chunks that more text follows need their memory
+            text_hidden, layers, _ = self._run_chunk(state, text_ids, text_len, closing)
+            state = self._advance(state, layers, closing)
+            chunk_logits = self.backbone.lm_head(text_hidden)
+            if targets is not None:
+                chunk_targets = targets[:, start : start + c]
+                total_loss = total_loss + F.cross_entropy(
+                    chunk_logits.float().flatten(0, 1), chunk_targets.flatten(), ignore_index=-100, reduction="sum"
+                )
+            if return_logits:
+                logits.append(chunk_logits)
+        loss = None
+        if targets is not None:
+            count = num_items_in_batch if num_items_in_batch is not None else (targets != -100).sum().clamp(min=1)
+            loss = total_loss / count
+        return CometOutput(loss=loss, logits=batch.restore(torch.cat(logits, dim=1)) if return_logits else None)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Streaming
+
+    def ingest(
+        self,
+        input_ids: torch.Tensor,
+        state: MemoryState | None = None,
+        attention_mask: torch.Tensor | None = None,
+        progress: bool = False,
+        requires_grad: bool = False,
+    ) -> MemoryState:
+        """Reads more text into a memory state and returns the new state (the old one is not changed).
+
+        Tokens join the open chunk; every chunk that is full and followed by more text is closed (run through
+        the layers, memories updated, activations dropped). The open chunk keeps 1..C tokens, so reading a
+        text in any pieces gives the same state as reading it whole. Runs without gradients unless
+        ``requires_grad`` (a long stream with gradients keeps every chunk's activations). A row of
+        ``attention_mask`` may be all zeros: that stream reads nothing this time.
+        """
+        batch = self._batch(input_ids, attention_mask, allow_empty_rows=True)
+        state = state if state is not None else self.init_memory(batch.ids.shape[0])
+        self.check_memory(state, batch.ids.shape[0])
+        with torch.set_grad_enabled(requires_grad and torch.is_grad_enabled()):
+            return self._ingest(batch, state, progress)
+
+    def _ingest(self, batch: Batch, state: MemoryState, progress: bool) -> MemoryState:
+        c = self.comet_config.chunk_size
+        # Append each stream's new tokens right after its open chunk; padding goes to a spare last column.
+        total = state.pending_len + batch.lengths
+        width = int(total.max())
+        if width == 0:
+            return state
+        pending = batch.ids.new_zeros(batch.ids.shape[0], width + 1)
+        pending[:, : state.pending.shape[1]] = state.pending
+        cols = torch.arange(batch.ids.shape[1], device=pending.device)[None]
+        real = cols < batch.lengths[:, None]
+        pending.scatter_(1, torch.where(real, cols + state.pending_len[:, None], width), batch.ids)
+        pending = pending[:, :width]
+
+        offset = torch.zeros_like(total)
+        n_close = int(((total - 1).clamp(min=0) // c).max())
+        steps = range(n_close)
+        if progress and n_close > 1:
+            steps = tqdm(steps, desc="reading", unit="chunk", total=n_close, dynamic_ncols=True)
+        for _ in steps:
+            closing = total - offset > c
+            index = (offset[:, None] + torch.arange(c, device=pending.device)[None]).clamp(max=width - 1)
+            text_ids = torch.gather(pending, 1, index)
+            text_len = torch.where(closing, c, 0)
+            _, layers, _ = self._run_chunk(state, text_ids, text_len, closing)
+            state = self._advance(state, layers, closing)
+            offset = offset + c * closing.long()
+        left = total - offset
+        keep = int(left.max())
+        index = (offset[:, None] + torch.arange(keep, device=pending.device)[None]).clamp(max=width - 1)
+        rest = torch.gather(pending, 1, index).masked_fill(torch.arange(keep, device=pending.device)[None] >= left[:, None], 0)
+        return MemoryState(state.config, state.layers, rest, left, state.chunks_closed)
+
+    def check_memory(self, state: MemoryState, batch_size: int | None = None) -> None:
+        if not isinstance(state, MemoryState):
+            raise TypeError(f"memory must be a MemoryState (got {type(state).__name__})")
+        if state.config != self.comet_config:
+            raise ValueError(f"memory state was made with {state.config}, but this model uses {self.comet_config}")
+        state.check(self.backbone.num_layers, self.backbone.hidden_size)
+        if batch_size is not None and state.batch_size != batch_size:
+            raise ValueError(f"memory state holds {state.batch_size} streams but the input has {batch_size} rows")
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Generation (see generation.py)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, memory: MemoryState | None = None, **kwargs):
+        """Generates after ``input_ids`` (read on top of ``memory`` if given); see ``cometlm.generation``."""
+        from .generation import generate
+
+        return generate(self, input_ids, memory=memory, **kwargs)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Saving and loading
+
+    def comet_state_dict(self) -> dict[str, torch.Tensor]:
+        """CoMeT's own parameters (what an adapter ships), keyed as in ``self.memory``."""
+        return {k: v.detach().contiguous() for k, v in self.memory.state_dict().items()}
+
+    def save_pretrained(self, directory: str | os.PathLike, adapter: bool = False) -> None:
+        """Writes the model atomically: a full model (backbone + CoMeT) or an adapter (CoMeT weights only,
+        plus the name and fingerprint of the base model it needs)."""
+        directory = Path(directory)
+        if adapter and not self.base_model:
+            raise ValueError(
+                "cannot save an adapter: the base model has no name or path to record; wrap a model loaded from "
+                "a directory or the bundled name, or save the full model"
+            )
+        meta = {
+            "format": SAVE_FORMAT,
+            "kind": "adapter" if adapter else "full",
+            "comet": self.comet_config.to_dict(),
+            "base_model": self.base_model,
+            "base": self.backbone.describe(),
+        }
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            save_file(self.comet_state_dict(), tmp / WEIGHTS_FILE, metadata={"format": SAVE_FORMAT})
+            if not adapter:
+                self.backbone_model.save_pretrained(tmp / BACKBONE_DIR)
+                if self.tokenizer is not None:
+                    self.tokenizer.save_pretrained(tmp / BACKBONE_DIR)
+            (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+            if directory.exists():
+                old = directory.with_name(f".{directory.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                directory.rename(old)
+                tmp.rename(directory)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(directory)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, base_model=None, dtype=torch.float32):
+        """Loads what ``save_pretrained`` wrote. An adapter loads onto ``base_model`` (a model, a directory or
+        the bundled name; default: the base it recorded) and refuses a base with different weights."""
+        directory = Path(directory)
+        config_path = directory / CONFIG_FILE
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{directory} is not a saved CoMeT model (no {CONFIG_FILE})")
+        meta = json.loads(config_path.read_text())
+        if meta.get("format") != SAVE_FORMAT:
+            raise ValueError(f"{config_path} has format {meta.get('format')!r}, expected {SAVE_FORMAT!r}")
+        config = CometConfig.from_dict(meta["comet"])
+        if meta["kind"] == "full":
+            model = cls.from_backbone(str(directory / BACKBONE_DIR), config, dtype=dtype)
+            model.base_model = meta.get("base_model")
+        else:
+            base = base_model if base_model is not None else meta.get("base_model")
+            model = cls.from_backbone(base, config, dtype=dtype)
+            got, want = model.backbone.describe(), meta["base"]
+            if got != want:
+                raise ValueError(
+                    f"the adapter in {directory} was trained on base model {meta.get('base_model')!r} {want}, "
+                    f"but the given base is {got}; load it onto the base it was trained on"
+                )
+        weights = load_file(directory / WEIGHTS_FILE, device=str(model.backbone.embed_tokens.weight.device))
+        missing, unexpected = model.memory.load_state_dict(weights, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{directory / WEIGHTS_FILE} does not fit this CoMeT config: missing {missing}, unexpected {unexpected}")
+        return model

@@ -1,0 +1,179 @@
+"""The streaming memory state: an explicit value passed into and returned from the model.
+
+Per layer it holds the global memory rows ``G``, the global state ``S`` and its validity, and the temporary
+queue ``T`` with one validity flag per row. It also holds the open chunk: text tokens that have been read but
+whose chunk is not closed yet. Its size depends on the configuration and the batch, never on how much text
+has been read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import CometConfig
+
+STATE_FORMAT = "cometlm.memory_state/1"
+
+
+@dataclass(frozen=True)
+class LayerState:
+    """One layer's memories. Shapes: G, S (B, M, d); has_global (B,); T (B, K, d); temp_valid (B, K)."""
+
+    global_memory: torch.Tensor
+    global_state: torch.Tensor
+    has_global: torch.Tensor
+    temp: torch.Tensor
+    temp_valid: torch.Tensor
+
+    def rows(self) -> torch.Tensor:
+        """The rows injected ahead of the next chunk at this layer: (B, M+K, d)."""
+        return torch.cat([self.global_memory, self.temp], dim=1)
+
+    def row_valid(self) -> torch.Tensor:
+        """Which of those rows exist: (B, M+K). Equal for every layer, since all layers update together."""
+        m = self.global_memory.shape[1]
+        return torch.cat([self.has_global[:, None].expand(-1, m), self.temp_valid], dim=1)
+
+
+_LAYER_FIELDS = ("global_memory", "global_state", "has_global", "temp", "temp_valid")
+
+
+@dataclass(frozen=True)
+class MemoryState:
+    """Everything CoMeT carries from one chunk to the next, for a batch of ``B`` streams.
+
+    ``pending`` (B, P) holds the open chunk's token ids, ``pending_len`` (B,) how many of them are real
+    (1..C once anything was read). ``chunks_closed`` (B,) counts closed chunks per stream.
+    """
+
+    config: CometConfig
+    layers: tuple[LayerState, ...]
+    pending: torch.Tensor
+    pending_len: torch.Tensor
+    chunks_closed: torch.Tensor = field(default=None)
+
+    @classmethod
+    def empty(
+        cls, config: CometConfig, batch_size: int, num_layers: int, hidden_size: int, dtype, device
+    ) -> "MemoryState":
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int (got {batch_size!r})")
+        m, k = config.global_slots, config.queue_size
+
+        def zeros(*shape):
+            return torch.zeros(*shape, dtype=dtype, device=device)
+
+        layer = LayerState(
+            global_memory=zeros(batch_size, m, hidden_size),
+            global_state=zeros(batch_size, m, hidden_size),
+            has_global=torch.zeros(batch_size, dtype=torch.bool, device=device),
+            temp=zeros(batch_size, k, hidden_size),
+            temp_valid=torch.zeros(batch_size, k, dtype=torch.bool, device=device),
+        )
+        return cls(
+            config=config,
+            layers=(layer,) * num_layers,
+            pending=torch.zeros(batch_size, 0, dtype=torch.long, device=device),
+            pending_len=torch.zeros(batch_size, dtype=torch.long, device=device),
+            chunks_closed=torch.zeros(batch_size, dtype=torch.long, device=device),
+        )
+
+    @property
+    def batch_size(self) -> int:
+        return self.pending.shape[0]
+
+    def with_layers(self, layers) -> "MemoryState":
+        return replace(self, layers=tuple(layers))
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {"pending": self.pending, "pending_len": self.pending_len, "chunks_closed": self.chunks_closed}
+        for i, layer in enumerate(self.layers):
+            for name in _LAYER_FIELDS:
+                out[f"layers.{i}.{name}"] = getattr(layer, name)
+        return out
+
+    def detach(self) -> "MemoryState":
+        """The same values cut from the autograd graph (for truncated back-propagation or long streams)."""
+        layers = [LayerState(*(getattr(l, n).detach() for n in _LAYER_FIELDS)) for l in self.layers]
+        return replace(self, layers=tuple(layers))
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors().values())
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes a safetensors file atomically: a crash never leaves a half-written state behind."""
+        path = Path(path)
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.tensors().items()}
+        metadata = {"format": STATE_FORMAT, "config": json.dumps(self.config.to_dict())}
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device=None) -> "MemoryState":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no memory state file at {path}")
+        try:
+            from safetensors import safe_open
+
+            with safe_open(path, framework="pt") as f:
+                metadata = f.metadata() or {}
+            tensors = load_file(path, device=str(device) if device is not None else "cpu")
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ValueError(f"{path} is not a readable CoMeT memory state (corrupted or truncated?): {err}") from err
+        if metadata.get("format") != STATE_FORMAT:
+            raise ValueError(f"{path} is not a CoMeT memory state (format {metadata.get('format')!r})")
+        config = CometConfig.from_dict(json.loads(metadata["config"]))
+        return cls.from_tensors(config, tensors, source=str(path))
+
+    @classmethod
+    def from_tensors(cls, config: CometConfig, tensors: dict[str, torch.Tensor], source: str = "tensors"):
+        def take(name: str) -> torch.Tensor:
+            if name not in tensors:
+                raise ValueError(f"{source}: memory state lacks '{name}'")
+            return tensors[name]
+
+        num_layers = 1 + max((int(k.split(".")[1]) for k in tensors if k.startswith("layers.")), default=-1)
+        if num_layers == 0:
+            raise ValueError(f"{source}: memory state has no layers")
+        layers = tuple(LayerState(*(take(f"layers.{i}.{n}") for n in _LAYER_FIELDS)) for i in range(num_layers))
+        state = cls(config, layers, take("pending"), take("pending_len"), take("chunks_closed"))
+        state.check(num_layers=num_layers)
+        return state
+
+    def check(self, num_layers: int, hidden_size: int | None = None) -> None:
+        """Raises ValueError when the tensors do not fit this configuration and model."""
+        b, m, k = self.batch_size, self.config.global_slots, self.config.queue_size
+        if len(self.layers) != num_layers:
+            raise ValueError(f"memory state has {len(self.layers)} layers but the model has {num_layers}")
+        d = hidden_size if hidden_size is not None else self.layers[0].global_memory.shape[-1]
+        want = {
+            "global_memory": (b, m, d),
+            "global_state": (b, m, d),
+            "has_global": (b,),
+            "temp": (b, k, d),
+            "temp_valid": (b, k),
+        }
+        for i, layer in enumerate(self.layers):
+            for name, shape in want.items():
+                got = tuple(getattr(layer, name).shape)
+                if got != shape:
+                    raise ValueError(f"memory state layer {i} '{name}' has shape {got}, expected {shape}")
+        if self.pending_len.shape != (b,) or self.chunks_closed.shape != (b,):
+            raise ValueError("memory state bookkeeping tensors do not match its batch size")
+        if self.pending.shape[1] > self.config.chunk_size or int(self.pending_len.max()) > self.pending.shape[1]:
+            raise ValueError("memory state open chunk is larger than chunk_size")

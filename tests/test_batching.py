@@ -1,0 +1,43 @@
+"""A batch of different lengths computes exactly what each input computes alone."""
+
+import torch
+
+from conftest import random_ids, tiny_comet
+
+
+def padded(lengths, width, left=False):
+    positions = torch.arange(width)[None]
+    lengths = torch.tensor(lengths)[:, None]
+    return (positions >= width - lengths if left else positions < lengths).long()
+
+
+def test_ragged_batch_equals_one_by_one(family):
+    comet = tiny_comet(family)
+    lengths = [29, 13, 8, 17]
+    ids = random_ids(4, 29)
+    for left in (False, True):
+        mask = padded(lengths, 29, left)
+        with torch.no_grad():
+            logits = comet(ids, attention_mask=mask).logits
+        loss = comet(ids, attention_mask=mask, labels=ids).loss
+        total, count = 0.0, 0
+        for b, n in enumerate(lengths):
+            row = ids[b : b + 1][mask[b : b + 1].bool()][None]
+            with torch.no_grad():
+                alone = comet(row).logits
+            torch.testing.assert_close(logits[b][mask[b].bool()], alone[0], atol=1e-5, rtol=1e-5)
+            total += comet(row, labels=row).loss * (n - 1)
+            count += n - 1
+        torch.testing.assert_close(loss, total / count, atol=1e-5, rtol=1e-5)
+
+
+def test_padding_positions_get_zero_logits_and_no_loss():
+    comet = tiny_comet()
+    ids = random_ids(2, 12)
+    mask = padded([12, 5], 12)
+    with torch.no_grad():
+        logits = comet(ids, attention_mask=mask).logits
+        assert torch.all(logits[1, 5:] == 0)
+        other = ids.clone()
+        other[1, 5:] = 7  # padding content must not matter
+        torch.testing.assert_close(comet(other, attention_mask=mask, labels=other).loss, comet(ids, attention_mask=mask, labels=ids).loss)
