@@ -1,0 +1,97 @@
+"""Constant-memory generation: incremental logits equal teacher forcing across beacons and chunk roll-overs."""
+
+import pytest
+import torch
+
+from conftest import SMALL, assert_states_equal, random_ids, tiny_comet
+
+
+def greedy(comet, prompt, new, **kwargs):
+    return comet.generate(
+        prompt, max_new_tokens=new, eos_token_id=[], return_dict_in_generate=True, output_logits=True, **kwargs
+    )
+
+
+@pytest.mark.parametrize("prompt_len", [13, 16, 1])  # 16 = an exact multiple of C: the answer starts a chunk
+def test_incremental_decoding_equals_teacher_forcing(family, prompt_len):
+    comet = tiny_comet(family)
+    prompt = random_ids(1, prompt_len)
+    out = greedy(comet, prompt, 30)  # 30 new tokens with C=8: at least three roll-overs, beacons every 4
+    assert out.sequences.shape == (1, prompt_len + 30)
+    assert int(out.memory.chunks_closed) >= (prompt_len + 30 - 1) // SMALL.chunk_size >= 3
+    with torch.no_grad():
+        forced = comet(out.sequences).logits
+    steps = torch.stack(out.logits, dim=1)  # (1, 30, V)
+    torch.testing.assert_close(steps, forced[:, prompt_len - 1 : -1], atol=1e-4, rtol=1e-4)
+    # The final memory is the memory of reading the whole sequence.
+    assert_states_equal(out.memory, comet.ingest(out.sequences), atol=1e-4)
+
+
+def test_batched_generation_equals_one_by_one():
+    comet = tiny_comet()
+    prompts = random_ids(3, 11)
+    together = greedy(comet, prompts, 20)
+    for b in range(3):
+        alone = greedy(comet, prompts[b : b + 1], 20)
+        assert torch.equal(together.sequences[b], alone.sequences[0])
+    # Prompts of different lengths (left padding) give each prompt's own continuation.
+    mask = torch.tensor([[1] * 11, [0] * 4 + [1] * 7, [0] * 9 + [1] * 2])
+    ragged = comet.generate(prompts, attention_mask=mask, max_new_tokens=12, eos_token_id=[])
+    for b in range(3):
+        row = prompts[b][mask[b].bool()][None]
+        alone = comet.generate(row, max_new_tokens=12, eos_token_id=[])
+        assert torch.equal(ragged[b, : alone.shape[1]], alone[0])
+
+
+def test_continuing_from_a_memory_equals_reading_everything():
+    comet = tiny_comet()
+    first, second = random_ids(1, 10), random_ids(1, 6, seed=3)
+    step1 = greedy(comet, first, 7)
+    step2 = greedy(comet, second, 9, memory=step1.memory)
+    whole = greedy(comet, torch.cat([step1.sequences, second], dim=1), 9)
+    assert torch.equal(step2.sequences[:, -9:], whole.sequences[:, -9:])
+
+
+def test_sampling_options_and_streamer():
+    comet = tiny_comet()
+    prompt = random_ids(1, 9)
+    sample = dict(do_sample=True, temperature=0.7, top_k=20, top_p=0.9, repetition_penalty=1.3, max_new_tokens=15)
+    a = comet.generate(prompt, generator=torch.Generator().manual_seed(5), eos_token_id=[], **sample)
+    b = comet.generate(prompt, generator=torch.Generator().manual_seed(5), eos_token_id=[], **sample)
+    assert torch.equal(a, b)
+    top1 = comet.generate(prompt, do_sample=True, top_k=1, max_new_tokens=15, eos_token_id=[])
+    assert torch.equal(top1, comet.generate(prompt, max_new_tokens=15, eos_token_id=[]))
+
+    class Collect:
+        def __init__(self):
+            self.parts, self.ended = [], False
+
+        def put(self, tokens):
+            self.parts.append(tokens.reshape(-1))
+
+        def end(self):
+            self.ended = True
+
+    streamer = Collect()
+    out = comet.generate(prompt, max_new_tokens=15, eos_token_id=[], streamer=streamer)
+    assert streamer.ended and torch.equal(torch.cat(streamer.parts), out[0])
+
+
+def test_eos_stops_generation():
+    comet = tiny_comet()
+    prompt = random_ids(1, 9)
+    free = comet.generate(prompt, max_new_tokens=6, eos_token_id=[])
+    stop_at = int(free[0, 9 + 2])
+    out = comet.generate(prompt, max_new_tokens=6, eos_token_id=stop_at)
+    first = (free[0, 9:] == stop_at).nonzero()[0].item()
+    assert out.shape[1] == 9 + first + 1 and int(out[0, -1]) == stop_at
+
+
+def test_bad_generation_options():
+    comet = tiny_comet()
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        comet.generate(random_ids(1, 4), max_new_tokens=-1)
+    with pytest.raises(ValueError, match="temperature"):
+        comet.generate(random_ids(1, 4), do_sample=True, temperature=0.0)
+    with pytest.raises(TypeError):
+        comet.generate(random_ids(1, 4), num_beams=4)
