@@ -1,0 +1,89 @@
+"""Save/load round trips reproduce outputs exactly; bad files give clear errors and nothing half-written."""
+
+import json
+
+import pytest
+import torch
+
+from cometlm import CometForCausalLM, MemoryState
+from conftest import SMALL, random_ids, randomize_memory, tiny_backbone, tiny_comet
+
+
+def saved_base(tmp_path, seed=0, name="base"):
+    path = tmp_path / name
+    tiny_backbone("llama", seed).save_pretrained(path)
+    return path
+
+
+@torch.no_grad()
+def test_full_model_round_trip(tmp_path, family):
+    comet = tiny_comet(family)
+    ids = random_ids(2, 21)
+    comet.save_pretrained(tmp_path / "full")
+    loaded = CometForCausalLM.from_pretrained(tmp_path / "full")
+    assert torch.equal(loaded(ids).logits, comet(ids).logits)
+
+
+@torch.no_grad()
+def test_adapter_round_trip_is_small_and_checks_its_base(tmp_path):
+    base = saved_base(tmp_path)
+    comet = randomize_memory(CometForCausalLM.from_backbone(str(base), SMALL))
+    ids = random_ids(1, 30)
+    comet.save_pretrained(tmp_path / "adapter", adapter=True)
+    files = {p.name for p in (tmp_path / "adapter").iterdir()}
+    assert files == {"comet_config.json", "comet.safetensors"}
+    meta = json.loads((tmp_path / "adapter" / "comet_config.json").read_text())
+    assert meta["kind"] == "adapter" and meta["base_model"] == str(base)
+    loaded = CometForCausalLM.from_pretrained(tmp_path / "adapter")
+    assert torch.equal(loaded(ids).logits, comet(ids).logits)
+    other = saved_base(tmp_path, seed=1, name="other")
+    with pytest.raises(ValueError, match="load it onto the base it was trained on"):
+        CometForCausalLM.from_pretrained(tmp_path / "adapter", base_model=str(other))
+
+
+@torch.no_grad()
+def test_memory_state_round_trip(tmp_path):
+    comet = tiny_comet()
+    ids = random_ids(2, 27)
+    state = comet.ingest(ids[:, :20])
+    state.save(tmp_path / "state.safetensors")
+    assert [p.name for p in tmp_path.iterdir()] == ["state.safetensors"]  # no temporary file left behind
+    loaded = MemoryState.load(tmp_path / "state.safetensors")
+    a = comet.generate(ids[:, 20:], memory=state, max_new_tokens=12, eos_token_id=[])
+    b = comet.generate(ids[:, 20:], memory=loaded, max_new_tokens=12, eos_token_id=[])
+    assert torch.equal(a, b)
+    for key, value in state.tensors().items():
+        assert torch.equal(value, loaded.tensors()[key]), key
+
+
+def test_corrupted_or_truncated_state_files(tmp_path):
+    comet = tiny_comet()
+    path = tmp_path / "state.safetensors"
+    comet.ingest(random_ids(1, 20)).save(path)
+    data = path.read_bytes()
+    (tmp_path / "truncated.safetensors").write_bytes(data[: len(data) // 2])
+    (tmp_path / "garbage.safetensors").write_bytes(b"not a state at all")
+    for name in ("truncated", "garbage"):
+        with pytest.raises(ValueError, match="not a readable CoMeT memory state"):
+            MemoryState.load(tmp_path / f"{name}.safetensors")
+    with pytest.raises(FileNotFoundError):
+        MemoryState.load(tmp_path / "missing.safetensors")
+
+
+def test_state_for_another_model_is_refused(tmp_path):
+    comet = tiny_comet()
+    other = CometForCausalLM.from_backbone(tiny_backbone(), SMALL.__class__(chunk_size=16, global_slots=3, temp_stride=4, temp_capacity=5, adapter_rank=4))
+    state = comet.ingest(random_ids(1, 20))
+    with pytest.raises(ValueError, match="memory state was made with"):
+        other.ingest(random_ids(1, 4), state)
+    with pytest.raises(ValueError, match="holds 1 streams but the input has 2 rows"):
+        comet.ingest(random_ids(2, 4), state)
+
+
+def test_failed_save_leaves_nothing(tmp_path):
+    comet = tiny_comet()
+    target = tmp_path / "model"
+    with pytest.raises(ValueError, match="cannot save an adapter"):
+        comet.base_model = None
+        comet.save_pretrained(target, adapter=True)
+    assert list(tmp_path.iterdir()) == []
