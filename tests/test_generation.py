@@ -1,5 +1,7 @@
 """Constant-memory generation: incremental logits equal teacher forcing across beacons and chunk roll-overs."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -25,6 +27,18 @@ def test_incremental_decoding_equals_teacher_forcing(family, prompt_len):
     torch.testing.assert_close(steps, forced[:, prompt_len - 1 : -1], atol=1e-4, rtol=1e-4)
     # The final memory is the memory of reading the whole sequence.
     assert_states_equal(out.memory, comet.ingest(out.sequences), atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [dict(attention_sink=True), dict(gate=False), dict(global_slots=0), dict(temp_stride=0, temp_capacity=0)],
+)
+def test_incremental_decoding_equals_teacher_forcing_for_every_layout(variant):
+    comet = tiny_comet("qwen3", dataclasses.replace(SMALL, **variant))
+    out = greedy(comet, random_ids(2, 13), 22)
+    with torch.no_grad():
+        forced = comet(out.sequences).logits
+    torch.testing.assert_close(torch.stack(out.logits, dim=1), forced[:, 12:-1], atol=1e-4, rtol=1e-4)
 
 
 def test_batched_generation_equals_one_by_one():

@@ -53,3 +53,12 @@ def test_batch_rows_match_each_stream_alone():
         mask = batch.mask[b, 0]
         assert not mask[valid][:, ~valid].any()
         assert torch.equal(mask[~valid][:, ~valid], torch.eye(int((~valid).sum()), dtype=torch.bool))
+
+
+def test_attention_sink_comes_first_in_every_chunk():
+    config = CometConfig(chunk_size=8, global_slots=3, temp_stride=4, temp_capacity=5, attention_sink=True)
+    layout = ChunkLayout.build(config, torch.tensor([8]), 8, torch.tensor([True]), torch.ones(1, 8, dtype=torch.bool))
+    assert layout.n_sink == 1 and layout.stream_kind[0] == ChunkLayout.SINK
+    assert layout.position_ids.tolist() == [list(range(config.max_positions))]
+    first = ChunkLayout.build(config, torch.tensor([8]), 8, torch.tensor([True]), torch.zeros(1, 8, dtype=torch.bool))
+    assert first.num_memory_rows == 0 and first.stream_kind[0] == ChunkLayout.SINK

@@ -16,6 +16,10 @@ class CometConfig:
     temp_capacity  [K] rows kept in each layer's FIFO temporary memory.
     adapter_rank   [r] rank of the residual low-rank adapters that map memory states into the next chunk.
     gate           gated global update; ``False`` makes the update a plain overwrite (the paper's ablation).
+    attention_sink one learned row at position 0 of every chunk, ahead of the memory rows, initialised from the
+                   backbone's BOS embedding: the backbone keeps the attention sink it expects at the first
+                   position instead of finding memory rows there (METHOD.md section 3). Off by default, so that
+                   the layout is exactly METHOD.md section 1.
     init_seed      seed for the learned beacon/readout embeddings, so ``from_backbone`` is reproducible.
     """
 
@@ -25,6 +29,7 @@ class CometConfig:
     temp_capacity: int = 256
     adapter_rank: int = 8
     gate: bool = True
+    attention_sink: bool = False
     init_seed: int = 0
 
     def __post_init__(self) -> None:
@@ -36,6 +41,9 @@ class CometConfig:
             value = getattr(self, name)
             need(isinstance(value, int) and not isinstance(value, bool), f"{name} must be an int (got {value!r})")
         need(isinstance(self.gate, bool), f"gate must be True or False (got {self.gate!r})")
+        need(
+            isinstance(self.attention_sink, bool), f"attention_sink must be True or False (got {self.attention_sink!r})"
+        )
         need(self.chunk_size >= 1, f"chunk_size must be at least 1 (got {self.chunk_size})")
         need(self.global_slots >= 0, f"global_slots must be >= 0; use 0 to disable the global memory (got {self.global_slots})")
         need(self.temp_stride >= 0, f"temp_stride must be >= 0; use 0 to disable the temporary memory (got {self.temp_stride})")
@@ -82,8 +90,8 @@ class CometConfig:
 
     @property
     def max_positions(self) -> int:
-        """Largest chunk-local sequence length: G + T + text + beacons + readouts (RoPE never sees more)."""
-        return self.global_slots + self.queue_size + self.chunk_size + self.beacons_per_chunk + self.global_slots
+        """Largest chunk-local sequence length: sink + G + T + text + beacons + readouts (RoPE never sees more)."""
+        return int(self.attention_sink) + self.global_slots + self.queue_size + self.chunk_size + self.beacons_per_chunk + self.global_slots
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

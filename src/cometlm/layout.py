@@ -1,6 +1,7 @@
 """Where every row of a chunk sits (METHOD.md section 1), for a batch of streams of different lengths.
 
-A chunk is fed to each layer as ``[ G | T | text with a beacon after every s tokens | R ]``. Rows are placed at
+A chunk is fed to each layer as ``[ G | T | text with a beacon after every s tokens | R ]``, optionally behind
+one attention-sink row. Rows are placed at
 fixed slots shared by the whole batch, and a row that a stream does not have (padding, a memory that is still
 empty, the readouts of a chunk that is not closed) is marked invalid. Position ids count only valid rows, and
 attention never sees an invalid key, so each stream computes exactly what it would compute alone. Slots that
@@ -20,8 +21,9 @@ from .config import CometConfig
 class ChunkLayout:
     """Index maps and masks for one chunk of a batch.
 
-    The sequence a layer sees is ``[memory rows | stream rows]``. Memory rows are re-injected at every layer
-    from that layer's memories; stream rows (text, beacons, readouts) carry hidden states from layer to layer.
+    The sequence a layer sees is ``[sink | memory rows | other stream rows]``. Memory rows are re-injected at
+    every layer from that layer's memories; stream rows (sink, text, beacons, readouts) carry hidden states from
+    layer to layer. ``n_sink`` (0 or 1) stream rows come before the memory rows.
 
     memory_index  (m,)     which of the M+K memory rows are present
     text_slot     (n,)     stream row of text token i
@@ -29,8 +31,9 @@ class ChunkLayout:
     beacon_slot   (nb,)    stream row of beacon j;  beacon_valid (B, nb)
     readout_slot  (M',)    stream rows of the readouts (empty when the chunk is not closed for anyone)
     closing       (B,)     which streams close this chunk (their memories are updated)
-    stream_kind   (L,)     0 text, 1 beacon, 2 readout, per stream row; stream_token (L,) text index or readout id
-    valid         (B, m+L) which rows each stream has
+    stream_kind   (L,)     0 text, 1 beacon, 2 readout, 3 sink, per stream row; stream_token (L,) text index or
+                           readout id
+    valid         (B, m+L) which rows each stream has, in sequence order
     position_ids  (B, m+L) chunk-local positions over valid rows
     mask          (B, 1, m+L, m+L) bool, or None when every row is valid (plain causal attention)
     """
@@ -42,13 +45,14 @@ class ChunkLayout:
     beacon_valid: torch.Tensor
     readout_slot: torch.Tensor
     closing: torch.Tensor
+    n_sink: int
     stream_kind: torch.Tensor
     stream_token: torch.Tensor
     valid: torch.Tensor
     position_ids: torch.Tensor
     mask: torch.Tensor | None
 
-    TEXT, BEACON, READOUT = 0, 1, 2
+    TEXT, BEACON, READOUT, SINK = 0, 1, 2, 3
 
     @property
     def num_memory_rows(self) -> int:
@@ -90,10 +94,14 @@ class ChunkLayout:
         readout_pos = region + torch.arange(n_readouts, device=device)
         readout_valid = closing[:, None].expand(-1, n_readouts)
 
-        n_stream = region + n_readouts
+        n_sink = int(config.attention_sink)
+        text_pos, beacon_pos, readout_pos = text_pos + n_sink, beacon_pos + n_sink, readout_pos + n_sink
+        n_stream = n_sink + region + n_readouts
         kind = torch.full((n_stream,), cls.TEXT, dtype=torch.long, device=device)
         token = torch.zeros(n_stream, dtype=torch.long, device=device)
         stream_valid = torch.zeros(len(text_len), n_stream, dtype=torch.bool, device=device)
+        kind[:n_sink] = cls.SINK
+        stream_valid[:, :n_sink] = True
         token[text_pos] = i
         stream_valid[:, text_pos] = text_valid
         kind[beacon_pos] = cls.BEACON
@@ -109,7 +117,7 @@ class ChunkLayout:
         new_slot = keep.long().cumsum(0) - 1
         stream_valid, kind, token = stream_valid[:, keep], kind[keep], token[keep]
 
-        valid = torch.cat([memory_valid, stream_valid], dim=1)
+        valid = torch.cat([stream_valid[:, :n_sink], memory_valid, stream_valid[:, n_sink:]], dim=1)
         position_ids = (valid.long().cumsum(dim=1) - 1).clamp(min=0)
         mask = None
         if not bool(valid.all()):
@@ -126,6 +134,7 @@ class ChunkLayout:
             beacon_valid=beacon_valid,
             readout_slot=new_slot[readout_pos],
             closing=closing,
+            n_sink=n_sink,
             stream_kind=kind,
             stream_token=token,
             valid=valid,

@@ -97,26 +97,32 @@ class LayerMemory(nn.Module):
 
 
 class LearnedTokens(nn.Module):
-    """The beacon and the ``M`` readout embeddings: module parameters, not vocabulary entries.
+    """The beacon, the ``M`` readouts and the optional sink: module parameters, not vocabulary entries.
 
-    They start as copies of random rows of the backbone's embedding table, so that their scale matches what
-    the first decoder layer expects.
+    They start as rows of the backbone's embedding table, so their scale matches what the first decoder layer
+    expects: the beacon and readouts as a "quiet" whitespace token (``quiet_token_id``), which disturbs the
+    untrained backbone less than other tokens do, plus small noise so the readouts differ; the sink as BOS.
     """
 
-    def __init__(self, config: CometConfig, embedding: torch.Tensor):
+    def __init__(self, config: CometConfig, embedding: torch.Tensor, quiet_token_id: int, sink_token_id: int):
         super().__init__()
         generator = torch.Generator().manual_seed(config.init_seed)
-        picks = torch.randint(0, embedding.shape[0], (1 + config.global_slots,), generator=generator)
-        init = embedding.detach()[picks.to(embedding.device)].clone()
-        self.beacon = nn.Parameter(init[:1]) if config.use_temp else None
-        self.readouts = nn.Parameter(init[1:]) if config.use_global else None
+        weight = embedding.detach()
+        quiet = weight[quiet_token_id]
+        noise = torch.randn(config.global_slots, weight.shape[1], generator=generator).to(weight) * weight.std() * 0.1
+        self.beacon = nn.Parameter(quiet[None].clone()) if config.use_temp else None
+        self.readouts = nn.Parameter(quiet[None] + noise) if config.use_global else None
+        self.sink = nn.Parameter(weight[sink_token_id][None].clone()) if config.attention_sink else None
 
 
 class CometMemory(nn.Module):
     """All of CoMeT's own parameters: learned tokens plus one ``LayerMemory`` per decoder layer."""
 
-    def __init__(self, config: CometConfig, embedding: torch.Tensor, num_layers: int, eps: float):
+    def __init__(
+        self, config: CometConfig, embedding: torch.Tensor, num_layers: int, eps: float, quiet_token_id: int,
+        sink_token_id: int,
+    ):
         super().__init__()
         hidden_size = embedding.shape[1]
-        self.tokens = LearnedTokens(config, embedding)
+        self.tokens = LearnedTokens(config, embedding, quiet_token_id, sink_token_id)
         self.layers = nn.ModuleList(LayerMemory(config, hidden_size, eps) for _ in range(num_layers))
