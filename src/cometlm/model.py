@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
+from transformers.modeling_outputs import CausalLMOutput
 
 from .backbone import Backbone
 from .config import CometConfig
@@ -31,17 +32,6 @@ SAVE_FORMAT = "cometlm/1"
 CONFIG_FILE = "comet_config.json"
 WEIGHTS_FILE = "comet.safetensors"
 BACKBONE_DIR = "backbone"
-
-
-@dataclass
-class CometOutput:
-    """``loss`` is the mean next-token cross entropy over text targets; ``logits`` align with ``input_ids``."""
-
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-
-    def __getitem__(self, key):  # lets Trainer read outputs["loss"]
-        return getattr(self, key)
 
 
 @dataclass(frozen=True)
@@ -291,9 +281,10 @@ class CometForCausalLM(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        chunk_sizes: torch.Tensor | None = None,
         return_logits: bool | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
-    ) -> CometOutput:
+    ) -> CausalLMOutput:
         """Reads every chunk of a batch with gradients through the memories.
 
         ``loss`` is next-token cross entropy over text positions (``labels`` as in Hugging Face: aligned with
@@ -301,8 +292,13 @@ class CometForCausalLM(nn.Module):
         by chunk so logits for the whole sequence are never held at once unless ``logits`` are asked for
         (the default when no labels are given). ``num_items_in_batch`` (from Trainer's gradient accumulation)
         replaces the number of targets as the denominator.
+
+        ``chunk_sizes`` (B, T) optionally gives each stream its own chunk plan (training augmentation): sizes
+        1..C that sum to the stream's length, then zeros. By default every stream is cut into fixed chunks of C
+        from its start, exactly as ``ingest`` and ``generate`` cut it.
         """
         batch = self._batch(input_ids, attention_mask)
+        plan = self._chunk_plan(batch, chunk_sizes)
         if return_logits is None:
             return_logits = labels is None
         targets = None
@@ -316,29 +312,54 @@ class CometForCausalLM(nn.Module):
             labels = labels.masked_fill(positions >= batch.lengths[:, None], -100)
             targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # target of position i is labels[i + 1]
 
-        c = self.comet_config.chunk_size
         state = self.init_memory(batch.ids.shape[0])
         total_loss = batch.ids.new_zeros((), dtype=torch.float32)
-        logits = []
-        for start in range(0, batch.ids.shape[1], c):
-            text_len = (batch.lengths - start).clamp(0, c)
-            text_ids = batch.ids[:, start : start + c]
-            closing = batch.lengths > start + c  # only chunks that more text follows need their memory
+        logits = None
+        offset = torch.zeros_like(batch.lengths)
+        width = batch.ids.shape[1]
+        for text_len in plan.unbind(dim=1):
+            n = int(text_len.max())
+            index = offset[:, None] + torch.arange(n, device=offset.device)[None]  # (B, n) positions of this chunk
+            real = torch.arange(n, device=offset.device)[None] < text_len[:, None]
+            index = torch.where(real, index, width)  # padding reads and writes a spare column
+            text_ids = torch.gather(F.pad(batch.ids, (0, 1)), 1, index)
+            offset = offset + text_len
+            closing = (text_len > 0) & (offset < batch.lengths)  # only chunks that more text follows need memory
             text_hidden, layers, _ = self._run_chunk(state, text_ids, text_len, closing)
             state = self._advance(state, layers, closing)
-            chunk_logits = self.backbone.lm_head(text_hidden)
+            chunk_logits = self.backbone.lm_head(text_hidden)  # (B, n, V)
             if targets is not None:
-                chunk_targets = targets[:, start : start + c]
+                chunk_targets = torch.gather(F.pad(targets, (0, 1), value=-100), 1, index)
                 total_loss = total_loss + F.cross_entropy(
                     chunk_logits.float().flatten(0, 1), chunk_targets.flatten(), ignore_index=-100, reduction="sum"
                 )
             if return_logits:
-                logits.append(chunk_logits)
+                if logits is None:
+                    logits = chunk_logits.new_zeros(batch.ids.shape[0], width + 1, chunk_logits.shape[-1])
+                logits = logits.scatter(1, index[..., None].expand_as(chunk_logits), chunk_logits)
         loss = None
         if targets is not None:
             count = num_items_in_batch if num_items_in_batch is not None else (targets != -100).sum().clamp(min=1)
             loss = total_loss / count
-        return CometOutput(loss=loss, logits=batch.restore(torch.cat(logits, dim=1)) if return_logits else None)
+        return CausalLMOutput(loss=loss, logits=batch.restore(logits[:, :width]) if return_logits else None)
+
+    def _chunk_plan(self, batch: Batch, chunk_sizes: torch.Tensor | None) -> torch.Tensor:
+        """(B, T) text tokens per stream per chunk; checks a given plan against the batch and C."""
+        c = self.comet_config.chunk_size
+        if chunk_sizes is None:
+            starts = torch.arange(0, batch.ids.shape[1], c, device=batch.lengths.device)
+            return (batch.lengths[:, None] - starts[None]).clamp(0, c)
+        if not isinstance(chunk_sizes, torch.Tensor) or chunk_sizes.dim() != 2 or chunk_sizes.shape[0] != batch.ids.shape[0]:
+            got = tuple(chunk_sizes.shape) if isinstance(chunk_sizes, torch.Tensor) else type(chunk_sizes).__name__
+            raise ValueError(f"chunk_sizes must be a (batch, chunks) tensor with one row per input (got {got})")
+        plan = chunk_sizes.long().to(batch.lengths.device)
+        if bool(((plan < 0) | (plan > c)).any()):
+            raise ValueError(f"chunk_sizes must lie in 0..chunk_size={c} (got {plan.min().item()}..{plan.max().item()})")
+        if not torch.equal(plan.sum(dim=1), batch.lengths):
+            raise ValueError(f"chunk_sizes rows must sum to the input lengths {batch.lengths.tolist()} (got {plan.sum(1).tolist()})")
+        if bool(((plan[:, :-1] == 0) & (plan[:, 1:] > 0)).any()):
+            raise ValueError("chunk_sizes has an empty chunk before a non-empty one; put the zeros at the end")
+        return plan
 
     # ----------------------------------------------------------------------------------------------------------
     # Streaming
