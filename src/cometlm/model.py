@@ -26,6 +26,7 @@ from .backbone import Backbone
 from .config import CometConfig
 from .layout import ChunkLayout
 from .memory import CometMemory
+from .runtime import release_free_memory
 from .state import LayerState, MemoryState
 
 SAVE_FORMAT = "cometlm/1"
@@ -413,6 +414,7 @@ class CometForCausalLM(nn.Module):
             _, layers, _ = self._run_chunk(state, text_ids, text_len, closing)
             state = self._advance(state, layers, closing)
             offset = offset + c * closing.long()
+            release_free_memory()
         left = total - offset
         keep = int(left.max())
         index = (offset[:, None] + torch.arange(keep, device=pending.device)[None]).clamp(max=width - 1)
