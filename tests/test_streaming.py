@@ -60,3 +60,14 @@ def test_queue_keeps_the_newest_rows_and_evicts_padding_first():
     state = comet.ingest(random_ids(1, 16, seed=1), state)  # two more closed chunks: six beacons, capacity five
     assert state.layers[0].temp_valid.all()
     assert bool(state.layers[0].has_global.all())
+
+
+@torch.no_grad()
+def test_closing_the_open_chunk_early_equals_a_right_aligned_plan():
+    comet = tiny_comet()
+    ids = random_ids(1, 21)
+    state = comet.close_open_chunk(comet.ingest(ids[:, :5]))
+    assert int(state.pending_len) == 0 and int(state.chunks_closed) == 1
+    state = comet.ingest(ids[:, 5:], state)  # chunks of 8 and 8 follow the short first chunk
+    planned = comet(ids, chunk_sizes=torch.tensor([[5, 8, 8]])).logits
+    torch.testing.assert_close(open_chunk(comet, state).logits, planned[:, -1], atol=1e-5, rtol=1e-5)

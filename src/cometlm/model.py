@@ -421,6 +421,24 @@ class CometForCausalLM(nn.Module):
         rest = torch.gather(pending, 1, index).masked_fill(torch.arange(keep, device=pending.device)[None] >= left[:, None], 0)
         return MemoryState(state.config, state.layers, rest, left, state.chunks_closed)
 
+    def close_open_chunk(self, state: MemoryState) -> MemoryState:
+        """Closes every stream's open chunk now, even if it is not full (trailing beacon, readouts, memory
+        update), so the next text starts a fresh chunk.
+
+        Reading ``text[:r]``, closing, then reading the rest is the right-aligned layout: choose ``r`` so that
+        the final open chunk holds the prompt's tail (for example a question) with room left for the answer,
+        and no chunk boundary falls between a question and its answer (METHOD.md section 3).
+        """
+        self.check_memory(state)
+        closing = state.pending_len > 0
+        if not bool(closing.any()):
+            return state
+        with torch.no_grad():
+            _, layers, _ = self._run_chunk(state, state.pending, state.pending_len, closing)
+        state = self._advance(state, layers, closing)
+        empty = state.pending[:, :0]
+        return MemoryState(state.config, state.layers, empty, torch.zeros_like(state.pending_len), state.chunks_closed)
+
     def check_memory(self, state: MemoryState, batch_size: int | None = None) -> None:
         if not isinstance(state, MemoryState):
             raise TypeError(f"memory must be a MemoryState (got {type(state).__name__})")
