@@ -42,3 +42,15 @@ def test_unsupported_architecture_names_the_supported_ones():
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
     with pytest.raises(ValueError, match="supported families are llama, mistral, qwen2, qwen3"):
         CometForCausalLM.from_backbone(gpt2, CometConfig())
+
+
+def test_initialisation_is_reproducible():
+    """CoMeT's initial parameters depend on init_seed only, not on the global RNG."""
+    config = CometConfig(chunk_size=8, global_slots=2, temp_stride=4, temp_capacity=4, init_seed=7)
+    backbones = [tiny_backbone() for _ in range(2)]
+    models = []
+    for global_seed, backbone in zip((1, 2), backbones):
+        torch.manual_seed(global_seed)
+        models.append(CometForCausalLM.from_backbone(backbone, config))
+    for x, y in zip(models[0].memory.state_dict().values(), models[1].memory.state_dict().values()):
+        assert torch.equal(x, y)

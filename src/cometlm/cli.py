@@ -201,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(demo)
     _add_generation_options(demo, max_new_tokens=48)
     demo.set_defaults(run=cmd_demo)
+
+    from .training.trainer import register as register_train
+
+    register_train(sub)
     return parser
 
 

@@ -20,7 +20,8 @@ class CometConfig:
                    backbone's BOS embedding: the backbone keeps the attention sink it expects at the first
                    position instead of finding memory rows there (METHOD.md section 3). Off by default, so that
                    the layout is exactly METHOD.md section 1.
-    init_seed      seed for the learned beacon/readout embeddings, so ``from_backbone`` is reproducible.
+    init_seed      seed of CoMeT's initial parameters (learned tokens, adapters, gates): ``from_backbone`` is
+                   reproducible.
     """
 
     chunk_size: int = 1024

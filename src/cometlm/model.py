@@ -33,6 +33,7 @@ SAVE_FORMAT = "cometlm/1"
 CONFIG_FILE = "comet_config.json"
 WEIGHTS_FILE = "comet.safetensors"
 BACKBONE_DIR = "backbone"
+LORA_FILE = "lora.safetensors"
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,9 @@ def _sink_token_id(config) -> int:
 class CometForCausalLM(nn.Module):
     """A causal LM with CoMeT memories around a Hugging Face decoder (Llama, Mistral, Qwen2, Qwen3 families)."""
 
+    # forward takes ``num_items_in_batch``, so Trainer's gradient accumulation weights micro-batches by tokens.
+    accepts_loss_kwargs = True
+
     def __init__(self, backbone_model: nn.Module, config: CometConfig, base_model: str | None = None, tokenizer=None):
         super().__init__()
         if not isinstance(config, CometConfig):
@@ -88,9 +92,11 @@ class CometForCausalLM(nn.Module):
         text = self.backbone.config
         eps = getattr(text, "rms_norm_eps", 1e-6)
         weight = self.backbone.embed_tokens.weight
-        self.memory = CometMemory(
-            config, weight, self.backbone.num_layers, eps, _quiet_token_id(text, tokenizer), _sink_token_id(text)
-        ).to(weight.dtype)
+        with torch.random.fork_rng(devices=[]):  # the adapters and gates start the same for the same init_seed
+            torch.manual_seed(config.init_seed)
+            self.memory = CometMemory(
+                config, weight, self.backbone.num_layers, eps, _quiet_token_id(text, tokenizer), _sink_token_id(text)
+            ).to(weight.dtype)
         self.gradient_checkpointing = False
         self.tokenizer = tokenizer
 
@@ -128,9 +134,23 @@ class CometForCausalLM(nn.Module):
             f"model's name (got {type(model_or_path).__name__})"
         )
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None) -> None:
-        """Recompute each (layer, chunk) step in the backward pass instead of storing its activations."""
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, every_n_layers=1, offload=False):
+        """Recompute each (layer, chunk) step in the backward pass instead of storing its activations.
+
+        The signature is the one ``transformers.Trainer`` calls; CoMeT checkpoints every (layer, chunk) step
+        without offloading, and says so if asked for anything else.
+        """
+        if every_n_layers != 1 or offload or activation_checkpointing_kwargs:
+            raise ValueError(
+                "CoMeT checkpoints every (layer, chunk) step on the device; every_n_layers, offload and checkpoint "
+                f"kwargs are not supported (got every_n_layers={every_n_layers}, offload={offload}, "
+                f"kwargs={activation_checkpointing_kwargs})"
+            )
         self.gradient_checkpointing = True
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, every_n_layers=1, offload=False):
+        """The older Hugging Face name of ``activation_checkpointing_enable``."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, every_n_layers, offload)
 
     def gradient_checkpointing_disable(self) -> None:
         self.gradient_checkpointing = False
@@ -529,4 +549,8 @@ class CometForCausalLM(nn.Module):
         missing, unexpected = model.memory.load_state_dict(weights, strict=False)
         if missing or unexpected:
             raise ValueError(f"{directory / WEIGHTS_FILE} does not fit this CoMeT config: missing {missing}, unexpected {unexpected}")
+        if (directory / LORA_FILE).is_file():  # an adapter trained with LoRA on the backbone
+            from .training.lora import load_lora
+
+            load_lora(model, directory / LORA_FILE)
         return model

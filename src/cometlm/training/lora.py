@@ -1,0 +1,133 @@
+"""Which parameters train: LoRA on the frozen backbone, CoMeT's memory modules in full (METHOD.md section 3).
+
+LoRA is injected in place into ``model.backbone_model`` with peft's ``inject_adapter_in_model``: the wrapped
+decoder layers stay where ``Backbone`` finds them, so ``CometForCausalLM`` needs no change, and the LoRA weights
+keep peft's own names (``model.layers.0.self_attn.q_proj.lora_A.weight``) so any peft tool can read them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from ..model import LORA_FILE  # noqa: F401  (re-exported: where train writes the LoRA weights of an adapter)
+_ADAPTER = "default"
+
+
+def freeze_backbone(model) -> nn.Module:
+    """Stops gradients to every backbone weight; CoMeT's ``model.memory`` keeps training."""
+    for p in model.backbone_model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def has_lora(model) -> bool:
+    return _ADAPTER in getattr(model.backbone_model, "peft_config", {})
+
+
+def apply_lora(model, rank: int = 8, alpha: float = 16, dropout: float = 0.0, targets=("q_proj", "v_proj")):
+    """Freezes the backbone and adds trainable LoRA to the named linear layers of every decoder layer.
+
+    Afterwards only LoRA and CoMeT parameters require grad, so a trained model ships as a few-MB adapter.
+    """
+    from peft import LoraConfig, inject_adapter_in_model
+
+    if has_lora(model):
+        raise ValueError("the model already has LoRA; apply_lora once per model")
+    targets = list(targets)
+    freeze_backbone(model)
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets)
+    try:
+        inject_adapter_in_model(config, model.backbone_model, adapter_name=_ADAPTER)
+    except ValueError as err:
+        raise ValueError(
+            f"cannot put LoRA on {targets}: {err}. Name linear layers of the backbone's decoder layers, e.g. "
+            "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj"
+        ) from None
+    return model
+
+
+def lora_config(model) -> dict:
+    """The settings ``apply_lora`` needs to rebuild the same LoRA layout (stored next to the weights)."""
+    config = model.backbone_model.peft_config[_ADAPTER]
+    return {
+        "rank": config.r,
+        "alpha": config.lora_alpha,
+        "dropout": config.lora_dropout,
+        "targets": sorted(config.target_modules),
+    }
+
+
+def lora_state_dict(model) -> dict[str, torch.Tensor]:
+    """The LoRA weights, keyed as peft names them under ``backbone_model`` (adapter name dropped)."""
+    from peft import get_peft_model_state_dict
+
+    if not has_lora(model):
+        raise ValueError("the model has no LoRA; call apply_lora first")
+    state = get_peft_model_state_dict(model.backbone_model, adapter_name=_ADAPTER)
+    return {k: v.detach().contiguous() for k, v in state.items()}
+
+
+def load_lora_state_dict(model, state: dict[str, torch.Tensor]) -> None:
+    """Loads weights from ``lora_state_dict`` into a model with the same LoRA layout; any mismatch is an error."""
+    from peft import set_peft_model_state_dict
+
+    expected = set(lora_state_dict(model))
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"the LoRA weights do not fit this model's LoRA layout {lora_config(model)}: missing {missing[:4]}, "
+            f"unexpected {unexpected[:4]}; apply_lora with the settings the weights were trained with"
+        )
+    set_peft_model_state_dict(model.backbone_model, state, adapter_name=_ADAPTER)
+
+
+def save_lora(model, path: str | Path) -> None:
+    """Writes the LoRA weights with their layout in the safetensors metadata, so ``load_lora`` needs nothing else."""
+    save_file(lora_state_dict(model), str(path), metadata={"lora": json.dumps(lora_config(model))})
+
+
+def load_lora(model, path: str | Path):
+    """Adds the LoRA layout recorded in ``path`` to the model and loads its weights."""
+    with safe_open(str(path), framework="pt", device=str(next(model.parameters()).device)) as f:
+        metadata = f.metadata() or {}
+        if "lora" not in metadata:
+            raise ValueError(f"{path} has no LoRA layout in its metadata; it was not written by save_lora")
+        state = {key: f.get_tensor(key) for key in f.keys()}
+    apply_lora(model, **json.loads(metadata["lora"]))
+    load_lora_state_dict(model, state)
+    return model
+
+
+def trainable_parameter_groups(model, lr: float, memory_lr_multiplier: float = 5.0, weight_decay: float = 0.0):
+    """AdamW parameter groups: CoMeT's memory at ``lr * memory_lr_multiplier`` (the paper trains it at 5x), the
+    rest at ``lr``; weight decay only on matrices, never on norms, biases or other 1-D parameters.
+
+    Frozen parameters are left out; empty groups are dropped. Each group has a ``name`` for logs and checkpoints.
+    """
+    memory = {id(p) for p in model.memory.parameters()}
+    groups: dict[str, dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        part = "memory" if id(p) in memory else "backbone"
+        decay = p.dim() >= 2 and weight_decay > 0
+        key = f"{part}{'' if decay else '_no_decay'}"
+        group = groups.setdefault(
+            key,
+            {
+                "name": key,
+                "params": [],
+                "lr": lr * memory_lr_multiplier if part == "memory" else lr,
+                "weight_decay": weight_decay if decay else 0.0,
+            },
+        )
+        group["params"].append(p)
+    if not groups:
+        raise ValueError("the model has no trainable parameters; nothing to optimise")
+    return list(groups.values())

@@ -1,0 +1,445 @@
+"""Training: exact resume, accumulation equals a big batch, LoRA trains only what it should, interruptions lose
+nothing, the outputs reload, Hugging Face Trainer works on the model, and a tiny task is learned."""
+
+import argparse
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from cometlm import CometForCausalLM
+from cometlm.training.chunking import ChunkPlanner
+from cometlm.training.checkpoint import CheckpointError, load_checkpoint
+from cometlm.training.lora import LORA_FILE, apply_lora, load_lora_state_dict
+from cometlm.training.trainer import (
+    TrainConfig,
+    build_optimizer,
+    load_dataset,
+    prepare_model,
+    read_metrics,
+    register,
+    train,
+)
+from conftest import COMMON, SMALL, VOCAB, randomize_memory, tiny_backbone
+
+
+@dataclass(frozen=True)
+class Sample:
+    input_ids: list
+    labels: list
+    boundaries: tuple = ()
+
+
+def make_data(n=6, seed=0):
+    """Samples of 13..20 tokens (so batches pad and chunk counts differ), every token a target."""
+    generator = torch.Generator().manual_seed(seed)
+    samples = []
+    for i in range(n):
+        ids = torch.randint(0, VOCAB, (13 + (i * 3) % 8,), generator=generator).tolist()
+        samples.append(Sample(ids, ids, boundaries=(5, 11)))
+    return samples
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A saved tiny backbone: adapters record the directory of their base model."""
+    path = tmp_path_factory.mktemp("base") / "llama"
+    tiny_backbone().save_pretrained(path)
+    return str(path)
+
+
+def comet(base):
+    torch.manual_seed(0)  # CoMeT's adapters and gates are initialised from the global RNG
+    return randomize_memory(CometForCausalLM.from_backbone(base, SMALL))
+
+
+def config(tmp_path, name, **overrides):
+    settings = dict(max_steps=5, batch_size=1, grad_accum=2, lr=1e-2, warmup_steps=1, log_every=1, save_every=100)
+    return TrainConfig(output_dir=str(tmp_path / name), **{**settings, **overrides})
+
+
+def trainable(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def assert_same_run(a, b, dir_a, dir_b):
+    """Same trainable tensors, and the same optimizer and scheduler state in the final checkpoints, bit for bit."""
+    ta, tb = trainable(a), trainable(b)
+    assert ta.keys() == tb.keys()
+    for name in ta:
+        assert torch.equal(ta[name], tb[name]), name
+    for file in ("optimizer.pt", "scheduler.pt"):
+        sa = torch.load(dir_a / "checkpoint-5" / file, weights_only=True)
+        sb = torch.load(dir_b / "checkpoint-5" / file, weights_only=True)
+        assert_nested_equal(sa, sb)
+
+
+def assert_nested_equal(a, b):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert_nested_equal(a[key], b[key])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_nested_equal(x, y)
+    else:
+        assert a == b
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Resume and interruption
+
+
+AUGMENT = dict(p_fixed=1, p_right_aligned=1, p_uniform=1, p_random=1, p_boundary=1)
+
+
+@pytest.mark.parametrize("stop", ["extend", "crash"])
+def test_resume_equals_a_run_that_never_stopped(tmp_path, base, stop, monkeypatch):
+    """"extend": a finished 3-step run continued to 5 (constant lr, since max_steps shapes the cosine schedule).
+    "crash": a 5-step run killed after its step-3 checkpoint, or with ``latest`` still naming it; LoRA dropout makes
+    the torch RNG matter, and the metrics written past step 3 must not be duplicated. Both draw chunk plans."""
+    plans = []
+    plan_batch = ChunkPlanner.plan_batch
+    monkeypatch.setattr(ChunkPlanner, "plan_batch", lambda *args: plans.append(plan_batch(*args)) or plans[-1])
+    extra = dict(min_lr_ratio=1.0, warmup_steps=0) if stop == "extend" else dict(lora_dropout=0.1, save_every=3)
+    extra["chunk_augmentation"] = AUGMENT
+    data = make_data()
+    straight = comet(base)
+    train(straight, data, config(tmp_path, "straight", **extra))
+    straight_plans, plans[:] = list(plans), []
+    assert any(not torch.equal(plan[0, :-1], torch.full_like(plan[0, :-1], 8)) for plan in straight_plans)
+
+    settings = config(tmp_path, "resumed", **extra)
+    if stop == "extend":
+        train(comet(base), data, config(tmp_path, "resumed", **{**extra, "max_steps": 3}))
+    else:
+        train(comet(base), data, settings)
+        out = tmp_path / "resumed"
+        (out / "latest").write_text("checkpoint-3\n")
+        with open(out / "metrics.jsonl", "a") as f:
+            f.write('{"step": 6, "lo')  # torn by the kill
+    plans[:] = []
+    resumed = comet(base)
+    with pytest.warns(UserWarning, match="max_steps") if stop == "extend" else nullcontext():
+        result = train(resumed, data, settings)
+    assert result.steps == 5
+    assert len(plans) == 4 and all(torch.equal(a, b) for a, b in zip(plans, straight_plans[-4:]))  # steps 4, 5
+    assert_same_run(straight, resumed, tmp_path / "straight", tmp_path / "resumed")
+    assert [r["step"] for r in read_metrics(tmp_path / "resumed" / "metrics.jsonl")] == [1, 2, 3, 4, 5]
+
+
+class InterruptingData(list):
+    """Raises the interrupt the first time sample ``at`` is read, as Ctrl-C or SIGTERM would mid-step."""
+
+    def __init__(self, samples, at, how):
+        super().__init__(samples)
+        self.at, self.how, self.fired = at, how, False
+
+    def __getitem__(self, index):
+        if index == self.at and not self.fired:
+            self.fired = True
+            if self.how == "sigterm":
+                os.kill(os.getpid(), signal.SIGTERM)
+            else:
+                raise KeyboardInterrupt
+        return super().__getitem__(index)
+
+
+@pytest.mark.parametrize("how", ["keyboard", "sigterm", "sigterm_during_update"])
+def test_interrupted_run_saves_and_resumes_exactly(tmp_path, base, how):
+    data = make_data()
+    settings = dict(batch_size=1, grad_accum=1)
+    straight = comet(base)
+    train(straight, data, config(tmp_path, "straight", **settings))
+
+    interrupted = config(tmp_path, "interrupted", **settings)
+    handler, hook = signal.getsignal(signal.SIGTERM), None
+    if how == "sigterm_during_update":  # arrives while parameters change: held until the step is complete
+        steps = []
+        hook = register_optimizer_step_post_hook(
+            lambda *_: steps.append(1) or (len(steps) == 3 and os.kill(os.getpid(), signal.SIGTERM))
+        )
+        source = data
+    else:
+        source = InterruptingData(data, at=3, how=how)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(comet(base), source, interrupted)
+    finally:
+        if hook is not None:
+            hook.remove()
+    out = tmp_path / "interrupted"
+    assert (out / "latest").read_text().strip() == "checkpoint-3"
+    assert load_checkpoint(out / "checkpoint-3", comet_with_lora(base)).data_position == 3
+    assert signal.getsignal(signal.SIGTERM) == handler  # the trainer's handlers are gone again
+
+    resumed = comet(base)
+    assert train(resumed, data, interrupted).steps == 5
+    assert_same_run(straight, resumed, tmp_path / "straight", out)
+
+
+def comet_with_lora(base):
+    model = comet(base)
+    prepare_model(model, TrainConfig(output_dir="unused"))
+    return model
+
+
+def test_checkpoints_are_pruned_and_damage_is_reported(tmp_path, base):
+    out = tmp_path / "run"
+    train(comet(base), make_data(), config(tmp_path, "run", save_every=1, keep_checkpoints=2))
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["checkpoint-4", "checkpoint-5", "final", "latest", "loss.png", "metrics.jsonl"]
+    ckpt = out / "checkpoint-5"
+    # AdamW and LambdaLR states load without unpickling arbitrary objects.
+    torch.load(ckpt / "optimizer.pt", weights_only=True)
+    torch.load(ckpt / "scheduler.pt", weights_only=True)
+
+    params = ckpt / "trainable.safetensors"
+    data = params.read_bytes()
+    params.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated: trainable.safetensors"):
+        load_checkpoint(out, comet_with_lora(base))
+    params.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(CheckpointError, match="corrupted: trainable.safetensors fails its sha256"):
+        load_checkpoint(out, comet_with_lora(base))
+    (ckpt / "state.json").write_text('{"step": 5, "data_pos')
+    with pytest.raises(CheckpointError, match="state.json is corrupted"):
+        load_checkpoint(out, comet_with_lora(base))
+    (ckpt / "state.json").unlink()
+    with pytest.raises(CheckpointError, match="not a complete checkpoint"):
+        load_checkpoint(ckpt, comet_with_lora(base))
+    with pytest.raises(CheckpointError, match="other trainable parameters"):
+        load_checkpoint(out / "checkpoint-4", comet(base))  # no LoRA: the parameter sets differ
+    (out / "latest").write_text("")
+    with pytest.raises(CheckpointError, match="names '', which is not a checkpoint folder"):
+        train(comet(base), make_data(), config(tmp_path, "run", save_every=1))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# What trains, and how
+
+
+def test_accumulation_equals_one_big_batch(tmp_path, base):
+    """Rows of 13 and 16 tokens: only dividing by the window's target count makes 2 x 1 equal 1 x 2."""
+    data = make_data(n=2)
+    big, accumulated = comet(base), comet(base)
+    train(big, data, config(tmp_path, "big", max_steps=2, batch_size=2, grad_accum=1))
+    train(accumulated, data, config(tmp_path, "accumulated", max_steps=2, batch_size=1, grad_accum=2))
+    metrics = [read_metrics(tmp_path / run / "metrics.jsonl") for run in ("big", "accumulated")]
+    for a, b in zip(*metrics):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+    ta, tb = trainable(big), trainable(accumulated)
+    for name in ta:
+        torch.testing.assert_close(ta[name], tb[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("mode", ["lora", "memory", "full"])
+def test_each_mode_trains_exactly_its_parameters(tmp_path, base, mode):
+    model = comet(base)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train(model, make_data(), config(tmp_path, mode, mode=mode, max_steps=2, warmup_steps=0))
+    after = dict(model.named_parameters())
+    original = {n: n.replace(".base_layer", "") for n in after}  # LoRA moves a wrapped weight to base_layer
+    changed = {n for n, p in after.items() if original[n] not in before or not torch.equal(before[original[n]], p)}
+    memory = {n for n in after if n.startswith("memory.")}
+    lora = {n for n in after if ".lora_" in n}
+    assert memory <= changed  # every CoMeT parameter gets gradient and moves
+    if mode == "lora":
+        assert lora and {n for n in lora if ".lora_B." in n} <= changed  # lora_B starts at zero and moves
+        assert changed <= memory | lora  # base weights untouched
+    elif mode == "memory":
+        assert not lora and changed == memory
+    else:
+        assert not lora and "backbone_model.model.layers.0.mlp.up_proj.weight" in changed
+
+
+def test_gradient_checkpointing_changes_nothing_and_bf16_stays_close(tmp_path, base):
+    plain, checkpointed, bf16 = comet(base), comet(base), comet(base)
+    train(plain, make_data(), config(tmp_path, "plain", max_steps=2))
+    train(checkpointed, make_data(), config(tmp_path, "checkpointed", max_steps=2, gradient_checkpointing=True))
+    train(bf16, make_data(), config(tmp_path, "bf16", max_steps=2, bf16=True))
+    ta, tb = trainable(plain), trainable(checkpointed)
+    for name in ta:
+        torch.testing.assert_close(ta[name], tb[name], atol=1e-6, rtol=1e-5, msg=name)
+    losses = [read_metrics(tmp_path / run / "metrics.jsonl")[0]["loss"] for run in ("plain", "bf16")]
+    assert losses[1] == pytest.approx(losses[0], rel=2e-2)
+
+
+def test_memory_learns_at_five_times_the_rate_without_decay_on_vectors(base):
+    model = comet(base)
+    settings = TrainConfig(output_dir="unused", lr=1e-3, weight_decay=0.1)
+    prepare_model(model, settings)
+    optimizer, scheduler = build_optimizer(model, settings)
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    assert set(groups) == {"memory", "memory_no_decay", "backbone"}  # LoRA has no vectors
+    memory = {id(p) for p in model.memory.parameters()}
+    for name, group in groups.items():
+        assert group["lr"] == pytest.approx(5e-3 if name.startswith("memory") else 1e-3)
+        assert all((id(p) in memory) == name.startswith("memory") for p in group["params"])
+        assert all(p.dim() >= 2 for p in group["params"]) == (group["weight_decay"] == 0.1)
+    trainable_ids = {id(p) for p in model.parameters() if p.requires_grad}
+    assert trainable_ids == {id(p) for g in groups.values() for p in g["params"]}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Outputs
+
+
+def test_outputs_metrics_plot_and_a_reloadable_adapter(tmp_path, base):
+    model = comet(base)
+    result = train(model, make_data(), config(tmp_path, "run", log_every=2))
+    assert [r["step"] for r in read_metrics(result.metrics)] == [2, 4, 5]  # every log_every steps, and the last
+    fields = {"step", "loss", "lr", "grad_norm", "tokens_per_s", "tokens", "elapsed"}
+    assert set(read_metrics(result.metrics)[0]) == fields
+    assert result.loss_plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = make_data()
+    assert result.steps == 5 and result.tokens == sum(len(data[i % len(data)].input_ids) for i in range(5 * 2))
+
+    model.eval()
+    ids = torch.tensor([make_data()[5].input_ids])
+    with torch.no_grad():
+        expected = model(ids).logits
+        meta = json.loads(result.final_dir.joinpath("comet_config.json").read_text())
+        assert meta["kind"] == "adapter" and (result.final_dir / LORA_FILE).is_file()
+        # from_pretrained loads the CoMeT weights onto the recorded base and applies the shipped LoRA.
+        assert torch.equal(CometForCausalLM.from_pretrained(result.final_dir)(ids).logits, expected)
+
+
+def test_a_model_without_a_base_path_is_refused_before_training(tmp_path):
+    model = randomize_memory(CometForCausalLM.from_backbone(tiny_backbone(), SMALL))
+    with pytest.raises(ValueError, match="must name its base model"):
+        train(model, make_data(), config(tmp_path, "run"))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(mode="adapter"), "mode must be one of lora, full, memory"),
+        (dict(grad_accum=0), "grad_accum must be an int >= 1"),
+        (dict(warmup_steps=9), "warmup_steps must be an int in 0..max_steps=5"),
+        (dict(max_grad_norm=0), "max_grad_norm must be > 0, or None"),
+        (dict(chunk_augmentation={"p_fixed": -1}), "chunk_augmentation must map ChunkPlanner options"),
+        (dict(lora_targets=()), "lora_targets must name at least one"),
+    ],
+)
+def test_bad_configs_say_what_to_fix(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        config(tmp_path, "run", **overrides)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Learning
+
+
+def test_loss_goes_down_on_a_memorisation_task(tmp_path, base):
+    """Two random sequences, seen 20 times: the whole model (mode "full") learns them (4.6 -> about 1.4)."""
+    data = make_data(n=2)
+    settings = config(tmp_path, "memorise", mode="full", max_steps=20, batch_size=2, grad_accum=1)
+    losses = [r["loss"] for r in read_metrics(train(comet(base), data, settings).metrics)]
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_hugging_face_trainer_trains_the_model_without_special_code(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    model = randomize_memory(CometForCausalLM.from_backbone(tiny_backbone(), SMALL))
+    rows = [{"input_ids": s.input_ids[:13], "labels": s.labels[:13]} for s in make_data(n=2)] * 4
+
+    def collate(batch):
+        return {k: torch.tensor([row[k] for row in batch]) for k in ("input_ids", "labels")}
+
+    args = TrainingArguments(
+        output_dir=str(tmp_path), use_cpu=True, report_to=[], per_device_train_batch_size=2, max_steps=8,
+        learning_rate=1e-2, logging_steps=1, save_strategy="no", disable_tqdm=True,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collate)
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 8 and losses[-1] < 0.8 * losses[0], losses
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def train_parser():
+    parser = argparse.ArgumentParser(prog="cometlm")
+    register(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def test_train_help_is_fast_and_covers_every_setting():
+    code = ("import argparse; from cometlm.training.trainer import register; p = argparse.ArgumentParser(); "
+            "register(p.add_subparsers()); p.parse_args(['train', '--help'])")
+    command = [sys.executable, "-X", "importtime", "-c", code]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "torch" not in imported and "transformers" not in imported and "peft" not in imported
+    assert all(form in " ".join(result.stdout.split()) for form in ("jsonl-chat:PATH", "lm:essays", "passkey"))
+    actions = train_parser()._subparsers._group_actions[0].choices["train"]._actions
+    assert {a.dest for a in actions} >= {f.name for f in dataclasses.fields(TrainConfig)}
+    assert all(a.help for a in actions if a.option_strings and a.dest != "help")
+
+
+def test_unknown_data_spec_lists_the_forms():
+    with pytest.raises(ValueError, match=r"'jsonl:x' is not a data source; use one of:\n  jsonl-text:PATH"):
+        load_dataset("jsonl:x", tokenizer=None, max_length=64)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random Llama with the bundled SmolLM2 tokenizer: the command line reads text, and stays fast."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from cometlm.bundled import bundled_model_dir
+
+    path = tmp_path_factory.mktemp("tiny") / "llama"
+    tokenizer = AutoTokenizer.from_pretrained(bundled_model_dir())
+    torch.manual_seed(0)
+    settings = dict(COMMON, vocab_size=len(tokenizer), tie_word_embeddings=True)
+    LlamaForCausalLM(LlamaConfig(**settings)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def test_train_command_trains_resumes_and_continues_from_its_output(tmp_path, capsys, tiny_model_dir):
+    """A JSONL file with one bad line: two steps, then one more on rerun, then a new run that starts from the first
+    run's final model (its LoRA included)."""
+    data = tmp_path / "texts.jsonl"
+    line = json.dumps({"text": "The pass key is 12345. Remember it. 12345 is the pass key. " * 3})
+    data.write_text(f"{line}\nnot json\n{line}\n")
+    run = tmp_path / "run"
+    common = ["train", "--data", f"jsonl-text:{data}", "--model", tiny_model_dir, "--max-length", "40",
+              "--chunk-size", "16", "--global-slots", "2", "--temp-capacity", "4", "--lora-rank", "2",
+              "--chunk-augmentation", "p_fixed=1", "p_random=1"]
+    parser = train_parser()
+    args = parser.parse_args([*common, "--output-dir", str(run), "--max-steps", "2"])
+    assert args.run(args) == 0
+    args = parser.parse_args([*common, "--output-dir", str(run), "--max-steps", "3"])
+    with pytest.warns(UserWarning, match="differ from the checkpoint's: max_steps"):
+        assert args.run(args) == 0
+    err = capsys.readouterr().err
+    assert "skipped 1 bad records" in err and "texts.jsonl:2" in err
+    assert "resuming from" in err and "trained 3 steps" in err
+    assert (run / "final" / LORA_FILE).is_file()
+
+    args = parser.parse_args([*common, "--output-dir", str(tmp_path / "more"), "--max-steps", "1",
+                              "--comet", str(run / "final")])
+    assert args.run(args) == 0
+    before = load_file(run / "final" / LORA_FILE)
+    after = load_file(tmp_path / "more" / "final" / LORA_FILE)
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
