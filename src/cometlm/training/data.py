@@ -368,7 +368,15 @@ class _RetrievalDataset(_GeneratedDataset):
     random depth in `depth_range`. `input_ids` = prompt + answer; the loss is on the answer tokens, and with
     `context_loss` on every token."""
 
-    def __init__(self, tokenizer, lengths: tuple[int, int], seed: int, size: int, depth_range: tuple[float, float], context_loss: bool):
+    def __init__(
+        self,
+        tokenizer,
+        lengths: tuple[int, int],
+        seed: int = 0,
+        size: int = 1_000_000,
+        depth_range: tuple[float, float] = (0.0, 1.0),
+        context_loss: bool = False,
+    ):
         super().__init__(seed, size)
         low, high = lengths
         if not 1 <= low <= high:
@@ -418,17 +426,6 @@ class PasskeyDataset(_RetrievalDataset):
 
 class NeedleDataset(_RetrievalDataset):
     """Needle-in-a-haystack prompts over the essays (`tasks.needle_sample`); see `_RetrievalDataset`."""
-
-    def __init__(
-        self,
-        tokenizer,
-        lengths: tuple[int, int],
-        seed: int = 0,
-        size: int = 1_000_000,
-        depth_range: tuple[float, float] = (0.0, 1.0),
-        context_loss: bool = False,
-    ):
-        super().__init__(tokenizer, lengths, seed, size, depth_range, context_loss)
 
     def _build(self, n_tokens: int, depth: float, rng: random.Random) -> RetrievalSample:
         return needle_sample(self.tokenizer, n_tokens, depth, rng)
