@@ -202,9 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_options(demo, max_new_tokens=48)
     demo.set_defaults(run=cmd_demo)
 
+    from .evaluation.passkey import register as register_eval
     from .training.trainer import register as register_train
 
     register_train(sub)
+    register_eval(sub)
     return parser
 
 
