@@ -41,3 +41,16 @@ def test_padding_positions_get_zero_logits_and_no_loss():
         other = ids.clone()
         other[1, 5:] = 7  # padding content must not matter
         torch.testing.assert_close(comet(other, attention_mask=mask, labels=other).loss, comet(ids, attention_mask=mask, labels=ids).loss)
+
+
+@torch.no_grad()
+def test_eager_attention_gets_the_same_masks_as_sdpa():
+    ids = random_ids(2, 21)
+    mask = padded([21, 9], 21, left=True)
+    sdpa, eager = tiny_comet(attn="sdpa"), tiny_comet(attn="eager")
+    torch.testing.assert_close(eager(ids, attention_mask=mask).logits, sdpa(ids, attention_mask=mask).logits, atol=1e-5, rtol=1e-5)
+    prompt = ids[:1, :10]
+    kwargs = dict(max_new_tokens=12, eos_token_id=[], return_dict_in_generate=True, output_logits=True)
+    a, b = sdpa.generate(prompt, **kwargs), eager.generate(prompt, **kwargs)
+    assert torch.equal(a.sequences, b.sequences)
+    torch.testing.assert_close(torch.stack(b.logits), torch.stack(a.logits), atol=1e-5, rtol=1e-5)

@@ -66,6 +66,15 @@ class Backbone:
         if self.config._attn_implementation not in ("eager", "sdpa"):
             self.model.set_attn_implementation("sdpa")
 
+    def attention_mask(self, mask: torch.Tensor | None, dtype, length: int, device) -> torch.Tensor | None:
+        """A boolean (B, 1, q, k) mask in the form the attention kernel takes: as is for sdpa (None means plain
+        causal attention there), additive for eager, which also needs the causal mask spelled out."""
+        if not self.uses_eager_attention:
+            return mask
+        if mask is None:
+            mask = torch.ones(length, length, dtype=torch.bool, device=device).tril()[None, None]
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+
     def rope(self, hidden: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.rotary_emb(hidden, position_ids)
 

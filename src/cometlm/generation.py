@@ -71,8 +71,7 @@ def extend(model, chunk: OpenChunk, token: torch.Tensor) -> OpenChunk:
     position_ids = chunk.next_position[:, None] + torch.arange(q, device=hidden.device)[None]
     causal = torch.arange(cached + q, device=hidden.device)[None] <= (cached + torch.arange(q, device=hidden.device))[:, None]
     mask = (causal[None] & key_valid[:, None, :])[:, None]  # (B, 1, q, cached + q)
-    if model.backbone.uses_eager_attention:
-        mask = torch.zeros(mask.shape, dtype=hidden.dtype, device=mask.device).masked_fill(~mask, torch.finfo(hidden.dtype).min)
+    mask = model.backbone.attention_mask(mask, hidden.dtype, cached + q, hidden.device)
     rope = model.backbone.rope(hidden, position_ids)
     for layer in model.backbone.layers:
         hidden = layer(

@@ -223,13 +223,6 @@ class CometForCausalLM(nn.Module):
             index = torch.where(layout.stream_kind == kind, start + layout.stream_token, index)
         return torch.cat(parts, dim=1)[:, index]
 
-    def _attention_mask(self, layout: ChunkLayout, dtype) -> torch.Tensor | None:
-        if layout.mask is None or not self.backbone.uses_eager_attention:
-            return layout.mask
-        return torch.zeros(layout.mask.shape, dtype=dtype, device=layout.mask.device).masked_fill(
-            ~layout.mask, torch.finfo(dtype).min
-        )
-
     def _update_memory(self, index: int, hidden: torch.Tensor, layer: LayerState, layout: ChunkLayout) -> LayerState:
         """METHOD.md section 2 for one layer, after the chunk has passed it (only for streams that close)."""
         if not bool(layout.closing.any()):
@@ -272,7 +265,7 @@ class CometForCausalLM(nn.Module):
         layout = ChunkLayout.build(self.comet_config, text_len, text_ids.shape[1], closing, memory_valid)
         hidden = self._stream_inputs(layout, text_ids)
         rope = self.backbone.rope(hidden, layout.position_ids)
-        mask = self._attention_mask(layout, hidden.dtype)
+        mask = self.backbone.attention_mask(layout.mask, hidden.dtype, layout.valid.shape[1], hidden.device)
         new_layers = []
         for index, layer in enumerate(state.layers):
             step = (index, hidden, layer, layout, rope, mask, cache)
