@@ -116,7 +116,7 @@ class CometForCausalLM(nn.Module):
     def from_backbone(cls, model_or_path, config: CometConfig | None = None, tokenizer=None, dtype=torch.float32):
         """Wraps a loaded ``*ForCausalLM`` model, a local HF model directory, or the bundled model's name.
 
-        The tokenizer (loaded with the model when a name or directory is given) picks the newline token that
+        The tokenizer (loaded with the model when a name or directory is given) picks the whitespace token that
         the beacon and readouts start from; it is kept as ``model.tokenizer`` for the command line.
         """
         config = config or CometConfig()
