@@ -16,6 +16,8 @@ from cometlm import CometConfig
         (dict(temp_stride=0, temp_capacity=32), "temp_capacity has no effect"),
         (dict(chunk_size=64.0), "chunk_size must be an int"),
         (dict(gate="yes"), "gate must be True or False"),
+        (dict(gate_bias=(1.0,)), "gate_bias must be None or"),
+        (dict(gate_bias=(0, 4), gate=False), "gate_bias needs the gated global memory"),
     ],
 )
 def test_invalid_combinations_say_what_to_change(kwargs, message):
@@ -35,3 +37,21 @@ def test_round_trip_and_unknown_fields():
     assert CometConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="unknown CometConfig fields"):
         CometConfig.from_dict({"chunk_size": 8, "chunk": 3})
+
+
+def test_gate_bias_survives_json_and_sets_each_layer():
+    import json
+
+    import torch
+
+    from conftest import tiny_backbone
+
+    from cometlm import CometForCausalLM
+
+    config = CometConfig(chunk_size=16, global_slots=2, temp_capacity=4, gate_bias=[0, 6])
+    assert config.gate_bias == (0.0, 6.0)
+    assert CometConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    model = CometForCausalLM.from_backbone(tiny_backbone(), config)
+    biases = torch.cat([layer.global_memory.gate.bias for layer in model.memory.layers])
+    layers = len(model.memory.layers)
+    assert torch.allclose(biases, torch.linspace(0, 6, layers))

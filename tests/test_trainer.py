@@ -443,3 +443,24 @@ def test_train_command_trains_resumes_and_continues_from_its_output(tmp_path, ca
     before = load_file(run / "final" / LORA_FILE)
     after = load_file(tmp_path / "more" / "final" / LORA_FILE)
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_data_specs_mix_with_weights(tmp_path, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from cometlm.training.data import MixtureDataset
+    from cometlm.training.trainer import load_mixture
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    files = []
+    for name, text in (("a", "alpha beta gamma"), ("b", "one two three four")):
+        files.append(tmp_path / f"{name}.jsonl")
+        files[-1].write_text(json.dumps({"text": text}) + "\n")
+    single = load_mixture([f"jsonl-text:{files[0]}"], tokenizer, 32)
+    assert not isinstance(single, MixtureDataset)
+    mix = load_mixture([f"jsonl-text:{files[0]}@3", f"jsonl-text:{files[1]}"], tokenizer, 32)
+    assert isinstance(mix, MixtureDataset) and mix.weights == [0.75, 0.25]
+    drawn = {tuple(mix[i].input_ids) for i in range(40)}
+    assert drawn == {tuple(single[0].input_ids), tuple(load_mixture([f"jsonl-text:{files[1]}"], tokenizer, 32)[0].input_ids)}
+    with pytest.raises(ValueError, match="weight after '@' must be a number"):
+        load_mixture([f"jsonl-text:{files[0]}@lots"], tokenizer, 32)

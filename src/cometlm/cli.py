@@ -36,6 +36,11 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         "--attention-sink", action="store_true",
         help="put one learned sink row (initialised as BOS) at position 0 of every chunk, ahead of the memory rows",
     )
+    group.add_argument(
+        "--gate-bias", type=float, nargs=2, default=None, metavar=("FIRST", "LAST"),
+        help="initial gate bias of the first and last layer, linear in between (e.g. 0 6: layers keep their global "
+        "memory from ~2 to ~400 chunks at the start of training); default: PyTorch's small random bias",
+    )
     group.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype (default float32)")
     group.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
@@ -68,6 +73,7 @@ def _load_model(args):
             chunk_size=args.chunk_size, global_slots=args.global_slots, temp_stride=args.temp_stride,
             temp_capacity=args.temp_capacity if args.temp_stride else 0, adapter_rank=args.adapter_rank,
             gate=not args.no_gate, attention_sink=args.attention_sink,
+            gate_bias=tuple(args.gate_bias) if args.gate_bias else None,
         )
         model = CometForCausalLM.from_backbone(args.model or BUNDLED_MODEL, config, dtype=dtype)
     if model.tokenizer is None:

@@ -22,6 +22,11 @@ class CometConfig:
                    the layout is exactly METHOD.md section 1.
     init_seed      seed of CoMeT's initial parameters (learned tokens, adapters, gates): ``from_backbone`` is
                    reproducible.
+    gate_bias      initial bias of the global-memory gate in the first and the last layer (linear in between),
+                   or None for PyTorch's default small random bias (gate ~0.5). A large bias starts the layer
+                   keeping its state (sigmoid(4) = 0.98): spreading it over layers gives them time scales from
+                   one chunk to many (the "chrono" initialisation of recurrent gates), a lever for recall far
+                   beyond the training length. Only the initialisation: a trained model's gates are weights.
     """
 
     chunk_size: int = 1024
@@ -32,6 +37,7 @@ class CometConfig:
     gate: bool = True
     attention_sink: bool = False
     init_seed: int = 0
+    gate_bias: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -45,6 +51,12 @@ class CometConfig:
         need(
             isinstance(self.attention_sink, bool), f"attention_sink must be True or False (got {self.attention_sink!r})"
         )
+        if self.gate_bias is not None:
+            ok = isinstance(self.gate_bias, (tuple, list)) and len(self.gate_bias) == 2
+            ok = ok and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in self.gate_bias)
+            need(ok, f"gate_bias must be None or (first_layer, last_layer) numbers (got {self.gate_bias!r})")
+            object.__setattr__(self, "gate_bias", tuple(float(b) for b in self.gate_bias))  # JSON gives lists
+            need(self.gate and self.global_slots > 0, "gate_bias needs the gated global memory (gate=True, global_slots > 0)")
         need(self.chunk_size >= 1, f"chunk_size must be at least 1 (got {self.chunk_size})")
         need(self.global_slots >= 0, f"global_slots must be >= 0; use 0 to disable the global memory (got {self.global_slots})")
         need(self.temp_stride >= 0, f"temp_stride must be >= 0; use 0 to disable the temporary memory (got {self.temp_stride})")

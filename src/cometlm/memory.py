@@ -126,3 +126,9 @@ class CometMemory(nn.Module):
         hidden_size = embedding.shape[1]
         self.tokens = LearnedTokens(config, embedding, quiet_token_id, sink_token_id)
         self.layers = nn.ModuleList(LayerMemory(config, hidden_size, eps) for _ in range(num_layers))
+        if config.gate_bias is not None:
+            first, last = config.gate_bias
+            with torch.no_grad():
+                for index, layer in enumerate(self.layers):
+                    share = index / (num_layers - 1) if num_layers > 1 else 0.0
+                    layer.global_memory.gate.bias.fill_(first + (last - first) * share)

@@ -622,7 +622,11 @@ def register(subparsers) -> None:
         "checkpoint before stopping. The trained model lands in OUTPUT_DIR/final; use it with --comet.",
     )
     forms = "; ".join(f"{form} ({what})" for form, what in DATA_FORMS.items())
-    parser.add_argument("--data", required=True, metavar="SPEC", help=f"the training data, one of: {forms}")
+    parser.add_argument(
+        "--data", required=True, nargs="+", metavar="SPEC",
+        help=f"the training data, one of: {forms}. Several SPECs mix their samples; SPEC@WEIGHT sets a source's share "
+        "(default 1), e.g. --data passkey@0.8 lm:essays@0.2",
+    )
     parser.add_argument("--max-length", type=int, default=2048,
                         help="longest sample in tokens (default 2048): texts are split into windows of it, chats "
                         "truncated to it, generated prompts drawn between half of it and it")
@@ -651,7 +655,7 @@ def cmd_train(args) -> int:
 
     config = config_from_args(args)  # bad settings fail before a model is loaded
     model = _load_model(args)  # with --comet, also the LoRA weights it was trained with
-    dataset = load_dataset(args.data, model.tokenizer, args.max_length, args.on_error, config.seed)
+    dataset = load_mixture(args.data, model.tokenizer, args.max_length, args.on_error, config.seed)
     try:
         result = train(model, dataset, config, resume=not args.no_resume)
     except KeyboardInterrupt:
@@ -687,6 +691,23 @@ def _parse_options(pairs: list[str] | None) -> dict[str, float] | None:
         if not name:
             raise ValueError(f"--chunk-augmentation takes NAME=NUMBER pairs such as p_fixed=0.6 (got {pair!r})")
     return options
+
+
+def load_mixture(specs: list[str], tokenizer, max_length: int, on_error: str = "skip", seed: int = 0):
+    """One dataset from ``--data`` SPEC[@WEIGHT] arguments: the named dataset, or a ``MixtureDataset`` of several."""
+    from .data import MixtureDataset
+
+    datasets, weights = [], []
+    for spec in specs:
+        name, at, weight = spec.rpartition("@") if "@" in spec else (spec, "", "1")
+        try:
+            weights.append(float(weight))
+        except ValueError:
+            raise ValueError(f"--data {spec!r}: the weight after '@' must be a number, e.g. passkey@0.8") from None
+        datasets.append(load_dataset(name, tokenizer, max_length, on_error, seed))
+    if len(datasets) == 1:
+        return datasets[0]
+    return MixtureDataset(datasets, weights, seed=seed)
 
 
 def load_dataset(spec: str, tokenizer, max_length: int, on_error: str = "skip", seed: int = 0):
