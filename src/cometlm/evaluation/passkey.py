@@ -153,7 +153,7 @@ def _read(model, ids: list[int], state, progress: bool):
     return state
 
 
-def _answer_from_memory(model, prompt, question_tokens, max_new_tokens, layout, prime_tokens, eos, progress):
+def answer_from_memory(model, prompt, question_tokens, max_new_tokens, layout, prime_tokens, eos, progress):
     """Reads the prompt in the layout's chunks and generates; returns (new ids, layout facts for the record).
 
     The context before the open chunk is read here (so long reads can show progress), the open chunk by
@@ -472,7 +472,7 @@ def evaluate_passkey(
                 if method == "truncated":
                     new_ids, facts = _answer_truncated(model.backbone_model, sample.prompt_ids, max_new, window, eos)
                 else:
-                    new_ids, facts = _answer_from_memory(runner, sample.prompt_ids, len(sample.question_ids), max_new,
+                    new_ids, facts = answer_from_memory(runner, sample.prompt_ids, len(sample.question_ids), max_new,
                                                          layout, prime_tokens or 0, eos, progress)
             seconds = time.perf_counter() - start
             generated = tokenizer.decode(new_ids, skip_special_tokens=True)
