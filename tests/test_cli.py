@@ -29,14 +29,17 @@ def test_help_is_fast_and_explains_every_option():
                 assert action.help, f"cometlm {name} {action.option_strings} has no help text"
 
 
-def test_demo_finds_a_passkey_with_an_adapter(tmp_path, capsys, tiny_model_dir):
-    """The demo's passkey path end to end on a tiny random model (it cannot find the key; the demo says so)."""
+def test_demo_finds_a_passkey_with_the_shipped_adapter(monkeypatch, tmp_path, capsys, tiny_model_dir):
+    """The demo's passkey path end to end on a tiny random model standing in for the shipped adapter (it cannot
+    find the key; the demo says so)."""
+    import cometlm.bundled
     from cometlm import CometConfig, CometForCausalLM
 
     adapter = tmp_path / "adapter"
     config = CometConfig(chunk_size=64, global_slots=2, temp_capacity=8, attention_sink=True)
     CometForCausalLM.from_backbone(tiny_model_dir, config).save_pretrained(adapter, adapter=True)
-    assert main(["demo", "--task", "passkey", "--comet", str(adapter), "--model", tiny_model_dir, "--tokens", "300", "--depth", "10"]) == 0
+    monkeypatch.setattr(cometlm.bundled, "SHIPPED_ADAPTER", adapter)
+    assert main(["demo", "--task", "passkey", "--model", tiny_model_dir, "--tokens", "300", "--depth", "10"]) == 0
     out, err = capsys.readouterr()
     assert "truth" in out and ("correct" in out or "WRONG" in out)
     assert "300-token passkey prompt" in err and "tokens/s" in err and "peak RSS" in err

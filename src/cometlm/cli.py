@@ -156,13 +156,14 @@ def cmd_generate(args) -> int:
 def cmd_demo(args) -> int:
     """The main job: passkey retrieval with the shipped adapter (default), or reading a long text and going on."""
     from .bundled import SHIPPED_ADAPTER
+    from .model import CONFIG_FILE
 
     if args.tokens is None:
         args.tokens = DEMO_TOKENS[args.task]
     if args.task == "continue":
         return _demo_continue(args)
     if args.comet is None:
-        if not (SHIPPED_ADAPTER / "config.json").is_file():
+        if not (SHIPPED_ADAPTER / CONFIG_FILE).is_file():
             raise SystemExit(f"error: the shipped passkey adapter is missing ({SHIPPED_ADAPTER}); reinstall cometlm, "
                              "or pass --comet DIR of a trained adapter")
         args.comet = str(SHIPPED_ADAPTER)
