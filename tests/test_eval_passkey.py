@@ -16,18 +16,10 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 import cometlm.training.tasks as tasks
 from cometlm import CometConfig, CometForCausalLM
 from cometlm.bundled import bundled_model_dir, encode
-from cometlm.evaluation.passkey import (
-    HEATMAP_FILE,
-    METHODS,
-    SUMMARY_FILE,
-    TRIALS_FILE,
-    backbone_window,
-    cmd_eval_passkey,
-    evaluate_passkey,
-    length_label,
-    register,
-    without_memory,
-)
+from cometlm.evaluation.commands import register
+from cometlm.evaluation.grid import length_label
+from cometlm.evaluation.methods import backbone_window
+from cometlm.evaluation.passkey import HEATMAP_FILE, SUMMARY_FILE, TRIALS_FILE, evaluate_passkey
 from cometlm.generation import open_chunk
 
 C = 64  # chunk size of the tiny model: the question (11 tokens) and answer (9) fit, a 300-token prompt spans 5
@@ -231,6 +223,7 @@ def test_layout_of_the_chunks_the_prompt_is_read_in(tmp_path, model, tokenizer, 
 
 @torch.inference_mode()
 def test_the_three_methods_run_with_one_schema(tmp_path, model, tokenizer, monkeypatch):
+    METHODS = ("comet", "no-memory", "truncated")  # every method: test_eval_methods.py
     calls, generate = [], CometForCausalLM.generate
 
     def spy(self, input_ids, **kwargs):
@@ -269,7 +262,7 @@ def test_bad_arguments_fail_before_anything_is_written(tmp_path, model, tokenize
         (dict(lengths=[40]), "context length 40: .*too short for a passkey prompt; use at least 68"),
         (dict(lengths=[]), "at least one context length"),
         (dict(trials=0), "trials must be an integer of at least 1 \\(got 0\\)"),
-        (dict(method="rag"), "method must be one of comet, no-memory, truncated"),
+        (dict(method="rag"), "method must be one of comet, no-memory, full, truncated, sliding-window"),
         (dict(layout="left"), "layout must be one of primed, fixed"),
         (dict(prime_tokens=-1), "prime_tokens must be an integer >= 0"),
         (dict(method="truncated", window=8), "window must exceed the answer's 9 tokens"),
@@ -307,16 +300,17 @@ def test_command_line(tmp_path, tokenizer, capsys):
     assert (out / HEATMAP_FILE).is_file() and len(trial_records(out)) == 4
 
     args = parser.parse_args(argv)
-    assert cmd_eval_passkey(args) == 0  # everything done: nothing runs again
+    assert args.run(args) == 0  # everything done: nothing runs again
     assert len(trial_records(out)) == 4
     with pytest.raises(ValueError, match="depths are percentages"):  # before the model is loaded
-        cmd_eval_passkey(parser.parse_args(argv[:-6] + ["--depths", "101"]))
+        args = parser.parse_args(argv[:-6] + ["--depths", "101"])
+        args.run(args)
     with pytest.raises(SystemExit):
         parser.parse_args(argv + ["--method", "rag"])
 
 
 def test_registering_the_command_imports_no_heavy_library():
-    code = ("import argparse; from cometlm.evaluation.passkey import register; "
+    code = ("import argparse; from cometlm.evaluation.commands import register; "
             "register(argparse.ArgumentParser().add_subparsers())")
     result = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, check=True)
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}

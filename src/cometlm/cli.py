@@ -173,7 +173,8 @@ def cmd_demo(args) -> int:
 def _demo_passkey(args) -> int:
     import random
 
-    from .evaluation.passkey import DEFAULT_PRIME_TOKENS, EXTRA_TOKENS, answer_from_memory
+    from .evaluation.methods import DEFAULT_PRIME_TOKENS, build_method
+    from .evaluation.passkey import EXTRA_TOKENS
     from .training.tasks import passkey_matches, passkey_sample
 
     model = _load_model(args)
@@ -192,9 +193,9 @@ def _demo_passkey(args) -> int:
 
     start = time.perf_counter()
     with torch.inference_mode():
-        generated, _ = answer_from_memory(
-            model, sample.prompt_ids, len(sample.question_ids), len(sample.answer_ids) + EXTRA_TOKENS, "primed",
-            DEFAULT_PRIME_TOKENS, model.tokenizer.eos_token_id, progress=True,
+        generated, _ = build_method("comet", model, "primed", DEFAULT_PRIME_TOKENS).answer(
+            sample.prompt_ids, len(sample.question_ids), len(sample.answer_ids) + EXTRA_TOKENS,
+            model.tokenizer.eos_token_id, progress=True,
         )
     seconds = time.perf_counter() - start
     text = model.tokenizer.decode(generated, skip_special_tokens=True)
@@ -273,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_options(demo, max_new_tokens=48)
     demo.set_defaults(run=cmd_demo)
 
-    from .evaluation.passkey import register as register_eval
+    from .evaluation.commands import register as register_eval
     from .training.trainer import register as register_train
 
     register_train(sub)

@@ -1,0 +1,350 @@
+"""Retrieval grids (passkey, needle in a haystack): context lengths x needle depths x trials, one method.
+
+Each trial builds a prompt of exactly `length` tokens with the needle at `depth` percent of the haystack (the
+builders in `training.tasks`, the format training uses), lets the method read it and generate greedily, and
+scores the text with the task's matcher. Trial t of a cell draws from `random.Random(f"{seed}/{length}/{depth}/{t}")`,
+so a cell's prompts do not depend on the rest of the grid, and every method sees the same prompts.
+
+Everything goes to one folder: `trials.jsonl` (one line per finished trial, flushed, so a killed run loses at
+most the trial in flight and a rerun skips what is done), the task's summary JSON and heatmap PNG, rewritten
+atomically after every cell. Heavy libraries are imported inside the functions so `cometlm --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import random
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from cometlm.evaluation.methods import DEFAULT_PRIME_TOKENS, DEFAULT_SINK_TOKENS, build_method, model_info
+from cometlm.evaluation.results import (
+    RSS_NOTE,
+    append_record,
+    environment,
+    load_records,
+    utc_now,
+    write_atomic,
+    write_json,
+)
+
+TRIALS_FILE = "trials.jsonl"
+TRIAL_KEY = ("length", "depth", "trial")
+
+
+@dataclass(frozen=True)
+class RetrievalTask:
+    """What differs between retrieval grids: the prompt builder, the scoring, the names of the files."""
+
+    name: str  # "passkey": the summary's "task" and the file names' stem
+    title: str  # for the heatmap
+    needle: str  # what sits at the depth, for the axis label: "key", "needle"
+    build: Callable  # (tokenizer, n_tokens, depth in [0, 1], rng) -> tasks.RetrievalSample
+    matches: Callable  # (generated text, sample) -> bool
+    extra_tokens: int  # generated beyond the expected answer's length
+    scoring: str  # one line for the summary's config
+    record: Callable = lambda sample: {}  # task-specific fields of a trial record
+    config: dict = field(default_factory=dict)  # task-specific fields of the summary's config
+
+    @property
+    def summary_file(self) -> str:
+        return f"{self.name}.json"
+
+    @property
+    def heatmap_file(self) -> str:
+        return f"{self.name}.png"
+
+
+def check_grid(lengths, depths, trials) -> tuple[list[int], list[int | float]]:
+    """Validated, sorted, de-duplicated lengths (tokens) and depths (percent, an int where whole)."""
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise ValueError(f"trials must be an integer of at least 1 (got {trials!r})")
+    lengths, depths = list(lengths), list(depths)
+    if not lengths or not depths:
+        raise ValueError("give at least one context length and at least one depth")
+    for n in lengths:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"context lengths must be positive token counts (got {n!r})")
+    for d in depths:
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d <= 100:
+            raise ValueError(
+                f"depths are percentages of the haystack before the key, from 0 (start) to 100 (end) (got {d!r})"
+            )
+    return sorted(set(lengths)), sorted({int(d) if float(d).is_integer() else float(d) for d in depths})
+
+
+def length_label(n: int) -> str:
+    """2048 -> "2k", 1048576 -> "1M", 32000 -> "32k", 1500 -> "1500"."""
+    for size, suffix in ((2**20, "M"), (2**10, "k"), (10**6, "M"), (10**3, "k")):
+        if n >= size and n % size == 0:
+            return f"{n // size}{suffix}"
+    return str(n)
+
+
+def method_label(summary: dict) -> str:
+    """"comet (primed layout)", "truncated (last 8192 tokens)", ...: the method and what it read."""
+    return f"{summary['method']} ({summary['config'].get('reads') or summary['config'].get('layout')})"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Heatmap and summary
+
+
+def write_heatmap(path: Path, summary: dict, title: str, needle: str) -> None:
+    """Accuracy per (length, depth) as colour, red (0) to green (1), with the value written in each cell;
+    cells not run yet are grey, unfinished ones show how many trials they hold."""
+    import matplotlib
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    config = summary["config"]
+    lengths, depths = config["lengths"], config["depths"]
+    acc = np.full((len(depths), len(lengths)), np.nan)
+    fig = Figure(figsize=(1.1 * len(lengths) + 2.6, 0.42 * len(depths) + 1.9), layout="constrained")
+    ax = fig.add_subplot()
+    cells = {(c["length"], c["depth"]): c for c in summary["cells"]}
+    for i, depth in enumerate(depths):
+        for j, length in enumerate(lengths):
+            cell = cells[(length, depth)]
+            if cell["done"] == 0:
+                continue
+            acc[i, j] = cell["accuracy"]
+            label = f"{cell['accuracy']:.2f}" + ("" if cell["done"] == config["trials"] else f"\n{cell['done']}/{config['trials']}")
+            ax.text(j, i, label, ha="center", va="center", fontsize=8,
+                    color="white" if not 0.15 <= cell["accuracy"] <= 0.85 else "black")
+    cmap = matplotlib.colormaps["RdYlGn"].with_extremes(bad="0.85")
+    image = ax.imshow(np.ma.masked_invalid(acc), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(len(lengths)), [length_label(n) for n in lengths])
+    ax.set_yticks(range(len(depths)), [f"{d:g}" for d in depths])
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel(f"{needle} depth (%)")
+    mean = summary["mean_accuracy"]
+    ax.set_title(
+        f"{title}: {method_label(summary)}, mean {'-' if mean is None else f'{mean:.2f}'}\n{summary['model']['name']}",
+        fontsize=9,
+    )
+    fig.colorbar(image, ax=ax, label="accuracy")
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=150))
+
+
+def _mean(records: list[dict]) -> float | None:
+    return sum(r["correct"] for r in records) / len(records) if records else None
+
+
+def _grid(config: dict):
+    for length in config["lengths"]:
+        for depth in config["depths"]:
+            for trial in range(config["trials"]):
+                yield length, depth, trial
+
+
+def summarize(task: RetrievalTask, done: dict[tuple, dict], config: dict, run: dict, model: dict,
+              env: dict) -> dict:
+    """The summary JSON from the finished trials of the requested grid (trials outside it are ignored)."""
+    from cometlm.cli import peak_rss_mib
+
+    cells, by_length = [], []
+    for length in config["lengths"]:
+        row = []
+        for depth in config["depths"]:
+            records = [done[k] for t in range(config["trials"]) if (k := (length, depth, t)) in done]
+            seconds = sum(r["seconds"] for r in records)
+            cells.append({
+                "length": length, "depth": depth, "done": len(records), "correct": sum(r["correct"] for r in records),
+                "accuracy": _mean(records), "seconds": round(seconds, 3),
+                "tokens_per_s": round(sum(r["read_tokens"] for r in records) / seconds, 1) if seconds > 0 else None,
+                "peak_rss_mib": max((r["peak_rss_mib"] for r in records), default=None),
+            })
+            row += records
+        by_length.append({"length": length, "label": length_label(length), "done": len(row), "accuracy": _mean(row)})
+    every = [done[k] for k in _grid(config) if k in done]
+    return {
+        "task": task.name,
+        "method": run["method"],
+        "complete": len(every) == len(config["lengths"]) * len(config["depths"]) * config["trials"],
+        "config": config,
+        "model": model,
+        "cells": cells,
+        "accuracy_by_length": by_length,
+        "mean_accuracy": _mean(every),
+        "cost": {
+            "trial_seconds": round(sum(r["seconds"] for r in every), 3),
+            "peak_rss_mib": round(peak_rss_mib(), 1),
+            "note": RSS_NOTE,
+        },
+        "environment": {**env, "written_utc": utc_now()},
+        "files": {"trials": TRIALS_FILE, "heatmap": task.heatmap_file},
+    }
+
+
+def format_table(summary: dict) -> str:
+    """Accuracy per depth (rows) and length (columns), with the mean per length underneath."""
+    config = summary["config"]
+    cells = {(c["length"], c["depth"]): c["accuracy"] for c in summary["cells"]}
+
+    def cell(value) -> str:
+        return f"{'-' if value is None else f'{value:.2f}':>7}"
+
+    lines = ["depth % " + "".join(f"{length_label(n):>7}" for n in config["lengths"])]
+    for depth in config["depths"]:
+        lines.append(f"{depth:<8g}" + "".join(cell(cells[(n, depth)]) for n in config["lengths"]))
+    lines.append("mean    " + "".join(cell(row["accuracy"]) for row in summary["accuracy_by_length"]))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The grid
+
+
+def evaluate_grid(
+    task: RetrievalTask,
+    model,
+    tokenizer,
+    lengths,
+    depths,
+    trials: int,
+    seed: int,
+    out_dir,
+    method: str = "comet",
+    layout: str = "primed",
+    prime_tokens: int = DEFAULT_PRIME_TOKENS,
+    window: int | None = None,
+    sink_tokens: int = DEFAULT_SINK_TOKENS,
+    progress: bool = True,
+    model_name: str | None = None,
+    command: str | None = None,
+) -> dict:
+    """Runs the grid of `task` on a `CometForCausalLM` with one method and returns the summary it writes.
+
+    `depths` are percentages (0 = needle at the start of the haystack, 100 = at its end). `method` is one of
+    `methods.METHODS`; `layout` and `prime_tokens` apply to comet and no-memory, `window` to full, truncated and
+    sliding-window, `sink_tokens` to sliding-window (see `methods.build_method`). Trials already in
+    `out_dir/trials.jsonl` are skipped; a file from a run with other settings is refused.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from cometlm.cli import peak_rss_mib
+
+    lengths, depths = check_grid(lengths, depths, trials)
+    reader = build_method(method, model, layout, prime_tokens, window, sink_tokens)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"seed must be an integer (got {seed!r})")
+
+    # Everything that can be wrong with the arguments is found before a file is touched.
+    probe = {}
+    for length in lengths:
+        try:
+            probe[length] = task.build(tokenizer, length, depths[0] / 100, random.Random(f"{seed}/{length}/probe"))
+        except ValueError as err:
+            raise ValueError(f"context length {length}: {err}") from None
+    answer_room = len(probe[lengths[0]].answer_ids) + task.extra_tokens
+    reader.check_prompt(lengths[-1], len(probe[lengths[-1]].question_ids), answer_room)
+    reader.check_prompt(lengths[0], len(probe[lengths[0]].question_ids), answer_room)
+    info = model_info(model, reader, model_name)
+    # What makes two trials comparable: a trials.jsonl that holds trials with other values belongs to another run.
+    run = {"method": method, **reader.settings(), "seed": seed, "model_id": info["id"]}
+    config = {"lengths": lengths, "depths": depths, "trials": trials, "seed": seed, "method": method,
+              **reader.settings(), "reads": reader.describe(), "extra_tokens": task.extra_tokens, "greedy": True,
+              "scoring": task.scoring, **task.config}
+    env = environment(command if command is not None else shlex.join(sys.argv), reader.device)
+    eos = tokenizer.eos_token_id
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trials_path = out_dir / TRIALS_FILE
+    done = load_records(trials_path, run, TRIAL_KEY, f"{task.name} trial")
+
+    def write_outputs() -> dict:
+        summary = summarize(task, done, config, run, info, env)
+        write_json(out_dir / task.summary_file, summary)
+        write_heatmap(out_dir / task.heatmap_file, summary, task.title, task.needle)
+        return summary
+
+    grid = list(_grid(config))
+    finished = [done[k] for k in grid if k in done]
+    summary, unwritten = None, True  # unwritten: the summary does not show every finished trial yet
+    was_training = model.training
+    model.eval()
+    status = [f"acc {_mean(finished):.2f}"] if finished else []  # running accuracy, last trial's speed
+    bar = tqdm(total=len(grid), initial=len(finished), desc=task.name, unit="trial", disable=not progress,
+               dynamic_ncols=True)
+    try:
+        for length, depth, trial in grid:
+            if (length, depth, trial) in done:
+                continue
+            sample = task.build(tokenizer, length, depth / 100, random.Random(f"{seed}/{length}/{depth}/{trial}"))
+            cell = f"{length_label(length)} @ {depth:g}% #{trial}"
+            bar.set_postfix_str(", ".join([cell, *status]))
+            max_new = len(sample.answer_ids) + task.extra_tokens
+            start = time.perf_counter()
+            with torch.inference_mode():
+                new_ids, facts = reader.answer(sample.prompt_ids, len(sample.question_ids), max_new, eos, progress)
+            seconds = time.perf_counter() - start
+            generated = tokenizer.decode(new_ids, skip_special_tokens=True)
+            record = {
+                **run, "length": length, "depth": depth, "trial": trial, **task.record(sample),
+                "generated": generated, "correct": task.matches(generated, sample),
+                "needle_start": sample.needle_start, **facts, "seconds": round(seconds, 4),
+                "tokens_per_s": round(facts["read_tokens"] / seconds, 1), "peak_rss_mib": round(peak_rss_mib(), 1),
+            }
+            append_record(trials_path, record)
+            done[(length, depth, trial)] = record
+            finished.append(record)
+            unwritten = True
+            status = [f"acc {_mean(finished):.2f}", f"{record['tokens_per_s']:,.0f} tok/s"]
+            bar.set_postfix_str(", ".join([cell, *status]), refresh=False)
+            bar.update()
+            if all((length, depth, t) in done for t in range(trials)):  # the cell is complete
+                summary, unwritten = write_outputs(), False
+    finally:
+        bar.close()
+        model.train(was_training)
+        if unwritten:  # also after an interrupt: the summary then shows every finished trial
+            summary = write_outputs()
+    return summary
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_grid_options(parser, needle: str) -> None:
+    """--lengths, --depths, --trials, --seed for a retrieval grid."""
+    parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192, 32768], metavar="N",
+                        help="context lengths in tokens, question included (default: 2048 8192 32768)")
+    parser.add_argument("--depths", type=float, nargs="+", default=[0, 25, 50, 75, 100], metavar="PCT",
+                        help=f"where the {needle} sits, in percent of the haystack before it: 0 = start, 100 = end "
+                        "(default: 0 25 50 75 100)")
+    parser.add_argument("--trials", type=int, default=3, help="random prompts per (length, depth) cell (default 3)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the prompts; trial t of a cell uses Random('SEED/LENGTH/DEPTH/t') (default 0)")
+
+
+def run_grid_command(task: RetrievalTask, args) -> int:
+    """`cometlm eval passkey|niah`: loads the model, runs the grid, prints the table."""
+    from cometlm import cli
+    from cometlm.bundled import BUNDLED_MODEL
+    from cometlm.evaluation.commands import default_out_dir
+
+    check_grid(args.lengths, args.depths, args.trials)  # before the model loads
+    out = Path(args.out) if args.out else default_out_dir(task.name, args.method, args.layout)
+    model = cli._load_model(args)
+    try:
+        summary = evaluate_grid(
+            task, model, model.tokenizer, args.lengths, args.depths, args.trials, args.seed, out, method=args.method,
+            layout=args.layout, prime_tokens=args.prime_tokens, window=args.window, sink_tokens=args.sink_tokens,
+            progress=not args.no_progress, model_name=args.comet or args.model or BUNDLED_MODEL,
+            command=shlex.join(sys.argv),
+        )
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished trials are in {out / TRIALS_FILE}; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    print(f"{task.name} accuracy, {method_label(summary)}, {summary['model']['name']}")
+    print(format_table(summary))
+    print(f"results in {out}: {task.summary_file}, {task.heatmap_file}, {TRIALS_FILE}", file=sys.stderr)
+    return 0

@@ -1,0 +1,98 @@
+"""How every evaluation keeps its results: a resumable JSONL log, atomic files, and the run's provenance.
+
+A long evaluation appends one JSON line per finished unit of work (a trial, a document) and flushes it, so a
+killed run loses at most the unit in flight and a rerun skips what is done. Each line carries the settings that
+make units comparable (method, seed, model id, ...); a log written with other settings is refused rather than
+mixed in. Summaries and figures are rewritten whole, through a temporary file and a rename.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+from pathlib import Path
+
+RSS_NOTE = (
+    "peak_rss_mib is ru_maxrss of the whole process: it includes model loading and every earlier cell and never "
+    "decreases, so only its growth from one cell to the next is attributable to a cell"
+)
+
+
+def write_atomic(path: Path, write) -> None:
+    """write(tmp_path) fills a temporary file next to `path`, which then replaces `path` in one step."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_records(path: Path, run: dict, key_fields: tuple[str, ...], what: str) -> dict[tuple, dict]:
+    """Finished records by their key fields; refuses a file written by a run with other `run` settings.
+
+    A line cut short by a killed process (no final newline) is dropped, so appending can go on after it.
+    """
+    if not path.is_file():
+        return {}
+    text = path.read_text(encoding="utf-8")
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+        write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    done = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            key = tuple(record[f] for f in key_fields)
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{path} line {number} is not a {what} record ({err}); move the file away") from None
+        other = {f: (record.get(f), run[f]) for f in run if record.get(f) != run[f]}
+        if other:
+            diff = ", ".join(f"{f}: {was!r} there, {now!r} now" for f, (was, now) in other.items())
+            raise ValueError(
+                f"{path} holds {what}s of a different run ({diff}); use another output folder or delete that one"
+            )
+        done.setdefault(key, record)
+    return done
+
+
+def append_record(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def environment(command: str, device) -> dict:
+    """The exact command, library versions and machine, recorded with every result."""
+    import torch
+    import transformers
+
+    import cometlm
+
+    return {
+        "command": command,
+        "versions": {
+            "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "cometlm": cometlm.__version__,
+        },
+        "machine": {
+            "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        },
+        "started_utc": utc_now(),
+    }
+
+
+def write_json(path: Path, value: dict) -> None:
+    text = json.dumps(value, indent=2) + "\n"
+    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

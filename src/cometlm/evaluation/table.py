@@ -1,0 +1,147 @@
+"""`cometlm eval table`: the README's comparison table from result files, one row per method.
+
+Reads the summaries `cometlm eval passkey`, `niah` and `ppl` write (their folders or the JSON files) and prints a
+markdown table: per method and model, passkey and needle accuracy per context length, held-out perplexity,
+the time each took and the peak resident memory. Rows are keyed by (method, window, sink tokens, model), so the
+three results of one method land in one row. Below the table, one line per result says which grid or documents
+it covers, with an asterisk on results that are not complete.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cometlm.evaluation.grid import length_label
+
+TASKS = ("passkey", "niah", "ppl")
+TITLES = {"passkey": "passkey", "niah": "NIAH", "ppl": "ppl"}
+
+
+def load_results(paths) -> list[dict]:
+    """The summaries in the given folders (any of passkey.json, niah.json, ppl.json) or JSON files."""
+    summaries = []
+    for path in map(Path, paths):
+        files = [path / f"{task}.json" for task in TASKS] if path.is_dir() else [path]
+        found = [f for f in files if f.is_file()]
+        if not found:
+            raise FileNotFoundError(
+                f"{path} holds no result: give folders written by `cometlm eval passkey|niah|ppl` or their JSON files"
+            )
+        for file in found:
+            summary = json.loads(file.read_text(encoding="utf-8"))
+            if summary.get("task") not in TASKS:
+                raise ValueError(f"{file} is not a passkey, niah or ppl result (task {summary.get('task')!r})")
+            summary["_file"] = str(file)
+            summaries.append(summary)
+    return summaries
+
+
+def _row_key(summary: dict) -> tuple:
+    config = summary["config"]
+    return summary["method"], config.get("window"), config.get("sink_tokens"), summary["model"]["name"]
+
+
+def _method_cell(method: str, window, sink_tokens) -> str:
+    if method == "sliding-window":
+        return f"sliding-window ({sink_tokens} sink + {window})"
+    if method in ("full", "truncated"):
+        return f"{method} ({window})"
+    return method
+
+
+def _accuracy_cell(summary: dict | None, lengths: list[int]) -> str:
+    if summary is None:
+        return "-"
+    by_length = {row["length"]: row["accuracy"] for row in summary["accuracy_by_length"]}
+    values = ["-" if by_length.get(n) is None else f"{by_length[n]:.2f}" for n in lengths]
+    return " / ".join(values) + ("" if summary["complete"] else "*")
+
+
+def _seconds_cell(summary: dict | None) -> str:
+    """Seconds per trial at the grid's longest length."""
+    if summary is None:
+        return "-"
+    longest = max(summary["config"]["lengths"])
+    cells = [c for c in summary["cells"] if c["length"] == longest and c["done"]]
+    done = sum(c["done"] for c in cells)
+    return f"{sum(c['seconds'] for c in cells) / done:.1f}" if done else "-"
+
+
+def format_table(summaries: list[dict]) -> str:
+    """The markdown table and the notes below it."""
+    rows: dict[tuple, dict[str, dict]] = {}
+    for summary in summaries:
+        row = rows.setdefault(_row_key(summary), {})
+        if summary["task"] in row:
+            raise ValueError(
+                f"two {summary['task']} results for one method and model: {row[summary['task']]['_file']} and "
+                f"{summary['_file']}; give one of them"
+            )
+        row[summary["task"]] = summary
+    lengths = {task: sorted({n for s in summaries if s["task"] == task for n in s["config"]["lengths"]})
+               for task in ("passkey", "niah")}
+    header = ["method", "model"]
+    for task in ("passkey", "niah"):
+        if lengths[task]:
+            header += [f"{TITLES[task]} acc. ({' / '.join(length_label(n) for n in lengths[task])})",
+                       f"{TITLES[task]} s/trial (longest)"]
+    has_ppl = any(s["task"] == "ppl" for s in summaries)
+    if has_ppl:
+        header += ["ppl", "ppl tok/s"]
+    header.append("peak RSS (MiB)")
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for (method, window, sinks, name), row in rows.items():
+        cells = [_method_cell(method, window, sinks), name]
+        for task in ("passkey", "niah"):
+            if lengths[task]:
+                cells += [_accuracy_cell(row.get(task), lengths[task]), _seconds_cell(row.get(task))]
+        if has_ppl:
+            ppl = row.get("ppl")
+            cells += ["-" if ppl is None or ppl["ppl"] is None else f"{ppl['ppl']:.3f}" + ("" if ppl["complete"] else "*"),
+                      "-" if ppl is None or ppl["cost"]["tokens_per_s"] is None else f"{ppl['cost']['tokens_per_s']:,.0f}"]
+        cells.append(f"{max(s['cost']['peak_rss_mib'] for s in row.values()):,.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for summary in summaries:
+        lines.append(f"- {_note(summary)}")
+    if any(not s["complete"] for s in summaries):
+        lines.append("- \\* not complete: the value covers the finished trials or documents only")
+    lines.append("- peak RSS: the largest of the row's results, each the whole process's ru_maxrss (model included)")
+    return "\n".join(lines)
+
+
+def _note(summary: dict) -> str:
+    config, method = summary["config"], summary["method"]
+    reads = config.get("reads") or config.get("layout")
+    if summary["task"] == "ppl":
+        what = (f"ppl: {config['documents']} held-out {config['corpus']} windows of {config['length']} tokens, "
+                f"seed {config['seed']}")
+    else:
+        what = (f"{TITLES[summary['task']]}: lengths {', '.join(length_label(n) for n in config['lengths'])} x depths "
+                f"{', '.join(f'{d:g}' for d in config['depths'])} x {config['trials']} trials, seed {config['seed']}")
+    return f"{method} ({reads}), {what}: `{summary['_file']}`; command `{summary['environment']['command']}`"
+
+
+def register(tasks) -> None:
+    """Adds `table` to the `cometlm eval` tasks (argparse's `add_subparsers()` object)."""
+    table = tasks.add_parser(
+        "table", help="a markdown table comparing methods from passkey, niah and ppl results",
+        description="Reads result folders (or their passkey.json, niah.json, ppl.json) and prints a markdown table "
+        "with one row per method and model: accuracy per context length, perplexity, time and peak memory, with "
+        "the grid and command of every result below it.",
+    )
+    table.add_argument("results", nargs="+", metavar="RESULT", help="result folders or JSON files")
+    table.add_argument("--out", default=None, metavar="FILE", help="also write the table to this markdown file")
+    table.set_defaults(run=cmd_eval_table)
+
+
+def cmd_eval_table(args) -> int:
+    from cometlm.evaluation.results import write_atomic
+
+    text = format_table(load_results(args.results))
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        write_atomic(out, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+    return 0
