@@ -103,7 +103,7 @@ def write_heatmap(path: Path, summary: dict, title: str, needle: str) -> None:
     config = summary["config"]
     lengths, depths = config["lengths"], config["depths"]
     acc = np.full((len(depths), len(lengths)), np.nan)
-    fig = Figure(figsize=(1.1 * len(lengths) + 2.6, 0.42 * len(depths) + 1.9), layout="constrained")
+    fig = Figure(figsize=(max(1.1 * len(lengths) + 2.6, 5.0), 0.42 * len(depths) + 2.1), layout="constrained")
     ax = fig.add_subplot()
     cells = {(c["length"], c["depth"]): c for c in summary["cells"]}
     for i, depth in enumerate(depths):
@@ -123,7 +123,7 @@ def write_heatmap(path: Path, summary: dict, title: str, needle: str) -> None:
     ax.set_ylabel(f"{needle} depth (%)")
     mean = summary["mean_accuracy"]
     ax.set_title(
-        f"{title}: {method_label(summary)}, mean {'-' if mean is None else f'{mean:.2f}'}\n{summary['model']['name']}",
+        f"{title}, mean {'-' if mean is None else f'{mean:.2f}'}\n{method_label(summary)}\n{summary['model']['name']}",
         fontsize=9,
     )
     fig.colorbar(image, ax=ax, label="accuracy")

@@ -1,0 +1,166 @@
+"""The evaluation methods: each one reads exactly what it claims to, checked against the plain backbone."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import COMMON, SMALL, random_ids, tiny_comet
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+import cometlm.evaluation.methods as methods
+from cometlm import CometForCausalLM
+from cometlm.evaluation.methods import build_method
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def target_losses(backbone, context: list[int], target: int) -> float:
+    """Loss of `target` after `context`, read fresh by the backbone at positions 0..len-1."""
+    logits = backbone(torch.tensor([context])).logits[0, -1]
+    return float(F.cross_entropy(logits[None].float(), torch.tensor([target])))
+
+
+def one_layer(family: str):
+    """A 1-layer backbone: its keys and values depend only on the token and its position, so a streamed cache
+    can be checked against reading the kept tokens fresh."""
+    torch.manual_seed(0)
+    if family == "qwen3":
+        model = Qwen3ForCausalLM(Qwen3Config(**{**COMMON, "num_hidden_layers": 1}, head_dim=8))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(**{**COMMON, "num_hidden_layers": 1}))
+    return CometForCausalLM.from_backbone(model.eval(), SMALL).eval()
+
+
+@torch.inference_mode()
+def test_sliding_window_with_a_window_larger_than_the_input_is_full_attention(family):
+    model = tiny_comet(family)
+    ids = random_ids(300).tolist()
+    full = build_method("full", model)
+    sliding = build_method("sliding-window", model, window=400, sink_tokens=4)
+    torch.testing.assert_close(sliding.token_losses(ids), full.token_losses(ids), atol=1e-5, rtol=1e-5)
+    want = model.backbone_model(torch.tensor([ids]), labels=torch.tensor([ids])).loss
+    torch.testing.assert_close(full.token_losses(ids).mean(), want, atol=1e-5, rtol=1e-5)
+    answer, facts = sliding.answer(ids, 5, 12, None, False)
+    assert answer == full.answer(ids, 5, 12, None, False)[0] and len(answer) == 12 and facts["read_tokens"] == 300
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+@pytest.mark.parametrize("sinks", [0, 4])
+@torch.inference_mode()
+def test_sliding_window_keeps_sinks_and_recent_tokens_at_positions_within_the_cache(family, sinks, monkeypatch):
+    """StreamingLLM's definition, with evictions: a token's loss equals reading fresh the sinks, the recent
+    tokens kept before its block and its block up to itself, at positions 0..n-1 (keys re-rotated exactly)."""
+    block, window, n = 16, 20, 150
+    monkeypatch.setattr(methods, "READ_BLOCK", block)
+    model = one_layer(family)
+    ids = random_ids(n, seed=3).tolist()
+    sliding = build_method("sliding-window", model, window=window, sink_tokens=sinks)
+    losses = sliding.token_losses(ids)
+    for i in range(n - 1):  # position i predicts token i + 1
+        start = i // block * block
+        kept = ids[: min(sinks, i + 1)] + ids[max(sinks, start - window) : i + 1]
+        # (Without re-rotating the kept keys the error is ~1e-3 on this tiny model; with it, ~5e-7.)
+        assert abs(float(losses[i]) - target_losses(model.backbone_model, kept, ids[i + 1])) < 2e-5, i
+
+    # Decoding: each new token sees the sinks, the last `window` tokens before it, and itself.
+    prompt = ids[:100]
+    answer, _ = sliding.answer(prompt, 5, 6, None, False)
+    sequence = prompt + answer
+    for k in range(1, len(answer)):
+        at = len(prompt) + k - 1  # the position that predicts answer[k]
+        context = sequence[:sinks] + sequence[max(sinks, at - window) : at + 1]
+        logits = model.backbone_model(torch.tensor([context])).logits[0, -1]
+        assert int(logits.argmax()) == answer[k]
+
+
+@torch.inference_mode()
+def test_sliding_window_cache_stays_bounded(monkeypatch):
+    block, window, sinks = 16, 24, 4
+    monkeypatch.setattr(methods, "READ_BLOCK", block)
+    model = tiny_comet("llama")
+    sliding = build_method("sliding-window", model, window=window, sink_tokens=sinks)
+    cache, sizes = sliding.new_cache(), []
+    for start, hidden in sliding._read(random_ids(1, 700), cache, False):
+        sizes.append(cache.get_seq_length())
+        assert hidden.shape[1] == min(block, 700 - start)
+        assert all(layer.keys.shape[-2] == sizes[-1] for layer in cache.layers)
+    assert max(sizes) == sinks + window + block and sizes[-1] == sinks + window + 700 % block
+    assert len(sizes) == -(-700 // block)
+
+
+@torch.inference_mode()
+def test_no_memory_is_the_backbone_on_each_chunk_and_comet_scores_as_forward(family):
+    model = tiny_comet(family)
+    c, ids = SMALL.chunk_size, random_ids(45, seed=5).tolist()
+    losses = build_method("no-memory", model).token_losses(ids)
+    for i in range(len(ids) - 1):  # position i predicts token i + 1 from its own chunk only
+        chunk = i // c * c
+        assert abs(float(losses[i]) - target_losses(model.backbone_model, ids[chunk : i + 1], ids[i + 1])) < 1e-4, i
+
+    comet = build_method("comet", model).token_losses(ids)
+    tokens = torch.tensor([ids])
+    torch.testing.assert_close(comet.mean(), model(tokens, labels=tokens).loss, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(comet, losses, atol=1e-3)  # the memories change what later chunks predict
+
+
+@torch.inference_mode()
+def test_truncated_reads_the_tail_and_scores_with_strided_windows():
+    model = tiny_comet("llama")
+    backbone, window = model.backbone_model, 40
+    ids = random_ids(133, seed=7).tolist()
+    truncated = build_method("truncated", model, window=window)
+    losses = truncated.token_losses(ids)
+    stride, scored = window // 2, 1
+    for begin in range(0, len(ids), stride):  # windows [begin, begin + window) every `stride` tokens
+        end = min(begin + window, len(ids))
+        for target in range(scored, end):  # the targets the window before did not reach
+            assert target - begin >= (window - stride if begin else 1)
+            want = target_losses(backbone, ids[begin:target], ids[target])
+            assert abs(float(losses[target - 1]) - want) < 1e-4, target
+        scored = end
+        if end == len(ids):
+            break
+    assert scored == len(ids)
+
+    short = ids[:window]
+    torch.testing.assert_close(truncated.token_losses(short), build_method("full", model).token_losses(short))
+    answer, facts = truncated.answer(ids, 5, 8, None, False)
+    tail = torch.tensor([ids[-(window - 8) :]])
+    want = backbone.generate(tail, attention_mask=torch.ones_like(tail), max_new_tokens=8, do_sample=False, pad_token_id=0)
+    assert answer == want[0, tail.shape[1] :].tolist() and facts["read_tokens"] == window - 8
+
+
+def test_bad_method_options_are_refused_with_what_to_do():
+    model = tiny_comet("llama")  # max_position_embeddings 1024
+    cases = [
+        (dict(name="rag"), "method must be one of comet, no-memory, full, truncated, sliding-window"),
+        (dict(name="full", window=2048), "full attention reads at most the backbone's window of 1024 tokens"),
+        (dict(name="sliding-window", window=1000), "must fit the backbone's window of 1024 tokens .* lower --window"),
+        (dict(name="sliding-window", sink_tokens=-1), "sink_tokens must be an integer >= 0"),
+        (dict(name="truncated", window=0), "window must be a positive token count"),
+    ]
+    for options, message in cases:
+        with pytest.raises(ValueError, match=message):
+            build_method(model=model, **options)
+    full = build_method("full", model)
+    with pytest.raises(ValueError, match="a document of 1025 tokens exceeds the backbone's window of 1024 tokens.*"
+                                         "use --method truncated or sliding-window"):
+        full.check_document(1025)
+    with pytest.raises(ValueError, match="context length 1020 plus the 9-token answer exceeds"):
+        full.check_prompt(1020, 5, 9)
+    full.check_document(1024)
+    assert build_method("sliding-window", model).window == 1024 - 4 - methods.READ_BLOCK
+
+
+def test_every_method_reads_with_the_models_backbone_and_records_one_schema():
+    model = tiny_comet("llama")
+    for name in methods.METHODS:
+        method = build_method(name, model)
+        runner = getattr(method, "runner", model)
+        assert runner.backbone_model is model.backbone_model and method.settings().keys() == {
+            "layout", "prime_tokens", "window", "sink_tokens"}

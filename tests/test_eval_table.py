@@ -1,0 +1,74 @@
+"""`cometlm eval table`: one markdown row per method, with the numbers of the result files it was given."""
+
+import argparse
+
+import pytest
+import torch
+from test_eval_passkey import tiny_model
+from transformers import AutoTokenizer
+
+from cometlm.bundled import bundled_model_dir
+from cometlm.evaluation.commands import register
+from cometlm.evaluation.niah import evaluate_niah
+from cometlm.evaluation.passkey import evaluate_passkey
+from cometlm.evaluation.ppl import evaluate_ppl
+from cometlm.evaluation.table import format_table, load_results
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """passkey + niah + ppl for comet, passkey + ppl for sliding-window, ppl for full: one folder per run."""
+    torch.set_num_threads(1)
+    tokenizer = AutoTokenizer.from_pretrained(bundled_model_dir())
+    model, root = tiny_model(), tmp_path_factory.mktemp("results")
+    grid = dict(lengths=[150, 200], depths=[50], trials=1, seed=0, progress=False)
+    docs = dict(corpus="essays", length=150, documents=1, bucket=64, progress=False)
+    out = {}
+    with torch.inference_mode():
+        for method, window in (("comet", None), ("sliding-window", 64)):
+            out[f"passkey-{method}"] = evaluate_passkey(model, tokenizer, out_dir=root / f"passkey-{method}",
+                                                        method=method, window=window, **grid)
+            out[f"ppl-{method}"] = evaluate_ppl(model, tokenizer, root / f"ppl-{method}", method=method,
+                                                window=window, **docs)
+        out["niah-comet"] = evaluate_niah(model, tokenizer, out_dir=root / "niah-comet", **{**grid, "lengths": [200]})
+        out["ppl-full"] = evaluate_ppl(model, tokenizer, root / "ppl-full", method="full", **docs)
+    return root, out
+
+
+def test_one_row_per_method_with_the_numbers_of_its_results(results):
+    root, out = results
+    text = format_table(load_results([root / name for name in sorted(out)]))
+    lines = text.splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header == ["method", "model", "passkey acc. (150 / 200)", "passkey s/trial (longest)", "NIAH acc. (200)",
+                      "NIAH s/trial (longest)", "ppl", "ppl tok/s", "peak RSS (MiB)"]
+    rows = {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:5])}
+    assert set(rows) == {"comet", "sliding-window (4 sink + 64)", "full (1024)"}
+
+    comet, sliding = rows["comet"], rows["sliding-window (4 sink + 64)"]
+    by_length = [f"{row['accuracy']:.2f}" for row in out["passkey-comet"]["accuracy_by_length"]]
+    assert comet[2] == " / ".join(by_length) and comet[4] == f"{out['niah-comet']['mean_accuracy']:.2f}"
+    assert comet[6] == f"{out['ppl-comet']['ppl']:.3f}" and sliding[6] == f"{out['ppl-sliding-window']['ppl']:.3f}"
+    longest = [c for c in out["passkey-sliding-window"]["cells"] if c["length"] == 200]
+    assert sliding[3] == f"{longest[0]['seconds']:.1f}" and sliding[4] == "-"
+    peak = max(out[k]["cost"]["peak_rss_mib"] for k in ("passkey-comet", "niah-comet", "ppl-comet"))
+    assert comet[8] == f"{peak:,.0f}"
+    assert rows["full (1024)"][2] == "-" and rows["full (1024)"][6] == f"{out['ppl-full']['ppl']:.3f}"
+    notes = [line for line in lines if line.startswith("- ")]
+    assert len(notes) == len(out) + 1 and all("command `" in n for n in notes[:-1])
+
+
+def test_command_line_writes_the_table_and_refuses_what_it_cannot_tabulate(results, tmp_path, capsys):
+    root, out = results
+    parser = argparse.ArgumentParser(prog="cometlm")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["eval", "table", str(root / "passkey-comet"), str(root / "ppl-full" / "ppl.json"),
+                              "--out", str(tmp_path / "table.md")])
+    assert args.run(args) == 0
+    printed = capsys.readouterr().out
+    assert printed == (tmp_path / "table.md").read_text() and printed.count("\n| ") == 2  # two rows under the header
+    with pytest.raises(FileNotFoundError, match="holds no result"):
+        load_results([tmp_path])
+    twice = load_results([root / "passkey-comet", root / "passkey-comet" / "passkey.json"])
+    with pytest.raises(ValueError, match="two passkey results for one method and model"):
+        format_table(twice)
