@@ -92,3 +92,22 @@ def tiny_model_dir(tmp_path_factory):
     LlamaForCausalLM(LlamaConfig(**settings)).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread, and the test machine is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The bundled SmolLM2 tokenizer (test modules that need another one define their own)."""
+    from transformers import AutoTokenizer
+
+    from cometlm.bundled import bundled_model_dir
+
+    return AutoTokenizer.from_pretrained(bundled_model_dir())

@@ -11,12 +11,7 @@ from cometlm import CometForCausalLM
 from cometlm.evaluation.methods import build_method
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def target_losses(backbone, context: list[int], target: int) -> float:

@@ -8,35 +8,26 @@ import sys
 
 import pytest
 import torch
-from test_eval_passkey import Spy, stable, tiny_model, trial_records
-from transformers import AutoTokenizer
+from eval_helpers import Spy, read_jsonl, stable, tiny_text_model
 
 import cometlm.training.tasks as tasks
-from cometlm.bundled import bundled_model_dir, encode
+from cometlm.bundled import encode
 from cometlm.evaluation.commands import register
 from cometlm.evaluation.grid import TRIALS_FILE
 from cometlm.evaluation.methods import METHODS
 from cometlm.evaluation.niah import NIAH, evaluate_niah
 
 GRID = dict(lengths=[150, 300], depths=[0, 100], trials=1, seed=4)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(bundled_model_dir())
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def model():
-    return tiny_model()
+    return tiny_text_model()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def trial_records(out_dir) -> list[dict]:
+    return read_jsonl(out_dir / TRIALS_FILE)
 
 
 def run(model, tokenizer, out_dir, **options):
@@ -113,7 +104,7 @@ def test_command_line_and_help_of_every_eval_task(tmp_path, tokenizer, capsys):
             assert action.help, f"eval {name} {action.option_strings or action.dest} has no help text"
 
     saved = tmp_path / "tiny"
-    tiny_model(tokenizer=tokenizer).save_pretrained(saved)
+    tiny_text_model(tokenizer=tokenizer).save_pretrained(saved)
     out = tmp_path / "niah"
     argv = ["eval", "niah", "--comet", str(saved), "--lengths", "200", "--depths", "50", "--trials", "1",
             "--method", "sliding-window", "--window", "64", "--sink-tokens", "2", "--out", str(out), "--no-progress"]

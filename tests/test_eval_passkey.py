@@ -9,13 +9,14 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import COMMON, randomize_memory
+from conftest import COMMON
+from eval_helpers import Spy, read_jsonl, stable
+from eval_helpers import tiny_text_model as tiny_model
 from matplotlib.image import imread
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 import cometlm.training.tasks as tasks
-from cometlm import CometConfig, CometForCausalLM
-from cometlm.bundled import bundled_model_dir, encode
+from cometlm import CometForCausalLM
+from cometlm.bundled import encode
 from cometlm.evaluation.commands import register
 from cometlm.evaluation.grid import length_label
 from cometlm.evaluation.methods import backbone_window
@@ -23,20 +24,7 @@ from cometlm.evaluation.passkey import HEATMAP_FILE, SUMMARY_FILE, TRIALS_FILE, 
 from cometlm.generation import open_chunk
 
 C = 64  # chunk size of the tiny model: the question (11 tokens) and answer (9) fit, a 300-token prompt spans 5
-VOLATILE = {"seconds", "tokens_per_s", "peak_rss_mib", "cost", "environment"}
-
-
-def tiny_model(chunk_size: int = C, tokenizer=None) -> CometForCausalLM:
-    """A random 2-layer Llama whose vocabulary covers SmolLM2's tokenizer."""
-    torch.manual_seed(0)
-    backbone = LlamaForCausalLM(LlamaConfig(**{**COMMON, "vocab_size": 49152}, tie_word_embeddings=True)).eval()
-    config = CometConfig(chunk_size=chunk_size, global_slots=3, temp_stride=4, temp_capacity=8, adapter_rank=4)
-    return randomize_memory(CometForCausalLM.from_backbone(backbone, config, tokenizer=tokenizer)).eval()
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(bundled_model_dir())
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -44,31 +32,13 @@ def model():
     return tiny_model()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the test machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def run(model, tokenizer, out_dir, lengths=(150, 300), depths=(50,), trials=1, seed=0, **options):
     return evaluate_passkey(model, tokenizer, list(lengths), list(depths), trials, seed, out_dir, progress=False,
                             **options)
 
 
-def stable(value):
-    """A summary or trial record without the fields that depend on time, machine or process."""
-    if isinstance(value, dict):
-        return {k: stable(v) for k, v in value.items() if k not in VOLATILE}
-    if isinstance(value, list):
-        return [stable(v) for v in value]
-    return value
-
-
 def trial_records(out_dir) -> list[dict]:
-    return [json.loads(line) for line in (out_dir / TRIALS_FILE).read_text().splitlines()]
+    return read_jsonl(out_dir / TRIALS_FILE)
 
 
 def sample_of(tokenizer, length, depth, trial=0, seed=0):
@@ -79,19 +49,6 @@ def sample_of(tokenizer, length, depth, trial=0, seed=0):
 def share_of_pixels_near(png, rgb, tolerance=0.06) -> float:
     image = imread(png)[..., :3]
     return float((np.abs(image - np.array(rgb) / 255).max(axis=-1) < tolerance).mean())
-
-
-class Spy:
-    """Wraps a generate function, recording each call; raises KeyboardInterrupt once `stop_after` calls ran."""
-
-    def __init__(self, generate, stop_after=None):
-        self.generate, self.stop_after, self.calls = generate, stop_after, []
-
-    def __call__(self, input_ids, **kwargs):
-        if self.stop_after is not None and len(self.calls) == self.stop_after:
-            raise KeyboardInterrupt
-        self.calls.append((input_ids, kwargs))
-        return self.generate(input_ids, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------------------------

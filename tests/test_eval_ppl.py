@@ -8,35 +8,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 from matplotlib.image import imread
-from test_eval_passkey import stable, tiny_model
-from transformers import AutoTokenizer
+from eval_helpers import read_jsonl, stable, tiny_text_model
 
 import cometlm.evaluation.methods as methods
-from cometlm.bundled import bundled_model_dir
 from cometlm.corpora import corpus_tokens
 from cometlm.evaluation.commands import register
 from cometlm.evaluation.ppl import DOCUMENTS_FILE, PLOT_FILE, SUMMARY_FILE, bucket_sums, evaluate_ppl
 from cometlm.training.data import CorpusLMDataset
 
 DOCS = dict(corpus="essays", length=150, documents=3, bucket=64, seed=2)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(bundled_model_dir())
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def model():
-    return tiny_model()
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    return tiny_text_model()
 
 
 def run(model, tokenizer, out_dir, **options):
@@ -44,7 +30,7 @@ def run(model, tokenizer, out_dir, **options):
 
 
 def records(out_dir) -> list[dict]:
-    return [json.loads(line) for line in (out_dir / DOCUMENTS_FILE).read_text().splitlines()]
+    return read_jsonl(out_dir / DOCUMENTS_FILE)
 
 
 def test_bucket_sums_match_a_direct_count():
@@ -131,7 +117,7 @@ def test_methods_side_by_side_and_what_cannot_be_compared(tmp_path, model, token
             "--method", "sliding-window", "--window", "40", "--out", str(tmp_path / "sliding"), "--no-progress",
             "--compare", str(tmp_path / "full"), str(tmp_path / "no-memory" / SUMMARY_FILE)]
     saved = tmp_path / "tiny"
-    tiny_model(tokenizer=tokenizer).save_pretrained(saved)
+    tiny_text_model(tokenizer=tokenizer).save_pretrained(saved)
     args = parser.parse_args(argv + ["--comet", str(saved)])
     assert args.run(args) == 0
     table = capsys.readouterr().out.splitlines()

@@ -4,10 +4,7 @@ import argparse
 
 import pytest
 import torch
-from test_eval_passkey import tiny_model
-from transformers import AutoTokenizer
-
-from cometlm.bundled import bundled_model_dir
+from eval_helpers import tiny_text_model
 from cometlm.evaluation.commands import register
 from cometlm.evaluation.niah import evaluate_niah
 from cometlm.evaluation.passkey import evaluate_passkey
@@ -16,14 +13,14 @@ from cometlm.evaluation.table import format_table, load_results
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
+def results(tmp_path_factory, tokenizer):
     """passkey + niah + ppl for comet, passkey + ppl for sliding-window, ppl for full: one folder per run."""
-    torch.set_num_threads(1)
-    tokenizer = AutoTokenizer.from_pretrained(bundled_model_dir())
-    model, root = tiny_model(), tmp_path_factory.mktemp("results")
+    model, root = tiny_text_model(), tmp_path_factory.mktemp("results")
     grid = dict(lengths=[150, 200], depths=[50], trials=1, seed=0, progress=False)
     docs = dict(corpus="essays", length=150, documents=1, bucket=64, progress=False)
     out = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     with torch.inference_mode():
         for method, window in (("comet", None), ("sliding-window", 64)):
             out[f"passkey-{method}"] = evaluate_passkey(model, tokenizer, out_dir=root / f"passkey-{method}",
@@ -32,6 +29,7 @@ def results(tmp_path_factory):
                                                 window=window, **docs)
         out["niah-comet"] = evaluate_niah(model, tokenizer, out_dir=root / "niah-comet", **{**grid, "lengths": [200]})
         out["ppl-full"] = evaluate_ppl(model, tokenizer, root / "ppl-full", method="full", **docs)
+    torch.set_num_threads(threads)
     return root, out
 
 

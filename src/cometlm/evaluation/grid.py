@@ -312,7 +312,17 @@ def evaluate_grid(
 # Command line
 
 
-def add_grid_options(parser, needle: str) -> None:
+def register_task(tasks, task: RetrievalTask, help: str, description: str) -> None:
+    """Adds `task` to the `cometlm eval` tasks (argparse's `add_subparsers()` object)."""
+    from cometlm.evaluation.commands import add_common_options
+
+    parser = tasks.add_parser(task.name, help=help, description=description)
+    _add_grid_options(parser, task.needle)
+    add_common_options(parser, task.name, layouts=True)
+    parser.set_defaults(run=lambda args: run_grid_command(task, args))
+
+
+def _add_grid_options(parser, needle: str) -> None:
     """--lengths, --depths, --trials, --seed for a retrieval grid."""
     parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192, 32768], metavar="N",
                         help="context lengths in tokens, question included (default: 2048 8192 32768)")

@@ -11,7 +11,7 @@ plus `EXTRA_TOKENS`; a trial is correct when the text holds the key phrases "san
 
 from __future__ import annotations
 
-from cometlm.evaluation.grid import RetrievalTask, add_grid_options, evaluate_grid, run_grid_command
+from cometlm.evaluation.grid import RetrievalTask, evaluate_grid, register_task
 
 EXTRA_TOKENS = 8  # room beyond the answer's own length, for a model that words the answer a little differently
 
@@ -47,16 +47,11 @@ def evaluate_niah(model, tokenizer, lengths, depths, trials: int, seed: int, out
 
 def register(tasks) -> None:
     """Adds `niah` to the `cometlm eval` tasks (argparse's `add_subparsers()` object)."""
-    from cometlm.evaluation.commands import add_common_options
-
-    niah = tasks.add_parser(
-        "niah", help="needle in a haystack over the bundled essays: context lengths x needle depths x trials",
+    register_task(
+        tasks, NIAH, help="needle in a haystack over the bundled essays: context lengths x needle depths x trials",
         description="Needle in a haystack: the San Francisco needle at a given depth of Paul Graham essays (from "
         "a random sentence per trial), then the question; a trial is correct when the generated answer contains "
         "'sandwich' and 'Dolores Park'. Writes trials.jsonl, niah.json (config, versions, machine, accuracy per "
         "cell and per length, time, peak RSS) and niah.png (accuracy heatmap) to --out, after every cell. "
         "Rerunning the same command resumes.",
     )
-    add_grid_options(niah, needle="needle")
-    add_common_options(niah, "niah", layouts=True)
-    niah.set_defaults(run=lambda args: run_grid_command(NIAH, args))

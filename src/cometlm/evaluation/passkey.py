@@ -13,7 +13,7 @@ The grid, its files and resuming are `evaluation.grid`'s: `trials.jsonl`, `passk
 
 from __future__ import annotations
 
-from cometlm.evaluation.grid import TRIALS_FILE, RetrievalTask, add_grid_options, evaluate_grid, run_grid_command
+from cometlm.evaluation.grid import TRIALS_FILE, RetrievalTask, evaluate_grid, register_task
 
 EXTRA_TOKENS = 3  # generated beyond the key, so that a key followed by more digits is caught
 
@@ -51,16 +51,11 @@ def evaluate_passkey(model, tokenizer, lengths, depths, trials: int, seed: int, 
 
 def register(tasks) -> None:
     """Adds `passkey` to the `cometlm eval` tasks (argparse's `add_subparsers()` object)."""
-    from cometlm.evaluation.commands import add_common_options
-
-    passkey = tasks.add_parser(
-        "passkey", help="passkey retrieval over a grid of context lengths x key depths x trials",
+    register_task(
+        tasks, PASSKEY, help="passkey retrieval over a grid of context lengths x key depths x trials",
         description="The passkey test over a grid of context lengths x key depths x trials with random 5-digit "
         "keys, scored by whether the generated answer starts with the key. Writes trials.jsonl (one line per "
         "trial), passkey.json (config, versions, machine, accuracy per cell and per length, time, peak RSS) and "
         "passkey.png (accuracy heatmap) to --out, after every cell. Rerunning the same command resumes: finished "
         "trials are skipped. Compare --method comet with the baselines to see what the memory adds.",
     )
-    add_grid_options(passkey, needle="key")
-    add_common_options(passkey, "passkey", layouts=True)
-    passkey.set_defaults(run=lambda args: run_grid_command(PASSKEY, args))
