@@ -70,3 +70,14 @@ def test_command_line_writes_the_table_and_refuses_what_it_cannot_tabulate(resul
     twice = load_results([root / "passkey-comet", root / "passkey-comet" / "passkey.json"])
     with pytest.raises(ValueError, match="two passkey results for one method and model"):
         format_table(twice)
+
+
+def test_lengths_that_share_a_label_are_written_out(results):
+    root, out = results
+    summaries = load_results([root / "passkey-comet", root / "passkey-sliding-window"])
+    for summary, length in zip(summaries, (8000, 8192)):  # both would be "8k"
+        summary["config"]["lengths"] = [length]
+        summary["accuracy_by_length"] = [{**summary["accuracy_by_length"][0], "length": length}]
+        summary["cells"] = [{**summary["cells"][0], "length": length}]
+    header = format_table(summaries).splitlines()[0]
+    assert "passkey acc. (8000 / 8192)" in header

@@ -84,7 +84,10 @@ def format_table(summaries: list[dict]) -> str:
     header = ["method", "model"]
     for task in ("passkey", "niah"):
         if lengths[task]:
-            header += [f"{TITLES[task]} acc. ({' / '.join(length_label(n) for n in lengths[task])})",
+            labels = [length_label(n) for n in lengths[task]]
+            if len(set(labels)) < len(labels):  # 8000 and 8192 are both "8k"
+                labels = [str(n) for n in lengths[task]]
+            header += [f"{TITLES[task]} acc. ({' / '.join(labels)})",
                        f"{TITLES[task]} s/trial (longest)"]
     has_ppl = any(s["task"] == "ppl" for s in summaries)
     if has_ppl:
