@@ -54,6 +54,52 @@ class Batch:
         return torch.zeros_like(x).scatter(1, index, x)
 
 
+@dataclass(frozen=True)
+class Chunk:
+    """Chunk ``t`` of every stream of a batch, cut as ``forward`` cuts it (see ``CometForCausalLM.split_chunks``).
+
+    text_ids (B, n) left-aligned ids; text_len (B,) real tokens per stream (0 once a stream has ended); closing
+    (B,) streams that more text follows, whose memories this chunk updates; index (B, n) where these tokens sit
+    in the left-aligned batch (padding points at a spare last column); targets (B, n) next-token targets, -100
+    where there is none, or None without labels.
+    """
+
+    text_ids: torch.Tensor
+    text_len: torch.Tensor
+    closing: torch.Tensor
+    index: torch.Tensor
+    targets: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class ChunkedBatch:
+    """A checked batch cut into its chunks; ``num_targets`` counts the targets of all chunks together."""
+
+    batch: Batch
+    chunks: tuple[Chunk, ...]
+    num_targets: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch.ids.shape[0]
+
+
+@dataclass(frozen=True)
+class ChunkInputs:
+    """What every layer needs to run one chunk: its layout, rotary embeddings and attention mask; ``hidden``
+    (B, L, d) holds the stream rows' inputs to layer 0 (text embeddings, beacons, readouts)."""
+
+    layout: ChunkLayout
+    hidden: torch.Tensor
+    rope: tuple[torch.Tensor, torch.Tensor]
+    mask: torch.Tensor | None
+
+
+def _summed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed cross entropy in fp32 of logits (B, n, V) against targets (B, n), -100 ignored."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
+
+
 def _quiet_token_id(config, tokenizer) -> int:
     """A single space (else newline) token if the tokenizer has one, else EOS, else 0 (see ``LearnedTokens``).
 
@@ -238,8 +284,52 @@ class CometForCausalLM(nn.Module):
             t, t_valid = modules.temporary_memory.update(hidden[:, layout.beacon_slot], beacon_valid, t, t_valid)
         return LayerState(g, s, has_global, t, t_valid)
 
+    # ----------------------------------------------------------------------------------------------------------
+    # The (layer, chunk) step: forward, streaming and the parallel schedule (cometlm.parallel) all run chunks
+    # through these methods, so they compute the same thing.
+
+    def start_chunk(self, text_ids, text_len, closing, memory_valid: torch.Tensor) -> ChunkInputs:
+        """Lays out one chunk of every stream and embeds its stream rows (the input of layer 0).
+
+        text_ids (B, n) left-aligned, text_len (B,) real tokens per stream, closing (B,) which streams close this
+        chunk, memory_valid (B, M+K) which memory rows exist before it (``LayerState.row_valid`` of any layer).
+        """
+        layout = ChunkLayout.build(self.comet_config, text_len, text_ids.shape[1], closing, memory_valid)
+        hidden = self._stream_inputs(layout, text_ids)
+        rope = self.backbone.rope(hidden, layout.position_ids)
+        mask = self.backbone.attention_mask(layout.mask, hidden.dtype, layout.valid.shape[1], hidden.device)
+        return ChunkInputs(layout, hidden, rope, mask)
+
+    def layer_step(self, index: int, hidden, layer: LayerState, inputs: ChunkInputs, cache=None):
+        """(layer ``index``, one chunk): the layer's memory rows in front of the stream rows, the backbone's
+        decoder layer, then the memory update. Returns the stream rows' outputs and the layer's new memories.
+
+        With activation checkpointing on (and gradients, and no cache) only the step's inputs are kept; its
+        activations are recomputed in the backward pass.
+        """
+        step = (index, hidden, layer, inputs.layout, inputs.rope, inputs.mask, cache)
+        if self.gradient_checkpointing and torch.is_grad_enabled() and cache is None:
+            return checkpoint(self._layer_step, *step, use_reentrant=False)
+        return self._layer_step(*step)
+
+    def end_chunk(self, hidden: torch.Tensor, inputs: ChunkInputs) -> torch.Tensor:
+        """The final-norm hidden states at the text positions (B, n, d), from the last layer's outputs."""
+        return self.backbone.norm(hidden[:, inputs.layout.text_slot])
+
+    def chunk_loss(self, text_hidden: torch.Tensor, chunk: Chunk) -> torch.Tensor:
+        """Summed next-token cross entropy (fp32) over the chunk's targets.
+
+        With activation checkpointing the chunk's logits are recomputed in the backward pass, so a long sample
+        keeps no (n, vocab) tensor per chunk until its backward.
+        """
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(self._chunk_loss, text_hidden, chunk.targets, use_reentrant=False)
+        return self._chunk_loss(text_hidden, chunk.targets)
+
+    def _chunk_loss(self, text_hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return _summed_cross_entropy(self.backbone.lm_head(text_hidden), targets)
+
     def _layer_step(self, index, hidden, layer: LayerState, layout, rope, mask, cache=None):
-        """(layer l, chunk t): memory rows in front, the backbone's decoder layer, then the memory update."""
         rows = layer.rows()[:, layout.memory_index]
         k, m = layout.n_sink, rows.shape[1]
         x = torch.cat([hidden[:, :k], rows, hidden[:, k:]], dim=1)  # (B, m + L, d)
@@ -257,25 +347,15 @@ class CometForCausalLM(nn.Module):
     def _run_chunk(self, state: MemoryState, text_ids, text_len, closing, cache=None):
         """Runs one chunk of every stream through all layers.
 
-        text_ids (B, n) left-aligned, text_len (B,) real tokens per stream, closing (B,) which streams close
-        this chunk. Returns the final-norm hidden states at the text positions (B, n, d), the layers' new
-        memories, and the layout.
+        Returns the final-norm hidden states at the text positions (B, n, d), the layers' new memories, and the
+        layout (see ``start_chunk`` for the arguments).
         """
-        memory_valid = state.layers[0].row_valid()
-        layout = ChunkLayout.build(self.comet_config, text_len, text_ids.shape[1], closing, memory_valid)
-        hidden = self._stream_inputs(layout, text_ids)
-        rope = self.backbone.rope(hidden, layout.position_ids)
-        mask = self.backbone.attention_mask(layout.mask, hidden.dtype, layout.valid.shape[1], hidden.device)
-        new_layers = []
+        inputs = self.start_chunk(text_ids, text_len, closing, state.layers[0].row_valid())
+        hidden, new_layers = inputs.hidden, []
         for index, layer in enumerate(state.layers):
-            step = (index, hidden, layer, layout, rope, mask, cache)
-            if self.gradient_checkpointing and torch.is_grad_enabled() and cache is None:
-                hidden, layer = checkpoint(self._layer_step, *step, use_reentrant=False)
-            else:
-                hidden, layer = self._layer_step(*step)
+            hidden, layer = self.layer_step(index, hidden, layer, inputs, cache)
             new_layers.append(layer)
-        text_hidden = self.backbone.norm(hidden[:, layout.text_slot])
-        return text_hidden, new_layers, layout
+        return self.end_chunk(hidden, inputs), new_layers, inputs.layout
 
     @staticmethod
     def _advance(state: MemoryState, layers, closing: torch.Tensor) -> MemoryState:
@@ -311,10 +391,46 @@ class CometForCausalLM(nn.Module):
         1..C that sum to the stream's length, then zeros. By default every stream is cut into fixed chunks of C
         from its start, exactly as ``ingest`` and ``generate`` cut it.
         """
-        batch = self._batch(input_ids, attention_mask)
-        plan = self._chunk_plan(batch, chunk_sizes)
+        chunked = self.split_chunks(input_ids, attention_mask, labels, chunk_sizes)
+        batch = chunked.batch
         if return_logits is None:
             return_logits = labels is None
+        state = self.init_memory(chunked.batch_size)
+        total_loss = batch.ids.new_zeros((), dtype=torch.float32)
+        logits = None
+        width = batch.ids.shape[1]
+        for chunk in chunked.chunks:
+            text_hidden, layers, _ = self._run_chunk(state, chunk.text_ids, chunk.text_len, chunk.closing)
+            state = self._advance(state, layers, chunk.closing)
+            if return_logits:
+                chunk_logits = self.backbone.lm_head(text_hidden)  # (B, n, V)
+                if logits is None:
+                    logits = chunk_logits.new_zeros(batch.ids.shape[0], width + 1, chunk_logits.shape[-1])
+                logits = logits.scatter(1, chunk.index[..., None].expand_as(chunk_logits), chunk_logits)
+                if chunk.targets is not None:
+                    total_loss = total_loss + _summed_cross_entropy(chunk_logits, chunk.targets)
+            elif chunk.targets is not None:
+                total_loss = total_loss + self.chunk_loss(text_hidden, chunk)
+        loss = None
+        if labels is not None:
+            count = num_items_in_batch if num_items_in_batch is not None else chunked.num_targets.clamp(min=1)
+            loss = total_loss / count
+        return CausalLMOutput(loss=loss, logits=batch.restore(logits[:, :width]) if return_logits else None)
+
+    def split_chunks(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        chunk_sizes: torch.Tensor | None = None,
+    ) -> ChunkedBatch:
+        """Checks a batch and cuts it into the chunks ``forward`` reads (arguments as in ``forward``).
+
+        Chunk ``t`` holds chunk ``t`` of every stream's plan, so streams of different lengths advance together;
+        a stream that has ended has no tokens in the later chunks.
+        """
+        batch = self._batch(input_ids, attention_mask)
+        plan = self._chunk_plan(batch, chunk_sizes)
         targets = None
         if labels is not None:
             if not isinstance(labels, torch.Tensor) or labels.shape != input_ids.shape:
@@ -325,10 +441,10 @@ class CometForCausalLM(nn.Module):
             positions = torch.arange(labels.shape[1], device=labels.device)[None]
             labels = labels.masked_fill(positions >= batch.lengths[:, None], -100)
             targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # target of position i is labels[i + 1]
-
-        state = self.init_memory(batch.ids.shape[0])
-        total_loss = batch.ids.new_zeros((), dtype=torch.float32)
-        logits = None
+            num_targets = (targets != -100).sum()
+        else:
+            num_targets = batch.lengths.new_zeros(())
+        chunks = []
         offset = torch.zeros_like(batch.lengths)
         width = batch.ids.shape[1]
         for text_len in plan.unbind(dim=1):
@@ -339,23 +455,11 @@ class CometForCausalLM(nn.Module):
             text_ids = torch.gather(F.pad(batch.ids, (0, 1)), 1, index)
             offset = offset + text_len
             closing = (text_len > 0) & (offset < batch.lengths)  # only chunks that more text follows need memory
-            text_hidden, layers, _ = self._run_chunk(state, text_ids, text_len, closing)
-            state = self._advance(state, layers, closing)
-            chunk_logits = self.backbone.lm_head(text_hidden)  # (B, n, V)
+            chunk_targets = None
             if targets is not None:
                 chunk_targets = torch.gather(F.pad(targets, (0, 1), value=-100), 1, index)
-                total_loss = total_loss + F.cross_entropy(
-                    chunk_logits.float().flatten(0, 1), chunk_targets.flatten(), ignore_index=-100, reduction="sum"
-                )
-            if return_logits:
-                if logits is None:
-                    logits = chunk_logits.new_zeros(batch.ids.shape[0], width + 1, chunk_logits.shape[-1])
-                logits = logits.scatter(1, index[..., None].expand_as(chunk_logits), chunk_logits)
-        loss = None
-        if targets is not None:
-            count = num_items_in_batch if num_items_in_batch is not None else (targets != -100).sum().clamp(min=1)
-            loss = total_loss / count
-        return CausalLMOutput(loss=loss, logits=batch.restore(logits[:, :width]) if return_logits else None)
+            chunks.append(Chunk(text_ids, text_len, closing, index, chunk_targets))
+        return ChunkedBatch(batch, tuple(chunks), num_targets)
 
     def _chunk_plan(self, batch: Batch, chunk_sizes: torch.Tensor | None) -> torch.Tensor:
         """(B, T) text tokens per stream per chunk; checks a given plan against the batch and C."""

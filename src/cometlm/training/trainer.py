@@ -154,12 +154,16 @@ class Progress:
 # The entry point
 
 
-def train(model, dataset, config: TrainConfig, resume: bool = True) -> TrainResult:
+def train(model, dataset, config: TrainConfig, resume: bool = True, parallel=None) -> TrainResult:
     """Trains ``model`` in place on ``dataset`` (random access: ``len(dataset)``, ``dataset[i]`` -> a Sample with
     ``input_ids``, ``labels`` and ``boundaries``) and exports it to ``output_dir/final``.
 
     With ``resume`` the run continues from the latest checkpoint in ``output_dir``. Ctrl-C or SIGTERM writes a
     checkpoint of the last complete step before the KeyboardInterrupt propagates, so rerunning loses nothing.
+
+    ``parallel`` (a ``cometlm.parallel.distributed.ContextParallel``) makes this process one rank of a pipeline x
+    data-parallel job: each step runs the pipeline schedule and sums gradients over all ranks; only its main rank
+    writes checkpoints, metrics, the plot and the final model (on the others ``checkpoint`` is None).
     """
     from .checkpoint import capture_rng_state, latest_checkpoint, load_checkpoint
 
@@ -185,25 +189,31 @@ def train(model, dataset, config: TrainConfig, resume: bool = True) -> TrainResu
                             capture_rng_state())
         print(f"resuming from {info.path} (step {info.step})", file=sys.stderr)
 
-    log = TrainingLog(config, progress.step)
+    writes = parallel is None or parallel.is_main
+    log = TrainingLog(config, progress.step) if writes else None
     try:
-        progress, checkpoint = _run(model, dataset, config, optimizer, scheduler, planner, progress, log, found)
+        progress, checkpoint = _run(model, dataset, config, optimizer, scheduler, planner, progress, log, found,
+                                    parallel)
     finally:
-        log.close()
-    if checkpoint is None:
-        checkpoint = _save(output, model, optimizer, scheduler, progress, config)
-    final_dir = export_model(model, output / FINAL_DIR, config.mode)
-    plot = plot_loss_curve(output / METRICS_FILE, output / LOSS_PLOT_FILE)
+        if log is not None:
+            log.close()
+    final_dir, plot = output / FINAL_DIR, output / LOSS_PLOT_FILE
+    if writes:
+        if checkpoint is None:
+            checkpoint = _save(output, model, optimizer, scheduler, progress, config)
+        export_model(model, final_dir, config.mode)
+        plot_loss_curve(output / METRICS_FILE, plot)
     model.train(was_training)
     return TrainResult(progress.step, progress.loss, progress.tokens, progress.elapsed, output, final_dir, checkpoint,
                        output / METRICS_FILE, plot)
 
 
-def _run(model, dataset, config, optimizer, scheduler, planner, progress: Progress, log, checkpoint):
+def _run(model, dataset, config, optimizer, scheduler, planner, progress: Progress, log, checkpoint, parallel=None):
     """The loop. Parameters, optimizer and scheduler only change inside ``signals.hold()``, together with
     ``progress``; so whenever an interrupt arrives, ``progress`` describes the tensors and can be checkpointed.
 
     ``checkpoint`` is the checkpoint of the current step, if one is on disk; returns the final progress and that.
+    ``log`` is None on the ranks of a parallel job that do not write (see ``train``).
     """
     from .checkpoint import capture_rng_state
 
@@ -215,9 +225,11 @@ def _run(model, dataset, config, optimizer, scheduler, planner, progress: Progre
         try:
             while progress.step < config.max_steps:
                 step_start = time.perf_counter()
-                batches, position = _micro_batches(dataset, progress.position, config, pad_id)
-                plans = [_plan(planner, b, config.seed, progress.step, micro) for micro, b in enumerate(batches)]
-                loss, tokens = _accumulate(model, batches, plans, config)
+                replica, replicas = (0, 1) if parallel is None else (parallel.replica, parallel.replicas)
+                batches, position = _micro_batches(dataset, progress.position, config, pad_id, replica, replicas)
+                plans = [_plan(planner, b, config.seed, progress.step, micro * replicas + replica)
+                         for micro, b in enumerate(batches)]
+                loss, tokens = _accumulate(model, batches, plans, config, parallel)
                 if not math.isfinite(loss):
                     raise FloatingPointError(
                         f"the loss is {loss} at step {progress.step + 1}; lower lr, or resume from the last checkpoint"
@@ -230,12 +242,16 @@ def _run(model, dataset, config, optimizer, scheduler, planner, progress: Progre
                     progress = Progress(progress.step + 1, position, progress.tokens + tokens,
                                         time.perf_counter() - started, loss, capture_rng_state())
                     checkpoint = None
+                if log is None:
+                    continue
                 log.step(progress, lr_factor(progress.step - 1, config) * config.lr, grad_norm, tokens,
                          time.perf_counter() - step_start)
                 if progress.step % config.save_every == 0:
                     checkpoint = _save(output, model, optimizer, scheduler, progress, config)
         except KeyboardInterrupt:
             optimizer.zero_grad(set_to_none=True)
+            if log is None:
+                raise
             if checkpoint is None:
                 checkpoint = _save(output, model, optimizer, scheduler, progress, config)
             print(f"\ninterrupted: {checkpoint} holds step {progress.step}; run again to resume", file=sys.stderr)
@@ -329,17 +345,19 @@ def _clip(params, max_grad_norm: float | None) -> float:
 # Data
 
 
-def _micro_batches(dataset, position: int, config: TrainConfig, pad_id: int) -> tuple[list[dict], int]:
-    """The ``grad_accum`` collated micro-batches of one step, and the position after them."""
+def _micro_batches(dataset, position: int, config: TrainConfig, pad_id: int, replica: int = 0, replicas: int = 1):
+    """The ``grad_accum`` collated micro-batches of one step, and the position after them. With data parallelism
+    a micro-batch spans ``replicas * batch_size`` samples, of which data replica ``replica`` reads its slice."""
     from .data import collate
 
     batches = []
     for _ in range(config.grad_accum):
-        samples = [dataset[(position + i) % len(dataset)] for i in range(config.batch_size)]
+        start = position + replica * config.batch_size
+        samples = [dataset[(start + i) % len(dataset)] for i in range(config.batch_size)]
         batch = collate(samples, pad_id)
         batch["boundaries"] = [getattr(s, "boundaries", ()) for s in samples]
         batches.append(batch)
-        position += config.batch_size
+        position += config.batch_size * replicas
     return batches, position
 
 
@@ -385,21 +403,28 @@ def _plan(planner, batch: dict, seed: int, step: int, micro: int):
     return planner.plan_batch(batch["attention_mask"].sum(dim=1), rng, batch["boundaries"])
 
 
-def _accumulate(model, batches: list[dict], plans: list, config: TrainConfig) -> tuple[float, int]:
+def _accumulate(model, batches: list[dict], plans: list, config: TrainConfig, parallel=None) -> tuple[float, int]:
     """Forward and backward of every micro-batch of a step; returns the step's loss (mean over its targets) and
-    the number of tokens read."""
+    the number of tokens read. In a parallel job the targets and tokens of every data replica count, and the
+    gradients are summed over all ranks before this returns."""
     import torch
 
     device = next(model.parameters()).device
-    count = max(sum(_count_targets(b) for b in batches), 1)
+    count = sum(_count_targets(b) for b in batches)
+    count = max(count if parallel is None else parallel.global_count(count), 1)
     loss, tokens = 0.0, 0
     for batch, plan in zip(batches, plans):
         inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")}
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.bf16):
-            out = model(**inputs, chunk_sizes=plan, num_items_in_batch=count)
-        out.loss.backward()
-        loss += float(out.loss.detach())
+            if parallel is None:
+                part = model(**inputs, chunk_sizes=plan, num_items_in_batch=count).loss
+            else:
+                part = parallel.loss(model, **inputs, chunk_sizes=plan, num_items_in_batch=count)
+        part.backward()
+        loss += float(part.detach())
         tokens += int(batch["attention_mask"].sum())
+    if parallel is not None:
+        loss, tokens = parallel.reduce(model, loss, tokens)
     return loss, tokens
 
 
@@ -614,6 +639,7 @@ _CONFIG_OPTIONS = {
 def register(subparsers) -> None:
     """Adds the ``train`` subcommand to the ``cometlm`` command line's subparsers."""
     from ..cli import _add_model_options
+    from ..parallel.options import add_parallel_options
 
     parser = subparsers.add_parser(
         "train", help="fine-tune CoMeT on a dataset (LoRA + memory by default); rerun to resume",
@@ -643,6 +669,7 @@ def register(subparsers) -> None:
             options = {**options, "default": default}
         group.add_argument(f"--{name.replace('_', '-')}", help=text, **options)
     _add_model_options(parser)
+    add_parallel_options(parser)
     parser.set_defaults(run=cmd_train)
 
 
@@ -652,15 +679,21 @@ def _show(value) -> str:
 
 def cmd_train(args) -> int:
     from ..cli import _load_model
+    from ..parallel.options import parallel_job
 
     config = config_from_args(args)  # bad settings fail before a model is loaded
-    model = _load_model(args)  # with --comet, also the LoRA weights it was trained with
-    dataset = load_mixture(args.data, model.tokenizer, args.max_length, args.on_error, config.seed)
-    try:
-        result = train(model, dataset, config, resume=not args.no_resume)
-    except KeyboardInterrupt:
-        print("stopped; run the same command again to resume", file=sys.stderr)
-        return 130
+    with parallel_job(args) as parallel:  # None unless --context-parallel / torchrun
+        model = _load_model(args)  # with --comet, also the LoRA weights it was trained with
+        if parallel is not None:
+            model.to(parallel.device)
+        dataset = load_mixture(args.data, model.tokenizer, args.max_length, args.on_error, config.seed)
+        try:
+            result = train(model, dataset, config, resume=not args.no_resume, parallel=parallel)
+        except KeyboardInterrupt:
+            print("stopped; run the same command again to resume", file=sys.stderr)
+            return 130
+    if parallel is not None and not parallel.is_main:
+        return 0
     print(
         f"trained {result.steps} steps ({result.tokens:,} tokens in {result.wall_seconds:,.0f} s), last loss "
         f"{result.final_loss:.4f}; model in {result.final_dir} (use it with --comet {result.final_dir}); "

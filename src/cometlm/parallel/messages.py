@@ -1,0 +1,138 @@
+"""What crosses between pipeline ranks: layer memories packed into one flat buffer, sent with autograd-aware
+point-to-point operations.
+
+A message holds ``G, S, has_global, T, temp_valid`` of one layer (the wavefront) or of every layer (the naive
+hand-off), so the two sides can never disagree on how many messages there are or in which order they come.
+Its gradient travels back as one buffer of the same layout (the flags' entries are zero).
+
+``Link`` threads a zero-valued scalar "token" through every message of a step, in program order. The token
+is added to the rank's loss, so autograd runs the messages' backward in exactly the reverse of their forward
+order: each rank receives the gradients for layer ``L-1`` first, then sends its own, and so on down to layer 0.
+That makes the backward pass the reverse wavefront without relying on the order in which the autograd engine
+happens to pick ready nodes. Only receives block; sends are asynchronous and are waited for in ``wait``. A rank
+only ever waits on its predecessor in the forward pass and on its successor in the backward pass, so no cycle
+of waits (deadlock) can form.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+
+from ..state import LayerState
+
+_FORWARD, _BACKWARD = 0, 1
+
+
+def pack(layers: Sequence[LayerState], dtype: torch.dtype) -> torch.Tensor:
+    """One flat buffer of ``layers``' memories in ``dtype`` (validity flags as 0/1); differentiable in G, S, T."""
+    parts = []
+    for layer in layers:
+        parts += [
+            layer.global_memory.flatten(),
+            layer.global_state.flatten(),
+            layer.has_global.flatten(),
+            layer.temp.flatten(),
+            layer.temp_valid.flatten(),
+        ]
+    return torch.cat([part.to(dtype) for part in parts])
+
+
+def packed_size(like: LayerState, count: int) -> int:
+    """Elements of a buffer that holds ``count`` layers shaped like ``like``."""
+    return count * sum(t.numel() for t in _fields(like))
+
+
+def unpack(buffer: torch.Tensor, like: LayerState, count: int) -> list[LayerState]:
+    """The inverse of ``pack``: ``count`` layers shaped like ``like`` (whose dtypes they take)."""
+    sizes = [t.numel() for t in _fields(like)] * count
+    if buffer.numel() != sum(sizes):
+        raise ValueError(f"a memory message of {buffer.numel()} elements cannot hold {count} layers ({sum(sizes)})")
+    pieces = iter(buffer.split(sizes))
+    layers = []
+    for _ in range(count):
+        g, s, has_global, t, t_valid = (next(pieces).view(f.shape) for f in _fields(like))
+        layers.append(LayerState(
+            global_memory=g.to(like.global_memory.dtype),
+            global_state=s.to(like.global_state.dtype),
+            has_global=has_global > 0.5,
+            temp=t.to(like.temp.dtype),
+            temp_valid=t_valid > 0.5,
+        ))
+    return layers
+
+
+def _fields(layer: LayerState) -> tuple[torch.Tensor, ...]:
+    return layer.global_memory, layer.global_state, layer.has_global, layer.temp, layer.temp_valid
+
+
+class Link:
+    """This rank's two boundaries in one training step: ``prev`` and ``next`` are the global ranks of the
+    neighbouring stages (None at either end of the active pipeline).
+
+    ``receive`` and ``send`` are recorded in the autograd graph; ``token`` is the scalar to add to this rank's
+    loss (see the module docstring). ``wait`` blocks until every asynchronous send has been delivered.
+    """
+
+    def __init__(self, prev: int | None, next: int | None, group=None):
+        self.prev, self.next, self.group = prev, next, group
+        self.token = torch.zeros((), requires_grad=True)
+        self._sends: list[tuple[dist.Work, torch.Tensor]] = []
+
+    def receive(self, tag: int, numel: int, dtype: torch.dtype, device) -> torch.Tensor:
+        """The buffer the previous stage sends with ``tag``; its gradient goes back to that stage."""
+        buffer, self.token = _Receive.apply(self.token.to(device), self, tag, numel, dtype)
+        return buffer
+
+    def send(self, tag: int, buffer: torch.Tensor) -> None:
+        """Sends ``buffer`` to the next stage; in the backward pass, receives its gradient from there."""
+        self.token = _Send.apply(buffer, self.token.to(buffer.device), self, tag)
+
+    def wait(self) -> None:
+        for work, _ in self._sends:
+            work.wait()
+        self._sends.clear()
+
+    def _isend(self, tensor: torch.Tensor, dst: int, tag: int) -> None:
+        tensor = tensor.contiguous()
+        self._sends.append((dist.isend(tensor, dst, group=self.group, tag=tag), tensor))  # keep it alive until sent
+
+    def _recv(self, tensor: torch.Tensor, src: int, tag: int) -> None:
+        dist.recv(tensor, src, group=self.group, tag=tag)
+
+
+def _tag(tag: int, direction: int) -> int:
+    """Forward and backward messages get distinct tags (gloo matches on them; NCCL keeps per-pair order)."""
+    return 2 * tag + direction
+
+
+class _Receive(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, token, link: Link, tag: int, numel: int, dtype):
+        buffer = torch.empty(numel, dtype=dtype, device=token.device)
+        link._recv(buffer, link.prev, _tag(tag, _FORWARD))
+        ctx.link, ctx.tag = link, tag
+        return buffer, torch.zeros_like(token)
+
+    @staticmethod
+    def backward(ctx, grad_buffer, grad_token):
+        # Unused memories get a zero gradient (autograd materialises it), so the previous stage always hears back.
+        ctx.link._isend(grad_buffer, ctx.link.prev, _tag(ctx.tag, _BACKWARD))
+        return grad_token, None, None, None, None
+
+
+class _Send(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, buffer, token, link: Link, tag: int):
+        link._isend(buffer.detach(), link.next, _tag(tag, _FORWARD))
+        ctx.link, ctx.tag = link, tag
+        ctx.shape, ctx.dtype = buffer.shape, buffer.dtype
+        return torch.zeros_like(token)
+
+    @staticmethod
+    def backward(ctx, grad_token):
+        grad = torch.empty(ctx.shape, dtype=ctx.dtype, device=grad_token.device)
+        ctx.link._recv(grad, ctx.link.next, _tag(ctx.tag, _BACKWARD))
+        return grad, grad_token, None, None
