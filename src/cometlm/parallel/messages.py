@@ -70,16 +70,17 @@ def _fields(layer: LayerState) -> tuple[torch.Tensor, ...]:
 
 class Link:
     """This rank's two boundaries in one training step: ``prev`` and ``next`` are the global ranks of the
-    neighbouring stages (None at either end of the active pipeline).
+    neighbouring stages (None at either end of the active pipeline); ``per_layer`` says whether message ``i``
+    holds layer ``i`` (the wavefront) or all layers (the naive hand-off), for error messages.
 
     ``receive`` and ``send`` are recorded in the autograd graph; ``token`` is the scalar to add to this rank's
     loss (see the module docstring). ``wait`` blocks until every asynchronous send has been delivered.
     """
 
-    def __init__(self, prev: int | None, next: int | None, group=None):
-        self.prev, self.next, self.group = prev, next, group
+    def __init__(self, prev: int | None, next: int | None, group=None, per_layer: bool = True):
+        self.prev, self.next, self.group, self.per_layer = prev, next, group, per_layer
         self.token = torch.zeros((), requires_grad=True)
-        self._sends: list[tuple[dist.Work, torch.Tensor]] = []
+        self._sends: list[tuple] = []  # (work, tensor, dst, tag)
 
     def receive(self, tag: int, numel: int, dtype: torch.dtype, device) -> torch.Tensor:
         """The buffer the previous stage sends with ``tag``; its gradient goes back to that stage."""
@@ -91,16 +92,28 @@ class Link:
         self.token = _Send.apply(buffer, self.token.to(buffer.device), self, tag)
 
     def wait(self) -> None:
-        for work, _ in self._sends:
-            work.wait()
+        for work, _, dst, tag in self._sends:
+            try:
+                work.wait()
+            except RuntimeError as err:
+                raise RuntimeError(f"sending {self._describe(tag)} to rank {dst} failed: {err}") from err
         self._sends.clear()
 
     def _isend(self, tensor: torch.Tensor, dst: int, tag: int) -> None:
-        tensor = tensor.contiguous()
-        self._sends.append((dist.isend(tensor, dst, group=self.group, tag=tag), tensor))  # keep it alive until sent
+        tensor = tensor.contiguous()  # kept alive in _sends until delivered
+        self._sends.append((dist.isend(tensor, dst, group=self.group, tag=tag), tensor, dst, tag))
+
+    def _describe(self, tag: int) -> str:
+        what = f"layer {tag // 2}'s" if self.per_layer else "all layers'"
+        return f"{what} memories" if tag % 2 == _FORWARD else f"the gradient of {what} memories"
 
     def _recv(self, tensor: torch.Tensor, src: int, tag: int) -> None:
-        dist.recv(tensor, src, group=self.group, tag=tag)
+        try:
+            dist.recv(tensor, src, group=self.group, tag=tag)
+        except RuntimeError as err:
+            raise RuntimeError(f"waiting for {self._describe(tag)} from rank {src} failed: {err}") from err
+
+
 
 
 def _tag(tag: int, direction: int) -> int:
