@@ -400,3 +400,36 @@ def test_a_killed_or_hung_rank_stops_its_peers_with_an_error(runs):
     assert "from rank 1 failed" in killed_peer["error"] and "Timed out" not in killed_peer["error"]
     assert killed_peer["time"] - failure["killed"] < FAILURE_TIMEOUT_S  # noticed the dead peer, not the timeout
     assert "from rank 3 failed" in hung_peer["error"] and "Timed out" in hung_peer["error"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The command line
+
+
+def _train_args(*extra):
+    import argparse
+
+    from cometlm.training.trainer import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    return parser.parse_args(["train", "--data", "passkey", "--output-dir", "unused", *extra])
+
+
+def test_context_parallel_outside_torchrun_says_how_to_launch_it(monkeypatch):
+    from cometlm.parallel.options import parallel_job
+
+    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    with parallel_job(_train_args()) as parallel:  # the default: no parallel job
+        assert parallel is None
+    with pytest.raises(RuntimeError, match="torchrun --standalone --nproc_per_node 2 -m cometlm.cli train"):
+        with parallel_job(_train_args("--context-parallel", "2")):
+            pass
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "1")
+    with pytest.raises(ValueError, match="3 processes is not a whole number of 2-stage pipelines"):
+        with parallel_job(_train_args("--context-parallel", "2")):
+            pass
