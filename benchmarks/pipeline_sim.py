@@ -47,6 +47,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="chunks each rank owns in the speed-up table (128k tokens, C=2048 on 16 ranks: 4)")
     parser.add_argument("--backward-ratio", type=float, default=2.0,
                         help="backward cost of a (layer, chunk) step relative to its forward")
+    parser.add_argument("--message-fraction", type=float, default=None, metavar="F",
+                        help="also simulate messages that each cost F times a (layer, chunk) forward+backward step "
+                        "(e.g. 0.1: the 16 MB of a Qwen3-4B layer's memories over a 25 GB/s link, 0.6 ms, next to a "
+                        "6-8 ms (layer, chunk) step on a large GPU; an estimate, not a measurement)")
     group = parser.add_argument_group("calibration from benchmarks/pipeline.py (all four, or none)")
     group.add_argument("--measured-layers", type=int, help="layers of the measured model")
     group.add_argument("--measured-chunks", type=int, help="chunks of the measured sample")
@@ -88,25 +92,26 @@ def calibrated_costs(args) -> Costs | None:
     return costs
 
 
-def speedup_table(args, costs: Costs | None) -> None:
-    n = args.chunks_per_rank
-    free = Costs(forward=1.0, backward=args.backward_ratio)
+def speedup_table(args, calibrated: Costs | None) -> None:
+    n, b = args.chunks_per_rank, args.backward_ratio
+    variants = [("simulated with free messages", Costs(forward=1.0, backward=b))]
+    if args.message_fraction is not None:
+        f = args.message_fraction
+        variants.append((f"messages at {f:g} of a step", Costs(forward=1.0, backward=b, latency=f * (1 + b))))
+    if calibrated is not None:
+        variants.append(("calibrated (this CPU's step and message costs)", calibrated))
     print(f"## Wavefront over naive, {n} chunks per rank\n")
-    print("ideal = P L / (L + P - 1); simulated = the event model with free messages"
-          + ("; calibrated = with the step and message costs measured above" if costs else "") + ".\n")
-    header = "| L | " + " | ".join(f"P={p}" for p in RANKS) + " |"
-    print(header + "\n|---|" + "---:|" * len(RANKS))
+    print("cells: ideal P L / (L + P - 1) / " + " / ".join(label for label, _ in variants) + "\n")
+    print("| L | " + " | ".join(f"P={p}" for p in RANKS) + " |\n|---|" + "---:|" * len(RANKS))
     for layers in LAYERS:
         cells = []
         for ranks in RANKS:
             chunks = n * ranks
-            cell = (f"{ideal_speedup(layers, ranks):.2f} / "
-                    f"{naive_time(layers, ranks, chunks, free) / wavefront_time(layers, ranks, chunks, free):.2f}")
-            if costs:
-                cell += f" / {naive_time(layers, ranks, chunks, costs) / wavefront_time(layers, ranks, chunks, costs):.2f}"
-            cells.append(cell)
+            values = [ideal_speedup(layers, ranks)] + [
+                naive_time(layers, ranks, chunks, c) / wavefront_time(layers, ranks, chunks, c) for _, c in variants]
+            cells.append(" / ".join(f"{v:.2f}" for v in values))
         print(f"| {layers} | " + " | ".join(cells) + " |")
-    print("\ncells: ideal / simulated" + (" / calibrated" if costs else "") + "\n")
+    print()
 
 
 def memory_table(args) -> None:

@@ -30,15 +30,13 @@ def add_parallel_options(parser) -> None:
 def parallel_job(args):
     """Yields this process's ``ContextParallel`` when the command runs as a parallel job (``--context-parallel``
     above 1, or torchrun started several processes), else None. Any failure on this rank is reported with its
-    rank and tears the job down; the process group is closed on the way out."""
+    rank and tears the job down; after success, the last messages are delivered and the process group closed."""
     if args.context_parallel == 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         yield None
         return
     from .distributed import init_context_parallel, stop_on_failure
 
     parallel = init_context_parallel(args.context_parallel, args.pipeline_schedule, args.dist_timeout)
-    try:
-        with stop_on_failure(parallel):
-            yield parallel
-    finally:
+    with stop_on_failure(parallel):  # on failure it tears the process group down itself
+        yield parallel
         parallel.close()
