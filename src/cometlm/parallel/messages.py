@@ -114,8 +114,6 @@ class Link:
             raise RuntimeError(f"waiting for {self._describe(tag)} from rank {src} failed: {err}") from err
 
 
-
-
 def _tag(tag: int, direction: int) -> int:
     """Forward and backward messages get distinct tags (gloo matches on them; NCCL keeps per-pair order)."""
     return 2 * tag + direction
