@@ -101,6 +101,30 @@ def test_eos_stops_generation():
     assert out.shape[1] == 9 + first + 1 and int(out[0, -1]) == stop_at
 
 
+def test_stopping_criteria_end_each_stream_like_eos():
+    from transformers import MaxLengthCriteria, StoppingCriteriaList
+
+    comet = tiny_comet()
+    prompt = random_ids(2, 9)
+    free = comet.generate(prompt, max_new_tokens=8, eos_token_id=[], pad_token_id=0)
+    stop_at = int(free[0, 9 + 1])
+    seen = []
+
+    def last_token_is(sequences, scores):  # a per-stream criterion, as transformers' own return
+        seen.append(sequences.shape[1])
+        return sequences[:, -1] == stop_at
+
+    out = comet.generate(prompt, max_new_tokens=8, eos_token_id=[], pad_token_id=0, stopping_criteria=last_token_is)
+    assert seen[0] == 9 + 1  # the criteria see the prompt and the tokens generated so far
+    for row in range(2):
+        hits = (free[row, 9:] == stop_at).nonzero()
+        end = 9 + (hits[0].item() + 1 if len(hits) else 8)
+        assert torch.equal(out[row, :end], free[row, :end]) and bool((out[row, end:] == 0).all())
+    capped = comet.generate(prompt, max_new_tokens=8, eos_token_id=[],
+                            stopping_criteria=StoppingCriteriaList([MaxLengthCriteria(max_length=12)]))
+    assert torch.equal(capped, free[:, :12])
+
+
 def test_bad_generation_options():
     comet = tiny_comet()
     with pytest.raises(ValueError, match="max_new_tokens"):

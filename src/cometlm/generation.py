@@ -116,6 +116,7 @@ def generate(
     eos_token_id: int | list[int] | None = None,
     pad_token_id: int | None = None,
     streamer=None,
+    stopping_criteria=None,
     generator: torch.Generator | None = None,
     return_dict_in_generate: bool = False,
     output_logits: bool = False,
@@ -127,6 +128,10 @@ def generate(
     stream ends; with ``return_dict_in_generate`` a ``CometGenerateOutput`` that also holds the final
     ``MemoryState`` (save it, or pass it back as ``memory`` to continue) and, with ``output_logits``, each
     step's logits. Prompts of different lengths in one batch are generated one stream at a time.
+
+    ``stopping_criteria`` is what Hugging Face's ``generate`` takes (a ``StoppingCriteriaList``, or any callable
+    ``(sequences, scores) -> bool or (B,) bool``); ``sequences`` are the ``input_ids`` given here followed by the
+    tokens generated so far. A stream ends after the step on which it returns True, as at an EOS token.
     """
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be a non-negative int (got {max_new_tokens!r})")
@@ -141,7 +146,7 @@ def generate(
     options = dict(
         max_new_tokens=max_new_tokens, processors=_processors(do_sample, temperature, top_k, top_p, repetition_penalty),
         do_sample=do_sample, eos=eos.to(batch.ids.device), pad_token_id=pad_token_id, streamer=streamer,
-        generator=generator, progress=progress,
+        generator=generator, stopping_criteria=stopping_criteria, progress=progress,
     )
     state = memory if memory is not None else model.init_memory(batch.ids.shape[0])
     model.check_memory(state, batch.ids.shape[0])
@@ -177,7 +182,10 @@ def _mask_of(batch) -> torch.Tensor | None:
     return (torch.arange(batch.ids.shape[1], device=batch.ids.device)[None] < batch.lengths[:, None]).long()
 
 
-def _generate_aligned(model, prompt, state, max_new_tokens, processors, do_sample, eos, pad_token_id, streamer, generator, progress):
+def _generate_aligned(
+    model, prompt, state, max_new_tokens, processors, do_sample, eos, pad_token_id, streamer, generator,
+    stopping_criteria, progress,
+):
     """Generation for streams whose open chunks are equally long (so they close chunks at the same steps)."""
     c = model.comet_config.chunk_size
     if streamer is not None:
@@ -202,6 +210,8 @@ def _generate_aligned(model, prompt, state, max_new_tokens, processors, do_sampl
         if streamer is not None:
             streamer.put(token.cpu())
         unfinished = unfinished & ~torch.isin(token, eos)
+        if stopping_criteria is not None:
+            unfinished = unfinished & ~torch.as_tensor(stopping_criteria(sequences, scores), device=unfinished.device)
         if not bool(unfinished.any()) or step == max_new_tokens - 1:
             state = model.ingest(token[:, None], state)
             break
