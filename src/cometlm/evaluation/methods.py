@@ -172,15 +172,18 @@ class Method:
         """A few words for titles and tables."""
         raise NotImplementedError
 
-    def check_prompt(self, n_tokens: int, question_tokens: int, answer_tokens: int) -> None:
-        """Raises ValueError if this method cannot answer a prompt of n_tokens with answer_tokens more."""
+    def check_prompt(self, n_tokens: int, question_tokens: int, answer_tokens: int, answer_room: int | None = None):
+        """Raises ValueError if this method cannot answer a prompt of n_tokens with answer_tokens more
+        (`answer_room` as in `answer`)."""
 
     def check_document(self, n_tokens: int) -> None:
         """Raises ValueError if this method cannot score a document of n_tokens."""
 
-    def answer(self, prompt: list[int], question_tokens: int, max_new_tokens: int, eos, progress: bool):
+    def answer(self, prompt: list[int], question_tokens: int, max_new_tokens: int, eos, progress: bool,
+               answer_room: int | None = None):
         """Greedy continuation of `prompt`: (new token ids, facts for the record: read_tokens,
-        first_chunk_tokens, open_chunk_tokens)."""
+        first_chunk_tokens, open_chunk_tokens). `answer_room`: what the primed layout keeps free for the answer
+        (default max_new_tokens; a longer answer rolls over into the next chunk); other methods ignore it."""
         raise NotImplementedError
 
     def hidden_blocks(self, tokens, progress: bool):
@@ -224,43 +227,21 @@ class MemoryMethod(Method):
     def describe(self) -> str:
         return f"{self.layout} layout"
 
-    def check_prompt(self, n_tokens, question_tokens, answer_tokens) -> None:
-        open_chunk_tokens(n_tokens, self.runner.comet_config.chunk_size, self.layout, question_tokens, answer_tokens,
+    def check_prompt(self, n_tokens, question_tokens, answer_tokens, answer_room=None) -> None:
+        room = answer_tokens if answer_room is None else answer_room
+        open_chunk_tokens(n_tokens, self.runner.comet_config.chunk_size, self.layout, question_tokens, room,
                           self.prime_tokens or 0)
 
-    def _read(self, ids: list[int], state, progress: bool):
-        """Streams ids into the memory; long reads go chunk by chunk under a nested bar (same state as one call)."""
-        import torch
+    def answer(self, prompt, question_tokens, max_new_tokens, eos, progress, answer_room=None):
+        """Reads the prompt in the layout's chunks and generates (`streaming.generate_answer`); with "fixed" that
+        is `generate(prompt)`, since reading in pieces gives the same state as reading at once."""
+        from cometlm.evaluation.streaming import generate_answer
 
-        if not ids:
-            return state
-        model, c = self.runner, self.runner.comet_config.chunk_size
-        tokens = torch.tensor([ids], device=self.device)
-        with _bar(len(ids), len(ids) // c, progress) as bar:
-            for start in range(0, len(ids), c):
-                state = model.ingest(tokens[:, start : start + c], state)
-                bar.update(min(c, len(ids) - start))
-        return state
-
-    def answer(self, prompt, question_tokens, max_new_tokens, eos, progress):
-        """Reads the prompt in the layout's chunks and generates.
-
-        The context before the open chunk is read here (so long reads can show progress), the open chunk by
-        `generate`; reading in pieces gives the same state as reading at once, so "fixed" is `generate(prompt)`.
-        """
-        import torch
-
-        model = self.runner
-        n, c = len(prompt), model.comet_config.chunk_size
-        tail = open_chunk_tokens(n, c, self.layout, question_tokens, max_new_tokens, self.prime_tokens or 0)
-        first = (n - tail) % c  # a short first chunk, closed early, right-aligns every later chunk
-        state = model.init_memory(1)
-        if first:
-            state = model.close_open_chunk(self._read(prompt[:first], state, progress))
-        state = self._read(prompt[first : n - tail], state, progress)
-        open_ids = torch.tensor([prompt[n - tail :]], device=self.device)
-        out = model.generate(open_ids, memory=state, max_new_tokens=max_new_tokens, eos_token_id=eos)
-        return out[0, tail:].tolist(), {"read_tokens": n, "first_chunk_tokens": first, "open_chunk_tokens": tail}
+        n, c = len(prompt), self.runner.comet_config.chunk_size
+        room = max_new_tokens if answer_room is None else answer_room
+        tail = open_chunk_tokens(n, c, self.layout, question_tokens, room, self.prime_tokens or 0)
+        new_ids = generate_answer(self.runner, prompt, tail, max_new_tokens, eos_token_id=eos, progress=progress)
+        return new_ids, {"read_tokens": n, "first_chunk_tokens": (n - tail) % c, "open_chunk_tokens": tail}
 
     def hidden_blocks(self, tokens, progress):
         """Chunks of C from the start, as `forward` reads them teacher-forced, one chunk's hidden states at a time."""
@@ -310,7 +291,7 @@ class BackboneMethod(Method):
             "use --method truncated or sliding-window, or shorter inputs"
         )
 
-    def check_prompt(self, n_tokens, question_tokens, answer_tokens) -> None:
+    def check_prompt(self, n_tokens, question_tokens, answer_tokens, answer_room=None) -> None:
         if self.name == "full" and n_tokens + answer_tokens > self.window:
             self._refuse(f"context length {n_tokens} plus the {answer_tokens}-token answer")
         if self.window <= answer_tokens:
@@ -322,7 +303,7 @@ class BackboneMethod(Method):
         if self.window < 2:
             raise ValueError(f"scoring with a window needs at least 2 tokens in it (got {self.window})")
 
-    def answer(self, prompt, question_tokens, max_new_tokens, eos, progress):
+    def answer(self, prompt, question_tokens, max_new_tokens, eos, progress, answer_room=None):
         """Full attention over the prompt's last `window - max_new_tokens` tokens, so prompt and answer fit."""
         import torch
 
@@ -394,7 +375,7 @@ class SlidingWindowMethod(Method):
     def hidden_blocks(self, tokens, progress):
         yield from self._read(tokens, self.new_cache(), progress)
 
-    def answer(self, prompt, question_tokens, max_new_tokens, eos, progress):
+    def answer(self, prompt, question_tokens, max_new_tokens, eos, progress, answer_room=None):
         """Reads the prompt through the cache, then decodes greedily one token at a time, trimming before each."""
         import torch
 

@@ -1,0 +1,115 @@
+"""What answering and scoring ask of a CoMeT model: read a context so that its tail opens the chunk the answer
+goes in, then generate an answer or score given continuations.
+
+The comet and no-memory methods (`methods.MemoryMethod`), SCROLLS and the lm-evaluation-harness backend
+(`harness.py`) use these. How many context tokens the open chunk holds is the layout's choice
+(`methods.open_chunk_tokens`): with "primed" a short first chunk is closed early so that every later chunk is
+right-aligned and the open chunk holds the question and the tokens before it with room for the answer
+(METHOD.md section 3); with "fixed", chunks of C are cut from the start, as `forward`, `ingest` and `generate`
+cut them.
+
+Scoring runs the open chunk and the continuations chunk by chunk as `forward` does, but from a memory state: a
+context is read once for all its continuations, and logits exist only for the positions scored, a block of
+rows at a time, so memory does not grow with the length of a continuation.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cometlm.evaluation.methods import READ_BAR_MIN_STEPS, _bar
+from cometlm.runtime import release_free_memory
+from cometlm.state import MemoryState
+
+SCORE_ROWS = 512  # positions per LM-head call when scoring: logits never exceed SCORE_ROWS x vocabulary
+
+
+def read_context(model, ids: list[int], tail: int, progress: bool = False) -> MemoryState:
+    """A fresh memory after reading all of `ids` but their last `tail` tokens, chunked so that the open chunk
+    holds exactly those `tail` tokens once they are read (by `generate`, `ingest` or `score_continuations`).
+
+    A short first chunk is closed early when the length requires it; the chunks after it are full, and the last
+    of them stays open until the tail arrives, as `ingest` leaves it. Long reads show a nested progress bar.
+    """
+    n, c = len(ids), model.comet_config.chunk_size
+    if not 1 <= tail <= min(n, c):
+        raise ValueError(f"the open chunk must hold 1..{min(n, c)} of the {n} context tokens (got {tail})")
+    first = (n - tail) % c  # a short first chunk, closed early, right-aligns every later chunk
+    tokens = torch.tensor([ids[: n - tail]], device=model.backbone.embed_tokens.weight.device)
+    state = model.init_memory(1)
+    if first:
+        state = model.close_open_chunk(model.ingest(tokens[:, :first], state))
+    with _bar(n - tail - first, (n - tail - first) // c, progress) as bar:  # in pieces: the same state
+        for start in range(first, n - tail, c):
+            state = model.ingest(tokens[:, start : start + c], state)
+            bar.update(min(c, n - tail - start))
+    return state
+
+
+def generate_answer(
+    model, ids: list[int], tail: int, max_new_tokens: int, eos_token_id=None, progress: bool = False, **generation,
+) -> list[int]:
+    """Reads `ids` with the open chunk holding their last `tail` tokens, then generates; returns the new ids.
+
+    `generation` goes to `CometForCausalLM.generate` (do_sample, temperature, top_k, top_p, stopping_criteria,
+    ...); stopping criteria see the `tail` tokens followed by the generated ones. With the "fixed" layout's tail
+    this is exactly `model.generate(ids)`, since reading in pieces gives the same state as reading at once.
+    """
+    state = read_context(model, ids, tail, progress)
+    open_ids = torch.tensor([ids[-tail:]], device=model.backbone.embed_tokens.weight.device)
+    out = model.generate(open_ids, memory=state, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
+                         **generation)
+    return out[0, tail:].tolist()
+
+
+def _repeat(state: MemoryState, n: int) -> MemoryState:
+    return MemoryState.from_tensors(state.config, {k: v.expand(n, *v.shape[1:]) for k, v in state.tensors().items()})
+
+
+@torch.no_grad()
+def score_continuations(model, state: MemoryState, continuations: list[list[int]], progress: bool = False):
+    """Log-probabilities of each continuation after the text read into `state`, all continuations in one batch.
+
+    `state` holds one stream whose open chunk is not empty (its last token predicts each continuation's first).
+    Returns, per continuation, `(logprobs, greedy)`: float32 (n,) log p(token | everything before) and bool (n,)
+    whether it was the most likely token, on the CPU. Equal to the log-softmax of `forward` logits over the
+    context followed by the continuation, chunked the way `state` was read.
+    """
+    from tqdm.auto import tqdm
+
+    model.check_memory(state, 1)
+    p = int(state.pending_len[0])
+    if p < 1:
+        raise ValueError("score_continuations needs a state whose open chunk holds at least one token")
+    c, device = model.comet_config.chunk_size, state.pending.device
+    lengths = torch.tensor([p + len(cont) for cont in continuations], device=device)
+    width = int(lengths.max())
+    ids = torch.zeros(len(continuations), width + 1, dtype=torch.long, device=device)  # one spare target column
+    ids[:, :p] = state.pending[:, :p]
+    for b, cont in enumerate(continuations):
+        ids[b, p : p + len(cont)] = torch.tensor(cont, dtype=torch.long)
+    state = _repeat(state, len(continuations))
+    logprobs = torch.zeros(len(continuations), width)
+    greedy = torch.zeros(len(continuations), width, dtype=torch.bool)
+    lm_head = model.backbone.lm_head
+    starts = range(0, width, c)
+    if progress and len(starts) >= READ_BAR_MIN_STEPS:
+        starts = tqdm(starts, desc="scoring", unit="chunk", position=1, leave=False, dynamic_ncols=True)
+    for start in starts:
+        text_len = (lengths - start).clamp(0, c)
+        closing = lengths - start > c  # a full chunk that more text follows
+        n = int(text_len.max())
+        hidden, layers, _ = model._run_chunk(state, ids[:, start : start + n], text_len, closing)
+        state = model._advance(state, layers, closing)
+        position = start + torch.arange(n, device=device)  # position j predicts the token at j + 1
+        scored = (position[None] >= p - 1) & (position[None] < lengths[:, None] - 1)  # (B, n)
+        rows, cols = scored.nonzero(as_tuple=True)
+        for a in range(0, rows.numel(), SCORE_ROWS):
+            r, k = rows[a : a + SCORE_ROWS], cols[a : a + SCORE_ROWS]
+            logp = torch.log_softmax(lm_head(hidden[r, k]).float(), dim=-1)
+            target = ids[r, start + k + 1]
+            logprobs[r.cpu(), start + k.cpu()] = logp.gather(1, target[:, None])[:, 0].cpu()
+            greedy[r.cpu(), start + k.cpu()] = (logp.argmax(dim=-1) == target).cpu()
+        release_free_memory()
+    return [(logprobs[b, p - 1 : p - 1 + len(cont)], greedy[b, p - 1 : p - 1 + len(cont)])
+            for b, cont in enumerate(continuations)]
