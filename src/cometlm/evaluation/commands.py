@@ -23,15 +23,15 @@ from cometlm.evaluation.methods import (
 
 def register(subparsers) -> None:
     """Adds `eval` and its tasks to the `cometlm` subcommands (argparse's `add_subparsers()` object)."""
-    from cometlm.evaluation import niah, passkey, ppl, table
+    from cometlm.evaluation import niah, passkey, ppl, scrolls, table
 
     evaluate = subparsers.add_parser(
-        "eval", help="evaluate long-context reading (passkey, needle, perplexity) and tabulate results",
+        "eval", help="evaluate long-context reading (passkey, needle, perplexity, SCROLLS) and tabulate results",
         description="Evaluations that write JSON results and a figure to a folder; long runs resume. Every task "
         "takes --method to compare CoMeT with the baselines on the same backbone.",
     )
     tasks = evaluate.add_subparsers(dest="task", required=True, metavar="TASK")
-    for module in (passkey, niah, ppl, table):
+    for module in (passkey, niah, ppl, scrolls, table):
         module.register(tasks)
 
 
