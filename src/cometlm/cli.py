@@ -275,10 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=cmd_demo)
 
     from .evaluation.commands import register as register_eval
+    from .evaluation.lm_eval_cli import register as register_lm_eval
     from .training.trainer import register as register_train
 
     register_train(sub)
     register_eval(sub)
+    register_lm_eval(sub)
     return parser
 
 

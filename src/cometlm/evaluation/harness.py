@@ -1,0 +1,262 @@
+"""lm-evaluation-harness backend: `--model cometlm`, with contexts of any length streamed through the memory.
+
+Importing this module registers the model under the name "cometlm" with lm-eval's `register_model`. lm-eval
+0.4.13 finds external models only when something imports them first (it has no plugin entry points), so:
+
+    cometlm lm-eval --model cometlm --model_args comet=DIR --tasks ...    # the harness CLI, backend registered
+    lm_eval.simple_evaluate(model="cometlm", ...)  # after `import cometlm.evaluation.harness`
+
+The package also declares an entry point in the `lm_eval.models` group, for the plugin discovery upstream
+merged after 0.4.13 (untested here), which would let plain `lm_eval --model cometlm` find it.
+
+`--model_args` (comma-separated key=value): `pretrained` (base model: a local Hugging Face directory or the
+bundled "smollm2-135m-instruct", the default), `comet` (a saved CoMeT model or adapter; without it CoMeT starts
+untrained with `chunk_size`, `global_slots`, `temp_stride`, `temp_capacity`, `adapter_rank`, `gate`,
+`attention_sink`), `dtype` (float32 or bfloat16), `method` ("comet", the default, or "no-memory": both memories
+off, i.e. plain chunking), `layout` ("primed", the default, or "fixed"), `prime_tokens` (context tokens kept in
+the answer's open chunk with "primed"; default: as many as fit), `max_gen_toks` (256), `add_bos_token` (false),
+`threads`. `--device` and `--batch_size` (an integer) come from the harness.
+
+- loglikelihood: each distinct context is read once; its continuations are scored together (batch_size at a
+  time) from that memory state, with the open chunk holding the context's tail ("primed": as much of it as
+  leaves room for the longest continuation; "fixed": chunks of C from the start, i.e. exactly `forward` over
+  context + continuation).
+- loglikelihood_rolling: the whole text after the prefix token, chunks of C from the start, no truncation and
+  no windows: every token is predicted from everything before it.
+- generate_until: the context read with its tail in the open chunk, then `generate` with the task's stop
+  sequences; the text is cut at the first stop sequence, as the harness's Hugging Face backend does.
+
+Results record the exact command, cometlm's version, the CoMeT configuration and weights checksum, and the
+layout (`get_model_info`, merged into the harness's results config next to its own versions and seeds). A run
+resumes with the harness's request cache: `--use_cache PATH` stores every answered request, and a rerun with
+the same arguments answers those from the cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+
+import lm_eval.models  # noqa: F401  (registers the built-in models first; see get_model's lazy import)
+from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import register_model
+
+from cometlm.evaluation.methods import LAYOUTS, MEMORY_METHODS
+
+log = logging.getLogger(__name__)
+
+GENERATION_KWARGS = ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty")
+
+
+def _count(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"cometlm model_args: {name} must be an integer >= {minimum} (got {value!r})")
+    return value
+
+
+@register_model("cometlm")
+class CometLM(TemplateLM):
+    """A `CometForCausalLM` behind lm-eval's `LM` interface (see the module docstring for its arguments)."""
+
+    def __init__(
+        self,
+        pretrained=None,
+        comet: str | None = None,
+        gate: bool = True,
+        method: str = "comet",
+        layout: str = "primed",
+        prime_tokens: int | None = None,
+        max_gen_toks: int = 256,
+        add_bos_token: bool = False,
+        device: str | None = None,
+        batch_size: int | str = 1,
+        max_batch_size: int | None = None,
+        **model_options,
+    ):
+        """`model_options`: the `cometlm` command's model options (chunk_size, global_slots, temp_stride,
+        temp_capacity, adapter_rank, attention_sink, dtype, threads, ...) by their option names."""
+        super().__init__()
+        import torch
+
+        from cometlm import cli
+        from cometlm.evaluation.methods import without_memory
+        from cometlm.model import CometForCausalLM
+
+        if layout not in LAYOUTS:
+            raise ValueError(f"cometlm model_args: layout must be one of {', '.join(LAYOUTS)} (got {layout!r})")
+        if method not in MEMORY_METHODS:
+            raise ValueError(f"cometlm model_args: method must be one of {', '.join(MEMORY_METHODS)} (got {method!r}); "
+                             "for the backbone with full attention use lm-eval's own --model hf")
+        if isinstance(batch_size, str) and batch_size.isdigit():
+            batch_size = int(batch_size)
+        self.batch_size = _count(batch_size, "batch_size (an integer; 'auto' is not supported)", 1)
+        self.max_gen_toks = _count(max_gen_toks, "max_gen_toks", 1)
+        self.prime_tokens = None if prime_tokens is None else _count(prime_tokens, "prime_tokens", 1)
+        self.layout, self.add_bos_token = layout, bool(add_bos_token)
+        # The command line's own model options and defaults, so that both load a model the same way.
+        parser = argparse.ArgumentParser(add_help=False)
+        cli._add_model_options(parser)
+        options = parser.parse_args([])
+        unknown = sorted(set(model_options) - set(vars(options)) | set(model_options) & {"model", "no_gate"})
+        if unknown:
+            accepted = sorted({*vars(options), "pretrained", "comet", "gate", "method", "layout", "prime_tokens",
+                               "max_gen_toks", "add_bos_token"} - {"model", "no_gate"})
+            raise ValueError(f"cometlm model_args: unknown argument(s) {', '.join(unknown)}; the accepted ones are "
+                             f"{', '.join(accepted)}")
+        if isinstance(pretrained, CometForCausalLM):
+            model = pretrained
+        else:
+            vars(options).update(model_options, model=pretrained, comet=comet, no_gate=not gate)
+            model = cli._load_model(options)
+        if model.tokenizer is None:
+            raise ValueError("cometlm: the model has no tokenizer; lm-eval passes text, so it needs one")
+        if device is None or device == "auto" or (str(device).startswith("cuda") and not torch.cuda.is_available()):
+            if device not in (None, "auto"):
+                log.warning("cometlm: %s is not available here; running on the CPU", device)
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self._device = torch.device(device)
+        model = model.to(self._device).eval()
+        self.model = without_memory(model) if method == "no-memory" else model
+        self.method, self.tokenizer = method, model.tokenizer
+        self.model_name = comet or (pretrained if isinstance(pretrained, str) else None) or model.base_model
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Tokens
+
+    @property
+    def eot_token_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def prefix_token_id(self) -> int:
+        """What an empty context (and a rolling text) starts from: BOS if the tokenizer has one, else EOS."""
+        bos = self.tokenizer.bos_token_id
+        return bos if bos is not None else self.eot_token_id
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
+        special = self.add_bos_token if add_special_tokens is None else add_special_tokens
+        return self.tokenizer(string, add_special_tokens=special)["input_ids"]
+
+    @property
+    def tokenizer_name(self) -> str:
+        return self.tokenizer.name_or_path.replace("/", "__")
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        return self.tokenizer.apply_chat_template(chat_history, tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Requests
+
+    def _open_tokens(self, n_context: int, answer_tokens: int) -> int:
+        """The context tokens in the open chunk: with "primed" as many as leave room for the answer (capped so at
+        least one context token stays; a longer answer rolls over), or `prime_tokens`; with "fixed" the rest."""
+        from cometlm.evaluation.methods import open_chunk_tokens
+
+        c = self.model.comet_config.chunk_size
+        prime = c if self.prime_tokens is None else self.prime_tokens
+        return open_chunk_tokens(n_context, c, self.layout, 0, min(answer_tokens, c - 1), prime)
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
+        """requests: ((context, continuation), context ids, continuation ids); one context read per distinct one."""
+        import torch
+        from tqdm.auto import tqdm
+
+        from cometlm.evaluation.streaming import read_context, score_continuations
+
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, (_, context_ids, _) in enumerate(requests):
+            groups.setdefault(tuple(context_ids), []).append(index)
+        results: list[tuple[float, bool] | None] = [None] * len(requests)
+        bar = tqdm(total=len(requests), desc="cometlm loglikelihood", disable=disable_tqdm, dynamic_ncols=True)
+        with torch.inference_mode():
+            for context, indices in groups.items():
+                context = list(context)
+                tail = self._open_tokens(len(context), max(len(requests[i][2]) for i in indices))
+                state = read_context(self.model, context, tail, progress=not disable_tqdm)
+                state = self.model.ingest(torch.tensor([context[-tail:]], device=self.device), state)
+                for a in range(0, len(indices), self.batch_size):
+                    batch = indices[a : a + self.batch_size]
+                    scored = score_continuations(self.model, state, [requests[i][2] for i in batch])
+                    for i, (logprobs, greedy) in zip(batch, scored):
+                        answer = (float(logprobs.sum()), bool(greedy.all()))
+                        results[i] = answer
+                        if requests[i][0] is not None:
+                            self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
+                    bar.update(len(batch))
+        bar.close()
+        return results
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        """The log-likelihood of every token of each text, each predicted from the prefix token and all before it."""
+        import torch
+        from tqdm.auto import tqdm
+
+        from cometlm.evaluation.streaming import score_continuations
+
+        results = []
+        for request in tqdm(requests, desc="cometlm loglikelihood_rolling", disable=disable_tqdm, dynamic_ncols=True):
+            (text,) = request.args
+            ids = self.tok_encode(text, add_special_tokens=False)
+            with torch.inference_mode():
+                state = self.model.ingest(torch.tensor([[self.prefix_token_id]], device=self.device))
+                ((logprobs, _),) = score_continuations(self.model, state, [ids], progress=not disable_tqdm)
+            total = float(logprobs.sum())
+            results.append(total)
+            self.cache_hook.add_partial("loglikelihood_rolling", (text,), total)
+        return results
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        import torch
+        from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
+        from lm_eval.models.utils_hf import stop_sequences_criteria
+        from tqdm.auto import tqdm
+
+        from cometlm.evaluation.streaming import generate_answer
+
+        eos = self.tokenizer.decode([self.eot_token_id], skip_special_tokens=False)
+        results = []
+        for request in tqdm(requests, desc="cometlm generate_until", disable=disable_tqdm, dynamic_ncols=True):
+            context, gen_kwargs = request.args
+            options = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
+            until = handle_stop_sequences(options.pop("until", None), eos=eos)
+            max_new = options.pop("max_gen_toks")
+            ignored = sorted(k for k in options if k not in GENERATION_KWARGS)
+            if ignored:
+                log.warning("cometlm: ignoring generation arguments it does not support: %s", ", ".join(ignored))
+            sampling = {k: options[k] for k in GENERATION_KWARGS if options.get(k) is not None}
+            if not sampling.get("do_sample"):
+                sampling = {k: v for k, v in sampling.items() if k == "repetition_penalty"}
+            ids = self.tok_encode(context) or [self.prefix_token_id]
+            tail = self._open_tokens(len(ids), max_new)
+            with torch.inference_mode():
+                new_ids = generate_answer(
+                    self.model, ids, tail, max_new, eos_token_id=self.eot_token_id, progress=not disable_tqdm,
+                    stopping_criteria=stop_sequences_criteria(self.tokenizer, until, tail, 1), **sampling,
+                )
+            text = postprocess_generated_text(self.tokenizer.decode(new_ids, skip_special_tokens=True), until, None)
+            results.append(text)
+            self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
+        return results
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Provenance
+
+    def get_model_info(self) -> dict:
+        """Merged into the harness's results config: what identifies these weights and this way of reading."""
+        import cometlm
+
+        memory = self.model.memory.parameters()
+        return {
+            "cometlm_version": cometlm.__version__,
+            "cometlm_command": shlex.join(sys.argv),
+            "cometlm_model": str(self.model_name),
+            "cometlm_base_model": self.model.base_model,
+            "cometlm_config": self.model.comet_config.to_dict(),
+            "cometlm_checksum": round(sum(float(p.detach().double().sum()) for p in memory), 4),
+            "cometlm_method": self.method,
+            "cometlm_layout": self.layout,
+            "cometlm_prime_tokens": self.prime_tokens,
+        }

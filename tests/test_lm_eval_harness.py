@@ -1,0 +1,194 @@
+"""The lm-evaluation-harness backend: lm-eval runs offline on local tasks, and its numbers equal the model's own."""
+
+import json
+import shlex
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from eval_helpers import tiny_text_model
+from lm_eval import simple_evaluate
+from lm_eval.api.instance import Instance
+from lm_eval.api.registry import get_model
+from lm_eval.tasks import TaskManager
+
+from cometlm import CometForCausalLM
+from cometlm.cli import main
+from cometlm.evaluation import streaming
+from cometlm.evaluation.harness import CometLM
+from cometlm.evaluation.lm_eval_cli import harness_argv
+
+C = 16  # chunk size of the tiny model: the longer fixture contexts span several chunks
+SENTENCE = "The quick brown fox jumps over the lazy dog. "
+DOCS = [
+    {"context": SENTENCE * k + "Question: what jumps?", "choices": ["the fox", "the dog", "a cat"], "label": 0,
+     "answer": "fox", "text": "Once upon a time, " * (3 * k + 1)}
+    for k in (1, 4, 9)
+]
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tokenizer):
+    """A tiny random CoMeT model saved with SmolLM2's tokenizer, and three local tasks over one JSONL file."""
+    root = tmp_path_factory.mktemp("harness")
+    tiny_text_model(C, tokenizer).save_pretrained(root / "model")
+    (root / "data.jsonl").write_text("".join(json.dumps(d) + "\n" for d in DOCS))
+    tasks = root / "tasks"
+    tasks.mkdir()
+    common = (f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {root}/data.jsonl\n"
+              f"  cache_dir: {root}/hf-datasets\ntest_split: test\n")
+    (tasks / "mc.yaml").write_text(
+        "task: comet_mc\n" + common + "output_type: multiple_choice\ndoc_to_text: '{{context}}'\n"
+        "doc_to_choice: '{{choices}}'\ndoc_to_target: '{{label}}'\nmetric_list:\n  - metric: acc\n")
+    (tasks / "ppl.yaml").write_text(
+        "task: comet_ppl\n" + common + "output_type: loglikelihood_rolling\ndoc_to_text: ''\n"
+        "doc_to_target: '{{text}}'\nmetric_list:\n  - metric: word_perplexity\n")
+    (tasks / "gen.yaml").write_text(
+        "task: comet_gen\n" + common + "output_type: generate_until\ndoc_to_text: '{{context}}'\n"
+        "doc_to_target: '{{answer}}'\ngeneration_kwargs:\n  until: ['\\n', '.']\n  max_gen_toks: 7\n"
+        "  do_sample: false\nmetric_list:\n  - metric: exact_match\n")
+    model = CometForCausalLM.from_pretrained(root / "model").eval()
+    return root, model, tokenizer
+
+
+def log_softmax_forward(model, ids, chunk_sizes=None):
+    with torch.inference_mode():
+        plan = None if chunk_sizes is None else torch.tensor([chunk_sizes])
+        return F.log_softmax(model(torch.tensor([ids]), chunk_sizes=plan).logits[0].float(), dim=-1)
+
+
+def reference_loglikelihood(model, tokenizer, context, continuation, chunk_sizes=None):
+    """log p(continuation | context) and greedy-ness from full-sequence forward logits, tokenized as lm-eval does
+    for causal models (the whole text, split after the context's tokens)."""
+    whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
+    n = len(tokenizer(context, add_special_tokens=False)["input_ids"])
+    logp = log_softmax_forward(model, whole, chunk_sizes)[n - 1 : len(whole) - 1]
+    target = torch.tensor(whole[n:])
+    return float(logp.gather(1, target[:, None]).sum()), bool((logp.argmax(-1) == target).all()), len(whole)
+
+
+def test_lm_eval_runs_offline_and_equals_the_model(setup):
+    root, model, tokenizer = setup
+    results = simple_evaluate(
+        model="cometlm", model_args=f"comet={root / 'model'},layout=fixed",
+        tasks=["comet_mc", "comet_ppl", "comet_gen"],
+        task_manager=TaskManager(include_path=str(root / "tasks"), include_defaults=False), log_samples=True,
+        device="cpu", batch_size=2,
+    )
+    samples = results["samples"]
+
+    correct = 0
+    for sample in samples["comet_mc"]:
+        scores = []
+        for (context, continuation), ((logprob, greedy),) in zip(sample["arguments"], sample["resps"]):
+            want, want_greedy, n = reference_loglikelihood(model, tokenizer, context, continuation)
+            assert logprob == pytest.approx(want, abs=1e-4) and greedy == want_greedy
+            scores.append(logprob)
+        assert n > 4 * C or sample["doc_id"] < 2  # the last context spans many chunks
+        correct += scores.index(max(scores)) == sample["target"]
+    assert results["results"]["comet_mc"]["acc,none"] == pytest.approx(correct / len(DOCS))
+
+    for sample in samples["comet_ppl"]:
+        ((text,),) = sample["arguments"]
+        prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        ids = [prefix] + tokenizer(text, add_special_tokens=False)["input_ids"]
+        logp = log_softmax_forward(model, ids)[:-1].gather(1, torch.tensor(ids[1:])[:, None])
+        assert sample["resps"][0][0] == pytest.approx(float(logp.sum()), abs=1e-3)
+
+    for sample in samples["comet_gen"]:
+        ((context, _),) = sample["arguments"]
+        ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            out = model.generate(torch.tensor([ids]), max_new_tokens=7, eos_token_id=tokenizer.eos_token_id)
+        text = tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
+        assert sample["resps"][0][0] == text.split("\n")[0].split(".")[0]  # cut at the first stop sequence
+
+    config = results["config"]
+    assert config["cometlm_layout"] == "fixed" and config["cometlm_config"]["chunk_size"] == C
+    assert config["cometlm_command"] == shlex.join(sys.argv) and config["cometlm_version"]
+    assert config["random_seed"] is not None and config["torch_seed"] is not None  # the harness records its seeds
+
+
+def test_with_the_memory_off_it_equals_the_harness_own_hugging_face_backend(setup):
+    """Within one chunk and with both memories off CoMeT is the backbone, so every number must equal what
+    lm-eval's reference backend (`hf`) computes for the same backbone: same tokenization, prefix and stops."""
+    root, _, _ = setup
+    backbone = str(root / "model" / "backbone")
+    tasks = ["comet_mc", "comet_ppl", "comet_gen"]
+    manager = TaskManager(include_path=str(root / "tasks"), include_defaults=False)
+    runs = [simple_evaluate(model=name, model_args=args, tasks=tasks, task_manager=manager, log_samples=True,
+                            device="cpu") for name, args in (
+        ("hf", f"pretrained={backbone},dtype=float32"),
+        ("cometlm", f"pretrained={backbone},chunk_size=1024,global_slots=0,temp_stride=0"),
+    )]
+    for task in tasks:
+        hf, comet = (sorted(run["samples"][task], key=lambda s: s["doc_id"]) for run in runs)
+        for a, b in zip(hf, comet, strict=True):
+            assert a["arguments"] == b["arguments"]
+            for (x,), (y,) in zip(a["resps"], b["resps"], strict=True):
+                if task == "comet_gen":
+                    assert x == y and x.strip()  # the same non-empty text, cut at the same stop sequence
+                elif task == "comet_ppl":
+                    assert x == pytest.approx(y, abs=1e-3)
+                else:
+                    assert x[0] == pytest.approx(y[0], abs=1e-4) and x[1] == y[1]
+
+
+def test_primed_layout_reads_each_context_once_and_equals_forward_with_that_chunking(setup, monkeypatch):
+    root, model, tokenizer = setup
+    lm = get_model("cometlm").create_from_arg_string(f"comet={root / 'model'},prime_tokens=5", {"device": "cpu"})
+    reads, read_context = [], streaming.read_context
+    monkeypatch.setattr(streaming, "read_context",
+                        lambda m, ids, *a, **k: reads.append(ids) or read_context(m, ids, *a, **k))
+    requests = [Instance("loglikelihood", doc, (doc["context"], " " + choice), i)
+                for doc in DOCS for i, choice in enumerate(doc["choices"])]
+    got = lm.loglikelihood(requests, disable_tqdm=True)
+    assert len(reads) == len(DOCS)  # the three choices of a context share one read
+    for request, (logprob, greedy) in zip(requests, got):
+        context, continuation = request.args
+        whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
+        n = len(tokenizer(context, add_special_tokens=False)["input_ids"])
+        tail = min(5, n)  # 5 context tokens in the open chunk: room for the longest choice (3 tokens) is left
+        first = (n - tail) % C
+        plan = ([first] if first else []) + [C] * ((n - tail) // C) + [len(whole) - n + tail]
+        want, want_greedy, _ = reference_loglikelihood(model, tokenizer, context, continuation, plan)
+        assert logprob == pytest.approx(want, abs=1e-4) and greedy == want_greedy
+
+
+def test_bad_model_args_are_refused(setup):
+    root, _, _ = setup
+    with pytest.raises(ValueError, match="unknown argument"):
+        CometLM(comet=str(root / "model"), layuot="fixed")
+    with pytest.raises(ValueError, match="layout must be one of"):
+        CometLM(comet=str(root / "model"), layout="sideways")
+    with pytest.raises(ValueError, match="'auto' is not supported"):
+        CometLM(comet=str(root / "model"), batch_size="auto")
+    with pytest.raises(ValueError, match="method must be one of comet, no-memory"):
+        CometLM(comet=str(root / "model"), method="full")
+
+
+def test_the_harness_command_line(setup, tmp_path, monkeypatch):
+    root, _, _ = setup
+    # The harness indexes its thousands of built-in task files first (15-60 s on this machine); only the local
+    # tasks are needed here.
+    index = TaskManager.__init__
+    monkeypatch.setattr(TaskManager, "__init__", lambda self, *a, include_defaults=True, **k: index(
+        self, *a, include_defaults=False, **k))
+    assert harness_argv(["--tasks", "x"]) == ["--model", "cometlm", "--tasks", "x"]
+    assert harness_argv(["run", "--tasks", "x"]) == ["run", "--model", "cometlm", "--tasks", "x"]
+    assert harness_argv(["--model", "hf", "--tasks", "x"]) == ["--model", "hf", "--tasks", "x"]
+    assert harness_argv(["ls", "tasks"]) == ["ls", "tasks"] and harness_argv(["--help"]) == ["--help"]
+
+    out = tmp_path / "results"
+    argv = ["lm-eval", "--model_args", f"comet={root / 'model'}", "--tasks", "comet_mc", "--include_path",
+            str(root / "tasks"), "--device", "cpu", "--output_path", str(out), "--use_cache", str(tmp_path / "cache")]
+    assert main(argv) == 0
+    (written,) = out.rglob("results_*.json")
+    results = json.loads(written.read_text())
+    assert results["config"]["model"] == "cometlm" and results["config"]["cometlm_layout"] == "primed"
+    assert "comet_mc" in results["results"] and "acc,none" in results["results"]["comet_mc"]
+    assert (tmp_path / "cache_rank0.db").is_file()  # the request cache a rerun answers from
