@@ -260,11 +260,14 @@ def test_passkey_dataset(tokenizer):
         sample = ds[i]
         answer = labelled_runs(sample)
         assert len(answer) == 1 and sample.input_ids[-len(answer[0]) :] == answer[0]
-        assert tokenizer.decode(answer[0]).strip().isdigit()
+        text = tokenizer.decode(answer[0])
+        assert text.startswith(" ") and text.endswith(".") and text[1:-1].isdigit() and len(text) == 7
         assert 100 <= len(sample.input_ids) - len(answer[0]) <= 300
         assert all(0 < b < len(sample.input_ids) for b in sample.boundaries)
     with_context = PasskeyDataset(tokenizer, lengths=(100, 300), seed=3, size=50, context_loss=True)[0]
     assert with_context.labels == with_context.input_ids == ds[0].input_ids
+    bare = PasskeyDataset(tokenizer, lengths=(100, 300), seed=3, size=50, answer_end="")[0]
+    assert bare.input_ids == ds[0].input_ids[:-1] and tokenizer.decode(labelled_runs(bare)[0]).strip().isdigit()
 
 
 def test_generated_datasets_are_deterministic(tokenizer):

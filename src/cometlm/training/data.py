@@ -376,6 +376,7 @@ class _RetrievalDataset(_GeneratedDataset):
         size: int = 1_000_000,
         depth_range: tuple[float, float] = (0.0, 1.0),
         context_loss: bool = False,
+        answer_end: str = "",
     ):
         super().__init__(seed, size)
         low, high = lengths
@@ -388,6 +389,9 @@ class _RetrievalDataset(_GeneratedDataset):
         self.lengths = (low, high)
         self.depth_range = (first, last)
         self.context_loss = context_loss
+        # Text the target continues with after the answer (e.g. "." after a passkey), so that the model learns
+        # where the answer ends instead of running on; empty: the answer alone.
+        self.answer_end = encode(tokenizer, answer_end) if answer_end else []
 
     def _make(self, rng: random.Random) -> Sample:
         n_tokens = rng.randint(*self.lengths)
@@ -398,14 +402,15 @@ class _RetrievalDataset(_GeneratedDataset):
         raise NotImplementedError
 
     def _sample(self, task: RetrievalSample) -> Sample:
-        prompt = task.prompt_ids
-        input_ids = prompt + task.answer_ids
-        labels = input_ids if self.context_loss else [IGNORE] * len(prompt) + task.answer_ids
+        prompt, answer = task.prompt_ids, task.answer_ids + self.answer_end
+        input_ids = prompt + answer
+        labels = input_ids if self.context_loss else [IGNORE] * len(prompt) + answer
         return Sample(input_ids, labels, tuple(sentence_starts(self.tokenizer, input_ids)))
 
 
 class PasskeyDataset(_RetrievalDataset):
-    """Passkey prompts (`tasks.passkey_sample`); see `_RetrievalDataset` for the arguments."""
+    """Passkey prompts (`tasks.passkey_sample`); see `_RetrievalDataset` for the arguments. The target is the key
+    and the period after it (`answer_end`), so a trained model stops after the key's digits."""
 
     def __init__(
         self,
@@ -416,8 +421,9 @@ class PasskeyDataset(_RetrievalDataset):
         depth_range: tuple[float, float] = (0.0, 1.0),
         context_loss: bool = False,
         key_digits: int = 5,
+        answer_end: str = ".",
     ):
-        super().__init__(tokenizer, lengths, seed, size, depth_range, context_loss)
+        super().__init__(tokenizer, lengths, seed, size, depth_range, context_loss, answer_end)
         self.key_digits = key_digits
 
     def _build(self, n_tokens: int, depth: float, rng: random.Random) -> RetrievalSample:

@@ -596,12 +596,12 @@ DATA_FORMS = {
     "jsonl-text:PATH": 'JSONL with one {"text": ...} per line; long texts are split into --max-length windows',
     "jsonl-chat:PATH": 'JSONL with one {"messages": [{"role", "content"}, ...]} per line; loss on assistant turns',
     "text:PATH": "a UTF-8 text file, or a folder of .txt files, split into --max-length windows",
-    "passkey": "generated passkey prompts of --max-length/2 to --max-length tokens; loss on the key",
+    "passkey": "generated passkey prompts of --max-length/2 to --max-length tokens; loss on the key and the period after it",
     "needle": "generated needle-in-a-haystack prompts over the bundled essays; loss on the answer",
     "lm:bible": "random --max-length windows of the bundled KJV Bible; loss on every token",
     "lm:essays": "random --max-length windows of the bundled Paul Graham essays; loss on every token",
 }
-_PASSKEY_ANSWER_TOKENS = 6  # " " + 5 digits: a byte-level tokenizer never needs more than one token per byte
+_PASSKEY_ANSWER_TOKENS = 7  # " " + 5 digits + ".": a byte-level tokenizer never needs more than one token per byte
 
 _CONFIG_OPTIONS = {
     "output_dir": ("folder for checkpoints, metrics.jsonl, loss.png and the final model; rerunning resumes there",
