@@ -21,7 +21,6 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from .layout import ChunkLayout
 from .state import MemoryState
 
 
