@@ -66,6 +66,21 @@ def test_continuing_from_a_memory_equals_reading_everything():
     assert torch.equal(step2.sequences[:, -9:], whole.sequences[:, -9:])
 
 
+def test_closing_a_full_open_chunk_early_changes_nothing():
+    """A full open chunk that `ingest` left open, closed before generating (as the command line does, to time the
+    reading), gives the same answer and memory as letting `generate` close it."""
+    model = tiny_comet()
+    context, prompt = random_ids(1, 2 * SMALL.chunk_size, seed=5), random_ids(1, 5, seed=6)
+    with torch.inference_mode():
+        state = model.ingest(context)
+        assert int(state.pending_len) == SMALL.chunk_size
+        lazy = model.generate(prompt, memory=state, max_new_tokens=6, return_dict_in_generate=True)
+        early = model.generate(prompt, memory=model.close_open_chunk(state), max_new_tokens=6,
+                               return_dict_in_generate=True)
+    assert torch.equal(lazy.sequences, early.sequences)
+    assert_states_equal(lazy.memory, early.memory)
+
+
 def test_sampling_options_and_streamer():
     comet = tiny_comet()
     prompt = random_ids(1, 9)

@@ -84,13 +84,19 @@ def _load_model(args):
 
 
 def _read(model, context_ids: list[int], state):
-    """Streams text into the memory with a live progress bar; returns (state, seconds)."""
+    """Streams text into the memory with a live progress bar; returns (state, seconds).
+
+    `ingest` keeps a full last chunk open until more text arrives; the prompt always follows here, so that chunk
+    is closed now (the same update `generate` would make first), and the time reported covers all the reading.
+    """
     import torch
 
     start = time.perf_counter()
     if context_ids:
         with torch.inference_mode():
             state = model.ingest(torch.tensor([context_ids]), state, progress=True)
+            if int(state.pending_len.max()) == model.comet_config.chunk_size:
+                state = model.close_open_chunk(state)
     return state, time.perf_counter() - start
 
 
