@@ -160,7 +160,8 @@ def cmd_generate(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """The main job: passkey retrieval with the shipped adapter (default), or reading a long text and going on."""
+    """The main job: reading a long bundled text and going on (default), or passkey retrieval with the shipped
+    adapter (or --comet DIR)."""
     from .bundled import SHIPPED_ADAPTER
     from .model import CONFIG_FILE
 
@@ -189,7 +190,7 @@ def _demo_passkey(args) -> int:
     depth = args.depth / 100 if args.depth is not None else rng.random()
     sample = passkey_sample(model.tokenizer, args.tokens, depth, rng)
     print(
-        f"CoMeT demo: SmolLM2-135M-Instruct + the shipped CoMeT adapter ({args.comet}; C={config.chunk_size}, "
+        f"CoMeT demo: SmolLM2-135M-Instruct + the CoMeT adapter {args.comet} (C={config.chunk_size}, "
         f"M={config.global_slots}, s={config.temp_stride}, K={config.queue_size}) reads a {len(sample.prompt_ids):,}-"
         f"token passkey prompt chunk by chunk at constant memory, the key at {depth:.0%} depth, and answers "
         f'"{model.tokenizer.decode(sample.question_ids).strip()}"',
