@@ -448,3 +448,16 @@ def test_data_specs_mix_with_weights(tmp_path, tiny_model_dir):
     assert drawn == {tuple(single[0].input_ids), tuple(load_mixture([f"jsonl-text:{files[1]}"], tokenizer, 32)[0].input_ids)}
     with pytest.raises(ValueError, match="weight after '@' must be a number"):
         load_mixture([f"jsonl-text:{files[0]}@lots"], tokenizer, 32)
+
+
+def test_passkey_spec_draws_depths_from_its_range(tokenizer):
+    for spec, (low, high) in (("passkey:depth=0-20", (0.0, 0.45)), ("passkey:depth=80-100", (0.55, 1.0))):
+        dataset = load_dataset(spec, tokenizer, 512)
+        for i in range(4):
+            text = tokenizer.decode(dataset[i].input_ids)
+            where = text.index("The pass key is") / len(text)
+            assert low <= where <= high, (spec, where)
+    assert load_dataset("passkey", tokenizer, 512).depth_range == (0.0, 1.0)
+    for bad in ("passkey:depth=50-10", "passkey:depth=0-200", "passkey:deep=0-50", "passkey:depth=a-b"):
+        with pytest.raises(ValueError, match="depth"):
+            load_dataset(bad, tokenizer, 512)

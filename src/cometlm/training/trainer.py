@@ -598,6 +598,8 @@ DATA_FORMS = {
     "text:PATH": "a UTF-8 text file, or a folder of .txt files, split into --max-length windows",
     "passkey": "generated passkey prompts of --max-length/2 to --max-length tokens; loss on the key and the period after it",
     "needle": "generated needle-in-a-haystack prompts over the bundled essays; loss on the answer",
+    "passkey:depth=LOW-HIGH": "passkey (or needle) prompts with the key's depth drawn from LOW..HIGH percent, e.g. "
+                              "depth=0-80 to keep keys out of the last chunk",
     "lm:bible": "random --max-length windows of the bundled KJV Bible; loss on every token",
     "lm:essays": "random --max-length windows of the bundled Paul Graham essays; loss on every token",
 }
@@ -754,8 +756,9 @@ def load_dataset(spec: str, tokenizer, max_length: int, on_error: str = "skip", 
         dataset = files[kind](_text_files(path) if kind == "text" else path, tokenizer, max_length, on_error)
         print(dataset.report(), file=sys.stderr)
         return dataset
-    if spec in ("passkey", "needle"):
-        if spec == "passkey":
+    if kind in ("passkey", "needle"):
+        depth_range = _depth_range(spec, path) if path else (0.0, 1.0)
+        if kind == "passkey":
             build, answer, make = tasks.passkey_sample, _PASSKEY_ANSWER_TOKENS, data.PasskeyDataset
         else:
             build, make = tasks.needle_sample, data.NeedleDataset
@@ -768,11 +771,26 @@ def load_dataset(spec: str, tokenizer, max_length: int, on_error: str = "skip", 
                 f"--max-length {max_length} is too short for {spec}: its shortest prompts ({lengths[0]} tokens, half "
                 f"of --max-length) fail with: {err}"
             ) from None
-        return make(tokenizer, lengths, seed=seed)
+        return make(tokenizer, lengths, seed=seed, depth_range=depth_range)
     if kind == "lm" and path in ("bible", "essays"):
         return data.CorpusLMDataset(tokenizer, path, max_length, seed=seed)
     forms = "\n  ".join(DATA_FORMS)
     raise ValueError(f"--data {spec!r} is not a data source; use one of:\n  {forms}")
+
+
+def _depth_range(spec: str, option: str) -> tuple[float, float]:
+    """(low, high) as fractions from a data spec's ``depth=LOW-HIGH`` option in percent."""
+    name, _, value = option.partition("=")
+    low, _, high = value.partition("-")
+    try:
+        if name != "depth":
+            raise ValueError
+        first, last = float(low) / 100, float(high) / 100
+    except ValueError:
+        raise ValueError(f"--data {spec!r}: the option must be depth=LOW-HIGH in percent, e.g. passkey:depth=0-80") from None
+    if not 0.0 <= first <= last <= 1.0:
+        raise ValueError(f"--data {spec!r}: the depths must satisfy 0 <= LOW <= HIGH <= 100")
+    return first, last
 
 
 def _text_files(path: str) -> list[Path]:
