@@ -9,7 +9,7 @@ import sys
 import time
 
 DEMO_TOKENS = {"passkey": 32768, "continue": 16384}
-DEFAULT_DEMO_TASK = "continue"  # becomes "passkey" when the shipped adapter retrieves keys (issue 3)
+DEFAULT_DEMO_TASK = "passkey"  # the shipped adapter (src/cometlm/adapters/smollm2-135m-passkey) at 32k tokens
 
 
 def peak_rss_mib() -> float:
