@@ -143,8 +143,8 @@ def cmd_eval_table(args) -> int:
     from cometlm.evaluation.results import write_atomic
 
     text = format_table(load_results(args.results))
-    print(text)
-    if args.out:
+    if args.out:  # before printing, so that a closed pipe (`| head`) cannot stop the file being written
         out = Path(args.out)
         write_atomic(out, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+    print(text)
     return 0
