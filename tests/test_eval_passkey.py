@@ -9,18 +9,19 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import COMMON
+from conftest import COMMON, assert_states_equal
 from eval_helpers import Spy, read_jsonl, stable
 from eval_helpers import tiny_text_model as tiny_model
 from matplotlib.image import imread
 
 import cometlm.training.tasks as tasks
-from cometlm import CometForCausalLM
+from cometlm import CometForCausalLM, MemoryState
 from cometlm.bundled import encode
 from cometlm.evaluation.commands import register
 from cometlm.evaluation.grid import length_label
 from cometlm.evaluation.methods import backbone_window
 from cometlm.evaluation.passkey import HEATMAP_FILE, SUMMARY_FILE, TRIALS_FILE, evaluate_passkey
+from cometlm.evaluation.streaming import Snapshot, read_context
 from cometlm.generation import open_chunk
 
 C = 64  # chunk size of the tiny model: the question (11 tokens) and answer (9) fit, a 300-token prompt spans 5
@@ -104,6 +105,66 @@ def test_an_interrupted_grid_resumes_with_only_the_missing_trials(tmp_path, mode
     assert stable(resumed) == stable(full) and resumed["complete"] is True
     assert stable(json.loads((tmp_path / "resumed" / SUMMARY_FILE).read_text())) == stable(full)
     assert stable(trial_records(tmp_path / "resumed")) == stable(trial_records(tmp_path / "full"))
+
+
+class StopReading:
+    """Wraps `model.ingest`, counting calls; raises KeyboardInterrupt once `stop_after` calls ran."""
+
+    def __init__(self, ingest, stop_after=None):
+        self.ingest, self.stop_after, self.calls = ingest, stop_after, 0
+
+    def __call__(self, *args, **kwargs):
+        if self.stop_after is not None and self.calls == self.stop_after:
+            raise KeyboardInterrupt
+        self.calls += 1
+        return self.ingest(*args, **kwargs)
+
+
+def test_a_read_interrupted_mid_trial_continues_from_its_snapshot(tmp_path, model, monkeypatch):
+    ids, tail = random.Random(1).choices(range(1000, 40000), k=9 * C + 30), 20  # a short chunk of 10, 9 full ones
+    want = read_context(model, ids, tail)
+    snap = Snapshot(tmp_path / "partial" / "s.safetensors", tag="m1", every=0)
+
+    monkeypatch.setattr(model, "ingest", StopReading(model.ingest, stop_after=6))
+    with pytest.raises(KeyboardInterrupt):
+        read_context(model, ids, tail, snapshot=snap)
+    assert MemoryState.read_notes(snap.path)["next"] == str(10 + 5 * C)  # the short chunk and 5 full ones
+    monkeypatch.undo()
+    spy = StopReading(model.ingest)
+    monkeypatch.setattr(model, "ingest", spy)
+    assert_states_equal(read_context(model, ids, tail, snapshot=snap), want)
+    assert spy.calls == 4  # only the chunks after the snapshot
+
+    for other in (Snapshot(snap.path, tag="m2", every=0), snap):  # another model's snapshot; other ids
+        saved = snap.path.read_bytes()
+        spy.calls = 0
+        ids2 = ids if other.tag == "m2" else ids[:-1] + [5]
+        assert_states_equal(read_context(model, ids2, tail, snapshot=other), read_context(model, ids2, tail))
+        assert spy.calls == 2 * 10  # read from the start, twice
+        snap.path.write_bytes(saved)
+    snap.path.write_bytes(b"torn")
+    assert_states_equal(read_context(model, ids, tail, snapshot=snap), want)
+
+
+def test_an_interrupted_long_trial_resumes_mid_read(tmp_path, model, tokenizer, monkeypatch):
+    grid = dict(lengths=(600,), depths=(0,), trials=1, seed=4, snapshot_every=1e-9)
+    straight = StopReading(model.ingest)
+    monkeypatch.setattr(model, "ingest", straight)
+    full = run(model, tokenizer, tmp_path / "full", **grid)
+    assert not (tmp_path / "full" / "partial").exists()
+    monkeypatch.undo()
+
+    monkeypatch.setattr(model, "ingest", StopReading(model.ingest, stop_after=5))  # the short chunk and 4 full
+    with pytest.raises(KeyboardInterrupt):
+        run(model, tokenizer, tmp_path / "resumed", **grid)
+    assert len(list((tmp_path / "resumed" / "partial").iterdir())) == 1
+    monkeypatch.undo()
+    spy = StopReading(model.ingest)
+    monkeypatch.setattr(model, "ingest", spy)
+    resumed = run(model, tokenizer, tmp_path / "resumed", **grid)
+    assert spy.calls == straight.calls - 5  # nothing read twice
+    assert stable(trial_records(tmp_path / "resumed")) == stable(trial_records(tmp_path / "full"))
+    assert stable(resumed) == stable(full) and not (tmp_path / "resumed" / "partial").exists()
 
 
 def test_resuming_refuses_a_folder_of_a_different_run(tmp_path, model, tokenizer):

@@ -39,6 +39,12 @@ def test_adapter_round_trip_is_small_and_checks_its_base(tmp_path):
     other = saved_base(tmp_path, seed=1, name="other")
     with pytest.raises(ValueError, match="load it onto the base it was trained on"):
         CometForCausalLM.from_pretrained(tmp_path / "adapter", base_model=str(other))
+    # A lower-precision load of the same base rounds its fingerprint, and is still that base.
+    half = CometForCausalLM.from_pretrained(tmp_path / "adapter", dtype=torch.bfloat16)
+    assert half.backbone.describe()["fingerprint"] != meta["base"]["fingerprint"]
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    with pytest.raises(ValueError, match="load it onto the base it was trained on"):
+        CometForCausalLM.from_pretrained(tmp_path / "adapter", base_model=str(other), dtype=torch.bfloat16)
 
 
 @torch.no_grad()

@@ -108,11 +108,14 @@ class MemoryState:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors().values())
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Writes a safetensors file atomically: a crash never leaves a half-written state behind."""
+    def save(self, path: str | os.PathLike, notes: dict[str, str] | None = None) -> None:
+        """Writes a safetensors file atomically: a crash never leaves a half-written state behind. `notes`
+        (string keys and values) are stored with it and read back by `read_notes`."""
         path = Path(path)
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.tensors().items()}
-        metadata = {"format": STATE_FORMAT, "config": json.dumps(self.config.to_dict())}
+        # cloned: layers may share one tensor (a fresh state does), which safetensors refuses to write
+        tensors = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in self.tensors().items()}
+        metadata = {"format": STATE_FORMAT, "config": json.dumps(self.config.to_dict()),
+                    "notes": json.dumps(dict(notes or {}))}
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
         os.close(fd)
         try:
@@ -139,6 +142,20 @@ class MemoryState:
             raise ValueError(f"{path} is not a CoMeT memory state (format {metadata.get('format')!r})")
         config = CometConfig.from_dict(json.loads(metadata["config"]))
         return cls.from_tensors(config, tensors, source=str(path))
+
+    @staticmethod
+    def read_notes(path: str | os.PathLike) -> dict[str, str]:
+        """The `notes` saved with a state file, without loading its tensors."""
+        from safetensors import safe_open
+
+        try:
+            with safe_open(Path(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ValueError(f"{path} is not a readable CoMeT memory state (corrupted or truncated?): {err}") from err
+        if metadata.get("format") != STATE_FORMAT:
+            raise ValueError(f"{path} is not a CoMeT memory state (format {metadata.get('format')!r})")
+        return json.loads(metadata.get("notes", "{}"))
 
     @classmethod
     def from_tensors(cls, config: CometConfig, tensors: dict[str, torch.Tensor], source: str = "tensors"):

@@ -12,6 +12,7 @@ atomically after every cell. Heavy libraries are imported inside the functions s
 
 from __future__ import annotations
 
+import json
 import random
 import shlex
 import sys
@@ -20,7 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from cometlm.evaluation.methods import DEFAULT_PRIME_TOKENS, DEFAULT_SINK_TOKENS, build_method, model_info
+from cometlm.evaluation.methods import (
+    DEFAULT_PRIME_TOKENS,
+    DEFAULT_SINK_TOKENS,
+    SNAPSHOT_SECONDS,
+    build_method,
+    model_info,
+)
 from cometlm.evaluation.results import (
     RSS_NOTE,
     append_record,
@@ -32,6 +39,7 @@ from cometlm.evaluation.results import (
 )
 
 TRIALS_FILE = "trials.jsonl"
+SNAPSHOT_DIR = "partial"  # the memory of a trial being read, saved every few minutes; deleted when it finishes
 TRIAL_KEY = ("length", "depth", "trial")
 
 
@@ -216,23 +224,29 @@ def evaluate_grid(
     progress: bool = True,
     model_name: str | None = None,
     command: str | None = None,
+    snapshot_every: float = SNAPSHOT_SECONDS,
 ) -> dict:
     """Runs the grid of `task` on a `CometForCausalLM` with one method and returns the summary it writes.
 
     `depths` are percentages (0 = needle at the start of the haystack, 100 = at its end). `method` is one of
     `methods.METHODS`; `layout` and `prime_tokens` apply to comet and no-memory, `window` to full, truncated and
     sliding-window, `sink_tokens` to sliding-window (see `methods.build_method`). Trials already in
-    `out_dir/trials.jsonl` are skipped; a file from a run with other settings is refused.
+    `out_dir/trials.jsonl` are skipped; a file from a run with other settings is refused. The memory methods save
+    the state of a trial's read to `out_dir/partial/` every `snapshot_every` seconds, so a rerun continues a
+    long trial (a million tokens) where it stopped; the file is deleted when the trial is recorded.
     """
     import torch
     from tqdm.auto import tqdm
 
     from cometlm.cli import peak_rss_mib
+    from cometlm.evaluation.streaming import Snapshot
 
     lengths, depths = check_grid(lengths, depths, trials)
     reader = build_method(method, model, layout, prime_tokens, window, sink_tokens)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ValueError(f"seed must be an integer (got {seed!r})")
+    if isinstance(snapshot_every, bool) or not isinstance(snapshot_every, (int, float)) or not snapshot_every > 0:
+        raise ValueError(f"snapshot_every must be a positive number of seconds (got {snapshot_every!r})")
 
     # Everything that can be wrong with the arguments is found before a file is touched.
     probe = {}
@@ -280,9 +294,12 @@ def evaluate_grid(
             cell = f"{length_label(length)} @ {depth:g}% #{trial}"
             bar.set_postfix_str(", ".join([cell, *status]))
             max_new = len(sample.answer_ids) + task.extra_tokens
+            snapshot = Snapshot(out_dir / SNAPSHOT_DIR / f"{length}-{depth:g}-{trial}.safetensors",
+                                tag=json.dumps(run, sort_keys=True), every=snapshot_every)
             start = time.perf_counter()
             with torch.inference_mode():
-                new_ids, facts = reader.answer(sample.prompt_ids, len(sample.question_ids), max_new, eos, progress)
+                new_ids, facts = reader.answer(sample.prompt_ids, len(sample.question_ids), max_new, eos, progress,
+                                               snapshot=snapshot)
             seconds = time.perf_counter() - start
             generated = tokenizer.decode(new_ids, skip_special_tokens=True)
             record = {
@@ -292,6 +309,7 @@ def evaluate_grid(
                 "tokens_per_s": round(facts["read_tokens"] / seconds, 1), "peak_rss_mib": round(peak_rss_mib(), 1),
             }
             append_record(trials_path, record)
+            _forget(snapshot.path)
             done[(length, depth, trial)] = record
             finished.append(record)
             unwritten = True
@@ -306,6 +324,13 @@ def evaluate_grid(
         if unwritten:  # also after an interrupt: the summary then shows every finished trial
             summary = write_outputs()
     return summary
+
+
+def _forget(path: Path) -> None:
+    """Deletes a finished trial's snapshot, and the snapshot folder once it is empty."""
+    path.unlink(missing_ok=True)
+    if path.parent.is_dir() and not any(path.parent.iterdir()):
+        path.parent.rmdir()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -332,6 +357,9 @@ def _add_grid_options(parser, needle: str) -> None:
     parser.add_argument("--trials", type=int, default=3, help="random prompts per (length, depth) cell (default 3)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the prompts; trial t of a cell uses Random('SEED/LENGTH/DEPTH/t') (default 0)")
+    parser.add_argument("--snapshot-every", type=float, default=SNAPSHOT_SECONDS, metavar="SECONDS",
+                        help="comet and no-memory save the memory of a long trial's read to OUT/partial/ this often, "
+                        f"so rerunning the command continues the trial where it stopped (default {SNAPSHOT_SECONDS:g})")
 
 
 def run_grid_command(task: RetrievalTask, args) -> int:
@@ -348,7 +376,7 @@ def run_grid_command(task: RetrievalTask, args) -> int:
             task, model, model.tokenizer, args.lengths, args.depths, args.trials, args.seed, out, method=args.method,
             layout=args.layout, prime_tokens=args.prime_tokens, window=args.window, sink_tokens=args.sink_tokens,
             progress=not args.no_progress, model_name=args.comet or args.model or BUNDLED_MODEL,
-            command=shlex.join(sys.argv),
+            command=shlex.join(sys.argv), snapshot_every=args.snapshot_every,
         )
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished trials are in {out / TRIALS_FILE}; run the same command again to resume",

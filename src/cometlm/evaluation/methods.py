@@ -30,6 +30,7 @@ DEFAULT_SINK_TOKENS = 4  # StreamingLLM's choice
 READ_BLOCK = 128  # tokens the sliding-window method reads at once
 LOSS_ROWS = 1024  # positions per LM-head call when scoring: logits never exceed LOSS_ROWS x vocabulary
 READ_BAR_MIN_STEPS = 8  # a nested reading bar only for reads of at least this many chunks or blocks
+SNAPSHOT_SECONDS = 300.0  # how often a long read by a memory method saves its state (`streaming.Snapshot`)
 
 METHOD_HELP = (
     "comet: the model with its memories (default; ablations: --comet DIR of a model saved with other switches); "
@@ -180,10 +181,12 @@ class Method:
         """Raises ValueError if this method cannot score a document of n_tokens."""
 
     def answer(self, prompt: list[int], question_tokens: int, max_new_tokens: int, eos, progress: bool,
-               answer_room: int | None = None):
+               answer_room: int | None = None, snapshot=None):
         """Greedy continuation of `prompt`: (new token ids, facts for the record: read_tokens,
         first_chunk_tokens, open_chunk_tokens). `answer_room`: what the primed layout keeps free for the answer
-        (default max_new_tokens; a longer answer rolls over into the next chunk); other methods ignore it."""
+        (default max_new_tokens; a longer answer rolls over into the next chunk); other methods ignore it.
+        `snapshot` (`streaming.Snapshot`): where the memory methods save a long read to resume it after an
+        interruption; the backbone methods read from the start again."""
         raise NotImplementedError
 
     def hidden_blocks(self, tokens, progress: bool):
@@ -232,7 +235,7 @@ class MemoryMethod(Method):
         open_chunk_tokens(n_tokens, self.runner.comet_config.chunk_size, self.layout, question_tokens, room,
                           self.prime_tokens or 0)
 
-    def answer(self, prompt, question_tokens, max_new_tokens, eos, progress, answer_room=None):
+    def answer(self, prompt, question_tokens, max_new_tokens, eos, progress, answer_room=None, snapshot=None):
         """Reads the prompt in the layout's chunks and generates (`streaming.generate_answer`); with "fixed" that
         is `generate(prompt)`, since reading in pieces gives the same state as reading at once."""
         from cometlm.evaluation.streaming import generate_answer
@@ -240,7 +243,8 @@ class MemoryMethod(Method):
         n, c = len(prompt), self.runner.comet_config.chunk_size
         room = max_new_tokens if answer_room is None else answer_room
         tail = open_chunk_tokens(n, c, self.layout, question_tokens, room, self.prime_tokens or 0)
-        new_ids = generate_answer(self.runner, prompt, tail, max_new_tokens, eos_token_id=eos, progress=progress)
+        new_ids = generate_answer(self.runner, prompt, tail, max_new_tokens, eos_token_id=eos, progress=progress,
+                                  snapshot=snapshot)
         return new_ids, {"read_tokens": n, "first_chunk_tokens": (n - tail) % c, "open_chunk_tokens": tail}
 
     def hidden_blocks(self, tokens, progress):
@@ -303,7 +307,7 @@ class BackboneMethod(Method):
         if self.window < 2:
             raise ValueError(f"scoring with a window needs at least 2 tokens in it (got {self.window})")
 
-    def answer(self, prompt, question_tokens, max_new_tokens, eos, progress, answer_room=None):
+    def answer(self, prompt, question_tokens, max_new_tokens, eos, progress, answer_room=None, snapshot=None):
         """Full attention over the prompt's last `window - max_new_tokens` tokens, so prompt and answer fit."""
         import torch
 
@@ -375,7 +379,7 @@ class SlidingWindowMethod(Method):
     def hidden_blocks(self, tokens, progress):
         yield from self._read(tokens, self.new_cache(), progress)
 
-    def answer(self, prompt, question_tokens, max_new_tokens, eos, progress, answer_room=None):
+    def answer(self, prompt, question_tokens, max_new_tokens, eos, progress, answer_room=None, snapshot=None):
         """Reads the prompt through the cache, then decodes greedily one token at a time, trimming before each."""
         import torch
 

@@ -15,47 +15,100 @@ rows at a time, so memory does not grow with the length of a continuation.
 
 from __future__ import annotations
 
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 import torch
 
-from cometlm.evaluation.methods import READ_BAR_MIN_STEPS, _bar
+from cometlm.evaluation.methods import READ_BAR_MIN_STEPS, SNAPSHOT_SECONDS, _bar
 from cometlm.runtime import release_free_memory
 from cometlm.state import MemoryState
 
 SCORE_ROWS = 512  # positions per LM-head call when scoring: logits never exceed SCORE_ROWS x vocabulary
 
 
-def read_context(model, ids: list[int], tail: int, progress: bool = False) -> MemoryState:
+@dataclass(frozen=True)
+class Snapshot:
+    """Where a long read saves its state every `every` seconds, and what names the model (`tag`): a snapshot is
+    resumed only by a read of the same ids, tail, chunk size and tag."""
+
+    path: Path
+    tag: str = ""
+    every: float = SNAPSHOT_SECONDS
+
+
+def read_context(model, ids: list[int], tail: int, progress: bool = False, snapshot: Snapshot | None = None):
     """A fresh memory after reading all of `ids` but their last `tail` tokens, chunked so that the open chunk
     holds exactly those `tail` tokens once they are read (by `generate`, `ingest` or `score_continuations`).
 
     A short first chunk is closed early when the length requires it; the chunks after it are full, and the last
     of them stays open until the tail arrives, as `ingest` leaves it. Long reads show a nested progress bar.
+
+    With a `snapshot`, the state and the read position are saved to its file (atomically) every `snapshot.every`
+    seconds, and a read that finds a snapshot of the same ids, tail, chunk size and tag continues from it: the
+    state is the same as reading at once, so an interrupted million-token read loses at most `snapshot.every`
+    seconds. A snapshot of anything else is ignored and overwritten. The caller deletes the file when it no
+    longer needs it.
     """
     n, c = len(ids), model.comet_config.chunk_size
     if not 1 <= tail <= min(n, c):
         raise ValueError(f"the open chunk must hold 1..{min(n, c)} of the {n} context tokens (got {tail})")
     first = (n - tail) % c  # a short first chunk, closed early, right-aligns every later chunk
     tokens = torch.tensor([ids[: n - tail]], device=model.backbone.embed_tokens.weight.device)
-    state = model.init_memory(1)
-    if first:
-        state = model.close_open_chunk(model.ingest(tokens[:, :first], state))
+    identity = {"ids": _digest(ids), "tail": str(tail), "chunk_size": str(c), "tag": snapshot.tag if snapshot else ""}
+    state, begin = _resume(snapshot.path, identity, tokens.device) if snapshot is not None else (None, None)
+    if state is None:
+        begin, state = first, model.init_memory(1)
+        if first:
+            state = model.close_open_chunk(model.ingest(tokens[:, :first], state))
+    else:
+        model.check_memory(state, 1)
+    saved = time.monotonic()
     with _bar(n - tail - first, (n - tail - first) // c, progress) as bar:  # in pieces: the same state
-        for start in range(first, n - tail, c):
+        bar.update(begin - first)
+        for start in range(begin, n - tail, c):
             state = model.ingest(tokens[:, start : start + c], state)
             bar.update(min(c, n - tail - start))
+            if snapshot is not None and time.monotonic() - saved >= snapshot.every and start + c < n - tail:
+                Path(snapshot.path).parent.mkdir(parents=True, exist_ok=True)
+                state.save(snapshot.path, notes={**identity, "next": str(start + c)})
+                saved = time.monotonic()
     return state
 
 
+def _digest(ids: list[int]) -> str:
+    return hashlib.sha1(np.asarray(ids, dtype=np.int64).tobytes()).hexdigest()
+
+
+def _resume(snapshot, identity: dict[str, str], device) -> tuple[MemoryState | None, int | None]:
+    """(state, position to read from) from a snapshot of the same read, else (None, None)."""
+    path = Path(snapshot)
+    if not path.is_file():
+        return None, None
+    try:
+        notes = MemoryState.read_notes(path)
+    except ValueError:
+        return None, None  # a torn or foreign file: read from the start and overwrite it
+    if any(notes.get(k) != v for k, v in identity.items()) or "next" not in notes:
+        return None, None
+    return MemoryState.load(path, device=device), int(notes["next"])
+
+
 def generate_answer(
-    model, ids: list[int], tail: int, max_new_tokens: int, eos_token_id=None, progress: bool = False, **generation,
+    model, ids: list[int], tail: int, max_new_tokens: int, eos_token_id=None, progress: bool = False,
+    snapshot: Snapshot | None = None, **generation,
 ) -> list[int]:
     """Reads `ids` with the open chunk holding their last `tail` tokens, then generates; returns the new ids.
 
     `generation` goes to `CometForCausalLM.generate` (do_sample, temperature, top_k, top_p, stopping_criteria,
     ...); stopping criteria see the `tail` tokens followed by the generated ones. With the "fixed" layout's tail
     this is exactly `model.generate(ids)`, since reading in pieces gives the same state as reading at once.
+    `snapshot`: as in `read_context`, so a long read resumes after an interruption.
     """
-    state = read_context(model, ids, tail, progress)
+    state = read_context(model, ids, tail, progress, snapshot=snapshot)
     open_ids = torch.tensor([ids[-tail:]], device=model.backbone.embed_tokens.weight.device)
     out = model.generate(open_ids, memory=state, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
                          **generation)
