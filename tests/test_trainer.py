@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -138,6 +139,22 @@ def test_resume_equals_a_run_that_never_stopped(tmp_path, base, stop, monkeypatc
     assert len(plans) == 4 and all(torch.equal(a, b) for a, b in zip(plans, straight_plans[-4:]))  # steps 4, 5
     assert_same_run(straight, resumed, tmp_path / "straight", tmp_path / "resumed")
     assert [r["step"] for r in read_metrics(tmp_path / "resumed" / "metrics.jsonl")] == [1, 2, 3, 4, 5]
+
+
+def test_a_run_stopped_early_continues_the_same_schedule(tmp_path, base):
+    """stop_at ends a run mid-schedule with its model exported; continuing it to max_steps equals never stopping."""
+    data, extra = make_data(), dict(save_every=2, chunk_augmentation=AUGMENT)
+    straight = comet(base)
+    train(straight, data, config(tmp_path, "straight", **extra))
+    stopped = comet(base)
+    result = train(stopped, data, config(tmp_path, "resumed", stop_at=3, **extra))
+    assert result.steps == 3 and (tmp_path / "resumed" / "final" / "comet_config.json").is_file()
+    assert [r["step"] for r in read_metrics(tmp_path / "resumed" / "metrics.jsonl")] == [1, 2, 3]
+    resumed = comet(base)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # dropping stop_at is not a change of settings worth a warning
+        assert train(resumed, data, config(tmp_path, "resumed", **extra)).steps == 5
+    assert_same_run(straight, resumed, tmp_path / "straight", tmp_path / "resumed")
 
 
 class InterruptingData(list):
@@ -334,6 +351,7 @@ def test_a_model_without_a_base_path_is_refused_before_training(tmp_path):
         (dict(max_grad_norm=0), "max_grad_norm must be > 0, or None"),
         (dict(chunk_augmentation={"p_fixed": -1}), "chunk_augmentation must map ChunkPlanner options"),
         (dict(lora_targets=()), "lora_targets must name at least one"),
+        (dict(stop_at=6), "stop_at must be an int in 1..max_steps=5"),
     ],
 )
 def test_bad_configs_say_what_to_fix(tmp_path, overrides, message):

@@ -42,6 +42,8 @@ class TrainConfig:
                         adapter); "memory": backbone frozen, CoMeT parameters only; "full": everything trains.
     lr                  learning rate of the backbone/LoRA; CoMeT's memory trains at ``lr * memory_lr_multiplier``.
     warmup_steps        linear warm-up, then cosine decay to ``lr * min_lr_ratio`` at ``max_steps``.
+    stop_at             end the run after this step, with the schedule still shaped by ``max_steps`` (a phase of a
+                        recipe that was stopped early replays exactly); None trains to ``max_steps``.
     max_grad_norm       clip the global gradient norm; None disables clipping (the norm is still logged).
     bf16                run forward passes under ``torch.autocast(dtype=torch.bfloat16)`` (CPU and GPU).
     chunk_augmentation  keyword arguments of ``ChunkPlanner`` (relative weights of its chunk modes and
@@ -51,6 +53,7 @@ class TrainConfig:
 
     output_dir: str
     max_steps: int = 1000
+    stop_at: int | None = None
     batch_size: int = 1
     grad_accum: int = 1
     lr: float = 2e-4
@@ -87,6 +90,8 @@ class TrainConfig:
             need(_is_int(value) and value >= 1, f"{name} must be an int >= 1 (got {value!r})")
         need(_is_int(self.warmup_steps) and 0 <= self.warmup_steps <= self.max_steps,
              f"warmup_steps must be an int in 0..max_steps={self.max_steps} (got {self.warmup_steps!r})")
+        need(self.stop_at is None or (_is_int(self.stop_at) and 1 <= self.stop_at <= self.max_steps),
+             f"stop_at must be an int in 1..max_steps={self.max_steps}, or None (got {self.stop_at!r})")
         need(_is_int(self.seed), f"seed must be an int (got {self.seed!r})")
         need(_is_number(self.lr) and self.lr > 0, f"lr must be > 0 (got {self.lr!r})")
         need(_is_number(self.memory_lr_multiplier) and self.memory_lr_multiplier > 0,
@@ -113,6 +118,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def last_step(self) -> int:
+        """The step this run ends at: ``stop_at`` if set, else ``max_steps``."""
+        return self.max_steps if self.stop_at is None else self.stop_at
 
 
 def _is_int(value) -> bool:
@@ -223,7 +233,7 @@ def _run(model, dataset, config, optimizer, scheduler, planner, progress: Progre
     started = time.perf_counter() - progress.elapsed
     with _StopSignals() as signals:
         try:
-            while progress.step < config.max_steps:
+            while progress.step < config.last_step:
                 step_start = time.perf_counter()
                 replica, replicas = (0, 1) if parallel is None else (parallel.replica, parallel.replicas)
                 batches, position = _micro_batches(dataset, progress.position, config, pad_id, replica, replicas)
@@ -269,7 +279,8 @@ def _save(output: Path, model, optimizer, scheduler, progress: Progress, config:
 
 def _warn_about_changes(saved: dict, config: TrainConfig) -> None:
     """Resuming with other settings is allowed (e.g. more steps), but should never pass unnoticed."""
-    current = {k: v for k, v in config.to_dict().items() if k != "output_dir"}  # a moved folder changes nothing
+    # a moved folder changes nothing; stopping at another step does not change the steps taken
+    current = {k: v for k, v in config.to_dict().items() if k not in ("output_dir", "stop_at")}
     changed = sorted(k for k, v in current.items() if k in saved and _jsonable(v) != saved[k])
     if changed:
         warnings.warn(f"resuming with settings that differ from the checkpoint's: {', '.join(changed)}", stacklevel=3)
@@ -481,14 +492,14 @@ class TrainingLog:
         self.path = Path(config.output_dir) / METRICS_FILE
         _drop_metrics_after(self.path, start_step)  # steps past the checkpoint are run again, and logged again
         self.writer = _tensorboard_writer(Path(config.output_dir)) if config.tensorboard else None
-        self.bar = tqdm(total=config.max_steps, initial=start_step, desc="training", unit="step", dynamic_ncols=True)
+        self.bar = tqdm(total=config.last_step, initial=start_step, desc="training", unit="step", dynamic_ncols=True)
         self.window = []
 
     def step(self, progress: Progress, lr: float, grad_norm: float, tokens: int, seconds: float) -> None:
         self.window.append((progress.loss, grad_norm, tokens, seconds))
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{progress.loss:.4f}", tok_s=f"{tokens / max(seconds, 1e-9):,.0f}")
-        if progress.step % self.config.log_every and progress.step != self.config.max_steps:
+        if progress.step % self.config.log_every and progress.step != self.config.last_step:
             return
         losses, norms, counts, times = zip(*self.window)
         self.window = []
@@ -608,7 +619,9 @@ _PASSKEY_ANSWER_TOKENS = 7  # " " + 5 digits + ".": a byte-level tokenizer never
 _CONFIG_OPTIONS = {
     "output_dir": ("folder for checkpoints, metrics.jsonl, loss.png and the final model; rerunning resumes there",
                    dict(required=True, metavar="DIR")),
-    "max_steps": ("optimizer steps to train for", dict(type=int)),
+    "max_steps": ("optimizer steps to train for (the length of the learning-rate schedule)", dict(type=int)),
+    "stop_at": ("end after this step, the schedule still running to --max-steps (replays a phase stopped early; "
+                "resuming later with a larger value or without it continues the same schedule)", dict(type=int)),
     "batch_size": ("samples per micro-batch", dict(type=int)),
     "grad_accum": ("micro-batches per optimizer step (equal to one batch of their combined size)", dict(type=int)),
     "lr": ("learning rate of LoRA / the backbone", dict(type=float)),
@@ -667,7 +680,7 @@ def register(subparsers) -> None:
     for name, (text, options) in _CONFIG_OPTIONS.items():
         default = defaults[name]
         if default is not dataclasses.MISSING and options.get("action") != "store_true":
-            text = f"{text} (default {_show(default)})"
+            text = text if default is None else f"{text} (default {_show(default)})"
             options = {**options, "default": default}
         group.add_argument(f"--{name.replace('_', '-')}", help=text, **options)
     _add_model_options(parser)
