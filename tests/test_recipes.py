@@ -1,0 +1,62 @@
+"""The training recipe script: every phase of every variant is a valid `cometlm train` command, chained."""
+
+import argparse
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cometlm.config import CometConfig
+from cometlm.training.trainer import config_from_args, register
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "passkey-smollm2.sh"
+
+
+def phases(out, *args):
+    """The `cometlm train` argument lists the recipe would run (with `echo` standing in for cometlm)."""
+    result = subprocess.run(["bash", str(RECIPE), str(out), *args], capture_output=True, text=True,
+                            env={**os.environ, "COMETLM": "echo"})
+    assert result.returncode == 0, result.stderr
+    return [shlex.split(line) for line in result.stdout.splitlines() if line.startswith("train ")]
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    return parser.parse_args(argv)
+
+
+@pytest.mark.parametrize("variant, switches", [
+    ("comet", dict(global_slots=16, temp_stride=8, temp_capacity=16, gate=True, gate_bias=(0.0, 6.0))),
+    ("global-only", dict(global_slots=16, temp_stride=0, temp_capacity=0, gate=True, gate_bias=(0.0, 6.0))),
+    ("temp-only", dict(global_slots=0, temp_stride=8, temp_capacity=16, gate_bias=None)),
+    ("no-gate", dict(global_slots=16, temp_stride=8, temp_capacity=16, gate=False, gate_bias=None)),
+])
+def test_every_phase_parses_and_continues_from_the_last(tmp_path, variant, switches):
+    runs = [parse(argv) for argv in phases(tmp_path, variant, "--", "--threads", "2")]
+    assert len(runs) == 7 and all(args.threads == 2 for args in runs)
+    first = runs[0]
+    assert first.comet is None
+    model = CometConfig(
+        chunk_size=first.chunk_size, global_slots=first.global_slots, temp_stride=first.temp_stride,
+        temp_capacity=first.temp_capacity if first.temp_stride else 0, adapter_rank=first.adapter_rank,
+        gate=not first.no_gate, attention_sink=first.attention_sink,
+        gate_bias=tuple(first.gate_bias) if first.gate_bias else None,
+    )
+    assert model.chunk_size == 128 and model.attention_sink
+    for name, value in switches.items():
+        assert getattr(model, name) == value, name
+    for before, after in zip(runs, runs[1:]):
+        assert after.comet == str(Path(before.output_dir) / "final")
+    configs = [config_from_args(args) for args in runs]
+    assert [c.last_step for c in configs] == [181, 300, 500, 200, 160, 800, 1000]  # 3,141 steps in all
+
+
+def test_finished_phases_are_skipped_and_bad_variants_refused(tmp_path):
+    (tmp_path / "passkey-v1" / "final").mkdir(parents=True)
+    (tmp_path / "passkey-v1" / "final" / "comet_config.json").write_text("{}")
+    assert len(phases(tmp_path)) == 6
+    result = subprocess.run(["bash", str(RECIPE), str(tmp_path), "gateless"], capture_output=True, text=True)
+    assert result.returncode == 2 and "unknown variant 'gateless'" in result.stderr
