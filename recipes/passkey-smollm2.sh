@@ -9,13 +9,15 @@
 #            update overwrites). Only the first phase builds the model; later phases continue from the last.
 #   EXTRA    passed to every phase, e.g. --threads 2, --bf16, or the GPU's --batch-size.
 #
-# The adapter ends in OUT/passkey-v2g/final. Phases that were stopped early when the recipe was found replay
-# exactly with --stop-at (the learning-rate schedule still spans --max-steps).
+# The adapter ends in OUT/passkey-v2g/final. Phases v1 to v2f made the adapter shipped at the end of session 3;
+# v2g (1,000 more steps at half the learning rate) is the next phase (see docs/EXPERIMENTS.md). Phases that were
+# stopped early when the recipe was found replay with --stop-at (the schedule still spans --max-steps).
 set -euo pipefail
 OUT=${1:?usage: recipes/passkey-smollm2.sh OUT [comet|global-only|temp-only|no-gate] [-- EXTRA OPTIONS]}
-VARIANT=${2:-comet}
-shift $(( $# >= 2 ? 2 : 1 ))
-[[ ${1:-} == "--" ]] && shift
+shift
+VARIANT=comet
+if [[ $# -ge 1 && $1 != -- ]]; then VARIANT=$1; shift; fi
+if [[ ${1:-} == -- ]]; then shift; fi
 EXTRA=("$@")
 COMETLM=${COMETLM:-cometlm}
 
@@ -26,6 +28,13 @@ case $VARIANT in
   no-gate)     MODEL=(--global-slots 16 --temp-stride 8 --temp-capacity 16 --no-gate) ;;
   *) echo "unknown variant '$VARIANT': use comet, global-only, temp-only or no-gate" >&2; exit 2 ;;
 esac
+
+# One variant per OUT: its phases would otherwise be taken for another variant's.
+mkdir -p "$OUT"
+if [[ -f $OUT/variant && $(cat "$OUT/variant") != "$VARIANT" ]]; then
+  echo "$OUT holds the '$(cat "$OUT/variant")' variant, not '$VARIANT': use another OUT" >&2; exit 2
+fi
+echo "$VARIANT" > "$OUT/variant"
 
 COMMON=(--batch-size 1 --save-every 25 --log-every 1 --mode lora)
 OLD_PLAN=(--chunk-augmentation p_fixed=0 p_right_aligned=0.8 p_uniform=0.1 p_random=0.1 p_boundary=0 min_chunk=32)
@@ -40,7 +49,8 @@ phase() {  # phase NAME FROM ARGS...: one `cometlm train`, skipped once NAME/fin
   local start=()
   [[ $from != none ]] && start=(--comet "$OUT/$from/final")
   echo "== $name ($(date -u +%H:%M) UTC)"
-  "$COMETLM" train "${start[@]}" --output-dir "$OUT/$name" "${COMMON[@]}" "$@" "${EXTRA[@]}"
+  # ${a[@]+"${a[@]}"}: an empty array under set -u, also on bash < 4.4
+  "$COMETLM" train ${start[@]+"${start[@]}"} --output-dir "$OUT/$name" "${COMMON[@]}" "$@" ${EXTRA[@]+"${EXTRA[@]}"}
 }
 
 phase passkey-v1 none --chunk-size 128 "${MODEL[@]}" --attention-sink \

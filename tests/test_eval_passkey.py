@@ -21,7 +21,7 @@ from cometlm.evaluation.commands import register
 from cometlm.evaluation.grid import length_label
 from cometlm.evaluation.methods import backbone_window
 from cometlm.evaluation.passkey import HEATMAP_FILE, SUMMARY_FILE, TRIALS_FILE, evaluate_passkey
-from cometlm.evaluation.streaming import Snapshot, read_context
+from cometlm.evaluation.streaming import Snapshot, _digest, read_context
 from cometlm.generation import open_chunk
 
 C = 64  # chunk size of the tiny model: the question (11 tokens) and answer (9) fit, a 300-token prompt spans 5
@@ -134,6 +134,7 @@ def test_a_read_interrupted_mid_trial_continues_from_its_snapshot(tmp_path, mode
     monkeypatch.setattr(model, "ingest", spy)
     assert_states_equal(read_context(model, ids, tail, snapshot=snap), want)
     assert spy.calls == 4  # only the chunks after the snapshot
+    assert snap.resumed_tokens == 10 + 5 * C and snap.resumed_seconds > 0  # what the first run read, and how long
 
     for other in (Snapshot(snap.path, tag="m2", every=0), snap):  # another model's snapshot; other ids
         saved = snap.path.read_bytes()
@@ -144,6 +145,13 @@ def test_a_read_interrupted_mid_trial_continues_from_its_snapshot(tmp_path, mode
         snap.path.write_bytes(saved)
     snap.path.write_bytes(b"torn")
     assert_states_equal(read_context(model, ids, tail, snapshot=snap), want)
+    assert snap.resumed_tokens == 0 and snap.resumed_seconds == 0.0
+    state = read_context(model, ids, tail)
+    for next_position in ("11", "-64", str(10 + 9 * C), "x"):  # inside a chunk, before the start, at the end
+        state.save(snap.path, notes={"ids": _digest(ids), "tail": "20", "chunk_size": str(C), "tag": "m1",
+                                     "next": next_position})
+        assert_states_equal(read_context(model, ids, tail, snapshot=snap), want)
+        assert snap.resumed_tokens == 0
 
 
 def test_an_interrupted_long_trial_resumes_mid_read(tmp_path, model, tokenizer, monkeypatch):
@@ -163,8 +171,19 @@ def test_an_interrupted_long_trial_resumes_mid_read(tmp_path, model, tokenizer, 
     monkeypatch.setattr(model, "ingest", spy)
     resumed = run(model, tokenizer, tmp_path / "resumed", **grid)
     assert spy.calls == straight.calls - 5  # nothing read twice
-    assert stable(trial_records(tmp_path / "resumed")) == stable(trial_records(tmp_path / "full"))
+    records, full_records = trial_records(tmp_path / "resumed"), trial_records(tmp_path / "full")
+    assert full_records[0]["resumed_at"] is None and records[0]["resumed_at"] > 0
+    assert stable(records) == stable([{**full_records[0], "resumed_at": records[0]["resumed_at"]}])
     assert stable(resumed) == stable(full) and not (tmp_path / "resumed" / "partial").exists()
+
+
+def test_a_snapshot_left_by_a_recorded_trial_is_removed(tmp_path, model, tokenizer):
+    grid = dict(lengths=(150,), depths=(0,), trials=1)
+    run(model, tokenizer, tmp_path, **grid)
+    (tmp_path / "partial").mkdir()
+    (tmp_path / "partial" / "150-0-0.safetensors").write_bytes(b"left behind by a kill")
+    run(model, tokenizer, tmp_path, **grid)
+    assert not (tmp_path / "partial").exists()
 
 
 def test_resuming_refuses_a_folder_of_a_different_run(tmp_path, model, tokenizer):

@@ -58,5 +58,8 @@ def test_finished_phases_are_skipped_and_bad_variants_refused(tmp_path):
     (tmp_path / "passkey-v1" / "final").mkdir(parents=True)
     (tmp_path / "passkey-v1" / "final" / "comet_config.json").write_text("{}")
     assert len(phases(tmp_path)) == 6
+    assert [argv[-2:] for argv in phases(tmp_path, "--", "--threads", "1")] == [["--threads", "1"]] * 6
     result = subprocess.run(["bash", str(RECIPE), str(tmp_path), "gateless"], capture_output=True, text=True)
     assert result.returncode == 2 and "unknown variant 'gateless'" in result.stderr
+    result = subprocess.run(["bash", str(RECIPE), str(tmp_path), "no-gate"], capture_output=True, text=True)
+    assert result.returncode == 2 and "holds the 'comet' variant, not 'no-gate'" in result.stderr

@@ -155,6 +155,8 @@ def test_a_run_stopped_early_continues_the_same_schedule(tmp_path, base):
         warnings.simplefilter("error")  # dropping stop_at is not a change of settings worth a warning
         assert train(resumed, data, config(tmp_path, "resumed", **extra)).steps == 5
     assert_same_run(straight, resumed, tmp_path / "straight", tmp_path / "resumed")
+    with pytest.raises(ValueError, match="holds step 5, past stop_at=3"):
+        train(comet(base), data, config(tmp_path, "resumed", stop_at=3, **extra))
 
 
 class InterruptingData(list):

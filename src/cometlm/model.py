@@ -121,7 +121,7 @@ def _sink_token_id(config) -> int:
     return bos if isinstance(bos, int) else 0
 
 
-FINGERPRINT_TOLERANCE = 0.05  # bfloat16 rounding moves a fingerprint entry by ~0.01; another base by far more
+FINGERPRINT_TOLERANCE = 0.02  # bfloat16 rounding moved SmolLM2's entries by at most 0.006; another base by far more
 
 
 def same_base(got: dict, want: dict) -> bool:

@@ -271,6 +271,8 @@ def evaluate_grid(
     out_dir.mkdir(parents=True, exist_ok=True)
     trials_path = out_dir / TRIALS_FILE
     done = load_records(trials_path, run, TRIAL_KEY, f"{task.name} trial")
+    for length, depth, trial in done:  # snapshots of trials recorded just before an interrupt
+        _forget(_snapshot_path(out_dir, length, depth, trial))
 
     def write_outputs() -> dict:
         summary = summarize(task, done, config, run, info, env)
@@ -294,18 +296,19 @@ def evaluate_grid(
             cell = f"{length_label(length)} @ {depth:g}% #{trial}"
             bar.set_postfix_str(", ".join([cell, *status]))
             max_new = len(sample.answer_ids) + task.extra_tokens
-            snapshot = Snapshot(out_dir / SNAPSHOT_DIR / f"{length}-{depth:g}-{trial}.safetensors",
-                                tag=json.dumps(run, sort_keys=True), every=snapshot_every)
+            snapshot = Snapshot(_snapshot_path(out_dir, length, depth, trial), tag=json.dumps(run, sort_keys=True),
+                                every=snapshot_every)
             start = time.perf_counter()
             with torch.inference_mode():
                 new_ids, facts = reader.answer(sample.prompt_ids, len(sample.question_ids), max_new, eos, progress,
                                                snapshot=snapshot)
-            seconds = time.perf_counter() - start
+            seconds = time.perf_counter() - start + snapshot.resumed_seconds  # the whole read, over every run
             generated = tokenizer.decode(new_ids, skip_special_tokens=True)
             record = {
                 **run, "length": length, "depth": depth, "trial": trial, **task.record(sample),
                 "generated": generated, "correct": task.matches(generated, sample),
-                "needle_start": sample.needle_start, **facts, "seconds": round(seconds, 4),
+                "needle_start": sample.needle_start, **facts, "resumed_at": snapshot.resumed_tokens or None,
+                "seconds": round(seconds, 4),
                 "tokens_per_s": round(facts["read_tokens"] / seconds, 1), "peak_rss_mib": round(peak_rss_mib(), 1),
             }
             append_record(trials_path, record)
@@ -324,6 +327,10 @@ def evaluate_grid(
         if unwritten:  # also after an interrupt: the summary then shows every finished trial
             summary = write_outputs()
     return summary
+
+
+def _snapshot_path(out_dir: Path, length: int, depth, trial: int) -> Path:
+    return out_dir / SNAPSHOT_DIR / f"{length}-{depth:g}-{trial}.safetensors"
 
 
 def _forget(path: Path) -> None:

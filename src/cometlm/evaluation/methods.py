@@ -145,11 +145,12 @@ def _checksum(parameters) -> float:
     return round(sum(float(p.detach().double().sum()) for p in parameters), 4)
 
 
-def _bar(total: int, steps: int, progress: bool):
-    """A nested per-read progress bar over `total` tokens, shown only for reads of READ_BAR_MIN_STEPS steps."""
+def _bar(total: int, steps: int, progress: bool, initial: int = 0):
+    """A nested per-read progress bar over `total` tokens (`initial` of them read before a resume), shown only for
+    reads of READ_BAR_MIN_STEPS steps."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="reading", unit="tok", unit_scale=True, position=1, leave=False,
+    return tqdm(total=total, initial=initial, desc="reading", unit="tok", unit_scale=True, position=1, leave=False,
                 dynamic_ncols=True, disable=not progress or steps < READ_BAR_MIN_STEPS)
 
 

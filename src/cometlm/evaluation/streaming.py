@@ -30,14 +30,17 @@ from cometlm.state import MemoryState
 SCORE_ROWS = 512  # positions per LM-head call when scoring: logits never exceed SCORE_ROWS x vocabulary
 
 
-@dataclass(frozen=True)
+@dataclass
 class Snapshot:
     """Where a long read saves its state every `every` seconds, and what names the model (`tag`): a snapshot is
-    resumed only by a read of the same ids, tail, chunk size and tag."""
+    resumed only by a read of the same ids, tail, chunk size and tag. After a read that resumed,
+    `resumed_tokens` and `resumed_seconds` say how many tokens the earlier processes had read and in how long."""
 
     path: Path
     tag: str = ""
     every: float = SNAPSHOT_SECONDS
+    resumed_tokens: int = 0
+    resumed_seconds: float = 0.0
 
 
 def read_context(model, ids: list[int], tail: int, progress: bool = False, snapshot: Snapshot | None = None):
@@ -59,22 +62,24 @@ def read_context(model, ids: list[int], tail: int, progress: bool = False, snaps
     first = (n - tail) % c  # a short first chunk, closed early, right-aligns every later chunk
     tokens = torch.tensor([ids[: n - tail]], device=model.backbone.embed_tokens.weight.device)
     identity = {"ids": _digest(ids), "tail": str(tail), "chunk_size": str(c), "tag": snapshot.tag if snapshot else ""}
-    state, begin = _resume(snapshot.path, identity, tokens.device) if snapshot is not None else (None, None)
+    state, begin, before = None, first, 0.0
+    if snapshot is not None:
+        state, begin, before = _resume(model, snapshot.path, identity, first, n - tail, tokens.device)
+        snapshot.resumed_tokens, snapshot.resumed_seconds = (begin, before) if state is not None else (0, 0.0)
     if state is None:
-        begin, state = first, model.init_memory(1)
+        state = model.init_memory(1)
         if first:
             state = model.close_open_chunk(model.ingest(tokens[:, :first], state))
-    else:
-        model.check_memory(state, 1)
-    saved = time.monotonic()
-    with _bar(n - tail - first, (n - tail - first) // c, progress) as bar:  # in pieces: the same state
-        bar.update(begin - first)
+    started = saved = time.monotonic()
+    steps = (n - tail - first) // c
+    with _bar(n - tail - first, steps, progress, initial=begin - first) as bar:  # in pieces: the same state
         for start in range(begin, n - tail, c):
             state = model.ingest(tokens[:, start : start + c], state)
             bar.update(min(c, n - tail - start))
             if snapshot is not None and time.monotonic() - saved >= snapshot.every and start + c < n - tail:
                 Path(snapshot.path).parent.mkdir(parents=True, exist_ok=True)
-                state.save(snapshot.path, notes={**identity, "next": str(start + c)})
+                seconds = before + time.monotonic() - started
+                state.save(snapshot.path, notes={**identity, "next": str(start + c), "seconds": f"{seconds:.6f}"})
                 saved = time.monotonic()
     return state
 
@@ -83,18 +88,26 @@ def _digest(ids: list[int]) -> str:
     return hashlib.sha1(np.asarray(ids, dtype=np.int64).tobytes()).hexdigest()
 
 
-def _resume(snapshot, identity: dict[str, str], device) -> tuple[MemoryState | None, int | None]:
-    """(state, position to read from) from a snapshot of the same read, else (None, None)."""
-    path = Path(snapshot)
+def _resume(model, path, identity: dict[str, str], first: int, end: int, device):
+    """(state, position to read from, seconds spent before) from a snapshot of the same read; (None, first, 0.0)
+    when there is none, or it belongs to another read, or it cannot be used (torn, foreign, inconsistent)."""
+    nothing = None, first, 0.0
+    path = Path(path)
     if not path.is_file():
-        return None, None
+        return nothing
     try:
         notes = MemoryState.read_notes(path)
-    except ValueError:
-        return None, None  # a torn or foreign file: read from the start and overwrite it
-    if any(notes.get(k) != v for k, v in identity.items()) or "next" not in notes:
-        return None, None
-    return MemoryState.load(path, device=device), int(notes["next"])
+        if not isinstance(notes, dict) or any(notes.get(k) != v for k, v in identity.items()):
+            return nothing
+        begin, seconds = int(notes["next"]), float(notes.get("seconds", 0.0))
+        c = int(identity["chunk_size"])
+        if not (first < begin < end and (begin - first) % c == 0 and seconds >= 0):
+            return nothing
+        state = MemoryState.load(path, device=device)
+        model.check_memory(state, 1)
+    except (ValueError, KeyError, TypeError):
+        return nothing  # read from the start; the next save overwrites the file
+    return state, begin, seconds
 
 
 def generate_answer(

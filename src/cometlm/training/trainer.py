@@ -193,6 +193,9 @@ def train(model, dataset, config: TrainConfig, resume: bool = True, parallel=Non
         progress = Progress(0, 0, 0, 0.0, None, capture_rng_state())
     else:
         info = load_checkpoint(found, model, optimizer, scheduler)
+        if info.step > config.last_step:
+            raise ValueError(f"{found} holds step {info.step}, past stop_at={config.stop_at}: the run cannot stop "
+                             "there any more; use another output folder, or a later or no stop_at")
         _warn_about_changes(info.config, config)
         extra = info.extra
         progress = Progress(info.step, info.data_position, extra["tokens"], extra["elapsed"], extra["loss"],
