@@ -7,8 +7,9 @@ from conftest import COMMON, SMALL, random_ids, tiny_comet
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 import cometlm.evaluation.methods as methods
-from cometlm import CometForCausalLM
+from cometlm import CometConfig, CometForCausalLM
 from cometlm.evaluation.methods import build_method
+from cometlm.evaluation.streaming import generate_answer
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -101,6 +102,20 @@ def test_no_memory_is_the_backbone_on_each_chunk_and_comet_scores_as_forward(fam
     tokens = torch.tensor([ids])
     torch.testing.assert_close(comet.mean(), model(tokens, labels=tokens).loss, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(comet, losses, atol=1e-3)  # the memories change what later chunks predict
+
+
+@pytest.mark.parametrize("layout", ["fixed", "primed"])
+@torch.inference_mode()
+def test_no_memory_answers_from_the_open_chunk_alone_exactly_as_after_reading_everything(layout):
+    config = CometConfig(chunk_size=32, global_slots=3, temp_stride=4, temp_capacity=5, adapter_rank=4,
+                         attention_sink=True)
+    model = tiny_comet("llama", config)
+    ids = random_ids(203, seed=9).tolist()
+    method = build_method("no-memory", model, layout=layout, prime_tokens=10)
+    answer, facts = method.answer(ids, 5, 8, None, False)
+    tail = facts["open_chunk_tokens"]
+    assert facts["read_tokens"] == tail < len(ids) and len(answer) == 8
+    assert answer == generate_answer(method.runner, ids, tail, 8)  # reads all 203 tokens, closing 5 or 6 chunks
 
 
 @torch.inference_mode()

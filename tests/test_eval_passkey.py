@@ -282,12 +282,12 @@ def test_the_three_methods_run_with_one_schema(tmp_path, model, tokenizer, monke
     assert backbone_window(model, None) == COMMON["max_position_embeddings"]
     assert len(calls) == 4
 
-    # no-memory: the same backbone with no memory rows, so only the open chunk matters; comet's memory does.
+    # no-memory: the same backbone with no memory rows, so only the open chunk matters (and only it is read:
+    # test_eval_methods.py checks that equals reading everything); comet's memory does matter.
     _, (_, comet_ids, comet_call), _, (bare, bare_ids, bare_call) = calls
     assert bare.backbone_model is model.backbone_model and bare.comet_config.max_positions == C
-    assert not bare_call["memory"].layers[0].row_valid().any() and int(bare_call["memory"].chunks_closed) > 0
-    read = open_chunk(bare, bare.ingest(bare_ids, bare_call["memory"])).logits
-    torch.testing.assert_close(read, open_chunk(bare, bare.ingest(bare_ids)).logits)
+    assert not bare_call["memory"].layers[0].row_valid().any() and int(bare_call["memory"].chunks_closed) == 0
+    assert [r["read_tokens"] for r in records["no-memory"]] == [r["open_chunk_tokens"] for r in records["comet"]]
     with_memory = open_chunk(model, model.ingest(comet_ids, comet_call["memory"])).logits
     assert not torch.allclose(with_memory, open_chunk(model, model.ingest(comet_ids)).logits, atol=1e-4)
 

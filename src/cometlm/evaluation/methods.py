@@ -2,7 +2,8 @@
 
 - comet: the CoMeT model with its memories (an ablation is a CoMeT model saved with other switches: `--comet DIR`).
 - no-memory: the same backbone and chunk size with both memories off, i.e. plain chunking: nothing crosses a
-  chunk boundary, so what it gets right comes from the current chunk alone.
+  chunk boundary, so what it gets right comes from the current chunk alone. To answer a prompt it therefore
+  reads only the chunk the answer is generated in (the same answer as reading everything, at constant cost).
 - full: the backbone as is, full attention over the whole input; it refuses an input longer than its window
   (max_position_embeddings) instead of reading positions it was never trained on.
 - truncated: the backbone with full attention over the input's last `window` tokens.
@@ -244,9 +245,14 @@ class MemoryMethod(Method):
         n, c = len(prompt), self.runner.comet_config.chunk_size
         room = max_new_tokens if answer_room is None else answer_room
         tail = open_chunk_tokens(n, c, self.layout, question_tokens, room, self.prime_tokens or 0)
+        if self.name == "no-memory":
+            # Nothing crosses a chunk boundary, so the closed chunks cannot change the answer: read the open
+            # chunk alone (tests check this equals reading everything).
+            prompt, snapshot = prompt[-tail:], None
         new_ids = generate_answer(self.runner, prompt, tail, max_new_tokens, eos_token_id=eos, progress=progress,
                                   snapshot=snapshot)
-        return new_ids, {"read_tokens": n, "first_chunk_tokens": (n - tail) % c, "open_chunk_tokens": tail}
+        first = (n - tail) % c if len(prompt) == n else None
+        return new_ids, {"read_tokens": len(prompt), "first_chunk_tokens": first, "open_chunk_tokens": tail}
 
     def hidden_blocks(self, tokens, progress):
         """Chunks of C from the start, as `forward` reads them teacher-forced, one chunk's hidden states at a time."""
