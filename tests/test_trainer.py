@@ -481,3 +481,23 @@ def test_passkey_spec_draws_depths_from_its_range(tokenizer):
     for bad in ("passkey:depth=50-10", "passkey:depth=0-200", "passkey:deep=0-50", "passkey:depth=a-b"):
         with pytest.raises(ValueError, match="depth"):
             load_dataset(bad, tokenizer, 512)
+
+
+def test_passkey_spec_draws_key_lengths_from_its_range_and_combines_options(tokenizer):
+    import re
+
+    dataset = load_dataset("passkey:depth=0-20,digits=4-7", tokenizer, 512)
+    keys = [re.search(r"The pass key is (\d+)\.", tokenizer.decode(dataset[i].input_ids)).group(1) for i in range(40)]
+    assert {len(k) for k in keys} == {4, 5, 6, 7} and dataset.depth_range == (0.0, 0.2)
+    for i in range(3):  # the target is the key and the period after it, whatever its length
+        sample = dataset[i]
+        target = tokenizer.decode([t for t, label in zip(sample.input_ids, sample.labels) if label != -100])
+        assert re.fullmatch(r" ?\d{4,7}\.", target), target
+    seven = load_dataset("passkey:digits=7", tokenizer, 512)
+    assert max(len(seven[i].input_ids) for i in range(10)) <= 512
+    # The default draws nothing more, so recipes written before the option replay the same samples.
+    assert load_dataset("passkey:digits=5", tokenizer, 512)[3] == load_dataset("passkey", tokenizer, 512)[3]
+    for bad in ("passkey:digits=7-5", "passkey:digits=0", "passkey:digits=x", "needle:digits=5",
+                "passkey:depth=0-50,depth=0-20"):
+        with pytest.raises(ValueError, match="digits|options are"):
+            load_dataset(bad, tokenizer, 512)

@@ -410,7 +410,8 @@ class _RetrievalDataset(_GeneratedDataset):
 
 class PasskeyDataset(_RetrievalDataset):
     """Passkey prompts (`tasks.passkey_sample`); see `_RetrievalDataset` for the arguments. The target is the key
-    and the period after it (`answer_end`), so a trained model stops after the key's digits."""
+    and the period after it (`answer_end`), so a trained model stops after the key's digits. `key_digits`: the
+    key's length, or (low, high) to draw it per sample (harder keys when 5 digits are already learnt)."""
 
     def __init__(
         self,
@@ -424,10 +425,15 @@ class PasskeyDataset(_RetrievalDataset):
         answer_end: str = ".",
     ):
         super().__init__(tokenizer, lengths, seed, size, depth_range, context_loss, answer_end)
-        self.key_digits = key_digits
+        low, high = (key_digits, key_digits) if isinstance(key_digits, int) else key_digits
+        if not 1 <= low <= high:
+            raise ValueError(f"key_digits must be a count >= 1 or (low, high) with 1 <= low <= high (got {key_digits})")
+        self.key_digits = (low, high)
 
     def _build(self, n_tokens: int, depth: float, rng: random.Random) -> RetrievalSample:
-        return passkey_sample(self.tokenizer, n_tokens, depth, rng, self.key_digits)
+        low, high = self.key_digits
+        digits = rng.randint(low, high) if high > low else low  # a fixed length draws nothing: the same samples
+        return passkey_sample(self.tokenizer, n_tokens, depth, rng, digits)
 
 
 class NeedleDataset(_RetrievalDataset):

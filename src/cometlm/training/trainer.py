@@ -14,6 +14,7 @@ This module is imported by the command line's ``--help``: torch and friends are 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -614,10 +615,12 @@ DATA_FORMS = {
     "needle": "generated needle-in-a-haystack prompts over the bundled essays; loss on the answer",
     "passkey:depth=LOW-HIGH": "passkey (or needle) prompts with the key's depth drawn from LOW..HIGH percent, e.g. "
                               "depth=0-80 to keep keys out of the last chunk",
+    "passkey:digits=N": "passkey keys of N digits (default 5), or digits=LOW-HIGH drawn per prompt; options "
+                        "combine with commas, e.g. passkey:depth=0-40,digits=5-7",
     "lm:bible": "random --max-length windows of the bundled KJV Bible; loss on every token",
     "lm:essays": "random --max-length windows of the bundled Paul Graham essays; loss on every token",
 }
-_PASSKEY_ANSWER_TOKENS = 7  # " " + 5 digits + ".": a byte-level tokenizer never needs more than one token per byte
+_PASSKEY_ANSWER_EXTRA = 2  # " " and "." around the key's digits: a byte-level tokenizer needs at most a token per byte
 
 _CONFIG_OPTIONS = {
     "output_dir": ("folder for checkpoints, metrics.jsonl, loss.png and the final model; rerunning resumes there",
@@ -773,9 +776,11 @@ def load_dataset(spec: str, tokenizer, max_length: int, on_error: str = "skip", 
         print(dataset.report(), file=sys.stderr)
         return dataset
     if kind in ("passkey", "needle"):
-        depth_range = _depth_range(spec, path) if path else (0.0, 1.0)
+        options = _task_options(spec, path, kind)
         if kind == "passkey":
-            build, answer, make = tasks.passkey_sample, _PASSKEY_ANSWER_TOKENS, data.PasskeyDataset
+            digits = options.get("digits", (5, 5))
+            build, answer = functools.partial(tasks.passkey_sample, key_digits=digits[1]), digits[1] + _PASSKEY_ANSWER_EXTRA
+            make = functools.partial(data.PasskeyDataset, key_digits=digits)
         else:
             build, make = tasks.needle_sample, data.NeedleDataset
             answer = len(encode(tokenizer, " " + tasks.NEEDLE_ANSWER))
@@ -787,26 +792,39 @@ def load_dataset(spec: str, tokenizer, max_length: int, on_error: str = "skip", 
                 f"--max-length {max_length} is too short for {spec}: its shortest prompts ({lengths[0]} tokens, half "
                 f"of --max-length) fail with: {err}"
             ) from None
-        return make(tokenizer, lengths, seed=seed, depth_range=depth_range)
+        return make(tokenizer, lengths, seed=seed, depth_range=options.get("depth", (0.0, 1.0)))
     if kind == "lm" and path in ("bible", "essays"):
         return data.CorpusLMDataset(tokenizer, path, max_length, seed=seed)
     forms = "\n  ".join(DATA_FORMS)
     raise ValueError(f"--data {spec!r} is not a data source; use one of:\n  {forms}")
 
 
-def _depth_range(spec: str, option: str) -> tuple[float, float]:
-    """(low, high) as fractions from a data spec's ``depth=LOW-HIGH`` option in percent."""
-    name, _, value = option.partition("=")
-    low, _, high = value.partition("-")
-    try:
-        if name != "depth":
-            raise ValueError
-        first, last = float(low) / 100, float(high) / 100
-    except ValueError:
-        raise ValueError(f"--data {spec!r}: the option must be depth=LOW-HIGH in percent, e.g. passkey:depth=0-80") from None
+def _task_options(spec: str, options: str, kind: str) -> dict[str, tuple]:
+    """A generated task's comma-separated options: ``depth=LOW-HIGH`` in percent, as fractions, and (passkey only)
+    ``digits=N`` or ``digits=LOW-HIGH``, as (low, high) counts."""
+    allowed = ("depth", "digits") if kind == "passkey" else ("depth",)
+    usage = "depth=LOW-HIGH in percent" + (" and digits=N or digits=LOW-HIGH" if kind == "passkey" else "")
+    example = "passkey:depth=0-80,digits=5-7" if kind == "passkey" else f"{kind}:depth=0-80"
+    parsed = {}
+    for option in filter(None, options.split(",")):
+        name, _, value = option.partition("=")
+        low, dash, high = value.partition("-")
+        try:
+            if name not in allowed or name in parsed:
+                raise ValueError
+            if name == "depth":
+                parsed[name] = (float(low) / 100, float(high) / 100)
+            else:
+                parsed[name] = (int(low), int(high) if dash else int(low))
+        except ValueError:
+            raise ValueError(f"--data {spec!r}: the options are {usage}, comma-separated, e.g. {example}") from None
+    first, last = parsed.get("depth", (0.0, 1.0))
     if not 0.0 <= first <= last <= 1.0:
         raise ValueError(f"--data {spec!r}: the depths must satisfy 0 <= LOW <= HIGH <= 100")
-    return first, last
+    low, high = parsed.get("digits", (5, 5))
+    if not 1 <= low <= high:
+        raise ValueError(f"--data {spec!r}: the digits must satisfy 1 <= LOW <= HIGH")
+    return parsed
 
 
 def _text_files(path: str) -> list[Path]:
