@@ -63,3 +63,44 @@ def test_finished_phases_are_skipped_and_bad_variants_refused(tmp_path):
     assert result.returncode == 2 and "unknown variant 'gateless'" in result.stderr
     result = subprocess.run(["bash", str(RECIPE), str(tmp_path), "no-gate"], capture_output=True, text=True)
     assert result.returncode == 2 and "holds the 'comet' variant, not 'no-gate'" in result.stderr
+
+
+COMPARE = RECIPE.with_name("compare-smollm2.sh")
+
+
+def evaluations(out, *args):
+    """The `cometlm eval` argument lists the comparison recipe would run, parsed."""
+    from cometlm.evaluation.commands import register as register_eval
+
+    result = subprocess.run(["bash", str(COMPARE), str(out), *args], capture_output=True, text=True,
+                            env={**os.environ, "COMETLM": "echo"})
+    assert result.returncode == 0, result.stderr
+    parser = argparse.ArgumentParser()
+    register_eval(parser.add_subparsers())
+    lines = [shlex.split(line) for line in result.stdout.splitlines() if line.startswith("eval ")]
+    return [parser.parse_args(argv) for argv in lines[:-1]], lines[-1]
+
+
+def test_the_comparison_runs_every_method_on_every_task_with_the_same_prompts(tmp_path):
+    ablation = tmp_path / "train" / "passkey-v2g" / "final"
+    ablation.mkdir(parents=True)
+    (ablation / "comet_config.json").write_text("{}")
+    (tmp_path / "train" / "variant").write_text("global-only\n")
+    runs, table = evaluations(tmp_path / "out", str(ablation), "--", "--threads", "2")
+
+    names = ["comet", "no-memory", "full", "truncated", "sliding-window", "comet-global-only"]
+    assert [Path(args.out).parts[-2:] for args in runs] == [(task, name) for name in names for task in ("passkey", "niah", "ppl")]
+    assert all(args.threads == 2 for args in runs)
+    shipped = str(RECIPE.parents[1] / "src" / "cometlm" / "adapters" / "smollm2-135m-passkey")
+    by_name = {Path(args.out).name: args for args in runs if args.task == "passkey"}
+    assert [by_name[n].method for n in names] == ["comet", "no-memory", "full", "truncated", "sliding-window", "comet"]
+    assert by_name["comet"].comet == by_name["no-memory"].comet == shipped and by_name["comet-global-only"].comet == str(ablation)
+    assert all(by_name[n].comet is None for n in ("full", "truncated", "sliding-window"))  # the base model alone
+    grids = {(args.lengths == [1024, 4096], args.trials, args.seed) for args in runs if args.task != "ppl"}
+    assert grids == {(False, 3, 0), (True, 3, 0)} and by_name["full"].lengths == [1024, 4096]
+    assert len({(args.corpus, args.length, args.documents, args.seed) for args in runs if args.task == "ppl"}) == 1
+    assert table[:2] == ["eval", "table"] and table[-2:] == ["--out", str(tmp_path / "out" / "table.md")]
+
+    result = subprocess.run(["bash", str(COMPARE), str(tmp_path / "out"), str(tmp_path)], capture_output=True, text=True,
+                            env={**os.environ, "COMETLM": "echo"})
+    assert result.returncode == 2 and "is not a saved CoMeT model" in result.stderr

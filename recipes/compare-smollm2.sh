@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Every method side by side on passkey, needle-in-a-haystack and perplexity over SmolLM2-135M-Instruct, the same
+# prompts and documents for each, then one table (issue 5):
+#
+#   recipes/compare-smollm2.sh OUT [MODEL_DIR ...] [-- EXTRA EVAL OPTIONS]
+#
+#   comet           the shipped adapter (src/cometlm/adapters/smollm2-135m-passkey)
+#   no-memory       the same weights with both memories off (plain chunking)
+#   full            the base model, full attention, at the lengths that fit its 8k window
+#   truncated       the base model on the last 8k tokens
+#   sliding-window  the base model with StreamingLLM's cache (4 attention sinks + the most recent tokens)
+#   MODEL_DIR       comet with another trained model, e.g. an ablation trained by `recipes/passkey-smollm2.sh
+#                   OUT2 global-only` (OUT2/passkey-v2g/final); its results go to OUT/TASK/comet-VARIANT,
+#                   VARIANT read from OUT2/variant (else the folder's name)
+#   EXTRA           passed to every evaluation, e.g. --threads 2
+#
+# Every evaluation resumes when the script is rerun (finished trials and documents are kept), and the table is
+# written to OUT/table.md at the end. On a 2-core CPU a comet grid to 32k takes about 45 minutes per task.
+set -euo pipefail
+OUT=${1:?usage: recipes/compare-smollm2.sh OUT [MODEL_DIR ...] [-- EXTRA EVAL OPTIONS]}
+shift
+MODELS=()
+while [[ $# -ge 1 && $1 != -- ]]; do MODELS+=("$1"); shift; done
+if [[ ${1:-} == -- ]]; then shift; fi
+EXTRA=("$@")
+COMETLM=${COMETLM:-cometlm}
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+SHIPPED=$(cd "$HERE/.." && pwd)/src/cometlm/adapters/smollm2-135m-passkey
+
+LENGTHS=(1024 4096 16384 32768)
+FULL_LENGTHS=(1024 4096)  # a prompt and its answer must fit the 8,192-token window
+GRID=(--trials 3 --seed 0 --no-progress)
+PPL=(--corpus bible --length 8192 --documents 4 --seed 0 --no-progress)
+
+run() {  # run NAME MODEL_ARGS...: every task for one method
+  local name=$1; shift
+  local lengths=("${LENGTHS[@]}")
+  [[ " $* " == *" --method full "* ]] && lengths=("${FULL_LENGTHS[@]}")
+  echo "== $name ($(date -u +%H:%M) UTC)"
+  for task in passkey niah; do
+    "$COMETLM" eval "$task" "$@" --lengths "${lengths[@]}" "${GRID[@]}" --out "$OUT/$task/$name" \
+      ${EXTRA[@]+"${EXTRA[@]}"}
+  done
+  "$COMETLM" eval ppl "$@" "${PPL[@]}" --out "$OUT/ppl/$name" ${EXTRA[@]+"${EXTRA[@]}"}
+}
+
+for dir in ${MODELS[@]+"${MODELS[@]}"}; do
+  [[ -f $dir/comet_config.json ]] || { echo "$dir is not a saved CoMeT model (no comet_config.json)" >&2; exit 2; }
+done
+
+run comet --comet "$SHIPPED"
+run no-memory --comet "$SHIPPED" --method no-memory
+run full --method full
+run truncated --method truncated
+run sliding-window --method sliding-window
+for dir in ${MODELS[@]+"${MODELS[@]}"}; do
+  run "comet-$(cat "$dir/../../variant" 2>/dev/null || basename "$dir")" --comet "$dir"
+done
+"$COMETLM" eval table "$OUT"/passkey/* "$OUT"/niah/* "$OUT"/ppl/* --out "$OUT/table.md"
