@@ -89,18 +89,20 @@ def test_the_comparison_runs_every_method_on_every_task_with_the_same_prompts(tm
     runs, table = evaluations(tmp_path / "out", str(ablation), "--", "--threads", "2")
 
     names = ["comet", "no-memory", "full", "truncated", "sliding-window", "comet-global-only"]
-    assert [Path(args.out).parts[-2:] for args in runs] == [(task, name) for name in names for task in ("passkey", "niah", "ppl")]
+    tasks = ("passkey", "niah", "ppl")
+    assert [Path(args.out).parts[-2:] for args in runs] == [(task, name) for name in names for task in tasks]
     assert all(args.threads == 2 for args in runs)
     shipped = str(RECIPE.parents[1] / "src" / "cometlm" / "adapters" / "smollm2-135m-passkey")
     by_name = {Path(args.out).name: args for args in runs if args.task == "passkey"}
     assert [by_name[n].method for n in names] == ["comet", "no-memory", "full", "truncated", "sliding-window", "comet"]
-    assert by_name["comet"].comet == by_name["no-memory"].comet == shipped and by_name["comet-global-only"].comet == str(ablation)
+    assert by_name["comet"].comet == by_name["no-memory"].comet == shipped
+    assert by_name["comet-global-only"].comet == str(ablation)
     assert all(by_name[n].comet is None for n in ("full", "truncated", "sliding-window"))  # the base model alone
     grids = {(args.lengths == [1024, 4096], args.trials, args.seed) for args in runs if args.task != "ppl"}
     assert grids == {(False, 3, 0), (True, 3, 0)} and by_name["full"].lengths == [1024, 4096]
     assert len({(args.corpus, args.length, args.documents, args.seed) for args in runs if args.task == "ppl"}) == 1
     assert table[:2] == ["eval", "table"] and table[-2:] == ["--out", str(tmp_path / "out" / "table.md")]
 
-    result = subprocess.run(["bash", str(COMPARE), str(tmp_path / "out"), str(tmp_path)], capture_output=True, text=True,
-                            env={**os.environ, "COMETLM": "echo"})
+    result = subprocess.run(["bash", str(COMPARE), str(tmp_path / "out"), str(tmp_path)], capture_output=True,
+                            text=True, env={**os.environ, "COMETLM": "echo"})
     assert result.returncode == 2 and "is not a saved CoMeT model" in result.stderr

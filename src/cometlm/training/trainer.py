@@ -779,7 +779,8 @@ def load_dataset(spec: str, tokenizer, max_length: int, on_error: str = "skip", 
         options = _task_options(spec, path, kind)
         if kind == "passkey":
             digits = options.get("digits", (5, 5))
-            build, answer = functools.partial(tasks.passkey_sample, key_digits=digits[1]), digits[1] + _PASSKEY_ANSWER_EXTRA
+            build = functools.partial(tasks.passkey_sample, key_digits=digits[1])  # the longest key checks the length
+            answer = digits[1] + _PASSKEY_ANSWER_EXTRA
             make = functools.partial(data.PasskeyDataset, key_digits=digits)
         else:
             build, make = tasks.needle_sample, data.NeedleDataset
