@@ -115,7 +115,7 @@ def test_no_memory_answers_from_the_open_chunk_alone_exactly_as_after_reading_ev
     answer, facts = method.answer(ids, 5, 8, None, False)
     tail = facts["open_chunk_tokens"]
     assert facts["read_tokens"] == tail < len(ids) and len(answer) == 8
-    assert answer == generate_answer(method.runner, ids, tail, 8)  # reads all 203 tokens, closing 5 or 6 chunks
+    assert answer == generate_answer(method.runner, ids, tail, 8)  # reads all 203 tokens: 6 chunks closed
 
 
 @torch.inference_mode()
