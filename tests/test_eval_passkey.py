@@ -107,6 +107,15 @@ def test_an_interrupted_grid_resumes_with_only_the_missing_trials(tmp_path, mode
     assert stable(trial_records(tmp_path / "resumed")) == stable(trial_records(tmp_path / "full"))
 
 
+def test_a_rerun_that_skips_every_trial_keeps_the_recorded_peak_memory(tmp_path, model, tokenizer):
+    run(model, tokenizer, tmp_path, lengths=(150,), depths=(0, 100))
+    path = tmp_path / TRIALS_FILE
+    records = trial_records(tmp_path)
+    records[1]["peak_rss_mib"] = 10**7  # far above this process's peak: as if an earlier run had needed it
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert run(model, tokenizer, tmp_path, lengths=(150,), depths=(0, 100))["cost"]["peak_rss_mib"] == 10**7
+
+
 class StopReading:
     """Wraps `model.ingest`, counting calls; raises KeyboardInterrupt once `stop_after` calls ran."""
 

@@ -98,6 +98,14 @@ def test_an_interrupted_run_resumes_to_the_same_results(tmp_path, model, tokeniz
         run(model, tokenizer, tmp_path / "resumed", bucket=32)
 
 
+def test_a_rerun_that_skips_every_document_keeps_the_recorded_peak_memory(tmp_path, model, tokenizer):
+    run(model, tokenizer, tmp_path, documents=2)
+    done = records(tmp_path)
+    done[0]["peak_rss_mib"] = 10**7  # far above this process's peak: as if an earlier run had needed it
+    (tmp_path / DOCUMENTS_FILE).write_text("".join(json.dumps(r) + "\n" for r in done))
+    assert run(model, tokenizer, tmp_path, documents=2)["cost"]["peak_rss_mib"] == 10**7
+
+
 @torch.inference_mode()
 def test_methods_side_by_side_and_what_cannot_be_compared(tmp_path, model, tokenizer, capsys):
     run(model, tokenizer, tmp_path / "full", method="full", documents=1)

@@ -33,6 +33,7 @@ from cometlm.evaluation.results import (
     append_record,
     environment,
     load_records,
+    peak_rss_over,
     utc_now,
     write_atomic,
     write_json,
@@ -180,7 +181,7 @@ def summarize(task: RetrievalTask, done: dict[tuple, dict], config: dict, run: d
         "mean_accuracy": _mean(every),
         "cost": {
             "trial_seconds": round(sum(r["seconds"] for r in every), 3),
-            "peak_rss_mib": round(peak_rss_mib(), 1),
+            "peak_rss_mib": peak_rss_over(every, peak_rss_mib()),
             "note": RSS_NOTE,
         },
         "environment": {**env, "written_utc": utc_now()},

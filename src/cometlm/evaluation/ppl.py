@@ -31,6 +31,7 @@ from cometlm.evaluation.results import (
     append_record,
     environment,
     load_records,
+    peak_rss_over,
     utc_now,
     write_atomic,
     write_json,
@@ -96,7 +97,7 @@ def summarize(done: dict[tuple, dict], config: dict, run: dict, model: dict, env
         "cost": {
             "document_seconds": round(seconds, 3),
             "tokens_per_s": round(sum(r["tokens"] for r in records) / seconds, 1) if seconds > 0 else None,
-            "peak_rss_mib": round(peak_rss_mib(), 1),
+            "peak_rss_mib": peak_rss_over(records, peak_rss_mib()),
             "note": RSS_NOTE,
         },
         "environment": {**env, "written_utc": utc_now()},

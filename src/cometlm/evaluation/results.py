@@ -16,8 +16,15 @@ from pathlib import Path
 
 RSS_NOTE = (
     "peak_rss_mib is ru_maxrss of the whole process: it includes model loading and every earlier cell and never "
-    "decreases, so only its growth from one cell to the next is attributable to a cell"
+    "decreases, so only its growth from one cell to the next is attributable to a cell; the summary's figure is the "
+    "largest over every process that wrote these results"
 )
+
+
+def peak_rss_over(records, now: float) -> float:
+    """The summary's peak RSS in MiB: the largest over the processes that wrote `records` and this one (`now`),
+    so that a rerun which only skips finished work still reports the peak of the runs that did it."""
+    return round(max([now, *(r["peak_rss_mib"] for r in records)]), 1)
 
 
 def write_atomic(path: Path, write) -> None:

@@ -46,7 +46,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cometlm.evaluation.methods import DEFAULT_PRIME_TOKENS, DEFAULT_SINK_TOKENS
-from cometlm.evaluation.results import RSS_NOTE, append_record, environment, load_records, utc_now, write_json
+from cometlm.evaluation.results import (
+    RSS_NOTE,
+    append_record,
+    environment,
+    load_records,
+    peak_rss_over,
+    utc_now,
+    write_json,
+)
 
 SPLITS = ("validation", "test", "train")
 LOG_FILE = "predictions.jsonl"
@@ -335,7 +343,7 @@ def evaluate_scrolls_task(
             "scores_note": None if scored else f"the {split} split has no references: submit {SUBMISSION_FILE}",
             "cost": {"seconds": round(sum(r["seconds"] for r in finished), 3),
                      "read_tokens": sum(r["read_tokens"] for r in finished),
-                     "peak_rss_mib": round(peak_rss_mib(), 1), "note": RSS_NOTE},
+                     "peak_rss_mib": peak_rss_over(finished, peak_rss_mib()), "note": RSS_NOTE},
             "environment": {**env, "written_utc": utc_now()},
             "files": {"log": LOG_FILE, "submission": SUBMISSION_FILE},
         }
