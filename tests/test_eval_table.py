@@ -1,6 +1,7 @@
 """`cometlm eval table`: one markdown row per method, with the numbers of the result files it was given."""
 
 import argparse
+from pathlib import Path
 
 import pytest
 import torch
@@ -81,3 +82,23 @@ def test_lengths_that_share_a_label_are_written_out(results):
         summary["cells"] = [{**summary["cells"][0], "length": length}]
     header = format_table(summaries).splitlines()[0]
     assert "passkey acc. (8000 / 8192)" in header
+
+
+def test_a_shorter_grid_or_document_says_its_length(results, monkeypatch, tmp_path):
+    root, out = results
+    summaries = load_results([root / "passkey-comet", root / "ppl-comet", root / "ppl-full"])
+    summaries[0]["config"]["lengths"] = [150]  # comet's grid now stops below the table's longest column...
+    summaries[0]["accuracy_by_length"] = summaries[0]["accuracy_by_length"][:1]
+    summaries[0]["cells"] = summaries[0]["cells"][:1]
+    summaries[1]["config"]["length"] = 128  # ... and its documents are shorter than full's
+    summaries[0]["model"]["name"] = summaries[1]["model"]["name"] = str(tmp_path / "adapters" / "mine")
+    summaries.append(load_results([root / "passkey-sliding-window"])[0])
+    monkeypatch.chdir(tmp_path)
+    rows = {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split("|")]
+                                          for line in format_table(summaries).splitlines()[2:5])}
+    comet = rows["comet"]
+    assert comet[1] == str(Path("adapters") / "mine")
+    assert comet[3] == f"{summaries[0]['cells'][0]['seconds']:.1f} (150)"
+    assert comet[4] == f"{out['ppl-comet']['ppl']:.3f} (128)"  # no NIAH columns: ppl is the fifth
+    assert rows["full (1024)"][4] == f"{out['ppl-full']['ppl']:.3f} (150)"
+    assert "(" not in rows["sliding-window (4 sink + 64)"][3]  # its grid reaches the longest column

@@ -88,19 +88,28 @@ def test_the_comparison_runs_every_method_on_every_task_with_the_same_prompts(tm
     (tmp_path / "train" / "variant").write_text("global-only\n")
     runs, table = evaluations(tmp_path / "out", str(ablation), "--", "--threads", "2")
 
-    names = ["comet", "no-memory", "full", "truncated", "sliding-window", "comet-global-only"]
+    names = ["comet", "no-memory", "full", "full-lora", "truncated", "truncated-lora", "sliding-window-lora",
+             "sliding-window", "comet-global-only"]
     tasks = ("passkey", "niah", "ppl")
-    assert [Path(args.out).parts[-2:] for args in runs] == [(task, name) for name in names for task in tasks]
+    expected = [(task, name) for name in names for task in (("ppl",) if name == "sliding-window-lora" else tasks)]
+    assert [Path(args.out).parts[-2:] for args in runs] == expected
     assert all(args.threads == 2 for args in runs)
     shipped = str(RECIPE.parents[1] / "src" / "cometlm" / "adapters" / "smollm2-135m-passkey")
-    by_name = {Path(args.out).name: args for args in runs if args.task == "passkey"}
-    assert [by_name[n].method for n in names] == ["comet", "no-memory", "full", "truncated", "sliding-window", "comet"]
-    assert by_name["comet"].comet == by_name["no-memory"].comet == shipped
+    by_name = {Path(args.out).name: args for args in runs if args.task == "ppl"}
+    methods = ["comet", "no-memory", "full", "full", "truncated", "truncated", "sliding-window", "sliding-window",
+               "comet"]
+    assert [by_name[n].method for n in names] == methods
+    assert all(by_name[n].comet == shipped for n in names if n in ("comet", "no-memory") or n.endswith("-lora"))
     assert by_name["comet-global-only"].comet == str(ablation)
     assert all(by_name[n].comet is None for n in ("full", "truncated", "sliding-window"))  # the base model alone
     grids = {(args.lengths == [1024, 4096], args.trials, args.seed) for args in runs if args.task != "ppl"}
-    assert grids == {(False, 3, 0), (True, 3, 0)} and by_name["full"].lengths == [1024, 4096]
-    assert len({(args.corpus, args.length, args.documents, args.seed) for args in runs if args.task == "ppl"}) == 1
+    assert grids == {(False, 3, 0), (True, 3, 0)}
+    assert all(args.lengths == [1024, 4096] for args in runs if args.task != "ppl" and args.method == "full")
+    # the same held-out documents for everyone: 32k tokens, past the baselines' window; full stops at its 8k
+    documents = {(args.corpus, args.documents, args.seed) for args in runs if args.task == "ppl"}
+    assert documents == {("bible", 2, 0)}
+    assert {(args.method, args.length) for args in runs if args.task == "ppl"} == {
+        ("comet", 32768), ("no-memory", 32768), ("full", 8192), ("truncated", 32768), ("sliding-window", 32768)}
     assert table[:2] == ["eval", "table"] and table[-2:] == ["--out", str(tmp_path / "out" / "table.md")]
 
     result = subprocess.run(["bash", str(COMPARE), str(tmp_path / "out"), str(tmp_path)], capture_output=True,

@@ -58,14 +58,39 @@ def _accuracy_cell(summary: dict | None, lengths: list[int]) -> str:
     return " / ".join(values) + ("" if summary["complete"] else "*")
 
 
-def _seconds_cell(summary: dict | None) -> str:
-    """Seconds per trial at the grid's longest length."""
+def _seconds_cell(summary: dict | None, lengths: list[int]) -> str:
+    """Seconds per trial at the grid's longest length, which is named when the table's columns go further."""
     if summary is None:
         return "-"
     longest = max(summary["config"]["lengths"])
     cells = [c for c in summary["cells"] if c["length"] == longest and c["done"]]
     done = sum(c["done"] for c in cells)
-    return f"{sum(c['seconds'] for c in cells) / done:.1f}" if done else "-"
+    if not done:
+        return "-"
+    return f"{sum(c['seconds'] for c in cells) / done:.1f}" + ("" if longest == max(lengths) else
+                                                               f" ({length_label(longest)})")
+
+
+def _ppl_cells(summary: dict | None, name_length: bool) -> list[str]:
+    """Perplexity (with its document length when the table mixes lengths) and tokens per second."""
+    if summary is None:
+        return ["-", "-"]
+    ppl = "-" if summary["ppl"] is None else f"{summary['ppl']:.3f}" + ("" if summary["complete"] else "*")
+    if name_length and summary["ppl"] is not None:
+        ppl += f" ({length_label(summary['config']['length'])})"
+    speed = summary["cost"]["tokens_per_s"]
+    return [ppl, "-" if speed is None else f"{speed:,.0f}"]
+
+
+def _model_cell(name: str) -> str:
+    """A model folder under the working directory as a relative path, so the table reads the same anywhere."""
+    path = Path(name)
+    if path.is_absolute():
+        try:
+            return str(path.relative_to(Path.cwd()))
+        except ValueError:
+            pass
+    return name
 
 
 def format_table(summaries: list[dict]) -> str:
@@ -90,19 +115,18 @@ def format_table(summaries: list[dict]) -> str:
             header += [f"{TITLES[task]} acc. ({' / '.join(labels)})",
                        f"{TITLES[task]} s/trial (longest)"]
     has_ppl = any(s["task"] == "ppl" for s in summaries)
+    ppl_lengths = {s["config"]["length"] for s in summaries if s["task"] == "ppl"}
     if has_ppl:
         header += ["ppl", "ppl tok/s"]
     header.append("peak RSS (MiB)")
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for (method, window, sinks, name), row in rows.items():
-        cells = [_method_cell(method, window, sinks), name]
+        cells = [_method_cell(method, window, sinks), _model_cell(name)]
         for task in ("passkey", "niah"):
             if lengths[task]:
-                cells += [_accuracy_cell(row.get(task), lengths[task]), _seconds_cell(row.get(task))]
+                cells += [_accuracy_cell(row.get(task), lengths[task]), _seconds_cell(row.get(task), lengths[task])]
         if has_ppl:
-            ppl = row.get("ppl")
-            cells += ["-" if ppl is None or ppl["ppl"] is None else f"{ppl['ppl']:.3f}" + ("" if ppl["complete"] else "*"),
-                      "-" if ppl is None or ppl["cost"]["tokens_per_s"] is None else f"{ppl['cost']['tokens_per_s']:,.0f}"]
+            cells += _ppl_cells(row.get("ppl"), len(ppl_lengths) > 1)
         cells.append(f"{max(s['cost']['peak_rss_mib'] for s in row.values()):,.0f}")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
