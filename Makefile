@@ -1,5 +1,5 @@
 # The two front-door commands: `make demo` and `make test`. Both create and reuse the virtual
-# environment in .venv; it is rebuilt when pyproject.toml or constraints.txt change.
+# environment in .venv; it is rebuilt when pyproject.toml, setup.py or constraints.txt change.
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cometlm-installed
@@ -8,7 +8,7 @@ STAMP := $(VENV)/.cometlm-installed
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml setup.py constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	# torch is named here so that pip takes the local CPU wheel instead of a CUDA build.
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0 -e '.[dev,eval]'

@@ -1,8 +1,11 @@
 """The lm-evaluation-harness backend: lm-eval runs offline on local tasks, and its numbers equal the model's own."""
 
 import json
+import os
 import shlex
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -192,3 +195,24 @@ def test_the_harness_command_line(setup, tmp_path, monkeypatch):
     assert results["config"]["model"] == "cometlm" and results["config"]["cometlm_layout"] == "primed"
     assert "comet_mc" in results["results"] and "acc,none" in results["results"]["comet_mc"]
     assert (tmp_path / "cache_rank0.db").is_file()  # the request cache a rerun answers from
+
+
+def test_plain_lm_eval_runs_the_backend_and_python_start_up_stays_light(setup, tmp_path):
+    """`lm_eval --model cometlm`, the harness's own script: the installed .pth hook registers the backend when
+    lm-eval loads (0.4.13 has no plugin discovery), and a Python that never imports lm-eval loads nothing of ours."""
+    root, model, tokenizer = setup
+    bare = subprocess.run([sys.executable, "-c", "import sys; print(sorted({'torch', 'cometlm', 'lm_eval'} & set("
+                           "sys.modules)))"], capture_output=True, text=True, check=True)
+    assert bare.stdout.strip() == "[]"
+
+    out = tmp_path / "results"
+    script = Path(sys.executable).with_name("lm_eval")
+    subprocess.run([str(script), "--model", "cometlm", "--model_args", f"comet={root / 'model'}", "--tasks",
+                    "comet_mc", "--include_path", str(root / "tasks"), "--device", "cpu", "--output_path", str(out)],
+                   check=True, capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    (written,) = out.rglob("results_*.json")
+    results = json.loads(written.read_text())
+    assert results["config"]["model"] == "cometlm"
+    direct = simple_evaluate(model="cometlm", model_args=f"comet={root / 'model'}", tasks=["comet_mc"], device="cpu",
+                             task_manager=TaskManager(include_path=str(root / "tasks"), include_defaults=False))
+    assert results["results"]["comet_mc"]["acc,none"] == direct["results"]["comet_mc"]["acc,none"]

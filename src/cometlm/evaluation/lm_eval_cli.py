@@ -1,7 +1,8 @@
 """`cometlm lm-eval ...`: lm-evaluation-harness's own command line, with the cometlm backend registered.
 
-lm-eval 0.4.13 has no plugin discovery for models, so its `lm_eval` script cannot see `--model cometlm`; this
-command imports the backend (`cometlm.evaluation.harness`) and hands every argument to the harness unchanged.
+The installed `cometlm-lm-eval.pth` hook (src/_cometlm_lm_eval.py) already makes the harness's `lm_eval` script
+see `--model cometlm`; this command is the same run with `--model cometlm` filled in, and it imports the backend
+itself, so it also works where site-packages' .pth files are not run (`python -S`, some embedded interpreters).
 Only argparse is imported until the command runs, so `cometlm --help` stays fast.
 """
 
