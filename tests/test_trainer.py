@@ -449,6 +449,24 @@ def test_train_command_trains_resumes_and_continues_from_its_output(tmp_path, ca
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
 
 
+def test_a_mixture_logs_the_datasets_of_each_step_and_plots_them_apart(tmp_path, base):
+    from matplotlib.image import imread
+
+    from cometlm.training.data import MixtureDataset
+
+    short, long = make_data(4, seed=1), make_data(4, seed=2)
+    mix = MixtureDataset([short, long], [1, 1], seed=3, size=1000, names=["short", "long"])
+    assert [mix.source(i) for i in range(40)] == [["short", "long"][mix.component(i)[0]] for i in range(40)]
+    result = train(comet(base), mix, config(tmp_path, "mix", max_steps=60, lr=1e-3))  # grad_accum 2: 2 samples
+    records = read_metrics(result.metrics)
+    assert [r["sources"] for r in records] == [sorted({mix.source(2 * s), mix.source(2 * s + 1)}) for s in range(60)]
+    assert {len(r["sources"]) for r in records} == {1, 2}  # steps of one source and mixed steps
+    assert imread(result.loss_plot).shape[1] == 800
+    assert "sources" not in read_metrics(train(comet(base), make_data(), config(tmp_path, "plain")).metrics)[0]
+    with pytest.raises(ValueError, match="one name per dataset"):
+        MixtureDataset([short, long], [1, 1], names=["short"])
+
+
 def test_data_specs_mix_with_weights(tmp_path, tiny_model_dir):
     from transformers import AutoTokenizer
 
@@ -464,6 +482,7 @@ def test_data_specs_mix_with_weights(tmp_path, tiny_model_dir):
     assert not isinstance(single, MixtureDataset)
     mix = load_mixture([f"jsonl-text:{files[0]}@3", f"jsonl-text:{files[1]}"], tokenizer, 32)
     assert isinstance(mix, MixtureDataset) and mix.weights == [0.75, 0.25]
+    assert mix.names == [f"jsonl-text:{files[0]}", f"jsonl-text:{files[1]}"]  # the specs, without the weights
     drawn = {tuple(mix[i].input_ids) for i in range(40)}
     assert drawn == {tuple(single[0].input_ids), tuple(load_mixture([f"jsonl-text:{files[1]}"], tokenizer, 32)[0].input_ids)}
     with pytest.raises(ValueError, match="weight after '@' must be a number"):

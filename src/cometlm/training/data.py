@@ -351,9 +351,14 @@ class _GeneratedDataset:
             raise ValueError(f"size must be at least 1 (got {size})")
         self.seed = seed
         self.size = size
+        self.names = list(names) if names is not None else [f"dataset {k}" for k in range(len(self.datasets))]
 
     def __len__(self) -> int:
         return self.size
+
+    def source(self, index: int) -> str:
+        """The name of the dataset sample `index` comes from (what the training metrics and loss plot show)."""
+        return self.names[self.component(index)[0]]
 
     def __getitem__(self, index: int) -> Sample:
         index = _check_index(index, self.size)
@@ -494,9 +499,12 @@ class MixtureDataset:
     """Sample i comes from component k with probability weights[k] / sum(weights), at an index drawn uniformly
     from that component (with replacement); both draws depend only on (seed, i)."""
 
-    def __init__(self, datasets: Sequence, weights: Sequence[float], seed: int = 0, size: int = 1_000_000):
+    def __init__(self, datasets: Sequence, weights: Sequence[float], seed: int = 0, size: int = 1_000_000,
+                 names: Sequence[str] | None = None):
         if not datasets or len(datasets) != len(weights):
             raise ValueError(f"need one weight per dataset (got {len(datasets)} datasets and {len(weights)} weights)")
+        if names is not None and len(names) != len(datasets):
+            raise ValueError(f"need one name per dataset (got {len(datasets)} datasets and {len(names)} names)")
         if any(not w >= 0 for w in weights) or sum(weights) <= 0:
             raise ValueError(f"weights must be non-negative numbers with a positive sum (got {list(weights)})")
         if size < 1:
@@ -505,9 +513,14 @@ class MixtureDataset:
         self.weights = [w / sum(weights) for w in weights]
         self.seed = seed
         self.size = size
+        self.names = list(names) if names is not None else [f"dataset {k}" for k in range(len(self.datasets))]
 
     def __len__(self) -> int:
         return self.size
+
+    def source(self, index: int) -> str:
+        """The name of the dataset sample `index` comes from (what the training metrics and loss plot show)."""
+        return self.names[self.component(index)[0]]
 
     def component(self, index: int) -> tuple[int, int]:
         """(dataset, index in it) of sample `index`."""

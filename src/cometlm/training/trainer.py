@@ -241,6 +241,7 @@ def _run(model, dataset, config, optimizer, scheduler, planner, progress: Progre
                 step_start = time.perf_counter()
                 replica, replicas = (0, 1) if parallel is None else (parallel.replica, parallel.replicas)
                 batches, position = _micro_batches(dataset, progress.position, config, pad_id, replica, replicas)
+                sources = _sources(dataset, progress.position, config, replica, replicas) if log is not None else None
                 plans = [_plan(planner, b, config.seed, progress.step, micro * replicas + replica)
                          for micro, b in enumerate(batches)]
                 loss, tokens = _accumulate(model, batches, plans, config, parallel)
@@ -259,7 +260,7 @@ def _run(model, dataset, config, optimizer, scheduler, planner, progress: Progre
                 if log is None:
                     continue
                 log.step(progress, lr_factor(progress.step - 1, config) * config.lr, grad_norm, tokens,
-                         time.perf_counter() - step_start)
+                         time.perf_counter() - step_start, sources)
                 if progress.step % config.save_every == 0:
                     checkpoint = _save(output, model, optimizer, scheduler, progress, config)
         except KeyboardInterrupt:
@@ -374,6 +375,16 @@ def _micro_batches(dataset, position: int, config: TrainConfig, pad_id: int, rep
         batches.append(batch)
         position += config.batch_size * replicas
     return batches, position
+
+
+def _sources(dataset, position: int, config: TrainConfig, replica: int = 0, replicas: int = 1) -> set[str] | None:
+    """The names of the datasets a mixture drew this step's samples (those `_micro_batches` reads) from; None for
+    a dataset that is not a mixture."""
+    if not hasattr(dataset, "source"):
+        return None
+    starts = (position + micro * config.batch_size * replicas + replica * config.batch_size
+              for micro in range(config.grad_accum))
+    return {dataset.source((start + i) % len(dataset)) for start in starts for i in range(config.batch_size)}
 
 
 def _pad_id(config) -> int:
@@ -499,13 +510,14 @@ class TrainingLog:
         self.bar = tqdm(total=config.last_step, initial=start_step, desc="training", unit="step", dynamic_ncols=True)
         self.window = []
 
-    def step(self, progress: Progress, lr: float, grad_norm: float, tokens: int, seconds: float) -> None:
-        self.window.append((progress.loss, grad_norm, tokens, seconds))
+    def step(self, progress: Progress, lr: float, grad_norm: float, tokens: int, seconds: float,
+             sources: set[str] | None = None) -> None:
+        self.window.append((progress.loss, grad_norm, tokens, seconds, sources))
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{progress.loss:.4f}", tok_s=f"{tokens / max(seconds, 1e-9):,.0f}")
         if progress.step % self.config.log_every and progress.step != self.config.last_step:
             return
-        losses, norms, counts, times = zip(*self.window)
+        losses, norms, counts, times, sources = zip(*self.window)
         self.window = []
         record = {
             "step": progress.step,
@@ -516,6 +528,8 @@ class TrainingLog:
             "tokens": progress.tokens,
             "elapsed": round(progress.elapsed, 3),
         }
+        if sources[0] is not None:  # a mixture: which of its datasets the logged steps' samples came from
+            record["sources"] = sorted(set().union(*sources))
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.writer is not None:
@@ -558,18 +572,38 @@ def read_metrics(path: str | Path) -> list[dict]:
     return records
 
 
-def plot_loss_curve(metrics: Path, png: Path) -> Path:
-    """Loss against step from the metrics file (every run of a resumed training), as a PNG; no pyplot state."""
+def plot_loss_curve(metrics: Path, png: Path, smooth: int = 25) -> Path:
+    """Loss against step from the metrics file (every run of a resumed training), as a PNG; no pyplot state.
+
+    The logged losses are drawn faintly with a moving average of `smooth` of them on top. For a mixture, each
+    dataset gets its own colour (a record of samples from several datasets is "mixed"), since sources with
+    losses as different as a passkey answer's and a book's would otherwise hide each other's trends.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     records = read_metrics(metrics)
-    figure = Figure(figsize=(7, 4), dpi=100)
+    series: dict[str, list[dict]] = {}
+    for record in records:
+        sources = record.get("sources") or ["training loss"]
+        series.setdefault(sources[0] if len(sources) == 1 else "mixed", []).append(record)
+    figure = Figure(figsize=(8, 4.5), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    axes.plot([r["step"] for r in records], [r["loss"] for r in records], marker="." if len(records) < 50 else None)
+    for k, (name, part) in enumerate(series.items()):
+        steps, losses = [r["step"] for r in part], [r["loss"] for r in part]
+        color = f"C{k}"
+        if len(part) < 50:
+            axes.plot(steps, losses, marker=".", color=color, label=name)
+            continue
+        axes.plot(steps, losses, linestyle="none", marker=".", markersize=2, alpha=0.25, color=color)
+        window = min(smooth, len(part))
+        average = [sum(losses[i - window + 1 : i + 1]) / window for i in range(window - 1, len(losses))]
+        axes.plot(steps[window - 1 :], average, color=color, label=f"{name} (mean of {window})")
     axes.set_xlabel("step")
     axes.set_ylabel("training loss")
+    if len(series) > 1 or len(records) >= 50:
+        axes.legend(fontsize=8)
     axes.grid(alpha=0.3)
     figure.tight_layout()
     tmp = png.with_name(f".{png.stem}.tmp-{os.getpid()}{png.suffix}")
@@ -751,9 +785,10 @@ def load_mixture(specs: list[str], tokenizer, max_length: int, on_error: str = "
     """One dataset from ``--data`` SPEC[@WEIGHT] arguments: the named dataset, or a ``MixtureDataset`` of several."""
     from .data import MixtureDataset
 
-    datasets, weights = [], []
+    datasets, weights, names = [], [], []
     for spec in specs:
         name, at, weight = spec.rpartition("@") if "@" in spec else (spec, "", "1")
+        names.append(name)
         try:
             weights.append(float(weight))
         except ValueError:
@@ -761,7 +796,7 @@ def load_mixture(specs: list[str], tokenizer, max_length: int, on_error: str = "
         datasets.append(load_dataset(name, tokenizer, max_length, on_error, seed))
     if len(datasets) == 1:
         return datasets[0]
-    return MixtureDataset(datasets, weights, seed=seed)
+    return MixtureDataset(datasets, weights, seed=seed, names=names)
 
 
 def load_dataset(spec: str, tokenizer, max_length: int, on_error: str = "skip", seed: int = 0):
