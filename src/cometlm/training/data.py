@@ -351,14 +351,9 @@ class _GeneratedDataset:
             raise ValueError(f"size must be at least 1 (got {size})")
         self.seed = seed
         self.size = size
-        self.names = list(names) if names is not None else [f"dataset {k}" for k in range(len(self.datasets))]
 
     def __len__(self) -> int:
         return self.size
-
-    def source(self, index: int) -> str:
-        """The name of the dataset sample `index` comes from (what the training metrics and loss plot show)."""
-        return self.names[self.component(index)[0]]
 
     def __getitem__(self, index: int) -> Sample:
         index = _check_index(index, self.size)
