@@ -513,7 +513,7 @@ class MixtureDataset:
     def __len__(self) -> int:
         return self.size
 
-    def source(self, index: int) -> str:
+    def source_of(self, index: int) -> str:
         """The name of the dataset sample `index` comes from (what the training metrics and loss plot show)."""
         return self.names[self.component(index)[0]]
 

@@ -380,11 +380,11 @@ def _micro_batches(dataset, position: int, config: TrainConfig, pad_id: int, rep
 def _sources(dataset, position: int, config: TrainConfig, replica: int = 0, replicas: int = 1) -> set[str] | None:
     """The names of the datasets a mixture drew this step's samples (those `_micro_batches` reads) from; None for
     a dataset that is not a mixture."""
-    if not hasattr(dataset, "source"):
+    if not callable(getattr(dataset, "source_of", None)):
         return None
     starts = (position + micro * config.batch_size * replicas + replica * config.batch_size
               for micro in range(config.grad_accum))
-    return {dataset.source((start + i) % len(dataset)) for start in starts for i in range(config.batch_size)}
+    return {dataset.source_of((start + i) % len(dataset)) for start in starts for i in range(config.batch_size)}
 
 
 def _pad_id(config) -> int:
