@@ -459,7 +459,8 @@ def test_a_mixture_logs_the_datasets_of_each_step_and_plots_them_apart(tmp_path,
     assert [mix.source_of(i) for i in range(40)] == [["short", "long"][mix.component(i)[0]] for i in range(40)]
     result = train(comet(base), mix, config(tmp_path, "mix", max_steps=60, lr=1e-3))  # grad_accum 2: 2 samples
     records = read_metrics(result.metrics)
-    assert [r["sources"] for r in records] == [sorted({mix.source_of(2 * s), mix.source_of(2 * s + 1)}) for s in range(60)]
+    drawn = [sorted({mix.source_of(2 * s), mix.source_of(2 * s + 1)}) for s in range(60)]
+    assert [r["sources"] for r in records] == drawn
     assert {len(r["sources"]) for r in records} == {1, 2}  # steps of one source and mixed steps
     assert imread(result.loss_plot).shape[1] == 800
     assert "sources" not in read_metrics(train(comet(base), make_data(), config(tmp_path, "plain")).metrics)[0]
