@@ -457,15 +457,57 @@ def test_a_mixture_logs_the_datasets_of_each_step_and_plots_them_apart(tmp_path,
     short, long = make_data(4, seed=1), make_data(4, seed=2)
     mix = MixtureDataset([short, long], [1, 1], seed=3, size=1000, names=["short", "long"])
     assert [mix.source_of(i) for i in range(40)] == [["short", "long"][mix.component(i)[0]] for i in range(40)]
-    result = train(comet(base), mix, config(tmp_path, "mix", max_steps=60, lr=1e-3))  # grad_accum 2: 2 samples
-    records = read_metrics(result.metrics)
+    result = train(comet(base), mix, config(tmp_path, "each", max_steps=60, lr=1e-3))  # grad_accum 2: 2 samples
+    steps = read_metrics(result.metrics)
     drawn = [sorted({mix.source_of(2 * s), mix.source_of(2 * s + 1)}) for s in range(60)]
-    assert [r["sources"] for r in records] == drawn
-    assert {len(r["sources"]) for r in records} == {1, 2}  # steps of one source and mixed steps
+    assert [r["sources"] for r in steps] == drawn
+    assert {len(r["sources"]) for r in steps} == {1, 2}  # steps of one dataset and mixed steps
+    for r in steps:
+        assert r.get("loss_by_source") == ({r["sources"][0]: r["loss"]} if len(r["sources"]) == 1 else None)
     assert imread(result.loss_plot).shape[1] == 800
+
+    # Logged every 4 steps: each dataset's loss is the mean over the window's steps of that dataset alone.
+    windows = read_metrics(train(comet(base), mix, config(tmp_path, "every4", max_steps=60, lr=1e-3,
+                                                          log_every=4)).metrics)
+    for record in windows:
+        window = [r for r in steps if record["step"] - 4 < r["step"] <= record["step"]]
+        assert record["sources"] == sorted({s for r in window for s in r["sources"]})
+        alone = {name: [r["loss"] for r in window if r["sources"] == [name]] for name in ("short", "long")}
+        want = {name: sum(v) / len(v) for name, v in alone.items() if v}
+        assert record.get("loss_by_source", {}).keys() == want.keys()
+        assert all(record["loss_by_source"][k] == pytest.approx(v, rel=1e-6) for k, v in want.items())
+
     assert "sources" not in read_metrics(train(comet(base), make_data(), config(tmp_path, "plain")).metrics)[0]
     with pytest.raises(ValueError, match="one name per dataset"):
         MixtureDataset([short, long], [1, 1], names=["short"])
+
+
+def test_the_logged_sources_are_the_samples_every_data_replica_reads():
+    from cometlm.training.trainer import _micro_batches, _sources
+
+    class Recording:
+        """Samples named by their index; remembers which indices were read."""
+
+        def __init__(self):
+            self.samples, self.read = make_data(), set()
+
+        def __len__(self):
+            return 50
+
+        def __getitem__(self, i):
+            self.read.add(i)
+            return self.samples[i % len(self.samples)]
+
+        def source_of(self, i):
+            return f"sample {i}"
+
+    settings = TrainConfig(output_dir="unused", batch_size=2, grad_accum=3)
+    for position in (0, 44):  # from the start, and wrapping around the end
+        data = Recording()
+        for replica in range(2):
+            _micro_batches(data, position, settings, 0, replica, 2)
+        assert _sources(data, position, settings, replicas=2) == {f"sample {i}" for i in data.read}
+        assert len(data.read) == 2 * 3 * 2
 
 
 def test_data_specs_mix_with_weights(tmp_path, tiny_model_dir):

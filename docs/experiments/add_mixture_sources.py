@@ -27,5 +27,6 @@ weights = [float(spec.rpartition("@")[2]) if "@" in spec else 1.0 for spec in ar
 mixture = MixtureDataset([[None]] * len(names), weights, seed=args.seed, names=names)  # only the draw is needed
 with open(args.out_jsonl, "w") as f:
     for record in read_metrics(args.metrics):
-        f.write(json.dumps({**record, "sources": [mixture.source_of(record["step"] - 1)]}) + "\n")
+        source = mixture.source_of(record["step"] - 1)
+        f.write(json.dumps({**record, "sources": [source], "loss_by_source": {source: record["loss"]}}) + "\n")
 plot_loss_curve(Path(args.out_jsonl), Path(args.out_png))

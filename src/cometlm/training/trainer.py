@@ -241,7 +241,7 @@ def _run(model, dataset, config, optimizer, scheduler, planner, progress: Progre
                 step_start = time.perf_counter()
                 replica, replicas = (0, 1) if parallel is None else (parallel.replica, parallel.replicas)
                 batches, position = _micro_batches(dataset, progress.position, config, pad_id, replica, replicas)
-                sources = _sources(dataset, progress.position, config, replica, replicas) if log is not None else None
+                sources = _sources(dataset, progress.position, config, replicas) if log is not None else None
                 plans = [_plan(planner, b, config.seed, progress.step, micro * replicas + replica)
                          for micro, b in enumerate(batches)]
                 loss, tokens = _accumulate(model, batches, plans, config, parallel)
@@ -377,14 +377,13 @@ def _micro_batches(dataset, position: int, config: TrainConfig, pad_id: int, rep
     return batches, position
 
 
-def _sources(dataset, position: int, config: TrainConfig, replica: int = 0, replicas: int = 1) -> set[str] | None:
-    """The names of the datasets a mixture drew this step's samples (those `_micro_batches` reads) from; None for
-    a dataset that is not a mixture."""
+def _sources(dataset, position: int, config: TrainConfig, replicas: int = 1) -> set[str] | None:
+    """The names of the datasets a mixture drew this step's samples from, over every data replica (the logged
+    loss is theirs together; `_micro_batches` reads the same indices); None for a dataset that is not a mixture."""
     if not callable(getattr(dataset, "source_of", None)):
         return None
-    starts = (position + micro * config.batch_size * replicas + replica * config.batch_size
-              for micro in range(config.grad_accum))
-    return {dataset.source_of((start + i) % len(dataset)) for start in starts for i in range(config.batch_size)}
+    samples = config.grad_accum * config.batch_size * replicas
+    return {dataset.source_of((position + i) % len(dataset)) for i in range(samples)}
 
 
 def _pad_id(config) -> int:
@@ -530,6 +529,12 @@ class TrainingLog:
         }
         if sources[0] is not None:  # a mixture: which of its datasets the logged steps' samples came from
             record["sources"] = sorted(set().union(*sources))
+            by_source: dict[str, list[float]] = {}
+            for loss, step_sources in zip(losses, sources):
+                if len(step_sources) == 1:  # a step of one dataset's samples only
+                    by_source.setdefault(next(iter(step_sources)), []).append(loss)
+            if by_source:
+                record["loss_by_source"] = {k: sum(v) / len(v) for k, v in sorted(by_source.items())}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.writer is not None:
@@ -576,22 +581,29 @@ def plot_loss_curve(metrics: Path, png: Path, smooth: int = 25) -> Path:
     """Loss against step from the metrics file (every run of a resumed training), as a PNG; no pyplot state.
 
     The logged losses are drawn faintly with a moving average of `smooth` of them on top. For a mixture, each
-    dataset gets its own colour (a record of samples from several datasets is "mixed"), since sources with
-    losses as different as a passkey answer's and a book's would otherwise hide each other's trends.
+    dataset gets its own colour, from the logged steps whose samples all came from it (`loss_by_source`; a
+    record whose every step mixed datasets is drawn as "mixed"), since sources with losses as different as a
+    passkey answer's and a book's would otherwise hide each other's trends.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     records = read_metrics(metrics)
-    series: dict[str, list[dict]] = {}
+    series: dict[str, list[tuple[int, float]]] = {}  # name -> (step, loss)
     for record in records:
-        sources = record.get("sources") or ["training loss"]
-        series.setdefault(sources[0] if len(sources) == 1 else "mixed", []).append(record)
+        if "sources" not in record:
+            series.setdefault("training loss", []).append((record["step"], record["loss"]))
+            continue
+        by_source = record.get("loss_by_source") or {}
+        for name, loss in by_source.items():
+            series.setdefault(name, []).append((record["step"], loss))
+        if len(record["sources"]) > 1 and not by_source:  # only steps that mixed datasets
+            series.setdefault("mixed", []).append((record["step"], record["loss"]))
     figure = Figure(figsize=(8, 4.5), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     for k, (name, part) in enumerate(series.items()):
-        steps, losses = [r["step"] for r in part], [r["loss"] for r in part]
+        steps, losses = [step for step, _ in part], [loss for _, loss in part]
         color = f"C{k}"
         if len(part) < 50:
             axes.plot(steps, losses, marker=".", color=color, label=name)
