@@ -102,3 +102,11 @@ def test_a_shorter_grid_or_document_says_its_length(results, monkeypatch, tmp_pa
     assert comet[4] == f"{out['ppl-comet']['ppl']:.3f} (128)"  # no NIAH columns: ppl is the fifth
     assert rows["full (1024)"][4] == f"{out['ppl-full']['ppl']:.3f} (150)"
     assert "(" not in rows["sliding-window (4 sink + 64)"][3]  # its grid reaches the longest column
+
+
+def test_lengths_named_in_cells_are_exact_when_labels_would_collide(results):
+    root, out = results
+    summaries = load_results([root / "ppl-comet", root / "ppl-full"])
+    summaries[0]["config"]["length"], summaries[1]["config"]["length"] = 8000, 8192  # both "8k"
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in format_table(summaries).splitlines()[2:4]]
+    assert [row[2] for row in rows] == [f"{out['ppl-comet']['ppl']:.3f} (8000)", f"{out['ppl-full']['ppl']:.3f} (8192)"]

@@ -58,7 +58,7 @@ def _accuracy_cell(summary: dict | None, lengths: list[int]) -> str:
     return " / ".join(values) + ("" if summary["complete"] else "*")
 
 
-def _seconds_cell(summary: dict | None, lengths: list[int]) -> str:
+def _seconds_cell(summary: dict | None, lengths: list[int], label) -> str:
     """Seconds per trial at the grid's longest length, which is named when the table's columns go further."""
     if summary is None:
         return "-"
@@ -68,16 +68,16 @@ def _seconds_cell(summary: dict | None, lengths: list[int]) -> str:
     if not done:
         return "-"
     return f"{sum(c['seconds'] for c in cells) / done:.1f}" + ("" if longest == max(lengths) else
-                                                               f" ({length_label(longest)})")
+                                                               f" ({label(longest)})")
 
 
-def _ppl_cells(summary: dict | None, name_length: bool) -> list[str]:
+def _ppl_cells(summary: dict | None, name_length: bool, label) -> list[str]:
     """Perplexity (with its document length when the table mixes lengths) and tokens per second."""
     if summary is None:
         return ["-", "-"]
     ppl = "-" if summary["ppl"] is None else f"{summary['ppl']:.3f}" + ("" if summary["complete"] else "*")
     if name_length and summary["ppl"] is not None:
-        ppl += f" ({length_label(summary['config']['length'])})"
+        ppl += f" ({label(summary['config']['length'])})"
     speed = summary["cost"]["tokens_per_s"]
     return [ppl, "-" if speed is None else f"{speed:,.0f}"]
 
@@ -91,6 +91,12 @@ def _model_cell(name: str) -> str:
         except ValueError:
             pass
     return name
+
+
+def _labeller(lengths: set[int]):
+    """Short labels ("8k") for the lengths named in cells, or exact numbers when two of them would share one."""
+    short = {length_label(n) for n in lengths}
+    return length_label if len(short) == len(lengths) else str
 
 
 def format_table(summaries: list[dict]) -> str:
@@ -116,6 +122,7 @@ def format_table(summaries: list[dict]) -> str:
                        f"{TITLES[task]} s/trial (longest)"]
     has_ppl = any(s["task"] == "ppl" for s in summaries)
     ppl_lengths = {s["config"]["length"] for s in summaries if s["task"] == "ppl"}
+    label = _labeller({*lengths["passkey"], *lengths["niah"], *ppl_lengths})
     if has_ppl:
         header += ["ppl", "ppl tok/s"]
     header.append("peak RSS (MiB)")
@@ -124,9 +131,10 @@ def format_table(summaries: list[dict]) -> str:
         cells = [_method_cell(method, window, sinks), _model_cell(name)]
         for task in ("passkey", "niah"):
             if lengths[task]:
-                cells += [_accuracy_cell(row.get(task), lengths[task]), _seconds_cell(row.get(task), lengths[task])]
+                cells += [_accuracy_cell(row.get(task), lengths[task]),
+                          _seconds_cell(row.get(task), lengths[task], label)]
         if has_ppl:
-            cells += _ppl_cells(row.get("ppl"), len(ppl_lengths) > 1)
+            cells += _ppl_cells(row.get("ppl"), len(ppl_lengths) > 1, label)
         cells.append(f"{max(s['cost']['peak_rss_mib'] for s in row.values()):,.0f}")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
