@@ -373,9 +373,10 @@ def test_loss_goes_down_on_a_memorisation_task(tmp_path, base):
     assert losses[-1] < 0.5 * losses[0], losses
 
 
-def test_hugging_face_trainer_trains_the_model_without_special_code(tmp_path):
+def hf_trainer(output_dir, max_steps: int, **arguments):
     from transformers import Trainer, TrainingArguments
 
+    torch.manual_seed(0)
     model = randomize_memory(CometForCausalLM.from_backbone(tiny_backbone(), SMALL))
     rows = [{"input_ids": s.input_ids[:13], "labels": s.labels[:13]} for s in make_data(n=2)] * 4
 
@@ -383,13 +384,36 @@ def test_hugging_face_trainer_trains_the_model_without_special_code(tmp_path):
         return {k: torch.tensor([row[k] for row in batch]) for k in ("input_ids", "labels")}
 
     args = TrainingArguments(
-        output_dir=str(tmp_path), use_cpu=True, report_to=[], per_device_train_batch_size=2, max_steps=8,
-        learning_rate=1e-2, logging_steps=1, save_strategy="no", disable_tqdm=True,
+        output_dir=str(output_dir), use_cpu=True, report_to=[], per_device_train_batch_size=2, max_steps=max_steps,
+        learning_rate=1e-2, logging_steps=1, disable_tqdm=True, **{"save_strategy": "no", **arguments},
     )
-    trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collate)
+    return Trainer(model=model, args=args, train_dataset=rows, data_collator=collate)
+
+
+def test_hugging_face_trainer_trains_the_model_without_special_code(tmp_path):
+    trainer = hf_trainer(tmp_path, max_steps=8)
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(losses) == 8 and losses[-1] < 0.8 * losses[0], losses
+
+
+def test_hugging_face_trainer_checkpoints_and_resumes_exactly(tmp_path):
+    """Trainer's own checkpoints (safetensors, the tied LM head stored once): 2 steps, then a new Trainer resumes
+    from checkpoint-2 to step 4 and ends where 4 steps straight end."""
+    straight = hf_trainer(tmp_path / "straight", max_steps=4)
+    straight.train()
+    hf_trainer(tmp_path / "stopped", max_steps=4, save_strategy="steps", save_steps=2).train()
+    saved = load_file(tmp_path / "stopped" / "checkpoint-2" / "model.safetensors")
+    assert not any(name.endswith("lm_head.weight") for name in saved) and any("embed_tokens" in n for n in saved)
+    hf_trainer(tmp_path / "fresh", max_steps=1).model.load_state_dict(saved, strict=True)  # the head comes back
+    resumed = hf_trainer(tmp_path / "stopped", max_steps=4)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "stopped" / "checkpoint-2"))
+    assert resumed.state.global_step == 4
+    want, got = straight.model.state_dict(), resumed.model.state_dict()
+    assert want.keys() == got.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=1e-6, msg=name)
+    assert resumed.model.backbone_model.lm_head.weight is resumed.model.backbone.embed_tokens.weight
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -133,6 +133,28 @@ def same_base(got: dict, want: dict) -> bool:
     return len(a) == len(b) and all(abs(x - y) <= FINGERPRINT_TOLERANCE for x, y in zip(a, b))
 
 
+def _tied_names(module: nn.Module) -> list[list[str]]:
+    """Groups of parameter names that are one tensor (e.g. ``lm_head.weight`` and ``embed_tokens.weight``)."""
+    groups: dict[int, list[str]] = {}
+    for name, param in module.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(param), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
+
+
+def _drop_tied_copies(module, state_dict, prefix, local_metadata) -> None:
+    for first, *copies in _tied_names(module):
+        if prefix + first in state_dict:
+            for name in copies:
+                state_dict.pop(prefix + name, None)
+
+
+def _restore_tied_copies(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors) -> None:
+    for first, *copies in _tied_names(module):
+        if prefix + first in state_dict:
+            for name in copies:
+                state_dict.setdefault(prefix + name, state_dict[prefix + first])
+
+
 class CometForCausalLM(nn.Module):
     """A causal LM with CoMeT memories around a Hugging Face decoder (Llama, Mistral, Qwen2, Qwen3 families)."""
 
@@ -157,6 +179,10 @@ class CometForCausalLM(nn.Module):
             ).to(weight.dtype)
         self.gradient_checkpointing = False
         self.tokenizer = tokenizer
+        # Tied weights (an LM head sharing the embedding) appear once in the state dict, as in save_pretrained, so
+        # that safetensors can hold it: Trainer's checkpoints and torch.save(model.state_dict()) then round-trip.
+        self.register_state_dict_post_hook(_drop_tied_copies)
+        self.register_load_state_dict_pre_hook(_restore_tied_copies)
 
     # ----------------------------------------------------------------------------------------------------------
     # Construction
