@@ -1,6 +1,7 @@
 """`cometlm eval passkey`: the grid, its files, resuming, scoring, the layouts, the baselines and bad input."""
 
 import argparse
+import copy
 import json
 import random
 import subprocess
@@ -204,6 +205,16 @@ def test_resuming_refuses_a_folder_of_a_different_run(tmp_path, model, tokenizer
     with pytest.raises(ValueError, match="model_id"):
         run(tiny_model(chunk_size=32), tokenizer, tmp_path, lengths=(150,), layout="fixed")
     assert len(trial_records(tmp_path)) == 1
+
+
+def test_the_same_weights_in_bfloat16_are_another_run(tmp_path, model, tokenizer):
+    """float32 results keep the ids they always had (no dtype in them); bfloat16 ones say so and do not mix in."""
+    summary = run(model, tokenizer, tmp_path, lengths=(150,))
+    assert "dtype" not in summary["model"]
+    with pytest.raises(ValueError, match="model_id"):
+        run(copy.deepcopy(model).to(torch.bfloat16), tokenizer, tmp_path, lengths=(150,))
+    summary = run(copy.deepcopy(model).to(torch.bfloat16), tokenizer, tmp_path / "bf16", lengths=(150,))
+    assert summary["model"]["dtype"] == "bfloat16"
 
 
 @pytest.mark.parametrize(

@@ -137,6 +137,9 @@ def model_info(model, method: "Method", name: str | None) -> dict:
     lora = [p for n, p in model.backbone_model.named_parameters() if "lora_" in n]
     if lora:  # an adapter trained with LoRA changes the backbone every method reads with
         info["lora_checksum"] = _checksum(lora)
+    dtype = str(model.backbone.embed_tokens.weight.dtype).removeprefix("torch.")
+    if dtype != "float32":  # the default is left out, so that the ids of float32 results stay what they were
+        info["dtype"] = dtype
     identity = {k: v for k, v in info.items() if k != "name"}
     info["id"] = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
     return info
