@@ -110,3 +110,13 @@ def test_lengths_named_in_cells_are_exact_when_labels_would_collide(results):
     summaries[0]["config"]["length"], summaries[1]["config"]["length"] = 8000, 8192  # both "8k"
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in format_table(summaries).splitlines()[2:4]]
     assert [row[2] for row in rows] == [f"{out['ppl-comet']['ppl']:.3f} (8000)", f"{out['ppl-full']['ppl']:.3f} (8192)"]
+
+
+def test_grids_with_other_numbers_of_trials_say_how_many(results):
+    root, out = results
+    summaries = load_results([root / "passkey-comet", root / "passkey-sliding-window", root / "niah-comet"])
+    summaries[1]["config"]["trials"] = 10
+    rows = {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split("|")]
+                                          for line in format_table(summaries).splitlines()[2:4])}
+    assert rows["comet"][2].endswith(" (1 trial)") and rows["sliding-window (4 sink + 64)"][2].endswith(" (10 trials)")
+    assert "trials" not in rows["comet"][4]  # the NIAH column has one grid: nothing to tell apart

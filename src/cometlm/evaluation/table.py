@@ -50,12 +50,15 @@ def _method_cell(method: str, window, sink_tokens) -> str:
     return method
 
 
-def _accuracy_cell(summary: dict | None, lengths: list[int]) -> str:
+def _accuracy_cell(summary: dict | None, lengths: list[int], name_trials: bool) -> str:
+    """Accuracy per length, with the trials per cell when the column's grids do not all have the same number."""
     if summary is None:
         return "-"
     by_length = {row["length"]: row["accuracy"] for row in summary["accuracy_by_length"]}
     values = ["-" if by_length.get(n) is None else f"{by_length[n]:.2f}" for n in lengths]
-    return " / ".join(values) + ("" if summary["complete"] else "*")
+    count = summary["config"]["trials"]
+    trials = f" ({count} trial{'' if count == 1 else 's'})" if name_trials else ""
+    return " / ".join(values) + ("" if summary["complete"] else "*") + trials
 
 
 def _seconds_cell(summary: dict | None, lengths: list[int], label) -> str:
@@ -112,6 +115,8 @@ def format_table(summaries: list[dict]) -> str:
         row[summary["task"]] = summary
     lengths = {task: sorted({n for s in summaries if s["task"] == task for n in s["config"]["lengths"]})
                for task in ("passkey", "niah")}
+    mixed_trials = {task: len({s["config"]["trials"] for s in summaries if s["task"] == task}) > 1
+                    for task in ("passkey", "niah")}
     header = ["method", "model"]
     for task in ("passkey", "niah"):
         if lengths[task]:
@@ -131,7 +136,7 @@ def format_table(summaries: list[dict]) -> str:
         cells = [_method_cell(method, window, sinks), _model_cell(name)]
         for task in ("passkey", "niah"):
             if lengths[task]:
-                cells += [_accuracy_cell(row.get(task), lengths[task]),
+                cells += [_accuracy_cell(row.get(task), lengths[task], mixed_trials[task]),
                           _seconds_cell(row.get(task), lengths[task], label)]
         if has_ppl:
             cells += _ppl_cells(row.get("ppl"), len(ppl_lengths) > 1, label)
