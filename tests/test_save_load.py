@@ -48,6 +48,31 @@ def test_adapter_round_trip_is_small_and_checks_its_base(tmp_path):
 
 
 @torch.no_grad()
+def test_a_model_with_lora_round_trips_as_adapter_and_as_full_model(tmp_path):
+    """LoRA goes to its own file both ways; the full model's backbone is the plain model, LoRA not folded in."""
+    from transformers import AutoModelForCausalLM
+
+    from cometlm.training.lora import LORA_FILE, apply_lora, has_lora
+
+    base = saved_base(tmp_path)
+    comet = apply_lora(randomize_memory(CometForCausalLM.from_backbone(str(base), SMALL)))
+    for name, param in comet.named_parameters():
+        if ".lora_B." in name:  # peft starts B at zero, which would make the LoRA invisible in the outputs
+            param.normal_(std=0.5)
+    ids = random_ids(1, 30)
+    want = comet(ids).logits
+    for kind in ("adapter", "full"):
+        comet.save_pretrained(tmp_path / kind, adapter=kind == "adapter")
+        assert (tmp_path / kind / LORA_FILE).is_file()
+        loaded = CometForCausalLM.from_pretrained(tmp_path / kind)
+        assert has_lora(loaded) and torch.equal(loaded(ids).logits, want), kind
+    plain, info = AutoModelForCausalLM.from_pretrained(tmp_path / "full" / "backbone", output_loading_info=True)
+    assert not any(info.values()), info  # no missing, unexpected or mismatched weights
+    original = AutoModelForCausalLM.from_pretrained(base)
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), original.state_dict().values()))
+
+
+@torch.no_grad()
 def test_memory_state_round_trip(tmp_path):
     comet = tiny_comet()
     ids = random_ids(2, 27)

@@ -622,7 +622,11 @@ class CometForCausalLM(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike, adapter: bool = False) -> None:
         """Writes the model atomically: a full model (backbone + CoMeT) or an adapter (CoMeT weights only,
-        plus the name and fingerprint of the base model it needs)."""
+        plus the name and fingerprint of the base model it needs). LoRA on the backbone (``apply_lora``) goes
+        to its own ``lora.safetensors`` either way, and a full model's backbone is saved without it, as the
+        plain model it wraps, so that ``from_pretrained`` rebuilds exactly this model."""
+        from .training.lora import has_lora, save_lora
+
         directory = Path(directory)
         if adapter and not self.base_model:
             raise ValueError(
@@ -640,8 +644,16 @@ class CometForCausalLM(nn.Module):
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
         try:
             save_file(self.comet_state_dict(), tmp / WEIGHTS_FILE, metadata={"format": SAVE_FORMAT})
+            lora = has_lora(self)
+            if lora:
+                save_lora(self, tmp / LORA_FILE)
             if not adapter:
-                self.backbone_model.save_pretrained(tmp / BACKBONE_DIR)
+                # peft wraps each LoRA target as `<name>.base_layer`: its weights go back under their own names.
+                plain = None if not lora else {
+                    k.replace(".base_layer.", "."): v for k, v in self.backbone_model.state_dict().items()
+                    if ".lora_" not in k
+                }
+                self.backbone_model.save_pretrained(tmp / BACKBONE_DIR, state_dict=plain)
                 if self.tokenizer is not None:
                     self.tokenizer.save_pretrained(tmp / BACKBONE_DIR)
             (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")

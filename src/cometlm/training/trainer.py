@@ -637,13 +637,10 @@ def export_model(model, directory: Path, mode: str) -> Path:
     """The trained model for use: an adapter (CoMeT weights, plus ``lora.safetensors`` in LoRA mode) over the
     untouched base, or in mode "full" a full model. The folder appears complete or not at all."""
     from .checkpoint import replace_dir
-    from .lora import LORA_FILE, has_lora, save_lora
 
     staging = directory.with_name(f".{directory.name}.staging-{os.getpid()}")
     try:
         model.save_pretrained(staging / directory.name, adapter=mode != "full")
-        if has_lora(model):
-            save_lora(model, staging / directory.name / LORA_FILE)
         replace_dir(staging / directory.name, directory)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
