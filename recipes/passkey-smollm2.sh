@@ -9,8 +9,8 @@
 #            update overwrites). Only the first phase builds the model; later phases continue from the last.
 #   EXTRA    passed to every phase, e.g. --threads 2, --bf16, or the GPU's --batch-size.
 #
-# The adapter ends in OUT/passkey-v2g/final. Phases v1 to v2f made the adapter shipped at the end of session 3;
-# v2g (1,000 more steps at half the learning rate) is the next phase (see docs/EXPERIMENTS.md). Phases that were
+# The adapter ends in OUT/passkey-v2g/final: phase v2g made the shipped adapter (src/cometlm/adapters/
+# smollm2-135m-passkey), 1,000 steps at half phase v2f's learning rate (see docs/EXPERIMENTS.md). Phases that were
 # stopped early when the recipe was found replay with --stop-at (the schedule still spans --max-steps).
 set -euo pipefail
 OUT=${1:?usage: recipes/passkey-smollm2.sh OUT [comet|global-only|temp-only|no-gate] [-- EXTRA OPTIONS]}

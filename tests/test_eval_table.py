@@ -120,3 +120,12 @@ def test_grids_with_other_numbers_of_trials_say_how_many(results):
                                           for line in format_table(summaries).splitlines()[2:4])}
     assert rows["comet"][2].endswith(" (1 trial)") and rows["sliding-window (4 sink + 64)"][2].endswith(" (10 trials)")
     assert "trials" not in rows["comet"][4]  # the NIAH column has one grid: nothing to tell apart
+
+
+def test_peak_memory_is_the_largest_of_the_summary_and_its_cells(results):
+    """An older summary kept only the last process's peak; a cell written by an earlier process can be higher."""
+    root, out = results
+    summaries = load_results([root / "passkey-comet"])
+    summaries[0]["cells"][0]["peak_rss_mib"] = summaries[0]["cost"]["peak_rss_mib"] + 500.4
+    row = [c.strip() for c in format_table(summaries).splitlines()[2].strip("|").split("|")]
+    assert row[-1] == f"{summaries[0]['cost']['peak_rss_mib'] + 500.4:,.0f}"

@@ -160,8 +160,8 @@ def cmd_generate(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """The main job: reading a long bundled text and going on (default), or passkey retrieval with the shipped
-    adapter (or --comet DIR)."""
+    """The main job: passkey retrieval with the shipped adapter or --comet DIR (default), or reading a long
+    bundled text and going on (--task continue)."""
     from .bundled import SHIPPED_ADAPTER
     from .model import CONFIG_FILE
 

@@ -85,6 +85,13 @@ def _ppl_cells(summary: dict | None, name_length: bool, label) -> list[str]:
     return [ppl, "-" if speed is None else f"{speed:,.0f}"]
 
 
+def _peak_rss(summary: dict) -> float:
+    """The largest peak of a result, its cells' included: summaries from before `peak_rss_over` kept only the last
+    process's peak when several processes (a resumed run) wrote the cells."""
+    return max([summary["cost"]["peak_rss_mib"], *(c["peak_rss_mib"] for c in summary.get("cells", [])
+                                                   if c.get("peak_rss_mib") is not None)])
+
+
 def _model_cell(name: str) -> str:
     """A model folder under the working directory as a relative path, so the table reads the same anywhere."""
     path = Path(name)
@@ -140,7 +147,7 @@ def format_table(summaries: list[dict]) -> str:
                           _seconds_cell(row.get(task), lengths[task], label)]
         if has_ppl:
             cells += _ppl_cells(row.get("ppl"), len(ppl_lengths) > 1, label)
-        cells.append(f"{max(s['cost']['peak_rss_mib'] for s in row.values()):,.0f}")
+        cells.append(f"{max(_peak_rss(s) for s in row.values()):,.0f}")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     for summary in summaries:
