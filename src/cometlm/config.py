@@ -18,8 +18,8 @@ class CometConfig:
     gate           gated global update; ``False`` makes the update a plain overwrite (the paper's ablation).
     attention_sink one learned row at position 0 of every chunk, ahead of the memory rows, initialised from the
                    backbone's BOS embedding: the backbone keeps the attention sink it expects at the first
-                   position instead of finding memory rows there (METHOD.md section 3). Off by default, so that
-                   the layout is exactly METHOD.md section 1.
+                   position instead of finding memory rows there (METHOD.md section 1). Off by default, so that
+                   the layout is exactly the paper's.
     init_seed      seed of CoMeT's initial parameters (learned tokens, adapters, gates): ``from_backbone`` is
                    reproducible.
     gate_bias      initial bias of the global-memory gate in the first and the last layer (linear in between),

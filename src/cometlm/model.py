@@ -582,7 +582,7 @@ class CometForCausalLM(nn.Module):
 
         Reading ``text[:r]``, closing, then reading the rest is the right-aligned layout: choose ``r`` so that
         the final open chunk holds the prompt's tail (for example a question) with room left for the answer,
-        and no chunk boundary falls between a question and its answer (METHOD.md section 3).
+        and no chunk boundary falls between a question and its answer (METHOD.md section 4).
         """
         self.check_memory(state)
         closing = state.pending_len > 0

@@ -6,7 +6,7 @@ Each trial builds a passkey prompt of exactly `length` tokens with the key at `d
 `passkey_matches` (the first run of digits must be the key, so "482139" does not pass for "48213").
 
 Two layouts for the CoMeT methods: "fixed" cuts chunks of C from the start, as `generate(prompt)` does, so the
-question may start a fresh chunk; "primed" (METHOD.md section 3) closes a short first chunk so that the open
+question may start a fresh chunk; "primed" (METHOD.md section 4) closes a short first chunk so that the open
 chunk the answer is generated in holds the prompt's last tokens, the whole question and room for the answer.
 The grid, its files and resuming are `evaluation.grid`'s: `trials.jsonl`, `passkey.json`, `passkey.png`.
 """

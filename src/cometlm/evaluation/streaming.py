@@ -5,7 +5,7 @@ The comet and no-memory methods (`methods.MemoryMethod`), SCROLLS and the lm-eva
 (`harness.py`) use these. How many context tokens the open chunk holds is the layout's choice
 (`methods.open_chunk_tokens`): with "primed" a short first chunk is closed early so that every later chunk is
 right-aligned and the open chunk holds the question and the tokens before it with room for the answer
-(METHOD.md section 3); with "fixed", chunks of C are cut from the start, as `forward`, `ingest` and `generate`
+(METHOD.md section 4); with "fixed", chunks of C are cut from the start, as `forward`, `ingest` and `generate`
 cut them.
 
 Scoring runs the open chunk and the continuations chunk by chunk as `forward` does, but from a memory state: a
