@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 import torch
 
+from cometlm.state import MemoryState
 from conftest import SMALL, assert_states_equal, random_ids, tiny_comet
 
 
@@ -48,13 +49,62 @@ def test_batched_generation_equals_one_by_one():
     for b in range(3):
         alone = greedy(comet, prompts[b : b + 1], 20)
         assert torch.equal(together.sequences[b], alone.sequences[0])
-    # Prompts of different lengths (left padding) give each prompt's own continuation.
-    mask = torch.tensor([[1] * 11, [0] * 4 + [1] * 7, [0] * 9 + [1] * 2])
-    ragged = comet.generate(prompts, attention_mask=mask, max_new_tokens=12, eos_token_id=[])
-    for b in range(3):
-        row = prompts[b][mask[b].bool()][None]
-        alone = comet.generate(row, max_new_tokens=12, eos_token_id=[])
-        assert torch.equal(ragged[b, : alone.shape[1]], alone[0])
+
+
+def one_stream(state: MemoryState, b: int) -> MemoryState:
+    """Stream b of a memory state, its open chunk cut to its length: comparable with the state of b alone."""
+    tensors = {key: value[b : b + 1] for key, value in state.tensors().items()}
+    tensors["pending"] = tensors["pending"][:, : int(state.pending_len[b])]
+    return MemoryState.from_tensors(state.config, tensors)
+
+
+def mask_of(lengths, width, left):
+    positions = torch.arange(width)[None]
+    lengths = torch.tensor(lengths)[:, None]
+    return (positions >= width - lengths if left else positions < lengths).long()
+
+
+@pytest.mark.parametrize("left", [True, False], ids=["left-padded", "right-padded"])
+def test_prompts_of_different_lengths_decode_together_as_each_would_alone(left):
+    comet = tiny_comet()
+    lengths = [11, 7, 2, 16]  # open chunks of 3, 7, 2 and 8 tokens (C=8): they fill and close at different steps
+    prompts = random_ids(4, 16)
+    mask = mask_of(lengths, 16, left)
+    out = greedy(comet, prompts, 21, attention_mask=mask)
+    assert torch.equal(out.sequences[:, :16], prompts)  # the input as given, then the new tokens, as in transformers
+    assert out.sequences.shape == (4, 16 + 21)
+    for b, n in enumerate(lengths):
+        alone = greedy(comet, prompts[b][mask[b].bool()][None], 21)
+        assert torch.equal(out.sequences[b, 16:], alone.sequences[0, n:])
+        torch.testing.assert_close(torch.stack(out.logits)[:, b], torch.stack(alone.logits)[:, 0], atol=1e-5, rtol=1e-5)
+        assert_states_equal(one_stream(out.memory, b), one_stream(alone.memory, 0))
+
+
+def test_memories_that_read_different_amounts_decode_together():
+    comet = tiny_comet()
+    first = comet.ingest(random_ids(2, 13), attention_mask=mask_of([13, 6], 13, left=False))  # open chunks of 5, 6
+    prompt = random_ids(2, 4, seed=3)
+    out = greedy(comet, prompt, 12, memory=first)
+    for b in range(2):
+        alone = greedy(comet, prompt[b : b + 1], 12, memory=one_stream(first, b))
+        assert torch.equal(out.sequences[b], alone.sequences[0])
+        assert_states_equal(one_stream(out.memory, b), one_stream(alone.memory, 0))
+
+
+def test_a_stream_that_ends_early_reads_nothing_after_its_eos():
+    comet = tiny_comet()
+    prompts = random_ids(2, 9)
+    free = comet.generate(prompts, max_new_tokens=12, eos_token_id=[])
+    stop_at = next(int(t) for t in free[0, 9:] if t not in free[1, 9:])  # ends stream 0 only
+    out = comet.generate(prompts, max_new_tokens=12, eos_token_id=stop_at, pad_token_id=0, return_dict_in_generate=True)
+    ends = []
+    for b in range(2):
+        alone = comet.generate(prompts[b : b + 1], max_new_tokens=12, eos_token_id=stop_at, return_dict_in_generate=True)
+        n = alone.sequences.shape[1]
+        ends.append(n)
+        assert torch.equal(out.sequences[b, :n], alone.sequences[0]) and bool((out.sequences[b, n:] == 0).all())
+        assert_states_equal(one_stream(out.memory, b), one_stream(alone.memory, 0))
+    assert ends[0] < ends[1] == 9 + 12
 
 
 def test_continuing_from_a_memory_equals_reading_everything():

@@ -26,12 +26,14 @@ from .state import MemoryState
 
 @dataclass
 class OpenChunk:
-    """The open chunk's KV cache and bookkeeping. ``logits`` (B, V) predict the next token."""
+    """The open chunks' KV cache and bookkeeping, for a batch of streams. ``logits`` (B, V) predict each stream's
+    next token. Streams may hold different numbers of text tokens: the cache has one slot layout for all, and a
+    slot a stream lacks is never one of its keys."""
 
     cache: DynamicCache
     key_valid: torch.Tensor  # (B, cached rows)
     next_position: torch.Tensor  # (B,)
-    n_text: int
+    n_text: torch.Tensor  # (B,) text tokens in each stream's open chunk
     logits: torch.Tensor
 
 
@@ -45,28 +47,36 @@ class CometGenerateOutput:
 
 
 def open_chunk(model, state: MemoryState) -> OpenChunk:
-    """Runs the state's open chunk (without closing it) and keeps its KV cache."""
-    n_text = int(state.pending_len[0])
-    if n_text == 0 or bool((state.pending_len != n_text).any()):
-        raise ValueError("open_chunk needs every stream's open chunk to hold the same number (>= 1) of tokens")
-    closing = torch.zeros_like(state.pending_len, dtype=torch.bool)
+    """Runs every stream's open chunk (without closing it) and keeps its KV cache."""
+    n_text = state.pending_len.clone()
+    if bool((n_text == 0).any()):
+        raise ValueError("open_chunk needs at least one token in every stream's open chunk")
+    closing = torch.zeros_like(n_text, dtype=torch.bool)
     cache = DynamicCache()
-    text_hidden, _, layout = model._run_chunk(state, state.pending, state.pending_len, closing, cache=cache)
-    logits = model.backbone.lm_head(text_hidden[:, -1])
+    text_hidden, _, layout = model._run_chunk(state, state.pending, n_text, closing, cache=cache)
+    last = text_hidden[torch.arange(n_text.shape[0], device=n_text.device), n_text - 1]
+    logits = model.backbone.lm_head(last)
     return OpenChunk(cache, layout.valid, layout.valid.sum(dim=1), n_text, logits)
 
 
-def extend(model, chunk: OpenChunk, token: torch.Tensor) -> OpenChunk:
-    """Appends one text token per stream (and the beacon that completes its s-block) to the open chunk."""
+def extend(model, chunk: OpenChunk, token: torch.Tensor, active: torch.Tensor | None = None) -> OpenChunk:
+    """Appends one text token to the open chunk of each ``active`` stream (default: all), and the beacon that
+    completes its s-block. The other streams' new rows are never keys: their open chunks stay as they were."""
     config = model.comet_config
+    if active is None:
+        active = torch.ones_like(token, dtype=torch.bool)
     hidden = model.backbone.embed_tokens(token[:, None])  # (B, 1, d)
-    n_text = chunk.n_text + 1
-    if config.use_temp and n_text % config.temp_stride == 0:
-        beacon = model.memory.tokens.beacon[None].expand(hidden.shape[0], -1, -1)
-        hidden = torch.cat([hidden, beacon], dim=1)
+    n_text = chunk.n_text + active.long()
+    new_valid = active[:, None]
+    if config.use_temp:
+        beacon_due = active & (n_text % config.temp_stride == 0)
+        if bool(beacon_due.any()):
+            beacon = model.memory.tokens.beacon[None].expand(hidden.shape[0], -1, -1)
+            hidden = torch.cat([hidden, beacon], dim=1)
+            new_valid = torch.cat([new_valid, beacon_due[:, None]], dim=1)
     q = hidden.shape[1]
-    batch, cached = chunk.key_valid.shape
-    key_valid = torch.cat([chunk.key_valid, chunk.key_valid.new_ones(batch, q)], dim=1)
+    cached = chunk.key_valid.shape[1]
+    key_valid = torch.cat([chunk.key_valid, new_valid], dim=1)
     position_ids = chunk.next_position[:, None] + torch.arange(q, device=hidden.device)[None]
     causal = torch.arange(cached + q, device=hidden.device)[None] <= (cached + torch.arange(q, device=hidden.device))[:, None]
     mask = (causal[None] & key_valid[:, None, :])[:, None]  # (B, 1, q, cached + q)
@@ -77,14 +87,17 @@ def extend(model, chunk: OpenChunk, token: torch.Tensor) -> OpenChunk:
             hidden, attention_mask=mask, position_ids=position_ids, position_embeddings=rope, cache=chunk.cache, use_cache=True
         )
     logits = model.backbone.lm_head(model.backbone.norm(hidden[:, 0]))
-    return OpenChunk(chunk.cache, key_valid, chunk.next_position + q, n_text, logits)
+    return OpenChunk(chunk.cache, key_valid, chunk.next_position + new_valid.sum(dim=1), n_text, logits)
 
 
-def _append_pending(state: MemoryState, token: torch.Tensor) -> MemoryState:
-    return MemoryState(
-        state.config, state.layers, torch.cat([state.pending, token[:, None]], dim=1), state.pending_len + 1,
-        state.chunks_closed,
-    )
+def _append_pending(state: MemoryState, token: torch.Tensor, active: torch.Tensor) -> MemoryState:
+    """The state with ``token`` appended to the open chunk of each active stream (no chunk is closed)."""
+    pending_len = state.pending_len + active.long()
+    width = max(state.pending.shape[1], int(pending_len.max()))
+    pending = F.pad(state.pending, (0, width - state.pending.shape[1]))
+    rows = active.nonzero().squeeze(1)
+    pending[rows, state.pending_len[rows]] = token[rows]
+    return MemoryState(state.config, state.layers, pending, pending_len, state.chunks_closed)
 
 
 def _processors(do_sample, temperature, top_k, top_p, repetition_penalty) -> LogitsProcessorList:
@@ -123,10 +136,13 @@ def generate(
 ):
     """Hugging Face-style generation at constant memory.
 
-    Returns the prompt followed by the new tokens (B, N + new), right-padded with ``pad_token_id`` after a
-    stream ends; with ``return_dict_in_generate`` a ``CometGenerateOutput`` that also holds the final
-    ``MemoryState`` (save it, or pass it back as ``memory`` to continue) and, with ``output_logits``, each
-    step's logits. Prompts of different lengths in one batch are generated one stream at a time.
+    Returns ``input_ids`` as given (padding included) followed by the new tokens (B, N + new), as Hugging Face's
+    ``generate`` does, with ``pad_token_id`` after a stream has ended; with ``return_dict_in_generate`` a
+    ``CometGenerateOutput`` that also holds the final ``MemoryState`` (save it, or pass it back as ``memory`` to
+    continue) and, with ``output_logits``, each step's logits. A batch may hold prompts of any lengths
+    (``attention_mask``, padding on either side) and memories that read different amounts: every stream decodes
+    together, and each gets the tokens, logits and final memory it would get alone. A stream's memory ends with its
+    last real token (its EOS, if it stopped at one); the padding after it is never read.
 
     ``stopping_criteria`` is what Hugging Face's ``generate`` takes (a ``StoppingCriteriaList``, or any callable
     ``(sequences, scores) -> bool or (B,) bool``); ``sequences`` are the ``input_ids`` given here followed by the
@@ -142,34 +158,15 @@ def generate(
     eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []), dtype=torch.long)
     if pad_token_id is None:
         pad_token_id = int(eos[0]) if eos.numel() else 0
-    options = dict(
-        max_new_tokens=max_new_tokens, processors=_processors(do_sample, temperature, top_k, top_p, repetition_penalty),
-        do_sample=do_sample, eos=eos.to(batch.ids.device), pad_token_id=pad_token_id, streamer=streamer,
-        generator=generator, stopping_criteria=stopping_criteria, progress=progress,
-    )
     state = memory if memory is not None else model.init_memory(batch.ids.shape[0])
     model.check_memory(state, batch.ids.shape[0])
     state = model.ingest(batch.ids, state, attention_mask=_mask_of(batch), progress=progress)
-    if bool((state.pending_len == state.pending_len[0]).all()):
-        sequences, state, logits = _generate_aligned(model, batch.ids, state, **options)
-    else:
-        if streamer is not None:
-            raise ValueError("a streamer needs a batch of one stream, or of streams with equally long open chunks")
-        rows, states, row_logits = [], [], []
-        for b in range(batch.ids.shape[0]):
-            row_ids = batch.ids[b : b + 1, : int(batch.lengths[b])]
-            seq, row_state, steps = _generate_aligned(model, row_ids, _select(state, b), **options)
-            rows.append(seq[0])
-            states.append(row_state)
-            row_logits.append(steps)
-        width = max(r.numel() for r in rows)
-        sequences = torch.stack([F.pad(r, (0, width - r.numel()), value=pad_token_id) for r in rows])
-        state = _concat(states)
-        n_steps = max(len(steps) for steps in row_logits)
-        logits = [
-            torch.cat([steps[i] if i < len(steps) else torch.zeros_like(steps[0]) for steps in row_logits])
-            for i in range(n_steps)
-        ]
+    sequences, state, logits = _decode(
+        model, input_ids.long().to(batch.ids.device), state, max_new_tokens=max_new_tokens,
+        processors=_processors(do_sample, temperature, top_k, top_p, repetition_penalty), do_sample=do_sample,
+        eos=eos.to(batch.ids.device), pad_token_id=pad_token_id, streamer=streamer, generator=generator,
+        stopping_criteria=stopping_criteria, progress=progress,
+    )
     if return_dict_in_generate:
         return CometGenerateOutput(sequences=sequences, memory=state, logits=tuple(logits) if output_logits else None)
     return sequences
@@ -181,11 +178,13 @@ def _mask_of(batch) -> torch.Tensor | None:
     return (torch.arange(batch.ids.shape[1], device=batch.ids.device)[None] < batch.lengths[:, None]).long()
 
 
-def _generate_aligned(
+def _decode(
     model, prompt, state, max_new_tokens, processors, do_sample, eos, pad_token_id, streamer, generator,
     stopping_criteria, progress,
 ):
-    """Generation for streams whose open chunks are equally long (so they close chunks at the same steps)."""
+    """The decoding loop. Each step appends one token to every live stream's open chunk; a stream whose open
+    chunk is full closes it first (through ``ingest``), and then every open chunk is run again from the state, so
+    that all streams keep one cache layout. Streams that have ended read nothing more."""
     c = model.comet_config.chunk_size
     if streamer is not None:
         streamer.put(prompt.cpu())
@@ -204,41 +203,29 @@ def _generate_aligned(
             token = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator).squeeze(1)
         else:
             token = scores.argmax(dim=-1)
-        token = torch.where(unfinished, token, pad_token_id)
+        live = unfinished
+        token = torch.where(live, token, pad_token_id)
         sequences = torch.cat([sequences, token[:, None]], dim=1)
         if streamer is not None:
             streamer.put(token.cpu())
-        unfinished = unfinished & ~torch.isin(token, eos)
+        unfinished = live & ~torch.isin(token, eos)
         if stopping_criteria is not None:
             unfinished = unfinished & ~torch.as_tensor(stopping_criteria(sequences, scores), device=unfinished.device)
         if not bool(unfinished.any()) or step == max_new_tokens - 1:
-            state = model.ingest(token[:, None], state)
+            state = _read(model, state, token, live)
             break
-        if chunk.n_text == c:
-            state = model.ingest(token[:, None], state)  # closes the full chunk; the token opens the next
+        if bool((live & (chunk.n_text == c)).any()):
+            state = _read(model, state, token, live)  # closes the full chunks; their token opens the next
             chunk = open_chunk(model, state)
         else:
-            state = _append_pending(state, token)
-            chunk = extend(model, chunk, token)
+            state = _append_pending(state, token, live)
+            chunk = extend(model, chunk, token, live)
     if streamer is not None:
         streamer.end()
     return sequences, state, step_logits
 
 
-def _select(state: MemoryState, b: int) -> MemoryState:
-    tensors = {k: v[b : b + 1] for k, v in state.tensors().items()}
-    width = int(state.pending_len[b])
-    tensors["pending"] = tensors["pending"][:, :width]
-    return MemoryState.from_tensors(state.config, tensors)
-
-
-def _concat(states: list[MemoryState]) -> MemoryState:
-    width = max(s.pending.shape[1] for s in states)
-    parts = [s.tensors() for s in states]
-    tensors = {}
-    for key in parts[0]:
-        if key == "pending":
-            tensors[key] = torch.cat([F.pad(p[key], (0, width - p[key].shape[1])) for p in parts])
-        else:
-            tensors[key] = torch.cat([p[key] for p in parts])
-    return MemoryState.from_tensors(states[0].config, tensors)
+def _read(model, state: MemoryState, token: torch.Tensor, live: torch.Tensor) -> MemoryState:
+    """``ingest`` of one token per live stream (the others read nothing)."""
+    mask = None if bool(live.all()) else live[:, None].long()
+    return model.ingest(token[:, None], state, attention_mask=mask)
