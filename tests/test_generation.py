@@ -80,6 +80,25 @@ def test_prompts_of_different_lengths_decode_together_as_each_would_alone(left):
         assert_states_equal(one_stream(out.memory, b), one_stream(alone.memory, 0))
 
 
+def test_the_cache_of_staggered_streams_stays_bounded(monkeypatch):
+    import cometlm.generation as generation
+
+    comet = tiny_comet()
+    widths, restart = [], generation._restart
+
+    def recording(*args):
+        chunk = restart(*args)
+        assert bool(chunk.key_valid.any(dim=0).all())  # a slot that is no stream's key is dropped
+        widths.append(chunk.key_valid.shape[1])
+        return chunk
+
+    monkeypatch.setattr(generation, "_restart", recording)
+    lengths = [11, 7, 2, 16]
+    greedy(comet, random_ids(4, 16), 120, attention_mask=mask_of(lengths, 16, left=True))
+    assert len(widths) >= 4 * 120 // SMALL.chunk_size - 4  # every stream rolled over, at its own steps
+    assert max(widths) <= len(lengths) * SMALL.max_positions  # each slot is a key of some stream
+
+
 def test_memories_that_read_different_amounts_decode_together():
     comet = tiny_comet()
     first = comet.ingest(random_ids(2, 13), attention_mask=mask_of([13, 6], 13, left=False))  # open chunks of 5, 6

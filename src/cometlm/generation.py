@@ -183,8 +183,8 @@ def _decode(
     stopping_criteria, progress,
 ):
     """The decoding loop. Each step appends one token to every live stream's open chunk; a stream whose open
-    chunk is full closes it first (through ``ingest``), and then every open chunk is run again from the state, so
-    that all streams keep one cache layout. Streams that have ended read nothing more."""
+    chunk is full closes it first (through ``ingest``) and starts a new one (``_restart``). Streams that have ended
+    read nothing more."""
     c = model.comet_config.chunk_size
     if streamer is not None:
         streamer.put(prompt.cpu())
@@ -214,15 +214,55 @@ def _decode(
         if not bool(unfinished.any()) or step == max_new_tokens - 1:
             state = _read(model, state, token, live)
             break
-        if bool((live & (chunk.n_text == c)).any()):
+        closing = live & (chunk.n_text == c)
+        if bool(closing.any()):
             state = _read(model, state, token, live)  # closes the full chunks; their token opens the next
-            chunk = open_chunk(model, state)
+            chunk = _restart(model, chunk, state, token, live & ~closing, closing)
         else:
             state = _append_pending(state, token, live)
             chunk = extend(model, chunk, token, live)
     if streamer is not None:
         streamer.end()
     return sequences, state, step_logits
+
+
+def _restart(model, chunk: OpenChunk, state: MemoryState, token, extending, closing) -> OpenChunk:
+    """The open chunks after a step in which the ``closing`` streams closed their full chunks (``state`` is after
+    that step). The ``extending`` streams append the token as on any step. Each closing stream's new open chunk (its
+    new memory rows and the token) is run for those streams alone; its cache rows are appended to the shared cache
+    as new slots that only it may attend to, and its old slots stop being its keys. Positions are in the keys
+    (RoPE is applied before caching), so where a row sits in the cache does not matter, only which rows are keys.
+    Slots that are no stream's keys any more are dropped, so the cache stays bounded by about two chunks plus one
+    set of memory rows per stream, however long the output."""
+    if bool(extending.any()):
+        chunk = extend(model, chunk, token, extending)
+    rows = closing.nonzero().squeeze(1)
+    fresh = open_chunk(model, _streams(state, rows))
+    batch = closing.shape[0]
+    for layer, new in zip(chunk.cache.layers, fresh.cache.layers):
+        for name in ("keys", "values"):
+            added = getattr(new, name).new_zeros(batch, *getattr(new, name).shape[1:])
+            added[rows] = getattr(new, name)
+            setattr(layer, name, torch.cat([getattr(layer, name), added], dim=-2))
+    old_valid = chunk.key_valid.masked_fill(closing[:, None], False)
+    new_valid = fresh.key_valid.new_zeros(batch, fresh.key_valid.shape[1])
+    new_valid[rows] = fresh.key_valid
+    key_valid = torch.cat([old_valid, new_valid], dim=1)
+    next_position, n_text, logits = chunk.next_position.clone(), chunk.n_text.clone(), chunk.logits.clone()
+    next_position[rows], n_text[rows], logits[rows] = fresh.next_position, fresh.n_text, fresh.logits
+    keep = key_valid.any(dim=0)
+    if not bool(keep.all()):
+        for layer in chunk.cache.layers:
+            layer.keys, layer.values = layer.keys[..., keep, :], layer.values[..., keep, :]
+        key_valid = key_valid[:, keep]
+    return OpenChunk(chunk.cache, key_valid, next_position, n_text, logits)
+
+
+def _streams(state: MemoryState, rows: torch.Tensor) -> MemoryState:
+    """The memory state of some of a batch's streams."""
+    tensors = {key: value[rows] for key, value in state.tensors().items()}
+    tensors["pending"] = tensors["pending"][:, : int(state.pending_len[rows].max())]
+    return MemoryState.from_tensors(state.config, tensors)
 
 
 def _read(model, state: MemoryState, token: torch.Tensor, live: torch.Tensor) -> MemoryState:
