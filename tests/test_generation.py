@@ -64,9 +64,20 @@ def mask_of(lengths, width, left):
     return (positions >= width - lengths if left else positions < lengths).long()
 
 
-@pytest.mark.parametrize("left", [True, False], ids=["left-padded", "right-padded"])
-def test_prompts_of_different_lengths_decode_together_as_each_would_alone(left):
-    comet = tiny_comet()
+@pytest.mark.parametrize(
+    "left, family, variant",
+    [
+        (True, "llama", {}),
+        (False, "llama", {}),
+        (True, "qwen3", dict(attention_sink=True)),
+        (True, "mistral", dict(gate=False)),
+        (True, "qwen2", dict(global_slots=0)),
+        (True, "llama", dict(temp_stride=0, temp_capacity=0)),
+    ],
+    ids=["left-padded", "right-padded", "qwen3-sink", "mistral-no-gate", "qwen2-temp-only", "global-only"],
+)
+def test_prompts_of_different_lengths_decode_together_as_each_would_alone(left, family, variant):
+    comet = tiny_comet(family, dataclasses.replace(SMALL, **variant))
     lengths = [11, 7, 2, 16]  # open chunks of 3, 7, 2 and 8 tokens (C=8): they fill and close at different steps
     prompts = random_ids(4, 16)
     mask = mask_of(lengths, 16, left)
