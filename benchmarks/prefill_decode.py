@@ -334,7 +334,7 @@ def comet_decode(model, state, chunk, steps: int) -> dict:
     generated, since_open, times, kinds = [token], [], [], []
     for _ in range(steps):
         t = time.perf_counter()
-        if chunk.n_text == c:
+        if bool((chunk.n_text == c).all()):  # one stream (B = 1) here
             state = model.ingest(torch.stack(since_open + [token], dim=1), state)
             chunk, since_open, kind = open_chunk(model, state), [], "close"
         else:

@@ -91,6 +91,24 @@ def test_prompts_of_different_lengths_decode_together_as_each_would_alone(left, 
         assert_states_equal(one_stream(out.memory, b), one_stream(alone.memory, 0))
 
 
+def test_the_repetition_penalty_never_counts_padding():
+    comet = tiny_comet()
+    lengths = [11, 7, 2, 16]
+    prompts, mask = random_ids(4, 16), mask_of(lengths, 16, left=True)
+    options = dict(max_new_tokens=10, eos_token_id=[], repetition_penalty=1.5)
+    alone = [comet.generate(prompts[b][mask[b].bool()][None], **options)[0, n:] for b, n in enumerate(lengths)]
+    for pad in (int(alone[1][0]), -100):  # the token stream 1 would write first; an id outside the vocabulary
+        out = comet.generate(prompts.masked_fill(mask == 0, pad), attention_mask=mask, **options)
+        for b in range(4):
+            assert torch.equal(out[b, 16:], alone[b])
+
+
+def test_a_stopping_criterion_must_answer_with_bools():
+    comet = tiny_comet()
+    with pytest.raises(ValueError, match=r"stopping_criteria must return a bool or a \(2,\) bool tensor"):
+        comet.generate(random_ids(2, 5), max_new_tokens=3, stopping_criteria=lambda seq, scores: [0, 1])
+
+
 def test_the_cache_of_staggered_streams_stays_bounded(monkeypatch):
     import cometlm.generation as generation
 

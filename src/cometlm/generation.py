@@ -139,10 +139,13 @@ def generate(
     Returns ``input_ids`` as given (padding included) followed by the new tokens (B, N + new), as Hugging Face's
     ``generate`` does, with ``pad_token_id`` after a stream has ended; with ``return_dict_in_generate`` a
     ``CometGenerateOutput`` that also holds the final ``MemoryState`` (save it, or pass it back as ``memory`` to
-    continue) and, with ``output_logits``, each step's logits. A batch may hold prompts of any lengths
-    (``attention_mask``, padding on either side) and memories that read different amounts: every stream decodes
-    together, and each gets the tokens, logits and final memory it would get alone. A stream's memory ends with its
-    last real token (its EOS, if it stopped at one); the padding after it is never read.
+    continue) and, with ``output_logits``, each step's logits (a stream's logits after it has ended are not
+    meaningful). A batch may hold prompts of any lengths (``attention_mask``, padding on either side) and memories
+    that read different amounts: every stream decodes together, and with greedy decoding each gets the tokens,
+    logits (up to its end) and final memory it would get alone; the repetition penalty counts only a stream's own
+    tokens, never its padding. Sampling draws from one ``generator`` for the whole batch, so sampled tokens differ
+    from one-at-a-time runs with the same seed. A stream's memory ends with its last real token (its EOS, if it
+    stopped at one); the padding after it is never read.
 
     ``stopping_criteria`` is what Hugging Face's ``generate`` takes (a ``StoppingCriteriaList``, or any callable
     ``(sequences, scores) -> bool or (B,) bool``); ``sequences`` are the ``input_ids`` given here followed by the
@@ -162,7 +165,8 @@ def generate(
     model.check_memory(state, batch.ids.shape[0])
     state = model.ingest(batch.ids, state, attention_mask=_mask_of(batch), progress=progress)
     sequences, state, logits = _decode(
-        model, input_ids.long().to(batch.ids.device), state, max_new_tokens=max_new_tokens,
+        model, input_ids.long().to(batch.ids.device), _real_only(batch, input_ids, attention_mask), state,
+        max_new_tokens=max_new_tokens,
         processors=_processors(do_sample, temperature, top_k, top_p, repetition_penalty), do_sample=do_sample,
         eos=eos.to(batch.ids.device), pad_token_id=pad_token_id, streamer=streamer, generator=generator,
         stopping_criteria=stopping_criteria, progress=progress,
@@ -178,8 +182,18 @@ def _mask_of(batch) -> torch.Tensor | None:
     return (torch.arange(batch.ids.shape[1], device=batch.ids.device)[None] < batch.lengths[:, None]).long()
 
 
+def _real_only(batch, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """``input_ids`` with each padding position holding the row's first real token: what the logits processors
+    see, so that a penalty on tokens already present (a set of ids) counts only the stream's own tokens."""
+    ids = input_ids.long().to(batch.ids.device)
+    if attention_mask is None:
+        return ids
+    real = attention_mask.to(ids.device).bool()
+    return torch.where(real, ids, batch.ids[:, :1])
+
+
 def _decode(
-    model, prompt, state, max_new_tokens, processors, do_sample, eos, pad_token_id, streamer, generator,
+    model, prompt, seen, state, max_new_tokens, processors, do_sample, eos, pad_token_id, streamer, generator,
     stopping_criteria, progress,
 ):
     """The decoding loop. Each step appends one token to every live stream's open chunk; a stream whose open
@@ -198,7 +212,7 @@ def _decode(
         steps = tqdm(steps, desc="generating", unit="tok", dynamic_ncols=True)
     for step in steps:
         step_logits.append(chunk.logits)
-        scores = processors(sequences, chunk.logits.float())
+        scores = processors(seen, chunk.logits.float())
         if do_sample:
             token = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator).squeeze(1)
         else:
@@ -206,24 +220,36 @@ def _decode(
         live = unfinished
         token = torch.where(live, token, pad_token_id)
         sequences = torch.cat([sequences, token[:, None]], dim=1)
+        seen = torch.cat([seen, torch.where(live, token, seen[:, 0])[:, None]], dim=1)
         if streamer is not None:
             streamer.put(token.cpu())
         unfinished = live & ~torch.isin(token, eos)
         if stopping_criteria is not None:
-            unfinished = unfinished & ~torch.as_tensor(stopping_criteria(sequences, scores), device=unfinished.device)
+            unfinished = unfinished & ~_stopped(stopping_criteria(sequences, scores), unfinished)
         if not bool(unfinished.any()) or step == max_new_tokens - 1:
             state = _read(model, state, token, live)
             break
         closing = live & (chunk.n_text == c)
         if bool(closing.any()):
             state = _read(model, state, token, live)  # closes the full chunks; their token opens the next
-            chunk = _restart(model, chunk, state, token, live & ~closing, closing)
+            chunk = _restart(model, chunk, state, token, unfinished & ~closing, unfinished & closing)
         else:
             state = _append_pending(state, token, live)
-            chunk = extend(model, chunk, token, live)
+            chunk = extend(model, chunk, token, unfinished)  # a stream that just ended needs no more logits
     if streamer is not None:
         streamer.end()
     return sequences, state, step_logits
+
+
+def _stopped(done, unfinished: torch.Tensor) -> torch.Tensor:
+    """A stopping criterion's answer as a (B,) bool tensor: one bool for the batch, or one per stream."""
+    done = torch.as_tensor(done, device=unfinished.device)
+    if done.dtype != torch.bool or done.shape not in ((), unfinished.shape):
+        raise ValueError(
+            f"stopping_criteria must return a bool or a ({unfinished.shape[0]},) bool tensor, one per stream "
+            f"(got dtype {done.dtype}, shape {tuple(done.shape)})"
+        )
+    return done.expand_as(unfinished)
 
 
 def _restart(model, chunk: OpenChunk, state: MemoryState, token, extending, closing) -> OpenChunk:
@@ -236,6 +262,8 @@ def _restart(model, chunk: OpenChunk, state: MemoryState, token, extending, clos
     set of memory rows per stream, however long the output."""
     if bool(extending.any()):
         chunk = extend(model, chunk, token, extending)
+    if not bool(closing.any()):  # only streams that have just ended closed a chunk: they need no new one
+        return chunk
     rows = closing.nonzero().squeeze(1)
     fresh = open_chunk(model, _streams(state, rows))
     batch = closing.shape[0]
