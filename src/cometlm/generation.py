@@ -265,7 +265,7 @@ def _restart(model, chunk: OpenChunk, state: MemoryState, token, extending, clos
     if not bool(closing.any()):  # only streams that have just ended closed a chunk: they need no new one
         return chunk
     rows = closing.nonzero().squeeze(1)
-    fresh = open_chunk(model, _streams(state, rows))
+    fresh = open_chunk(model, state.select(rows))
     batch = closing.shape[0]
     for layer, new in zip(chunk.cache.layers, fresh.cache.layers):
         for name in ("keys", "values"):
@@ -284,13 +284,6 @@ def _restart(model, chunk: OpenChunk, state: MemoryState, token, extending, clos
             layer.keys, layer.values = layer.keys[..., keep, :], layer.values[..., keep, :]
         key_valid = key_valid[:, keep]
     return OpenChunk(chunk.cache, key_valid, next_position, n_text, logits)
-
-
-def _streams(state: MemoryState, rows: torch.Tensor) -> MemoryState:
-    """The memory state of some of a batch's streams."""
-    tensors = {key: value[rows] for key, value in state.tensors().items()}
-    tensors["pending"] = tensors["pending"][:, : int(state.pending_len[rows].max())]
-    return MemoryState.from_tensors(state.config, tensors)
 
 
 def _read(model, state: MemoryState, token: torch.Tensor, live: torch.Tensor) -> MemoryState:

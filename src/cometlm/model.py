@@ -565,8 +565,13 @@ class CometForCausalLM(nn.Module):
             closing = total - offset > c
             index = (offset[:, None] + torch.arange(c, device=pending.device)[None]).clamp(max=width - 1)
             text_ids = torch.gather(pending, 1, index)
-            text_len = torch.where(closing, c, 0)
-            _, layers, _ = self._run_chunk(state, text_ids, text_len, closing)
+            if bool(closing.all()):
+                _, layers, _ = self._run_chunk(state, text_ids, torch.full_like(total, c), closing)
+            else:  # only the streams that close a chunk now are run: the others would be padding
+                rows = closing.nonzero().squeeze(1)
+                some = state.select(rows)
+                _, closed, _ = self._run_chunk(some, text_ids[rows], torch.full_like(rows, c), closing[rows])
+                layers = [layer.scatter(rows, new) for layer, new in zip(state.layers, closed)]
             state = self._advance(state, layers, closing)
             offset = offset + c * closing.long()
             release_free_memory()

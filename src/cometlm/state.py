@@ -37,6 +37,14 @@ class LayerState:
         """The rows injected ahead of the next chunk at this layer: (B, M+K, d)."""
         return torch.cat([self.global_memory, self.temp], dim=1)
 
+    def select(self, rows: torch.Tensor) -> "LayerState":
+        """The memories of some streams (``rows``: their indices in the batch)."""
+        return LayerState(*(getattr(self, name)[rows] for name in _LAYER_FIELDS))
+
+    def scatter(self, rows: torch.Tensor, other: "LayerState") -> "LayerState":
+        """These memories with those of streams ``rows`` replaced by ``other``'s (out of place, differentiable)."""
+        return LayerState(*(getattr(self, name).index_copy(0, rows, getattr(other, name)) for name in _LAYER_FIELDS))
+
     def row_valid(self) -> torch.Tensor:
         """Which of those rows exist: (B, M+K). Equal for every layer, since all layers update together."""
         m = self.global_memory.shape[1]
@@ -89,6 +97,15 @@ class MemoryState:
     @property
     def batch_size(self) -> int:
         return self.pending.shape[0]
+
+    def select(self, rows: torch.Tensor) -> "MemoryState":
+        """The state of some streams (``rows``: their indices in the batch), open chunks cut to the longest."""
+        pending_len = self.pending_len[rows]
+        width = int(pending_len.max()) if rows.numel() else 0
+        return MemoryState(
+            self.config, tuple(layer.select(rows) for layer in self.layers), self.pending[rows][:, :width],
+            pending_len, self.chunks_closed[rows],
+        )
 
     def with_layers(self, layers) -> "MemoryState":
         return replace(self, layers=tuple(layers))
