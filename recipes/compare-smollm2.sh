@@ -2,7 +2,7 @@
 # Every method side by side on passkey, needle-in-a-haystack and perplexity over SmolLM2-135M-Instruct, the same
 # prompts and documents for each, then one table (issue 5):
 #
-#   recipes/compare-smollm2.sh OUT [MODEL_DIR ...] [-- EXTRA EVAL OPTIONS]
+#   recipes/compare-smollm2.sh OUT [MODEL_DIR ...] [--models-only] [-- EXTRA EVAL OPTIONS]
 #
 #   comet           the shipped adapter (src/cometlm/adapters/smollm2-135m-passkey)
 #   no-memory       the same weights with both memories off (plain chunking)
@@ -17,6 +17,7 @@
 #   MODEL_DIR       comet with another trained model, e.g. an ablation trained by `recipes/passkey-smollm2.sh
 #                   OUT2 global-only` (OUT2/passkey-v2g/final); its results go to OUT/TASK/comet-VARIANT,
 #                   VARIANT read from OUT2/variant (else the folder's name)
+#   --models-only   run only the MODEL_DIR rows (e.g. while another process runs the baselines into the same OUT)
 #   EXTRA           passed to every evaluation, e.g. --threads 2
 #
 # Perplexity is scored on 2 held-out Bible windows of 32k tokens, so that the baselines' 8k window is exceeded;
@@ -24,10 +25,14 @@
 # Every evaluation resumes when the script is rerun (finished trials and documents are kept), and the table is
 # written to OUT/table.md at the end. On a 2-core CPU a comet grid to 32k takes about 45 minutes per task.
 set -euo pipefail
-OUT=${1:?usage: recipes/compare-smollm2.sh OUT [MODEL_DIR ...] [-- EXTRA EVAL OPTIONS]}
+OUT=${1:?usage: recipes/compare-smollm2.sh OUT [MODEL_DIR ...] [--models-only] [-- EXTRA EVAL OPTIONS]}
 shift
 MODELS=()
-while [[ $# -ge 1 && $1 != -- ]]; do MODELS+=("$1"); shift; done
+MODELS_ONLY=0
+while [[ $# -ge 1 && $1 != -- ]]; do
+  if [[ $1 == --models-only ]]; then MODELS_ONLY=1; else MODELS+=("$1"); fi
+  shift
+done
 if [[ ${1:-} == -- ]]; then shift; fi
 EXTRA=("$@")
 COMETLM=${COMETLM:-cometlm}
@@ -59,14 +64,16 @@ for dir in ${MODELS[@]+"${MODELS[@]}"}; do
 done
 
 ALL="passkey niah ppl"
-run comet "$ALL" --comet "$SHIPPED"
-run no-memory "$ALL" --comet "$SHIPPED" --method no-memory
-run full "$ALL" --method full
-run full-lora "$ALL" --comet "$SHIPPED" --method full
-run truncated "$ALL" --method truncated
-run truncated-lora "$ALL" --comet "$SHIPPED" --method truncated
-run sliding-window-lora ppl --comet "$SHIPPED" --method sliding-window
-run sliding-window "$ALL" --method sliding-window
+if [[ $MODELS_ONLY == 0 ]]; then
+  run comet "$ALL" --comet "$SHIPPED"
+  run no-memory "$ALL" --comet "$SHIPPED" --method no-memory
+  run full "$ALL" --method full
+  run full-lora "$ALL" --comet "$SHIPPED" --method full
+  run truncated "$ALL" --method truncated
+  run truncated-lora "$ALL" --comet "$SHIPPED" --method truncated
+  run sliding-window-lora ppl --comet "$SHIPPED" --method sliding-window
+  run sliding-window "$ALL" --method sliding-window
+fi
 for dir in ${MODELS[@]+"${MODELS[@]}"}; do
   run "comet-$(cat "$dir/../../variant" 2>/dev/null || basename "$dir")" "$ALL" --comet "$dir"
 done

@@ -113,6 +113,12 @@ def test_the_comparison_runs_every_method_on_every_task_with_the_same_prompts(tm
         ("comet", 32768), ("no-memory", 32768), ("full", 8192), ("truncated", 32768), ("sliding-window", 32768)}
     assert table[:2] == ["eval", "table"] and table[-2:] == ["--out", str(tmp_path / "out" / "table.md")]
 
+    # --models-only: the trained models' rows alone, so that a second process can run them next to the baselines
+    only, table = evaluations(tmp_path / "out", "--models-only", str(ablation), "--", "--threads", "1")
+    assert [Path(args.out).parts[-2:] for args in only] == [(task, "comet-global-only") for task in tasks]
+    assert all(args.comet == str(ablation) and args.threads == 1 for args in only)
+    assert table[:2] == ["eval", "table"]
+
     result = subprocess.run(["bash", str(COMPARE), str(tmp_path / "out"), str(tmp_path)], capture_output=True,
                             text=True, env={**os.environ, "COMETLM": "echo"})
     assert result.returncode == 2 and "is not a saved CoMeT model" in result.stderr
