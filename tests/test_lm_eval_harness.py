@@ -116,9 +116,11 @@ def test_lm_eval_runs_offline_and_equals_the_model(setup):
     assert config["random_seed"] is not None and config["torch_seed"] is not None  # the harness records its seeds
 
 
-def test_with_the_memory_off_it_equals_the_harness_own_hugging_face_backend(setup):
-    """Within one chunk and with both memories off CoMeT is the backbone, so every number must equal what
-    lm-eval's reference backend (`hf`) computes for the same backbone: same tokenization, prefix and stops."""
+@pytest.mark.parametrize("reading", ["chunk_size=1024,global_slots=0,temp_stride=0", "method=full"])
+def test_the_backbone_read_whole_equals_the_harness_own_hugging_face_backend(setup, reading):
+    """Within one chunk and with both memories off CoMeT is the backbone, and method=full is the backbone itself,
+    so every number must equal what lm-eval's reference backend (`hf`) computes for the same backbone: same
+    tokenization, prefix and stops."""
     root, _, _ = setup
     backbone = str(root / "model" / "backbone")
     tasks = ["comet_mc", "comet_ppl", "comet_gen"]
@@ -126,7 +128,7 @@ def test_with_the_memory_off_it_equals_the_harness_own_hugging_face_backend(setu
     runs = [simple_evaluate(model=name, model_args=args, tasks=tasks, task_manager=manager, log_samples=True,
                             device="cpu") for name, args in (
         ("hf", f"pretrained={backbone},dtype=float32"),
-        ("cometlm", f"pretrained={backbone},chunk_size=1024,global_slots=0,temp_stride=0"),
+        ("cometlm", f"pretrained={backbone},{reading}"),
     )]
     for task in tasks:
         hf, comet = (sorted(run["samples"][task], key=lambda s: s["doc_id"]) for run in runs)
@@ -139,6 +141,54 @@ def test_with_the_memory_off_it_equals_the_harness_own_hugging_face_backend(setu
                     assert x == pytest.approx(y, abs=1e-3)
                 else:
                     assert x[0] == pytest.approx(y[0], abs=1e-4) and x[1] == y[1]
+
+
+@pytest.mark.parametrize("method, window", [("truncated", 24), ("sliding-window", 8)])
+def test_the_baselines_equal_their_own_reading(setup, method, window):
+    """Truncation: every continuation scored from the last `window` tokens before it, computed here with the
+    backbone; sliding-window: the numbers of `cometlm eval` (its own tests check StreamingLLM's definition)."""
+    from cometlm.evaluation.methods import build_method
+
+    root, model, tokenizer = setup
+    results = simple_evaluate(
+        model="cometlm", model_args=f"comet={root / 'model'},method={method},window={window},sink_tokens=2",
+        tasks=["comet_mc", "comet_ppl", "comet_gen"], log_samples=True, device="cpu",
+        task_manager=TaskManager(include_path=str(root / "tasks"), include_defaults=False),
+    )
+    reader = build_method(method, model, window=window, sink_tokens=2)
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    lengths = []
+    for sample in results["samples"]["comet_mc"]:
+        for (context, continuation), ((logprob, greedy),) in zip(sample["arguments"], sample["resps"]):
+            whole, n = encode(context + continuation), len(encode(context))
+            with torch.inference_mode():
+                if method == "truncated":
+                    kept = whole[:-1][-window:]
+                    logits = model.backbone_model(torch.tensor([kept])).logits[0, n - len(whole) :].float()
+                    logp = F.log_softmax(logits, dim=-1)
+                    target = torch.tensor(whole[n:])
+                    want = float(logp.gather(1, target[:, None]).sum())
+                    assert greedy == bool((logp.argmax(-1) == target).all())
+                else:
+                    want = -float(reader.token_losses(whole)[n - 1 :].sum())
+            assert logprob == pytest.approx(want, abs=1e-4)
+            lengths.append(len(whole))
+    assert max(lengths) > 3 * window  # the longer contexts exceed the window
+    prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    for sample in results["samples"]["comet_ppl"]:
+        ((text,),) = sample["arguments"]
+        with torch.inference_mode():
+            want = -float(reader.token_losses([prefix, *encode(text)]).sum())
+        assert sample["resps"][0][0] == pytest.approx(want, abs=1e-3)
+    for sample in results["samples"]["comet_gen"]:
+        ((context, _),) = sample["arguments"]
+        with torch.inference_mode():
+            new_ids, _ = reader.answer(encode(context), 0, 7, tokenizer.eos_token_id, False)
+        text = tokenizer.decode(new_ids, skip_special_tokens=True)
+        assert sample["resps"][0][0] == text.split("\n")[0].split(".")[0]
+    config = results["config"]
+    assert config["cometlm_method"] == method and config["cometlm_window"] == window
+    assert config["cometlm_sink_tokens"] == (2 if method == "sliding-window" else None)
 
 
 def test_primed_layout_reads_each_context_once_and_equals_forward_with_that_chunking(setup, monkeypatch):
@@ -170,8 +220,17 @@ def test_bad_model_args_are_refused(setup):
         CometLM(comet=str(root / "model"), layout="sideways")
     with pytest.raises(ValueError, match="'auto' is not supported"):
         CometLM(comet=str(root / "model"), batch_size="auto")
-    with pytest.raises(ValueError, match="method must be one of comet, no-memory"):
-        CometLM(comet=str(root / "model"), method="full")
+    with pytest.raises(ValueError, match="method must be one of comet, no-memory, full, truncated, sliding-window"):
+        CometLM(comet=str(root / "model"), method="rag")
+    with pytest.raises(ValueError, match="sink_tokens must be an integer >= 0"):
+        CometLM(comet=str(root / "model"), method="sliding-window", sink_tokens=-1)
+    full = CometLM(comet=str(root / "model"), method="full", window=10)
+    long = Instance("loglikelihood", {}, ("a b c d e f g h i j k l", " m"), 0)
+    with pytest.raises(ValueError, match="exceeds the backbone's window of 10 tokens"):
+        full.loglikelihood([long], disable_tqdm=True)
+    sampled = Instance("generate_until", {}, ("a b c", {"until": ["."], "do_sample": True, "temperature": 0.7}), 0)
+    with pytest.raises(ValueError, match="method full generates greedily"):
+        full.generate_until([sampled], disable_tqdm=True)
 
 
 def test_the_harness_command_line(setup, tmp_path, monkeypatch):

@@ -12,10 +12,11 @@ merged after 0.4.13 (untested here), which would let plain `lm_eval --model come
 `--model_args` (comma-separated key=value): `pretrained` (base model: a local Hugging Face directory or the
 bundled "smollm2-135m-instruct", the default), `comet` (a saved CoMeT model or adapter; without it CoMeT starts
 untrained with `chunk_size`, `global_slots`, `temp_stride`, `temp_capacity`, `adapter_rank`, `gate`,
-`attention_sink`), `dtype` (float32 or bfloat16), `method` ("comet", the default, or "no-memory": both memories
-off, i.e. plain chunking), `layout` ("primed", the default, or "fixed"), `prime_tokens` (context tokens kept in
-the answer's open chunk with "primed"; default: as many as fit), `max_gen_toks` (256), `add_bos_token` (false),
-`threads`. `--device` and `--batch_size` (an integer) come from the harness.
+`attention_sink`), `dtype` (float32 or bfloat16), `method` (one of `methods.METHODS`: "comet", the default;
+"no-memory": both memories off, i.e. plain chunking; the baselines on the same backbone "full", "truncated" and
+"sliding-window", with `window` and `sink_tokens`), `layout` ("primed", the default, or "fixed"), `prime_tokens`
+(context tokens kept in the answer's open chunk with "primed"; default: as many as fit), `max_gen_toks` (256),
+`add_bos_token` (false), `threads`. `--device` and `--batch_size` (an integer) come from the harness.
 
 - loglikelihood: each distinct context is read once; its continuations are scored together (batch_size at a
   time) from that memory state, with the open chunk holding the context's tail ("primed": as much of it as
@@ -25,6 +26,13 @@ the answer's open chunk with "primed"; default: as many as fit), `max_gen_toks` 
   no windows: every token is predicted from everything before it.
 - generate_until: the context read with its tail in the open chunk, then `generate` with the task's stop
   sequences; the text is cut at the first stop sequence, as the harness's Hugging Face backend does.
+
+The baselines read as they do in `cometlm eval` (`methods.Method`), one request at a time and greedily (they
+refuse `do_sample` and a repetition penalty): loglikelihood scores context + continuation
+(`Method.continuation_scores`: full and truncated over the last `window` tokens, as the `hf` backend truncates;
+full refuses longer inputs), loglikelihood_rolling scores the prefix token + text as `cometlm eval ppl` does
+(`Method.token_losses`), generate_until generates greedily (`Method.answer`) and cuts the text at the first
+stop sequence.
 
 Results record the exact command, cometlm's version, the CoMeT configuration and weights checksum, and the
 layout (`get_model_info`, merged into the harness's results config next to its own versions and seeds). A run
@@ -43,7 +51,7 @@ import lm_eval.models  # noqa: F401  (registers the built-in models first; see g
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
-from cometlm.evaluation.methods import LAYOUTS, MEMORY_METHODS
+from cometlm.evaluation.methods import DEFAULT_SINK_TOKENS, LAYOUTS, MEMORY_METHODS, METHODS
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +76,8 @@ class CometLM(TemplateLM):
         method: str = "comet",
         layout: str = "primed",
         prime_tokens: int | None = None,
+        window: int | None = None,
+        sink_tokens: int = DEFAULT_SINK_TOKENS,
         max_gen_toks: int = 256,
         add_bos_token: bool = False,
         device: str | None = None,
@@ -81,19 +91,20 @@ class CometLM(TemplateLM):
         import torch
 
         from cometlm import cli
-        from cometlm.evaluation.methods import without_memory
+        from cometlm.evaluation.methods import build_method, without_memory
         from cometlm.model import CometForCausalLM
 
         if layout not in LAYOUTS:
             raise ValueError(f"cometlm model_args: layout must be one of {', '.join(LAYOUTS)} (got {layout!r})")
-        if method not in MEMORY_METHODS:
-            raise ValueError(f"cometlm model_args: method must be one of {', '.join(MEMORY_METHODS)} (got {method!r}); "
-                             "for the backbone with full attention use lm-eval's own --model hf")
+        if method not in METHODS:
+            raise ValueError(f"cometlm model_args: method must be one of {', '.join(METHODS)} (got {method!r})")
         if isinstance(batch_size, str) and batch_size.isdigit():
             batch_size = int(batch_size)
         self.batch_size = _count(batch_size, "batch_size (an integer; 'auto' is not supported)", 1)
         self.max_gen_toks = _count(max_gen_toks, "max_gen_toks", 1)
         self.prime_tokens = None if prime_tokens is None else _count(prime_tokens, "prime_tokens", 1)
+        window = None if window is None else _count(window, "window", 1)
+        sink_tokens = _count(sink_tokens, "sink_tokens", 0)
         self.layout, self.add_bos_token = layout, bool(add_bos_token)
         # The command line's own model options and defaults, so that both load a model the same way.
         parser = argparse.ArgumentParser(add_help=False)
@@ -102,7 +113,7 @@ class CometLM(TemplateLM):
         unknown = sorted(set(model_options) - set(vars(options)) | set(model_options) & {"model", "no_gate"})
         if unknown:
             accepted = sorted({*vars(options), "pretrained", "comet", "gate", "method", "layout", "prime_tokens",
-                               "max_gen_toks", "add_bos_token"} - {"model", "no_gate"})
+                               "window", "sink_tokens", "max_gen_toks", "add_bos_token"} - {"model", "no_gate"})
             raise ValueError(f"cometlm model_args: unknown argument(s) {', '.join(unknown)}; the accepted ones are "
                              f"{', '.join(accepted)}")
         if isinstance(pretrained, CometForCausalLM):
@@ -120,6 +131,9 @@ class CometLM(TemplateLM):
         model = model.to(self._device).eval()
         self.model = without_memory(model) if method == "no-memory" else model
         self.method, self.tokenizer = method, model.tokenizer
+        # The baselines read through `methods.Method`; comet and no-memory stream here, sharing context reads.
+        self.baseline = None if method in MEMORY_METHODS else build_method(method, model, window=window,
+                                                                           sink_tokens=sink_tokens)
         self.model_name = comet or (pretrained if isinstance(pretrained, str) else None) or model.base_model
 
     # ----------------------------------------------------------------------------------------------------------
@@ -166,6 +180,8 @@ class CometLM(TemplateLM):
 
         from cometlm.evaluation.streaming import read_context, score_continuations
 
+        if self.baseline is not None:
+            return self._baseline_loglikelihood(requests, disable_tqdm)
         groups: dict[tuple[int, ...], list[int]] = {}
         for index, (_, context_ids, _) in enumerate(requests):
             groups.setdefault(tuple(context_ids), []).append(index)
@@ -189,6 +205,21 @@ class CometLM(TemplateLM):
         bar.close()
         return results
 
+    def _baseline_loglikelihood(self, requests, disable_tqdm: bool) -> list[tuple[float, bool]]:
+        import torch
+        from tqdm.auto import tqdm
+
+        results = []
+        for key, context, continuation in tqdm(requests, desc=f"cometlm {self.method} loglikelihood",
+                                                disable=disable_tqdm, dynamic_ncols=True):
+            with torch.inference_mode():
+                logprobs, greedy = self.baseline.continuation_scores(context, continuation)
+            answer = (float(logprobs.sum()), greedy)
+            results.append(answer)
+            if key is not None:
+                self.cache_hook.add_partial("loglikelihood", key, answer)
+        return results
+
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         """The log-likelihood of every token of each text, each predicted from the prefix token and all before it."""
         import torch
@@ -201,9 +232,13 @@ class CometLM(TemplateLM):
             (text,) = request.args
             ids = self.tok_encode(text, add_special_tokens=False)
             with torch.inference_mode():
-                state = self.model.ingest(torch.tensor([[self.prefix_token_id]], device=self.device))
-                ((logprobs, _),) = score_continuations(self.model, state, [ids], progress=not disable_tqdm)
-            total = float(logprobs.sum())
+                if self.baseline is not None:  # as `cometlm eval ppl` scores a document
+                    self.baseline.check_document(len(ids) + 1)
+                    total = -float(self.baseline.token_losses([self.prefix_token_id, *ids], not disable_tqdm).sum())
+                else:
+                    state = self.model.ingest(torch.tensor([[self.prefix_token_id]], device=self.device))
+                    ((logprobs, _),) = score_continuations(self.model, state, [ids], progress=not disable_tqdm)
+                    total = float(logprobs.sum())
             results.append(total)
             self.cache_hook.add_partial("loglikelihood_rolling", (text,), total)
         return results
@@ -230,12 +265,20 @@ class CometLM(TemplateLM):
             if not sampling.get("do_sample"):
                 sampling = {k: v for k, v in sampling.items() if k == "repetition_penalty"}
             ids = self.tok_encode(context) or [self.prefix_token_id]
-            tail = self._open_tokens(len(ids), max_new)
-            with torch.inference_mode():
-                new_ids = generate_answer(
-                    self.model, ids, tail, max_new, eos_token_id=self.eot_token_id, progress=not disable_tqdm,
-                    stopping_criteria=stop_sequences_criteria(self.tokenizer, until, tail, 1), **sampling,
-                )
+            if self.baseline is not None:
+                if sampling.get("do_sample") or sampling.get("repetition_penalty", 1.0) != 1.0:
+                    raise ValueError(f"cometlm: method {self.method} generates greedily; do_sample and "
+                                     "repetition_penalty need method comet or no-memory")
+                self.baseline.check_prompt(len(ids), 0, max_new)
+                with torch.inference_mode():  # greedy to the end; the text is cut at the first stop sequence below
+                    new_ids, _ = self.baseline.answer(ids, 0, max_new, self.eot_token_id, not disable_tqdm)
+            else:
+                tail = self._open_tokens(len(ids), max_new)
+                with torch.inference_mode():
+                    new_ids = generate_answer(
+                        self.model, ids, tail, max_new, eos_token_id=self.eot_token_id, progress=not disable_tqdm,
+                        stopping_criteria=stop_sequences_criteria(self.tokenizer, until, tail, 1), **sampling,
+                    )
             text = postprocess_generated_text(self.tokenizer.decode(new_ids, skip_special_tokens=True), until, None)
             results.append(text)
             self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
@@ -259,4 +302,6 @@ class CometLM(TemplateLM):
             "cometlm_method": self.method,
             "cometlm_layout": self.layout,
             "cometlm_prime_tokens": self.prime_tokens,
+            **({} if self.baseline is None else {f"cometlm_{k}": v for k, v in self.baseline.settings().items()
+                                                  if k in ("window", "sink_tokens")}),
         }

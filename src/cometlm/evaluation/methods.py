@@ -199,6 +199,33 @@ class Method:
         position of `tokens` (1, N) but possibly the last one exactly once, in order."""
         raise NotImplementedError
 
+    def continuation_scores(self, context: list[int], continuation: list[int]):
+        """(log-probabilities (m,) float32 on the CPU of the m `continuation` tokens after `context`, whether each
+        is the greedy choice): `context + continuation` read as this method reads a document, the predictions of
+        the continuation kept. Every position's hidden state goes through the LM head only for those m rows."""
+        import torch
+
+        if not context or not continuation:
+            raise ValueError("scoring a continuation needs at least one context and one continuation token")
+        ids = context + continuation
+        first, n = len(context) - 1, len(ids) - 1  # positions first..n-1 predict the continuation
+        rows = []
+        for start, hidden in self.hidden_blocks(torch.tensor([ids], device=self.device), progress=False):
+            a, b = max(first, start), min(start + hidden.shape[1], n)
+            if a < b:
+                rows.append(hidden[0, a - start : b - start])
+        return self._scores(torch.cat(rows), continuation)
+
+    def _scores(self, hidden, continuation: list[int]):
+        """Log-probabilities and greedy-ness of `continuation` from the hidden states (m, d) that predict it."""
+        import torch
+        import torch.nn.functional as F
+
+        logits = self.model.backbone.lm_head(hidden).float()  # (m, vocabulary)
+        target = torch.tensor(continuation, device=logits.device)
+        logprobs = F.log_softmax(logits, dim=-1).gather(1, target[:, None])[:, 0]
+        return logprobs.cpu(), bool((logits.argmax(dim=-1) == target).all())
+
     def token_losses(self, ids: list[int], progress: bool = False):
         """(N-1,) float32 on the CPU: entry i-1 is the cross entropy of token i given what this method lets it
         see of tokens 0..i-1. Logits are computed LOSS_ROWS positions at a time."""
@@ -329,6 +356,23 @@ class BackboneMethod(Method):
         )
         return out[0, len(kept) :].tolist(), {"read_tokens": len(kept), "first_chunk_tokens": None,
                                               "open_chunk_tokens": None}
+
+    def continuation_scores(self, context, continuation):
+        """One pass over the last `window` tokens before the continuation's last token, as a causal model that
+        truncates its input on the left scores it (lm-eval's Hugging Face backend does the same); full attention
+        refuses what does not fit."""
+        if self.name == "full":
+            self.check_document(len(context) + len(continuation) - 1)
+        if len(continuation) > self.window:
+            raise ValueError(f"a continuation of {len(continuation)} tokens does not fit the window of {self.window}")
+        if not context:
+            raise ValueError("scoring a continuation needs at least one context token")
+        import torch
+
+        ids = (context + continuation)[:-1][-self.window :]
+        inner = self.model.backbone_model.model
+        hidden = inner(input_ids=torch.tensor([ids], device=self.device), use_cache=False).last_hidden_state
+        return self._scores(hidden[0, -len(continuation) :], continuation)
 
     def hidden_blocks(self, tokens, progress):
         """One pass when the input fits the window. Longer inputs (truncated only) are read in windows of
