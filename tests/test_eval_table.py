@@ -55,6 +55,11 @@ def test_one_row_per_method_with_the_numbers_of_its_results(results):
     assert rows["full (1024)"][2] == "-" and rows["full (1024)"][6] == f"{out['ppl-full']['ppl']:.3f}"
     notes = [line for line in lines if line.startswith("- ")]
     assert len(notes) == len(out) + 1 and all("command `" in n for n in notes[:-1])
+    # the fixture ran with one thread: every record and summary says so, and the notes name it
+    assert all(summary["cost"]["threads"] == {"1": 2 if name.startswith("passkey") else 1}
+               for name, summary in out.items())
+    assert all(n.endswith("torch threads 1 (2 trials)") or n.endswith("torch threads 1 (1 trial)")
+               or n.endswith("torch threads 1 (1 document)") for n in notes[:-1])
 
 
 def test_command_line_writes_the_table_and_refuses_what_it_cannot_tabulate(results, tmp_path, capsys):

@@ -31,9 +31,11 @@ from cometlm.evaluation.methods import (
 from cometlm.evaluation.results import (
     RSS_NOTE,
     append_record,
+    cost_fields,
     environment,
     load_records,
     peak_rss_over,
+    threads_used,
     utc_now,
     write_atomic,
     write_json,
@@ -182,6 +184,7 @@ def summarize(task: RetrievalTask, done: dict[tuple, dict], config: dict, run: d
         "cost": {
             "trial_seconds": round(sum(r["seconds"] for r in every), 3),
             "peak_rss_mib": peak_rss_over(every, peak_rss_mib()),
+            "threads": threads_used(every),
             "note": RSS_NOTE,
         },
         "environment": {**env, "written_utc": utc_now()},
@@ -239,7 +242,6 @@ def evaluate_grid(
     import torch
     from tqdm.auto import tqdm
 
-    from cometlm.cli import peak_rss_mib
     from cometlm.evaluation.streaming import Snapshot
 
     lengths, depths = check_grid(lengths, depths, trials)
@@ -309,8 +311,7 @@ def evaluate_grid(
                 **run, "length": length, "depth": depth, "trial": trial, **task.record(sample),
                 "generated": generated, "correct": task.matches(generated, sample),
                 "needle_start": sample.needle_start, **facts, "resumed_at": snapshot.resumed_tokens or None,
-                "seconds": round(seconds, 4),
-                "tokens_per_s": round(facts["read_tokens"] / seconds, 1), "peak_rss_mib": round(peak_rss_mib(), 1),
+                **cost_fields(seconds, facts["read_tokens"]),
             }
             append_record(trials_path, record)
             _forget(snapshot.path)

@@ -29,9 +29,11 @@ from cometlm.evaluation.methods import DEFAULT_SINK_TOKENS, build_method, model_
 from cometlm.evaluation.results import (
     RSS_NOTE,
     append_record,
+    cost_fields,
     environment,
     load_records,
     peak_rss_over,
+    threads_used,
     utc_now,
     write_atomic,
     write_json,
@@ -98,6 +100,7 @@ def summarize(done: dict[tuple, dict], config: dict, run: dict, model: dict, env
             "document_seconds": round(seconds, 3),
             "tokens_per_s": round(sum(r["tokens"] for r in records) / seconds, 1) if seconds > 0 else None,
             "peak_rss_mib": peak_rss_over(records, peak_rss_mib()),
+            "threads": threads_used(records),
             "note": RSS_NOTE,
         },
         "environment": {**env, "written_utc": utc_now()},
@@ -169,7 +172,6 @@ def evaluate_ppl(
     import torch
     from tqdm.auto import tqdm
 
-    from cometlm.cli import peak_rss_mib
     from cometlm.corpora import corpus_tokens
     from cometlm.training.data import CorpusLMDataset
 
@@ -228,8 +230,7 @@ def evaluate_ppl(
             seconds = time.perf_counter() - start
             sums, counts = bucket_sums(losses, bucket)
             record = {**run, "document": i, "start": begin, "end": end, "tokens": end - begin, "loss_sum": sums,
-                      "count": counts, "mean_loss": sum(sums) / sum(counts), "seconds": round(seconds, 4),
-                      "tokens_per_s": round((end - begin) / seconds, 1), "peak_rss_mib": round(peak_rss_mib(), 1)}
+                      "count": counts, "mean_loss": sum(sums) / sum(counts), **cost_fields(seconds, end - begin)}
             append_record(log, record)
             done[(i,)] = record
             summary, unwritten = write_outputs(), False

@@ -21,6 +21,28 @@ RSS_NOTE = (
 )
 
 
+def cost_fields(seconds: float, tokens: int) -> dict:
+    """A record's cost: wall seconds, tokens read per second and the process's peak RSS so far, with what the time
+    depends on besides the work: torch's thread count and the 1-minute load average when the unit finished (other
+    processes on the same cores slow it down)."""
+    import torch
+
+    from cometlm.cli import peak_rss_mib
+
+    return {"seconds": round(seconds, 4), "tokens_per_s": round(tokens / seconds, 1),
+            "peak_rss_mib": round(peak_rss_mib(), 1), "threads": torch.get_num_threads(),
+            "load1": round(os.getloadavg()[0], 2)}
+
+
+def threads_used(records) -> dict[str, int]:
+    """How many records ran with each torch thread count; "unknown" counts records from before it was logged."""
+    counts: dict[str, int] = {}
+    for r in records:
+        key = str(r.get("threads", "unknown"))
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def peak_rss_over(records, now: float) -> float:
     """The summary's peak RSS in MiB: the largest over the processes that wrote `records` and this one (`now`),
     so that a rerun which only skips finished work still reports the peak of the runs that did it."""

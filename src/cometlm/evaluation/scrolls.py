@@ -49,9 +49,11 @@ from cometlm.evaluation.methods import DEFAULT_PRIME_TOKENS, DEFAULT_SINK_TOKENS
 from cometlm.evaluation.results import (
     RSS_NOTE,
     append_record,
+    cost_fields,
     environment,
     load_records,
     peak_rss_over,
+    threads_used,
     utc_now,
     write_json,
 )
@@ -343,7 +345,8 @@ def evaluate_scrolls_task(
             "scores_note": None if scored else f"the {split} split has no references: submit {SUBMISSION_FILE}",
             "cost": {"seconds": round(sum(r["seconds"] for r in finished), 3),
                      "read_tokens": sum(r["read_tokens"] for r in finished),
-                     "peak_rss_mib": peak_rss_over(finished, peak_rss_mib()), "note": RSS_NOTE},
+                     "peak_rss_mib": peak_rss_over(finished, peak_rss_mib()), "threads": threads_used(finished),
+                     "note": RSS_NOTE},
             "environment": {**env, "written_utc": utc_now()},
             "files": {"log": LOG_FILE, "submission": SUBMISSION_FILE},
         }
@@ -373,8 +376,7 @@ def evaluate_scrolls_task(
                 **run, "id": example.id, "prediction": prediction, "generated": generated,
                 "scores": example_scores(spec, prediction, example.outputs) if scored else None,
                 "prompt_tokens": len(ids), "question_tokens": question_tokens, **facts,
-                "new_tokens": len(new_ids), "seconds": round(seconds, 4),
-                "tokens_per_s": round(facts["read_tokens"] / seconds, 1), "peak_rss_mib": round(peak_rss_mib(), 1),
+                "new_tokens": len(new_ids), **cost_fields(seconds, facts["read_tokens"]),
             }
             append_record(log_path, record)
             done[example.id] = record

@@ -167,7 +167,12 @@ def _note(summary: dict) -> str:
     else:
         what = (f"{TITLES[summary['task']]}: lengths {', '.join(length_label(n) for n in config['lengths'])} x depths "
                 f"{', '.join(f'{d:g}' for d in config['depths'])} x {config['trials']} trials, seed {config['seed']}")
-    return f"{method} ({reads}), {what}: `{summary['_file']}`; command `{summary['environment']['command']}`"
+    threads = summary["cost"].get("threads")
+    ran = "" if not threads else "; torch threads " + ", ".join(
+        f"{n} ({count} {'trial' if summary['task'] != 'ppl' else 'document'}{'s' if count != 1 else ''})"
+        for n, count in threads.items())
+    return (f"{method} ({reads}), {what}: `{summary['_file']}`; last command "
+            f"`{summary['environment']['command']}`{ran}")
 
 
 def register(tasks) -> None:
