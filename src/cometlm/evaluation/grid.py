@@ -37,7 +37,7 @@ from cometlm.evaluation.results import (
     peak_rss_over,
     threads_used,
     utc_now,
-    write_atomic,
+    write_figure,
     write_json,
 )
 
@@ -107,6 +107,10 @@ def method_label(summary: dict) -> str:
 def write_heatmap(path: Path, summary: dict, title: str, needle: str) -> None:
     """Accuracy per (length, depth) as colour, red (0) to green (1), with the value written in each cell;
     cells not run yet are grey, unfinished ones show how many trials they hold."""
+    write_figure(path, lambda: _heatmap(summary, title, needle))
+
+
+def _heatmap(summary: dict, title: str, needle: str):
     import matplotlib
     import numpy as np
     from matplotlib.figure import Figure
@@ -138,7 +142,7 @@ def write_heatmap(path: Path, summary: dict, title: str, needle: str) -> None:
         fontsize=9,
     )
     fig.colorbar(image, ax=ax, label="accuracy")
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=150))
+    return fig
 
 
 def _mean(records: list[dict]) -> float | None:

@@ -35,7 +35,7 @@ from cometlm.evaluation.results import (
     peak_rss_over,
     threads_used,
     utc_now,
-    write_atomic,
+    write_figure,
     write_json,
 )
 
@@ -123,6 +123,10 @@ def load_summary(path) -> dict:
 
 def write_plot(path: Path, summaries: list[dict]) -> None:
     """Mean loss per position bucket, one line per result (the first is this run)."""
+    write_figure(path, lambda: _loss_plot(summaries))
+
+
+def _loss_plot(summaries: list[dict]):
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7.5, 4.2), layout="constrained")
@@ -144,7 +148,7 @@ def write_plot(path: Path, summaries: list[dict]) -> None:
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=150))
+    return fig
 
 
 def evaluate_ppl(
