@@ -361,14 +361,14 @@ class BackboneMethod(Method):
         """One pass over the last `window` tokens before the continuation's last token, as a causal model that
         truncates its input on the left scores it (lm-eval's Hugging Face backend does the same); full attention
         refuses what does not fit."""
+        import torch
+
+        if not context or not continuation:
+            raise ValueError("scoring a continuation needs at least one context and one continuation token")
         if self.name == "full":
             self.check_document(len(context) + len(continuation) - 1)
         if len(continuation) > self.window:
             raise ValueError(f"a continuation of {len(continuation)} tokens does not fit the window of {self.window}")
-        if not context:
-            raise ValueError("scoring a continuation needs at least one context token")
-        import torch
-
         ids = (context + continuation)[:-1][-self.window :]
         inner = self.model.backbone_model.model
         hidden = inner(input_ids=torch.tensor([ids], device=self.device), use_cache=False).last_hidden_state
