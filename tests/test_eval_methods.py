@@ -150,7 +150,8 @@ def test_bad_method_options_are_refused_with_what_to_do():
     cases = [
         (dict(name="rag"), "method must be one of comet, no-memory, full, truncated, sliding-window"),
         (dict(name="full", window=2048), "full attention reads at most the backbone's window of 1024 tokens"),
-        (dict(name="sliding-window", window=1000), "must fit the backbone's window of 1024 tokens .* lower --window"),
+        (dict(name="sliding-window", window=1000),
+         "must fit the backbone's window of 1024 tokens .* lower the window or the sink tokens .*--window.*window="),
         (dict(name="sliding-window", sink_tokens=-1), "sink_tokens must be an integer >= 0"),
         (dict(name="truncated", window=0), "window must be a positive token count"),
     ]
@@ -159,11 +160,19 @@ def test_bad_method_options_are_refused_with_what_to_do():
             build_method(model=model, **options)
     full = build_method("full", model)
     with pytest.raises(ValueError, match="a document of 1025 tokens exceeds the backbone's window of 1024 tokens.*"
-                                         "use --method truncated or sliding-window"):
+                                         "use the truncated or sliding-window method .*--method.*method="):
         full.check_document(1025)
     with pytest.raises(ValueError, match="context length 1020 plus the 9-token answer exceeds"):
         full.check_prompt(1020, 5, 9)
     full.check_document(1024)
+    full.check_continuation(1000, 25)  # 1,024 tokens in, the last continuation token is only a target
+    with pytest.raises(ValueError, match=r"reading 1025 tokens \(a context of 1000 and a continuation of 26.*\) "
+                                         "exceeds"):
+        full.check_continuation(1000, 26)
+    with pytest.raises(ValueError, match="a continuation of 30 tokens does not fit the window of 20"):
+        build_method("truncated", model, window=20).check_continuation(100, 30)
+    with pytest.raises(ValueError, match="at least one context and one continuation token"):
+        build_method("sliding-window", model).check_continuation(0, 3)
     assert build_method("sliding-window", model).window == 1024 - 4 - methods.READ_BLOCK
 
 
@@ -174,3 +183,18 @@ def test_every_method_reads_with_the_models_backbone_and_records_one_schema():
         runner = getattr(method, "runner", model)
         assert runner.backbone_model is model.backbone_model and method.settings().keys() == {
             "layout", "prime_tokens", "window", "sink_tokens"}
+
+
+@pytest.mark.parametrize("name", methods.METHODS)
+@torch.inference_mode()
+def test_a_stop_condition_ends_the_answer_where_it_becomes_true(name):
+    """`answer(stop=...)` (stop sequences in the lm-eval backend) ends generation early: the answer is a prefix of
+    the unstopped one, ending at the first token where the condition holds."""
+    model = tiny_comet("llama")
+    method = build_method(name, model, "fixed", window=64 if name in ("truncated", "sliding-window") else None)
+    prompt = random_ids(1, 150, seed=3)[0].tolist()
+    free, _ = method.answer(prompt, 4, 8, None, False)
+    seen = []
+    stopped, _ = method.answer(prompt, 4, 8, None, False, stop=lambda new: seen.append(list(new)) or len(new) == 3)
+    assert len(free) == 8 and stopped == free[:3]
+    assert seen[-1] == free[:3]  # asked after every new token, with the answer so far

@@ -143,37 +143,57 @@ def test_the_backbone_read_whole_equals_the_harness_own_hugging_face_backend(set
                     assert x[0] == pytest.approx(y[0], abs=1e-4) and x[1] == y[1]
 
 
-@pytest.mark.parametrize("method, window", [("truncated", 24), ("sliding-window", 8)])
-def test_the_baselines_equal_their_own_reading(setup, method, window):
-    """Truncation: every continuation scored from the last `window` tokens before it, computed here with the
-    backbone; sliding-window: the numbers of `cometlm eval` (its own tests check StreamingLLM's definition)."""
-    from cometlm.evaluation.methods import build_method
+def test_truncated_equals_the_harness_own_hugging_face_backend_with_the_same_max_length(setup):
+    """`hf` with max_length=W cuts a loglikelihood input to its last W tokens and a prompt to its last W - max_gen_toks,
+    as truncation with window=W must: every number and text the same, on contexts longer than the window."""
+    root, _, tokenizer = setup
+    backbone = str(root / "model" / "backbone")
+    tasks = ["comet_mc", "comet_gen"]
+    manager = TaskManager(include_path=str(root / "tasks"), include_defaults=False)
+    hf, ours = (simple_evaluate(model=name, model_args=args, tasks=tasks, task_manager=manager, log_samples=True,
+                                device="cpu") for name, args in (
+        ("hf", f"pretrained={backbone},dtype=float32,max_length=24"),
+        ("cometlm", f"pretrained={backbone},method=truncated,window=24"),
+    ))
+    longest = max(len(tokenizer(s["arguments"][0][0], add_special_tokens=False)["input_ids"])
+                  for s in ours["samples"]["comet_mc"])
+    assert longest > 3 * 24
+    for task in tasks:
+        for a, b in zip(*(sorted(run["samples"][task], key=lambda s: s["doc_id"]) for run in (hf, ours)), strict=True):
+            for (x,), (y,) in zip(a["resps"], b["resps"], strict=True):
+                if task == "comet_gen":
+                    assert x == y
+                else:
+                    assert x[0] == pytest.approx(y[0], abs=1e-4) and x[1] == y[1]
+    assert ours["config"]["cometlm_method"] == "truncated" and ours["config"]["cometlm_window"] == 24
+
+
+def test_sliding_window_reads_through_its_bounded_cache(setup, monkeypatch):
+    """With blocks of 16 tokens and a window of 8, the longer inputs evict tokens: every number and text equals
+    what the method gives in `cometlm eval` (whose tests check StreamingLLM's definition), and differs from full
+    attention where tokens were evicted."""
+    from cometlm.evaluation import methods
 
     root, model, tokenizer = setup
+    monkeypatch.setattr(methods, "READ_BLOCK", 16)
     results = simple_evaluate(
-        model="cometlm", model_args=f"comet={root / 'model'},method={method},window={window},sink_tokens=2",
+        model="cometlm", model_args=f"comet={root / 'model'},method=sliding-window,window=8,sink_tokens=2",
         tasks=["comet_mc", "comet_ppl", "comet_gen"], log_samples=True, device="cpu",
         task_manager=TaskManager(include_path=str(root / "tasks"), include_defaults=False),
     )
-    reader = build_method(method, model, window=window, sink_tokens=2)
+    reader, full = methods.build_method("sliding-window", model, window=8, sink_tokens=2), methods.build_method(
+        "full", model)
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-    lengths = []
+    evicted = 0
     for sample in results["samples"]["comet_mc"]:
         for (context, continuation), ((logprob, greedy),) in zip(sample["arguments"], sample["resps"]):
             whole, n = encode(context + continuation), len(encode(context))
             with torch.inference_mode():
-                if method == "truncated":
-                    kept = whole[:-1][-window:]
-                    logits = model.backbone_model(torch.tensor([kept])).logits[0, n - len(whole) :].float()
-                    logp = F.log_softmax(logits, dim=-1)
-                    target = torch.tensor(whole[n:])
-                    want = float(logp.gather(1, target[:, None]).sum())
-                    assert greedy == bool((logp.argmax(-1) == target).all())
-                else:
-                    want = -float(reader.token_losses(whole)[n - 1 :].sum())
+                want = -float(reader.token_losses(whole)[n - 1 :].sum())
+                unbounded = -float(full.token_losses(whole)[n - 1 :].sum())
             assert logprob == pytest.approx(want, abs=1e-4)
-            lengths.append(len(whole))
-    assert max(lengths) > 3 * window  # the longer contexts exceed the window
+            evicted += len(whole) > 2 + 8 + 16 and abs(logprob - unbounded) > 1e-3
+    assert evicted >= 3  # the longer contexts lost tokens, and it shows
     prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     for sample in results["samples"]["comet_ppl"]:
         ((text,),) = sample["arguments"]
@@ -187,8 +207,7 @@ def test_the_baselines_equal_their_own_reading(setup, method, window):
         text = tokenizer.decode(new_ids, skip_special_tokens=True)
         assert sample["resps"][0][0] == text.split("\n")[0].split(".")[0]
     config = results["config"]
-    assert config["cometlm_method"] == method and config["cometlm_window"] == window
-    assert config["cometlm_sink_tokens"] == (2 if method == "sliding-window" else None)
+    assert config["cometlm_window"] == 8 and config["cometlm_sink_tokens"] == 2 and config["cometlm_layout"] is None
 
 
 def test_primed_layout_reads_each_context_once_and_equals_forward_with_that_chunking(setup, monkeypatch):
@@ -224,12 +243,23 @@ def test_bad_model_args_are_refused(setup):
         CometLM(comet=str(root / "model"), method="rag")
     with pytest.raises(ValueError, match="sink_tokens must be an integer >= 0"):
         CometLM(comet=str(root / "model"), method="sliding-window", sink_tokens=-1)
+    with pytest.raises(ValueError, match="window and sink_tokens apply to the methods full, truncated and "
+                                         "sliding-window, not comet"):
+        CometLM(comet=str(root / "model"), window=512)
+    with pytest.raises(ValueError, match="prime_tokens applies to the methods comet and no-memory, not truncated"):
+        CometLM(comet=str(root / "model"), method="truncated", prime_tokens=8)
+    with pytest.raises(ValueError, match="model_args: sliding-window attention .* window=, sink_tokens="):
+        CometLM(comet=str(root / "model"), method="sliding-window", window=1000)
     full = CometLM(comet=str(root / "model"), method="full", window=10)
-    long = Instance("loglikelihood", {}, ("a b c d e f g h i j k l", " m"), 0)
-    with pytest.raises(ValueError, match="exceeds the backbone's window of 10 tokens"):
-        full.loglikelihood([long], disable_tqdm=True)
+    short, long = (Instance("loglikelihood", {}, (text, " m"), 0) for text in ("a b", "a b c d e f g h i j k l"))
+    scored = []
+    full.baseline.continuation_scores = lambda *args: scored.append(args)  # must not be reached
+    with pytest.raises(ValueError, match="method=full: loglikelihood request 1: .*exceeds the backbone's window of "
+                                         "10 tokens.*method="):
+        full.loglikelihood([short, long], disable_tqdm=True)
+    assert scored == []  # every request is checked before the first is scored
     sampled = Instance("generate_until", {}, ("a b c", {"until": ["."], "do_sample": True, "temperature": 0.7}), 0)
-    with pytest.raises(ValueError, match="method full generates greedily"):
+    with pytest.raises(ValueError, match="method=full: generate_until request 0: this method generates greedily"):
         full.generate_until([sampled], disable_tqdm=True)
 
 

@@ -9,12 +9,13 @@ NAME=PATTERN, PATTERN naming a phase's metrics.jsonl with `{phase}` for the phas
         comet=docs/experiments/2026-11-29-{phase}-metrics.jsonl \\
         global-only=runs/abl-global-only/{phase}/metrics.jsonl --plot docs/results/ablations-loss.png
 
-Prints, per run and phase: steps, tokens, wall time, and the mean loss over the phase's last 100 passkey steps
-(the answer's tokens) and its last 100 language-model steps; then per run the totals. The plot draws the passkey
-steps' loss. A step's data source is in the metrics of runs trained since `cometlm train` logged sources; since
-every run reads the same samples, the others take the sources from those (and the script checks that the runs
-that logged sources agree); steps whose source no run logged yet are left out of the losses. A phase is read up to the steps the recipe runs (`--stop-at`, else `--max-steps`),
-keeping the last record of a step that a resumed run logged twice; a phase not started yet is left out.
+Prints, per run and phase: steps, tokens, wall time, and the mean loss over the phase's last 100 passkey steps (the
+answer's tokens) and its last 100 language-model steps; then per run the totals. The plot draws the passkey steps'
+loss. A step's data source is in the metrics of runs trained since `cometlm train` logged sources; since every run
+reads the same samples, the others take the sources from those (and the script checks that the runs that logged
+sources agree); steps whose source no run logged yet are left out of the losses. A phase is read up to the steps
+the recipe runs (`--stop-at`, else `--max-steps`), keeping the last record of a step that a resumed run logged
+twice; a phase not started yet is left out.
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ def main(argv=None) -> int:
     sources = shared_sources(runs)
 
     for name, phases in runs.items():
-        print(f"\n{name}\n| phase | steps | tokens | wall time | passkey loss | LM loss |\n|---|---:|---:|---:|---:|---:|")
+        print(f"\n{name}\n| phase | steps | tokens | wall time | passkey loss | LM loss |")
+        print("|---|---:|---:|---:|---:|---:|")
         steps = tokens = seconds = 0
         for phase, records in phases.items():
             if not records:

@@ -27,12 +27,15 @@ untrained with `chunk_size`, `global_slots`, `temp_stride`, `temp_capacity`, `ad
 - generate_until: the context read with its tail in the open chunk, then `generate` with the task's stop
   sequences; the text is cut at the first stop sequence, as the harness's Hugging Face backend does.
 
-The baselines read as they do in `cometlm eval` (`methods.Method`), one request at a time and greedily (they
-refuse `do_sample` and a repetition penalty): loglikelihood scores context + continuation
+The baselines read as they do in `cometlm eval` (`methods.Method`), with the backbone as loaded (with `comet=DIR`,
+the adapter's LoRA included), one request at a time and greedily (they refuse `do_sample` and a repetition
+penalty); every request is checked before the first is answered. loglikelihood scores context + continuation
 (`Method.continuation_scores`: full and truncated over the last `window` tokens, as the `hf` backend truncates;
-full refuses longer inputs), loglikelihood_rolling scores the prefix token + text as `cometlm eval ppl` does
-(`Method.token_losses`), generate_until generates greedily (`Method.answer`) and cuts the text at the first
-stop sequence.
+full refuses longer inputs). loglikelihood_rolling scores the prefix token + text as `cometlm eval ppl` does
+(`Method.token_losses`): full refuses a text that does not fit the window with its prefix token, and truncated
+reads windows that overlap by half, so every token sees at least `window / 2` before it (the `hf` backend's
+rolling windows do not overlap, so its numbers are not comparable). generate_until generates greedily
+(`Method.answer`) until a stop sequence appears, and cuts the text at the first one.
 
 Results record the exact command, cometlm's version, the CoMeT configuration and weights checksum, and the
 layout (`get_model_info`, merged into the harness's results config next to its own versions and seeds). A run
@@ -77,7 +80,7 @@ class CometLM(TemplateLM):
         layout: str = "primed",
         prime_tokens: int | None = None,
         window: int | None = None,
-        sink_tokens: int = DEFAULT_SINK_TOKENS,
+        sink_tokens: int | None = None,
         max_gen_toks: int = 256,
         add_bos_token: bool = False,
         device: str | None = None,
@@ -104,7 +107,13 @@ class CometLM(TemplateLM):
         self.max_gen_toks = _count(max_gen_toks, "max_gen_toks", 1)
         self.prime_tokens = None if prime_tokens is None else _count(prime_tokens, "prime_tokens", 1)
         window = None if window is None else _count(window, "window", 1)
-        sink_tokens = _count(sink_tokens, "sink_tokens", 0)
+        sink_tokens = None if sink_tokens is None else _count(sink_tokens, "sink_tokens", 0)
+        if method in MEMORY_METHODS and (window is not None or sink_tokens is not None):
+            raise ValueError(f"cometlm model_args: window and sink_tokens apply to the methods full, truncated and "
+                             f"sliding-window, not {method}")
+        if method not in MEMORY_METHODS and prime_tokens is not None:
+            raise ValueError(f"cometlm model_args: prime_tokens applies to the methods comet and no-memory, not "
+                             f"{method}")
         self.layout, self.add_bos_token = layout, bool(add_bos_token)
         # The command line's own model options and defaults, so that both load a model the same way.
         parser = argparse.ArgumentParser(add_help=False)
@@ -132,8 +141,13 @@ class CometLM(TemplateLM):
         self.model = without_memory(model) if method == "no-memory" else model
         self.method, self.tokenizer = method, model.tokenizer
         # The baselines read through `methods.Method`; comet and no-memory stream here, sharing context reads.
-        self.baseline = None if method in MEMORY_METHODS else build_method(method, model, window=window,
-                                                                           sink_tokens=sink_tokens)
+        self.baseline = None
+        if method not in MEMORY_METHODS:
+            sinks = DEFAULT_SINK_TOKENS if sink_tokens is None else sink_tokens
+            try:
+                self.baseline = build_method(method, model, window=window, sink_tokens=sinks)
+            except ValueError as err:
+                raise ValueError(f"cometlm model_args: {err}") from None
         self.model_name = comet or (pretrained if isinstance(pretrained, str) else None) or model.base_model
 
     # ----------------------------------------------------------------------------------------------------------
@@ -205,10 +219,21 @@ class CometLM(TemplateLM):
         bar.close()
         return results
 
+    def _check_all(self, kind: str, checks) -> None:
+        """Runs every request's check (a callable that raises ValueError) before any request is answered, so that
+        a request this method cannot read stops the run at once, not hours in."""
+        for i, check in enumerate(checks):
+            try:
+                check()
+            except ValueError as err:
+                raise ValueError(f"cometlm method={self.method}: {kind} request {i}: {err}") from None
+
     def _baseline_loglikelihood(self, requests, disable_tqdm: bool) -> list[tuple[float, bool]]:
         import torch
         from tqdm.auto import tqdm
 
+        self._check_all("loglikelihood", [lambda c=c, x=x: self.baseline.check_continuation(len(c), len(x))
+                                          for _, c, x in requests])
         results = []
         for key, context, continuation in tqdm(requests, desc=f"cometlm {self.method} loglikelihood",
                                                 disable=disable_tqdm, dynamic_ncols=True):
@@ -227,13 +252,16 @@ class CometLM(TemplateLM):
 
         from cometlm.evaluation.streaming import score_continuations
 
+        texts = [request.args[0] for request in requests]
+        encoded = [self.tok_encode(text, add_special_tokens=False) for text in texts]
+        if self.baseline is not None:  # the prefix token and the text, as `cometlm eval ppl` scores a document
+            self._check_all("loglikelihood_rolling", [lambda n=len(ids): self.baseline.check_document(n + 1)
+                                                      for ids in encoded])
         results = []
-        for request in tqdm(requests, desc="cometlm loglikelihood_rolling", disable=disable_tqdm, dynamic_ncols=True):
-            (text,) = request.args
-            ids = self.tok_encode(text, add_special_tokens=False)
+        for text, ids in tqdm(list(zip(texts, encoded)), desc="cometlm loglikelihood_rolling", disable=disable_tqdm,
+                              dynamic_ncols=True):
             with torch.inference_mode():
-                if self.baseline is not None:  # as `cometlm eval ppl` scores a document
-                    self.baseline.check_document(len(ids) + 1)
+                if self.baseline is not None:
                     total = -float(self.baseline.token_losses([self.prefix_token_id, *ids], not disable_tqdm).sum())
                 else:
                     state = self.model.ingest(torch.tensor([[self.prefix_token_id]], device=self.device))
@@ -252,8 +280,8 @@ class CometLM(TemplateLM):
         from cometlm.evaluation.streaming import generate_answer
 
         eos = self.tokenizer.decode([self.eot_token_id], skip_special_tokens=False)
-        results = []
-        for request in tqdm(requests, desc="cometlm generate_until", disable=disable_tqdm, dynamic_ncols=True):
+        parsed = []  # (context, gen_kwargs, ids, stop sequences, max new tokens, sampling options) per request
+        for request in requests:
             context, gen_kwargs = request.args
             options = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
             until = handle_stop_sequences(options.pop("until", None), eos=eos)
@@ -265,13 +293,20 @@ class CometLM(TemplateLM):
             if not sampling.get("do_sample"):
                 sampling = {k: v for k, v in sampling.items() if k == "repetition_penalty"}
             ids = self.tok_encode(context) or [self.prefix_token_id]
+            parsed.append((context, gen_kwargs, ids, until, max_new, sampling))
+        if self.baseline is not None:
+            self._check_all("generate_until", [lambda p=p: self._check_greedy_prompt(*p[2:]) for p in parsed])
+        results = []
+        for context, gen_kwargs, ids, until, max_new, sampling in tqdm(
+            parsed, desc="cometlm generate_until", disable=disable_tqdm, dynamic_ncols=True
+        ):
             if self.baseline is not None:
-                if sampling.get("do_sample") or sampling.get("repetition_penalty", 1.0) != 1.0:
-                    raise ValueError(f"cometlm: method {self.method} generates greedily; do_sample and "
-                                     "repetition_penalty need method comet or no-memory")
-                self.baseline.check_prompt(len(ids), 0, max_new)
-                with torch.inference_mode():  # greedy to the end; the text is cut at the first stop sequence below
-                    new_ids, _ = self.baseline.answer(ids, 0, max_new, self.eot_token_id, not disable_tqdm)
+                def stop(new_ids, until=until):  # a stop sequence was generated: the text is cut there below
+                    text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
+                    return any(s and s in text for s in until)
+
+                with torch.inference_mode():
+                    new_ids, _ = self.baseline.answer(ids, 0, max_new, self.eot_token_id, not disable_tqdm, stop=stop)
             else:
                 tail = self._open_tokens(len(ids), max_new)
                 with torch.inference_mode():
@@ -284,12 +319,19 @@ class CometLM(TemplateLM):
             self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
         return results
 
+    def _check_greedy_prompt(self, ids, until, max_new, sampling) -> None:
+        if sampling.get("do_sample") or sampling.get("repetition_penalty", 1.0) != 1.0:
+            raise ValueError("this method generates greedily; do_sample and repetition_penalty need method comet or "
+                             "no-memory")
+        self.baseline.check_prompt(len(ids), 0, max_new)
+
     # ----------------------------------------------------------------------------------------------------------
     # Provenance
 
     def get_model_info(self) -> dict:
         """Merged into the harness's results config: what identifies these weights and this way of reading."""
         import cometlm
+        from cometlm.evaluation.methods import lora_checksum
 
         memory = self.model.memory.parameters()
         return {
@@ -299,8 +341,9 @@ class CometLM(TemplateLM):
             "cometlm_base_model": self.model.base_model,
             "cometlm_config": self.model.comet_config.to_dict(),
             "cometlm_checksum": round(sum(float(p.detach().double().sum()) for p in memory), 4),
+            "cometlm_lora_checksum": lora_checksum(self.model),
             "cometlm_method": self.method,
-            "cometlm_layout": self.layout,
+            "cometlm_layout": self.layout if self.baseline is None else None,
             "cometlm_prime_tokens": self.prime_tokens,
             **({} if self.baseline is None else {f"cometlm_{k}": v for k, v in self.baseline.settings().items()
                                                   if k in ("window", "sink_tokens")}),

@@ -134,9 +134,9 @@ def model_info(model, method: "Method", name: str | None) -> dict:
     if isinstance(method, MemoryMethod):
         info["comet_config"] = method.runner.comet_config.to_dict()
         info["comet_checksum"] = _checksum(method.runner.memory.parameters())
-    lora = [p for n, p in model.backbone_model.named_parameters() if "lora_" in n]
-    if lora:  # an adapter trained with LoRA changes the backbone every method reads with
-        info["lora_checksum"] = _checksum(lora)
+    lora = lora_checksum(model)
+    if lora is not None:  # an adapter trained with LoRA changes the backbone every method reads with
+        info["lora_checksum"] = lora
     dtype = str(model.backbone.embed_tokens.weight.dtype).removeprefix("torch.")
     if dtype != "float32":  # the default is left out, so that the ids of float32 results stay what they were
         info["dtype"] = dtype
@@ -145,8 +145,30 @@ def model_info(model, method: "Method", name: str | None) -> dict:
     return info
 
 
+def lora_checksum(model) -> float | None:
+    """A checksum of the backbone's LoRA weights, None without LoRA."""
+    lora = [p for n, p in model.backbone_model.named_parameters() if "lora_" in n]
+    return _checksum(lora) if lora else None
+
+
 def _checksum(parameters) -> float:
     return round(sum(float(p.detach().double().sum()) for p in parameters), 4)
+
+
+def _stopping(stop, start: int):
+    """`stop(new token ids) -> bool` as the stopping criteria of a Hugging Face style `generate`, whose input_ids
+    hold `start` prompt tokens before the new ones (None without `stop`)."""
+    if stop is None:
+        return None
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopWhen(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            done = [bool(stop(row[start:].tolist())) for row in input_ids]
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([StopWhen()])
 
 
 def _bar(total: int, steps: int, progress: bool, initial: int = 0):
@@ -185,13 +207,19 @@ class Method:
     def check_document(self, n_tokens: int) -> None:
         """Raises ValueError if this method cannot score a document of n_tokens."""
 
+    def check_continuation(self, n_context: int, n_continuation: int) -> None:
+        """Raises ValueError if this method cannot score a continuation of n_continuation tokens after n_context."""
+        if n_context < 1 or n_continuation < 1:
+            raise ValueError("scoring a continuation needs at least one context and one continuation token")
+
     def answer(self, prompt: list[int], question_tokens: int, max_new_tokens: int, eos, progress: bool,
-               answer_room: int | None = None, snapshot=None):
+               answer_room: int | None = None, snapshot=None, stop=None):
         """Greedy continuation of `prompt`: (new token ids, facts for the record: read_tokens,
         first_chunk_tokens, open_chunk_tokens). `answer_room`: what the primed layout keeps free for the answer
         (default max_new_tokens; a longer answer rolls over into the next chunk); other methods ignore it.
         `snapshot` (`streaming.Snapshot`): where the memory methods save a long read to resume it after an
-        interruption; the backbone methods read from the start again."""
+        interruption; the backbone methods read from the start again. `stop(new token ids) -> bool`: ends the
+        answer early once true (e.g. a stop sequence was generated), besides eos and max_new_tokens."""
         raise NotImplementedError
 
     def hidden_blocks(self, tokens, progress: bool):
@@ -205,8 +233,7 @@ class Method:
         the continuation kept. Every position's hidden state goes through the LM head only for those m rows."""
         import torch
 
-        if not context or not continuation:
-            raise ValueError("scoring a continuation needs at least one context and one continuation token")
+        self.check_continuation(len(context), len(continuation))
         ids = context + continuation
         first, n = len(context) - 1, len(ids) - 1  # positions first..n-1 predict the continuation
         rows = []
@@ -267,7 +294,8 @@ class MemoryMethod(Method):
         open_chunk_tokens(n_tokens, self.runner.comet_config.chunk_size, self.layout, question_tokens, room,
                           self.prime_tokens or 0)
 
-    def answer(self, prompt, question_tokens, max_new_tokens, eos, progress, answer_room=None, snapshot=None):
+    def answer(self, prompt, question_tokens, max_new_tokens, eos, progress, answer_room=None, snapshot=None,
+               stop=None):
         """Reads the prompt in the layout's chunks and generates (`streaming.generate_answer`); with "fixed" that
         is `generate(prompt)`, since reading in pieces gives the same state as reading at once."""
         from cometlm.evaluation.streaming import generate_answer
@@ -280,7 +308,7 @@ class MemoryMethod(Method):
             # chunk alone (tests check this equals reading everything).
             prompt, snapshot = prompt[-tail:], None
         new_ids = generate_answer(self.runner, prompt, tail, max_new_tokens, eos_token_id=eos, progress=progress,
-                                  snapshot=snapshot)
+                                  snapshot=snapshot, stopping_criteria=_stopping(stop, tail))
         first = (n - tail) % c if len(prompt) == n else None
         return new_ids, {"read_tokens": len(prompt), "first_chunk_tokens": first, "open_chunk_tokens": tail}
 
@@ -329,7 +357,8 @@ class BackboneMethod(Method):
     def _refuse(self, what: str) -> None:
         raise ValueError(
             f"{what} exceeds the backbone's window of {self.window} tokens, and full attention does not read past it; "
-            "use --method truncated or sliding-window, or shorter inputs"
+            "use the truncated or sliding-window method (--method on the command line, method= in lm-eval's "
+            "model_args), or shorter inputs"
         )
 
     def check_prompt(self, n_tokens, question_tokens, answer_tokens, answer_room=None) -> None:
@@ -344,7 +373,16 @@ class BackboneMethod(Method):
         if self.window < 2:
             raise ValueError(f"scoring with a window needs at least 2 tokens in it (got {self.window})")
 
-    def answer(self, prompt, question_tokens, max_new_tokens, eos, progress, answer_room=None, snapshot=None):
+    def check_continuation(self, n_context, n_continuation) -> None:
+        super().check_continuation(n_context, n_continuation)
+        if self.name == "full" and n_context + n_continuation - 1 > self.window:
+            self._refuse(f"reading {n_context + n_continuation - 1} tokens (a context of {n_context} and a "
+                         f"continuation of {n_continuation}, whose last token is only predicted)")
+        if n_continuation > self.window:
+            raise ValueError(f"a continuation of {n_continuation} tokens does not fit the window of {self.window}")
+
+    def answer(self, prompt, question_tokens, max_new_tokens, eos, progress, answer_room=None, snapshot=None,
+               stop=None):
         """Full attention over the prompt's last `window - max_new_tokens` tokens, so prompt and answer fit."""
         import torch
 
@@ -352,7 +390,7 @@ class BackboneMethod(Method):
         ids = torch.tensor([kept], device=self.device)
         out = self.model.backbone_model.generate(
             ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
-            eos_token_id=eos, pad_token_id=eos if eos is not None else 0,
+            eos_token_id=eos, pad_token_id=eos if eos is not None else 0, stopping_criteria=_stopping(stop, len(kept)),
         )
         return out[0, len(kept) :].tolist(), {"read_tokens": len(kept), "first_chunk_tokens": None,
                                               "open_chunk_tokens": None}
@@ -363,12 +401,7 @@ class BackboneMethod(Method):
         refuses what does not fit."""
         import torch
 
-        if not context or not continuation:
-            raise ValueError("scoring a continuation needs at least one context and one continuation token")
-        if self.name == "full":
-            self.check_document(len(context) + len(continuation) - 1)
-        if len(continuation) > self.window:
-            raise ValueError(f"a continuation of {len(continuation)} tokens does not fit the window of {self.window}")
+        self.check_continuation(len(context), len(continuation))
         ids = (context + continuation)[:-1][-self.window :]
         inner = self.model.backbone_model.model
         hidden = inner(input_ids=torch.tensor([ids], device=self.device), use_cache=False).last_hidden_state
@@ -406,7 +439,8 @@ class SlidingWindowMethod(Method):
             raise ValueError(
                 f"sliding-window attention gives positions up to sink_tokens + window + {READ_BLOCK} (one read "
                 f"block), which must fit the backbone's window of {limit} tokens (got sink_tokens {sink_tokens}, "
-                f"window {self.window}); lower --window or --sink-tokens"
+                f"window {self.window}); lower the window or the sink tokens (--window, --sink-tokens on the command "
+                "line; window=, sink_tokens= in lm-eval's model_args)"
             )
 
     def settings(self) -> dict:
@@ -433,7 +467,8 @@ class SlidingWindowMethod(Method):
     def hidden_blocks(self, tokens, progress):
         yield from self._read(tokens, self.new_cache(), progress)
 
-    def answer(self, prompt, question_tokens, max_new_tokens, eos, progress, answer_room=None, snapshot=None):
+    def answer(self, prompt, question_tokens, max_new_tokens, eos, progress, answer_room=None, snapshot=None,
+               stop=None):
         """Reads the prompt through the cache, then decodes greedily one token at a time, trimming before each."""
         import torch
 
@@ -441,12 +476,12 @@ class SlidingWindowMethod(Method):
         inner = self.model.backbone_model.model
         for _, hidden in self._read(torch.tensor([prompt], device=self.device), cache, progress):
             pass
-        stop = {eos} if isinstance(eos, int) else set(eos or ())
+        ends = {eos} if isinstance(eos, int) else set(eos or ())
         new_ids = []
         for step in range(max_new_tokens):
             token = lm_head(hidden[:, -1]).argmax(dim=-1)  # (1,)
             new_ids.append(int(token))
-            if new_ids[-1] in stop or step == max_new_tokens - 1:
+            if new_ids[-1] in ends or step == max_new_tokens - 1 or (stop is not None and stop(new_ids)):
                 break
             cache.trim()
             hidden = inner(input_ids=token[:, None], cache=cache, use_cache=True).last_hidden_state

@@ -25,7 +25,8 @@ RSS_NOTE = (
 def cost_fields(seconds: float, tokens: int) -> dict:
     """A record's cost: wall seconds, tokens read per second and the process's peak RSS so far, with what the time
     depends on besides the work: torch's thread count and the 1-minute load average when the unit finished (other
-    processes on the same cores slow it down)."""
+    processes on the same cores slow it down; the average counts this process too, about `threads` when it runs
+    alone)."""
     import torch
 
     from cometlm.cli import peak_rss_mib
