@@ -11,7 +11,9 @@
 #
 # The adapter ends in OUT/passkey-v2g/final: phase v2g made the shipped adapter (src/cometlm/adapters/
 # smollm2-135m-passkey), 1,000 steps at half phase v2f's learning rate (see docs/EXPERIMENTS.md). Phases that were
-# stopped early when the recipe was found replay with --stop-at (the schedule still spans --max-steps).
+# stopped early when the recipe was found replay with --stop-at (the schedule still spans --max-steps). The first
+# three phases were trained before the passkey target included the period after the key, so they replay with
+# passkey:period=0 (the same prompts, the key alone as target).
 set -euo pipefail
 OUT=${1:?usage: recipes/passkey-smollm2.sh OUT [comet|global-only|temp-only|no-gate] [-- EXTRA OPTIONS]}
 shift
@@ -54,11 +56,11 @@ phase() {  # phase NAME FROM ARGS...: one `cometlm train`, skipped once NAME/fin
 }
 
 phase passkey-v1 none --chunk-size 128 "${MODEL[@]}" --attention-sink \
-  --data passkey@0.85 lm:essays@0.15 --max-length 1024 --max-steps 450 --stop-at 181 --lr 3e-4 \
+  --data passkey:period=0@0.85 lm:essays@0.15 --max-length 1024 --max-steps 450 --stop-at 181 --lr 3e-4 \
   --warmup-steps 20 --seed 0 "${OLD_PLAN[@]}"
-phase passkey-v2a passkey-v1 --data passkey@0.85 lm:essays@0.15 --max-length 512 --max-steps 300 --lr 4e-4 \
+phase passkey-v2a passkey-v1 --data passkey:period=0@0.85 lm:essays@0.15 --max-length 512 --max-steps 300 --lr 4e-4 \
   --warmup-steps 10 --seed 1 "${OLD_PLAN[@]}"
-phase passkey-v2b passkey-v2a --data passkey@0.85 lm:essays@0.15 --max-length 512 --max-steps 500 --lr 8e-4 \
+phase passkey-v2b passkey-v2a --data passkey:period=0@0.85 lm:essays@0.15 --max-length 512 --max-steps 500 --lr 8e-4 \
   --warmup-steps 10 --seed 2 "${OLD_PLAN[@]}"
 phase passkey-v2d passkey-v2b --data passkey@0.85 lm:essays@0.15 --max-length 1024 --max-steps 600 --stop-at 200 \
   --lr 5e-4 --warmup-steps 10 --seed 4 "${NEW_PLAN[@]}"

@@ -52,6 +52,9 @@ def test_every_phase_parses_and_continues_from_the_last(tmp_path, variant, switc
         assert after.comet == str(Path(before.output_dir) / "final")
     configs = [config_from_args(args) for args in runs]
     assert [c.last_step for c in configs] == [181, 300, 500, 200, 160, 800, 1000]  # 3,141 steps in all
+    # the shipped adapter's phases v1-v2b were trained before the target had the period after the key
+    passkey = [[spec for spec in args.data if spec.startswith("passkey")] for args in runs]
+    assert passkey[:4] == [["passkey:period=0@0.85"]] * 3 + [["passkey@0.85"]]
 
 
 def test_finished_phases_are_skipped_and_bad_variants_refused(tmp_path):

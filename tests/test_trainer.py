@@ -587,3 +587,18 @@ def test_passkey_spec_draws_key_lengths_from_its_range_and_combines_options(toke
                 "passkey:depth=0-50,depth=0-20"):
         with pytest.raises(ValueError, match="digits|options are"):
             load_dataset(bad, tokenizer, 512)
+
+
+def test_passkey_without_the_period_reads_the_same_prompts_with_the_key_alone_as_target(tokenizer):
+    """`passkey:period=0` replays the shipped adapter's first phases, trained before the period was in the target:
+    the same prompts, the target one token shorter."""
+    with_period, without = (load_dataset(spec, tokenizer, 512) for spec in ("passkey", "passkey:period=0"))
+    for i in range(5):
+        a, b = with_period[i], without[i]
+        assert a.input_ids[:-1] == b.input_ids and a.labels[:-1] == b.labels
+        target = tokenizer.decode([t for t, label in zip(b.input_ids, b.labels) if label != -100])
+        assert target.strip().isdigit() and tokenizer.decode(a.input_ids[-1:]) == "."
+    assert load_dataset("passkey:period=1", tokenizer, 512)[2] == with_period[2]
+    for bad in ("passkey:period=2", "passkey:period=", "needle:period=0"):
+        with pytest.raises(ValueError, match="period=0 or 1|options are"):
+            load_dataset(bad, tokenizer, 512)

@@ -660,6 +660,8 @@ DATA_FORMS = {
                               "depth=0-80 to keep keys out of the last chunk",
     "passkey:digits=N": "passkey keys of N digits (default 5), or digits=LOW-HIGH drawn per prompt; options "
                         "combine with commas, e.g. passkey:depth=0-40,digits=5-7",
+    "passkey:period=0": "the key alone as the target, without the period after it (the same prompts; how the "
+                        "shipped adapter's first three phases were trained)",
     "lm:bible": "random --max-length windows of the bundled KJV Bible; loss on every token",
     "lm:essays": "random --max-length windows of the bundled Paul Graham essays; loss on every token",
 }
@@ -825,7 +827,8 @@ def load_dataset(spec: str, tokenizer, max_length: int, on_error: str = "skip", 
             digits = options.get("digits", (5, 5))
             build = functools.partial(tasks.passkey_sample, key_digits=digits[1])  # the longest key checks the length
             answer = digits[1] + _PASSKEY_ANSWER_EXTRA
-            make = functools.partial(data.PasskeyDataset, key_digits=digits)
+            end = "." if options.get("period", 1) else ""
+            make = functools.partial(data.PasskeyDataset, key_digits=digits, answer_end=end)
         else:
             build, make = tasks.needle_sample, data.NeedleDataset
             answer = len(encode(tokenizer, " " + tasks.NEEDLE_ANSWER))
@@ -846,9 +849,10 @@ def load_dataset(spec: str, tokenizer, max_length: int, on_error: str = "skip", 
 
 def _task_options(spec: str, options: str, kind: str) -> dict[str, tuple]:
     """A generated task's comma-separated options: ``depth=LOW-HIGH`` in percent, as fractions, and (passkey only)
-    ``digits=N`` or ``digits=LOW-HIGH``, as (low, high) counts."""
-    allowed = ("depth", "digits") if kind == "passkey" else ("depth",)
-    usage = "depth=LOW-HIGH in percent" + (" and digits=N or digits=LOW-HIGH" if kind == "passkey" else "")
+    ``digits=N`` or ``digits=LOW-HIGH``, as (low, high) counts, and ``period=0`` or ``1`` (the target's period)."""
+    allowed = ("depth", "digits", "period") if kind == "passkey" else ("depth",)
+    usage = "depth=LOW-HIGH in percent" + (", digits=N or digits=LOW-HIGH and period=0 or 1" if kind == "passkey"
+                                           else "")
     example = "passkey:depth=0-80,digits=5-7" if kind == "passkey" else f"{kind}:depth=0-80"
     parsed = {}
     for option in filter(None, options.split(",")):
@@ -859,6 +863,10 @@ def _task_options(spec: str, options: str, kind: str) -> dict[str, tuple]:
                 raise ValueError
             if name == "depth":
                 parsed[name] = (float(low) / 100, float(high) / 100)
+            elif name == "period":
+                if value not in ("0", "1"):
+                    raise ValueError
+                parsed[name] = int(value)
             else:
                 parsed[name] = (int(low), int(high) if dash else int(low))
         except ValueError:
