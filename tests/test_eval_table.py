@@ -134,3 +134,29 @@ def test_peak_memory_is_the_largest_of_the_summary_and_its_cells(results):
     summaries[0]["cells"][0]["peak_rss_mib"] = summaries[0]["cost"]["peak_rss_mib"] + 500.4
     row = [c.strip() for c in format_table(summaries).splitlines()[2].strip("|").split("|")]
     assert row[-1] == f"{summaries[0]['cost']['peak_rss_mib'] + 500.4:,.0f}"
+
+
+def test_the_plot_draws_each_row_in_every_task_it_has_with_one_colour(results, tmp_path):
+    from matplotlib.image import imread
+
+    from cometlm.evaluation.table import comparison_figure
+
+    root, out = results
+    summaries = load_results([root / name for name in sorted(out)])
+    axes = comparison_figure(summaries).get_axes()
+    panels = {ax.get_title().split(":")[0]: {line.get_label(): line for line in ax.get_lines()} for ax in axes}
+    assert [len(panels[t]) for t in ("passkey", "NIAH", "held-out perplexity")] == [2, 1, 3]
+    comet = next(label for label in panels["passkey"] if label.startswith("comet"))
+    accuracy = [r["accuracy"] for r in out["passkey-comet"]["accuracy_by_length"]]
+    assert list(panels["passkey"][comet].get_ydata()) == accuracy
+    assert list(panels["passkey"][comet].get_xdata()) == [150, 200]
+    buckets = [b["loss"] for b in out["ppl-comet"]["buckets"]]
+    assert list(panels["held-out perplexity"][comet].get_ydata()) == buckets
+    assert len({panel[comet].get_color() for panel in panels.values()}) == 1  # the row's colour in every panel
+
+    parser = argparse.ArgumentParser(prog="cometlm")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["eval", "table", str(root / "passkey-comet"), str(root / "ppl-comet"),
+                              "--plot", str(tmp_path / "table.png")])
+    assert args.run(args) == 0
+    assert imread(tmp_path / "table.png").shape[1] > 800  # two panels side by side

@@ -4,7 +4,8 @@ Reads the summaries `cometlm eval passkey`, `niah` and `ppl` write (their folder
 markdown table: per method and model, passkey and needle accuracy per context length, held-out perplexity,
 the time each took and the peak resident memory. Rows are keyed by (method, window, sink tokens, model), so the
 three results of one method land in one row. Below the table, one line per result says which grid or documents
-it covers, with an asterisk on results that are not complete.
+it covers, with an asterisk on results that are not complete. `--plot` draws the same rows: accuracy against
+context length for passkey and NIAH, and perplexity per position bucket.
 """
 
 from __future__ import annotations
@@ -158,6 +159,53 @@ def format_table(summaries: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _row_label(key: tuple) -> str:
+    method, window, sinks, name = key
+    return f"{_method_cell(method, window, sinks)}, {Path(_model_cell(name)).name}"
+
+
+def comparison_figure(summaries: list[dict]):
+    """The table's rows as lines: accuracy against context length (passkey, NIAH) and loss per position bucket
+    (perplexity), one panel per task present; a row keeps its colour in every panel."""
+    from matplotlib.figure import Figure
+
+    tasks = [t for t in TASKS if any(s["task"] == t for s in summaries)]
+    keys = list(dict.fromkeys(_row_key(s) for s in summaries))
+    colours = {key: f"C{i % 10}" for i, key in enumerate(keys)}
+    fig = Figure(figsize=(5.2 * len(tasks), 4.6), layout="constrained")
+    axes = fig.subplots(1, len(tasks), squeeze=False)[0]
+    for ax, task in zip(axes, tasks):
+        for summary in (s for s in summaries if s["task"] == task):
+            key = _row_key(summary)
+            style = dict(color=colours[key], marker="o", markersize=4, linestyle="-" if summary["complete"] else ":")
+            if task == "ppl":
+                points = [((b["start"] + b["end"]) / 2, b["loss"]) for b in summary["buckets"] if b["loss"] is not None]
+            else:
+                points = [(r["length"], r["accuracy"]) for r in summary["accuracy_by_length"]
+                          if r["accuracy"] is not None]
+            if points:
+                ax.plot(*zip(*points), label=_row_label(key), **style)
+        if task == "ppl":
+            ax.set_xlabel("position in the document (tokens)")
+            ax.set_ylabel("next-token loss (nats)")
+            ax.set_title("held-out perplexity: loss per position bucket", fontsize=10)
+        else:
+            ax.set_xscale("log", base=2)
+            lengths = sorted({n for s in summaries if s["task"] == task for n in s["config"]["lengths"]})
+            ax.set_xticks(lengths, [length_label(n) for n in lengths])
+            ax.set_ylim(-0.03, 1.03)
+            ax.set_xlabel("context length (tokens)")
+            ax.set_ylabel("accuracy")
+            ax.set_title(f"{TITLES[task]}: accuracy by context length", fontsize=10)
+        ax.grid(alpha=0.3)
+    handles = {}
+    for ax in axes:
+        for line in ax.get_lines():
+            handles.setdefault(line.get_label(), line)
+    fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=min(3, len(handles)), fontsize=8)
+    return fig
+
+
 def _note(summary: dict) -> str:
     config, method = summary["config"], summary["method"]
     reads = config.get("reads") or config.get("layout")
@@ -185,13 +233,18 @@ def register(tasks) -> None:
     )
     table.add_argument("results", nargs="+", metavar="RESULT", help="result folders or JSON files")
     table.add_argument("--out", default=None, metavar="FILE", help="also write the table to this markdown file")
+    table.add_argument("--plot", default=None, metavar="PNG", help="also draw the rows: accuracy by context length "
+                       "(passkey, NIAH) and loss per position bucket (perplexity); dotted lines are not complete")
     table.set_defaults(run=cmd_eval_table)
 
 
 def cmd_eval_table(args) -> int:
-    from cometlm.evaluation.results import write_atomic
+    from cometlm.evaluation.results import write_atomic, write_figure
 
-    text = format_table(load_results(args.results))
+    summaries = load_results(args.results)
+    text = format_table(summaries)
+    if args.plot:
+        write_figure(Path(args.plot), lambda: comparison_figure(summaries))
     if args.out:  # before printing, so that a closed pipe (`| head`) cannot stop the file being written
         out = Path(args.out)
         write_atomic(out, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
