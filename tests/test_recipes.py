@@ -114,7 +114,8 @@ def test_the_comparison_runs_every_method_on_every_task_with_the_same_prompts(tm
     assert documents == {("bible", 2, 0)}
     assert {(args.method, args.length) for args in runs if args.task == "ppl"} == {
         ("comet", 32768), ("no-memory", 32768), ("full", 8192), ("truncated", 32768), ("sliding-window", 32768)}
-    assert table[:2] == ["eval", "table"] and table[-2:] == ["--out", str(tmp_path / "out" / "table.md")]
+    assert table[:2] == ["eval", "table"] and table[-4:] == ["--out", str(tmp_path / "out" / "table.md"), "--plot",
+                                                            str(tmp_path / "out" / "table.png")]
 
     # --models-only: the trained models' rows alone, so that a second process can run them next to the baselines
     only, table = evaluations(tmp_path / "out", "--models-only", str(ablation), "--", "--threads", "1")
