@@ -23,7 +23,8 @@
 # Perplexity is scored on 2 held-out Bible windows of 32k tokens, so that the baselines' 8k window is exceeded;
 # full attention, which cannot read past its window, scores 2 windows of 8k instead (the table says which).
 # Every evaluation resumes when the script is rerun (finished trials and documents are kept), and the table is
-# written to OUT/table.md (and drawn in OUT/table.png) at the end. On a 2-core CPU a comet grid to 32k takes about 45 minutes per task.
+# written to OUT/table.md (and drawn in OUT/table.png) at the end. On a 2-core CPU a comet grid to 32k takes
+# about 45 minutes per task.
 set -euo pipefail
 OUT=${1:?usage: recipes/compare-smollm2.sh OUT [MODEL_DIR ...] [--models-only] [-- EXTRA EVAL OPTIONS]}
 shift
