@@ -11,7 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from cometlm import CometConfig, CometForCausalLM
 
 # Fields of results and records that depend on time, machine or process.
-VOLATILE = {"seconds", "tokens_per_s", "peak_rss_mib", "load1", "cost", "environment"}
+VOLATILE = {"seconds", "tokens_per_s", "peak_rss_mib", "load1", "command", "cost", "environment"}
 
 
 def tiny_text_model(chunk_size: int = 64, tokenizer=None) -> CometForCausalLM:

@@ -103,7 +103,7 @@ def test_an_interrupted_grid_resumes_with_only_the_missing_trials(tmp_path, mode
 
     monkeypatch.setattr(model, "generate", Spy(model.generate, stop_after=3))
     with pytest.raises(KeyboardInterrupt):
-        run(model, tokenizer, tmp_path / "resumed", **grid)
+        run(model, tokenizer, tmp_path / "resumed", command="cometlm eval passkey --first", **grid)
     partial = json.loads((tmp_path / "resumed" / SUMMARY_FILE).read_text())
     assert partial["complete"] is False and [c["done"] for c in partial["cells"]] == [1, 1, 1, 0]
     with open(tmp_path / "resumed" / TRIALS_FILE, "a") as f:
@@ -112,8 +112,10 @@ def test_an_interrupted_grid_resumes_with_only_the_missing_trials(tmp_path, mode
     monkeypatch.undo()
     spy = Spy(model.generate)
     monkeypatch.setattr(model, "generate", spy)
-    resumed = run(model, tokenizer, tmp_path / "resumed", **grid)
+    resumed = run(model, tokenizer, tmp_path / "resumed", command="cometlm eval passkey --second", **grid)
     assert len(spy.calls) == 1
+    # each trial keeps the command that ran it; the summary counts them
+    assert resumed["environment"]["commands"] == {"cometlm eval passkey --first": 3, "cometlm eval passkey --second": 1}
     assert stable(resumed) == stable(full) and resumed["complete"] is True
     assert stable(json.loads((tmp_path / "resumed" / SUMMARY_FILE).read_text())) == stable(full)
     assert stable(trial_records(tmp_path / "resumed")) == stable(trial_records(tmp_path / "full"))

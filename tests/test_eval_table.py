@@ -160,3 +160,16 @@ def test_the_plot_draws_each_row_in_every_task_it_has_with_one_colour(results, t
                               "--plot", str(tmp_path / "table.png")])
     assert args.run(args) == 0
     assert imread(tmp_path / "table.png").shape[1] > 800  # two panels side by side
+
+
+def test_a_result_made_by_several_commands_names_each_with_its_count(results):
+    root, out = results
+    (summary,) = load_results([root / "passkey-comet"])
+    summary["environment"]["commands"] = {"cometlm eval passkey --threads 1": 1, "cometlm eval passkey --threads 2": 1}
+    summary["cost"]["threads"] = {"1": 1, "2": 1}
+    note = next(line for line in format_table([summary]).splitlines() if line.startswith("- comet"))
+    assert note.endswith("; commands `cometlm eval passkey --threads 1` (1 trial), `cometlm eval passkey --threads 2` "
+                         "(1 trial); torch threads 1 (1 trial), 2 (1 trial)")
+    summary["environment"]["commands"] = {"unknown": 2}  # results from before each trial kept its command
+    note = next(line for line in format_table([summary]).splitlines() if line.startswith("- comet"))
+    assert f"; last command `{summary['environment']['command']}`;" in note

@@ -35,7 +35,7 @@ from cometlm.evaluation.results import (
     environment,
     load_records,
     peak_rss_over,
-    threads_used,
+    tally,
     utc_now,
     write_figure,
     write_json,
@@ -188,10 +188,10 @@ def summarize(task: RetrievalTask, done: dict[tuple, dict], config: dict, run: d
         "cost": {
             "trial_seconds": round(sum(r["seconds"] for r in every), 3),
             "peak_rss_mib": peak_rss_over(every, peak_rss_mib()),
-            "threads": threads_used(every),
+            "threads": tally(every, "threads"),
             "note": RSS_NOTE,
         },
-        "environment": {**env, "written_utc": utc_now()},
+        "environment": {**env, "written_utc": utc_now(), "commands": tally(every, "command")},
         "files": {"trials": TRIALS_FILE, "heatmap": task.heatmap_file},
     }
 
@@ -315,7 +315,7 @@ def evaluate_grid(
                 **run, "length": length, "depth": depth, "trial": trial, **task.record(sample),
                 "generated": generated, "correct": task.matches(generated, sample),
                 "needle_start": sample.needle_start, **facts, "resumed_at": snapshot.resumed_tokens or None,
-                **cost_fields(seconds, facts["read_tokens"]),
+                **cost_fields(seconds, facts["read_tokens"], env["command"]),
             }
             append_record(trials_path, record)
             _forget(snapshot.path)

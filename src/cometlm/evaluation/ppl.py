@@ -33,7 +33,7 @@ from cometlm.evaluation.results import (
     environment,
     load_records,
     peak_rss_over,
-    threads_used,
+    tally,
     utc_now,
     write_figure,
     write_json,
@@ -100,10 +100,10 @@ def summarize(done: dict[tuple, dict], config: dict, run: dict, model: dict, env
             "document_seconds": round(seconds, 3),
             "tokens_per_s": round(sum(r["tokens"] for r in records) / seconds, 1) if seconds > 0 else None,
             "peak_rss_mib": peak_rss_over(records, peak_rss_mib()),
-            "threads": threads_used(records),
+            "threads": tally(records, "threads"),
             "note": RSS_NOTE,
         },
-        "environment": {**env, "written_utc": utc_now()},
+        "environment": {**env, "written_utc": utc_now(), "commands": tally(records, "command")},
         "files": {"documents": DOCUMENTS_FILE, "plot": PLOT_FILE},
     }
 
@@ -234,7 +234,8 @@ def evaluate_ppl(
             seconds = time.perf_counter() - start
             sums, counts = bucket_sums(losses, bucket)
             record = {**run, "document": i, "start": begin, "end": end, "tokens": end - begin, "loss_sum": sums,
-                      "count": counts, "mean_loss": sum(sums) / sum(counts), **cost_fields(seconds, end - begin)}
+                      "count": counts, "mean_loss": sum(sums) / sum(counts),
+                      **cost_fields(seconds, end - begin, env["command"])}
             append_record(log, record)
             done[(i,)] = record
             summary, unwritten = write_outputs(), False

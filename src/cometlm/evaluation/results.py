@@ -22,25 +22,26 @@ RSS_NOTE = (
 )
 
 
-def cost_fields(seconds: float, tokens: int) -> dict:
+def cost_fields(seconds: float, tokens: int, command: str) -> dict:
     """A record's cost: wall seconds, tokens read per second and the process's peak RSS so far, with what the time
     depends on besides the work: torch's thread count and the 1-minute load average when the unit finished (other
     processes on the same cores slow it down; the average counts this process too, about `threads` when it runs
-    alone)."""
+    alone); and the command that did the work, since a resumed run's units can come from several commands."""
     import torch
 
     from cometlm.cli import peak_rss_mib
 
     return {"seconds": round(seconds, 4), "tokens_per_s": round(tokens / seconds, 1),
             "peak_rss_mib": round(peak_rss_mib(), 1), "threads": torch.get_num_threads(),
-            "load1": round(os.getloadavg()[0], 2)}
+            "load1": round(os.getloadavg()[0], 2), "command": command}
 
 
-def threads_used(records) -> dict[str, int]:
-    """How many records ran with each torch thread count; "unknown" counts records from before it was logged."""
+def tally(records, field: str) -> dict[str, int]:
+    """How many records have each value of `field` (threads, command); "unknown" counts records from before the
+    field was logged."""
     counts: dict[str, int] = {}
     for r in records:
-        key = str(r.get("threads", "unknown"))
+        key = str(r.get(field, "unknown"))
         counts[key] = counts.get(key, 0) + 1
     return dict(sorted(counts.items()))
 

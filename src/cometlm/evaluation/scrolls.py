@@ -53,7 +53,7 @@ from cometlm.evaluation.results import (
     environment,
     load_records,
     peak_rss_over,
-    threads_used,
+    tally,
     utc_now,
     write_json,
 )
@@ -345,9 +345,9 @@ def evaluate_scrolls_task(
             "scores_note": None if scored else f"the {split} split has no references: submit {SUBMISSION_FILE}",
             "cost": {"seconds": round(sum(r["seconds"] for r in finished), 3),
                      "read_tokens": sum(r["read_tokens"] for r in finished),
-                     "peak_rss_mib": peak_rss_over(finished, peak_rss_mib()), "threads": threads_used(finished),
+                     "peak_rss_mib": peak_rss_over(finished, peak_rss_mib()), "threads": tally(finished, "threads"),
                      "note": RSS_NOTE},
-            "environment": {**env, "written_utc": utc_now()},
+            "environment": {**env, "written_utc": utc_now(), "commands": tally(finished, "command")},
             "files": {"log": LOG_FILE, "submission": SUBMISSION_FILE},
         }
         write_json(out_dir / SUMMARY_FILE, summary)
@@ -376,7 +376,7 @@ def evaluate_scrolls_task(
                 **run, "id": example.id, "prediction": prediction, "generated": generated,
                 "scores": example_scores(spec, prediction, example.outputs) if scored else None,
                 "prompt_tokens": len(ids), "question_tokens": question_tokens, **facts,
-                "new_tokens": len(new_ids), **cost_fields(seconds, facts["read_tokens"]),
+                "new_tokens": len(new_ids), **cost_fields(seconds, facts["read_tokens"], env["command"]),
             }
             append_record(log_path, record)
             done[example.id] = record

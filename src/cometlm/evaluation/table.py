@@ -215,12 +215,21 @@ def _note(summary: dict) -> str:
     else:
         what = (f"{TITLES[summary['task']]}: lengths {', '.join(length_label(n) for n in config['lengths'])} x depths "
                 f"{', '.join(f'{d:g}' for d in config['depths'])} x {config['trials']} trials, seed {config['seed']}")
+    unit = "document" if summary["task"] == "ppl" else "trial"
+
+    def counted(tally: dict, quote: bool) -> str:
+        return ", ".join(f"{f'`{v}`' if quote and v != 'unknown' else v} ({n} {unit}{'s' if n != 1 else ''})"
+                         for v, n in tally.items())
+
+    commands = summary["environment"].get("commands")
+    if commands and list(commands) != ["unknown"]:
+        ran = ("command " if len(commands) == 1 else "commands ") + counted(commands, quote=True)
+    else:  # results from before each record kept its command: the last run's
+        ran = f"last command `{summary['environment']['command']}`"
     threads = summary["cost"].get("threads")
-    ran = "" if not threads else "; torch threads " + ", ".join(
-        f"{n} ({count} {'trial' if summary['task'] != 'ppl' else 'document'}{'s' if count != 1 else ''})"
-        for n, count in threads.items())
-    return (f"{method} ({reads}), {what}: `{summary['_file']}`; last command "
-            f"`{summary['environment']['command']}`{ran}")
+    if threads:
+        ran += "; torch threads " + counted(threads, quote=False)
+    return f"{method} ({reads}), {what}: `{summary['_file']}`; {ran}"
 
 
 def register(tasks) -> None:
