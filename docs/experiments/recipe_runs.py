@@ -68,6 +68,66 @@ def _mean(values: list[float]) -> str:
     return f"{sum(values) / len(values):.3f}" if values else "-"
 
 
+def load(pattern: str) -> dict[str, list[dict]]:
+    """A run's records per phase, from PATTERN with `{phase}` in it."""
+    return {phase: phase_records(pattern, phase) for phase in PHASES}
+
+
+def tables(runs: dict[str, dict]) -> str:
+    """Markdown: per run, a table of its phases (steps, tokens, wall time, passkey and LM loss) and the totals."""
+    sources = shared_sources(runs)
+    lines = []
+    for name, phases in runs.items():
+        lines += ["", name, "", "| phase | steps | tokens | wall time | passkey loss | LM loss |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        steps = tokens = seconds = 0
+        for phase, records in phases.items():
+            if not records:
+                continue
+            done = "" if records[-1]["step"] == PHASES[phase] else f" of {PHASES[phase]}"
+            means = [_mean([r["loss"] for r in records if kind(sources, phase, r["step"]) == k][-LAST:])
+                     for k in ("passkey", "lm")]
+            lines.append(f"| {phase} | {records[-1]['step']}{done} | {records[-1]['tokens']:,} | "
+                         f"{records[-1]['elapsed'] / 60:.0f} min | {' | '.join(means)} |")
+            steps, tokens = steps + records[-1]["step"], tokens + records[-1]["tokens"]
+            seconds += records[-1]["elapsed"]
+        lines.append(f"| all | {steps:,} | {tokens:,} | {seconds / 3600:.1f} h | | |")
+    return "\n".join(lines[1:])
+
+
+def plot(runs: dict[str, dict], path) -> None:
+    """The passkey steps' loss against the recipe's step (moving average), one line per run, phases marked."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    sources = shared_sources(runs)
+    figure = Figure(figsize=(10, 4.5))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    offset = 0
+    for phase, steps in PHASES.items():
+        axes.axvline(offset, color="0.85", lw=0.8)
+        axes.text(offset + 5, 0.98, phase.removeprefix("passkey-"), transform=axes.get_xaxis_transform(),
+                  va="top", fontsize=8, color="0.4")
+        offset += steps
+    for name, phases in runs.items():
+        xs, losses, offset = [], [], 0
+        for phase, records in phases.items():
+            kept = [r for r in records if kind(sources, phase, r["step"]) == "passkey"]
+            xs += [offset + r["step"] for r in kept]
+            losses += [r["loss"] for r in kept]
+            offset += PHASES[phase]
+        window = [losses[max(0, i - SMOOTH + 1) : i + 1] for i in range(len(losses))]
+        axes.plot(xs, [sum(w) / len(w) for w in window], label=name, lw=1.2)
+    axes.set_yscale("log")
+    axes.set_xlabel("recipe step (phases v1 to v2g)")
+    axes.set_ylabel(f"passkey answer loss, moving average of {SMOOTH} steps")
+    axes.set_title("The passkey recipe: CoMeT and its ablations on the same samples")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", metavar="NAME=PATTERN")
@@ -78,55 +138,10 @@ def main(argv=None) -> int:
         name, sep, pattern = spec.partition("=")
         if not sep or "{phase}" not in pattern:
             parser.error(f"{spec!r}: give NAME=PATTERN with {{phase}} in PATTERN")
-        runs[name] = {phase: phase_records(pattern, phase) for phase in PHASES}
-    sources = shared_sources(runs)
-
-    for name, phases in runs.items():
-        print(f"\n{name}\n| phase | steps | tokens | wall time | passkey loss | LM loss |")
-        print("|---|---:|---:|---:|---:|---:|")
-        steps = tokens = seconds = 0
-        for phase, records in phases.items():
-            if not records:
-                continue
-            done = "" if records[-1]["step"] == PHASES[phase] else f" of {PHASES[phase]}"
-            means = [_mean([r["loss"] for r in records if kind(sources, phase, r["step"]) == k][-LAST:])
-                     for k in ("passkey", "lm")]
-            print(f"| {phase} | {records[-1]['step']}{done} | {records[-1]['tokens']:,} | "
-                  f"{records[-1]['elapsed'] / 60:.0f} min | {' | '.join(means)} |")
-            steps, tokens, seconds = steps + records[-1]["step"], tokens + records[-1]["tokens"], \
-                seconds + records[-1]["elapsed"]
-        print(f"| all | {steps:,} | {tokens:,} | {seconds / 3600:.1f} h | | |")
-
+        runs[name] = load(pattern)
+    print(tables(runs))
     if args.plot:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
-        figure = Figure(figsize=(10, 4.5))
-        FigureCanvasAgg(figure)
-        axes = figure.add_subplot()
-        offset = 0
-        for phase, steps in PHASES.items():
-            axes.axvline(offset, color="0.85", lw=0.8)
-            axes.text(offset + 5, 0.98, phase.removeprefix("passkey-"), transform=axes.get_xaxis_transform(),
-                      va="top", fontsize=8, color="0.4")
-            offset += steps
-        for name, phases in runs.items():
-            xs, losses, offset = [], [], 0
-            for phase, records in phases.items():
-                kept = [r for r in records if kind(sources, phase, r["step"]) == "passkey"]
-                xs += [offset + r["step"] for r in kept]
-                losses += [r["loss"] for r in kept]
-                offset += PHASES[phase]
-            smooth = [sum(losses[max(0, i - SMOOTH + 1) : i + 1]) / len(losses[max(0, i - SMOOTH + 1) : i + 1])
-                      for i in range(len(losses))]
-            axes.plot(xs, smooth, label=name, lw=1.2)
-        axes.set_yscale("log")
-        axes.set_xlabel("recipe step (phases v1 to v2g)")
-        axes.set_ylabel(f"passkey answer loss, moving average of {SMOOTH} steps")
-        axes.set_title("The passkey recipe: CoMeT and its ablations on the same samples")
-        axes.legend()
-        figure.tight_layout()
-        figure.savefig(args.plot, dpi=110)
+        plot(runs, args.plot)
         print(f"\nplot: {args.plot}")
     return 0
 
