@@ -12,7 +12,8 @@ model loading excluded.
     .venv/bin/python benchmarks/methods_speed.py [--lengths 4096 32768] [--threads 2] [--out FILE]
 
 full attention answers only prompts that fit the backbone's window: longer ones are shown as beyond it. The load
-average printed after each run counts that run itself (about its thread count when nothing else runs).
+averages printed before and after each run count the runs themselves (about their thread count when nothing else
+runs), so they show other work on the machine only as an excess over that.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def run_one(method: str, length: int, args, scratch: Path) -> dict:
     if args.threads:
         command += ["--threads", str(args.threads)]
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    before = os.getloadavg()[0]  # still counts the run before this one for a minute or so
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
@@ -52,7 +54,8 @@ def run_one(method: str, length: int, args, scratch: Path) -> dict:
     load1 = os.getloadavg()[0]
     return {"method": method, "length": length, "seconds": record["seconds"], "tokens_per_s": record["tokens_per_s"],
             "peak_rss_mib": record["peak_rss_mib"], "read_tokens": record["read_tokens"],
-            "correct": record["correct"], "load1_after": round(load1, 2), "command": shlex.join(command)}
+            "correct": record["correct"], "load1_before": round(before, 2), "load1_after": round(load1, 2),
+            "command": shlex.join(command)}
 
 
 def main(argv=None) -> int:
@@ -78,7 +81,7 @@ def main(argv=None) -> int:
 
     comet = {r["length"]: r for r in rows if r["method"] == "comet" and "failed" not in r}
     print(f"{'method':<16}{'length':>8}{'s/trial':>10}{'tok/s':>9}{'peak MiB':>10}{'time vs comet':>15}"
-          f"{'memory vs comet':>17}{'load1':>7}")
+          f"{'memory vs comet':>17}{'load1 before/after':>20}")
     for r in rows:
         if "failed" in r:
             print(f"{r['method']:<16}{r['length']:>8}  {r['failed']}")
@@ -87,7 +90,8 @@ def main(argv=None) -> int:
         time_ratio = f"{r['seconds'] / base['seconds']:.2f}x" if base else "-"
         memory_ratio = f"{r['peak_rss_mib'] / base['peak_rss_mib']:.2f}x" if base else "-"
         print(f"{r['method']:<16}{r['length']:>8}{r['seconds']:>10.1f}{r['tokens_per_s']:>9,.0f}"
-              f"{r['peak_rss_mib']:>10,.0f}{time_ratio:>15}{memory_ratio:>17}{r['load1_after']:>7.2f}")
+              f"{r['peak_rss_mib']:>10,.0f}{time_ratio:>15}{memory_ratio:>17}"
+              f"{r['load1_before']:>13.2f} / {r['load1_after']:.2f}")
     if args.out:
         record = {"command": shlex.join([sys.executable, *sys.argv]),
                   "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
