@@ -173,3 +173,16 @@ def test_a_result_made_by_several_commands_names_each_with_its_count(results):
     summary["environment"]["commands"] = {"unknown": 2}  # results from before each trial kept its command
     note = next(line for line in format_table([summary]).splitlines() if line.startswith("- comet"))
     assert f"; last command `{summary['environment']['command']}`;" in note
+
+
+def test_a_baseline_read_with_an_adapters_lora_says_so(results):
+    from cometlm.evaluation.table import comparison_figure
+
+    root, out = results
+    summaries = load_results([root / "ppl-full", root / "ppl-comet"])
+    for summary in summaries:
+        summary["model"]["lora_checksum"] = 1.5  # as recorded when the backbone carries a LoRA
+    rows = [line.split("|")[1].strip() for line in format_table(summaries).splitlines()[2:4]]
+    assert sorted(rows) == ["comet", "full (1024) + LoRA"]  # CoMeT's own LoRA is part of CoMeT
+    labels = [line.get_label() for line in comparison_figure(summaries).get_axes()[0].get_lines()]
+    assert sorted(label.split(",")[0] for label in labels) == ["comet", "full (1024) + LoRA"]

@@ -43,6 +43,12 @@ def _row_key(summary: dict) -> tuple:
     return summary["method"], config.get("window"), config.get("sink_tokens"), summary["model"]["name"]
 
 
+def _with_lora(summaries) -> str:
+    """" + LoRA" for a backbone method that read with a CoMeT adapter's LoRA (its memories unused), else ""."""
+    return " + LoRA" if any(s["method"] not in ("comet", "no-memory") and s["model"].get("lora_checksum") is not None
+                            for s in summaries) else ""
+
+
 def _method_cell(method: str, window, sink_tokens) -> str:
     if method == "sliding-window":
         return f"sliding-window ({sink_tokens} sink + {window})"
@@ -141,7 +147,7 @@ def format_table(summaries: list[dict]) -> str:
     header.append("peak RSS (MiB)")
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for (method, window, sinks, name), row in rows.items():
-        cells = [_method_cell(method, window, sinks), _model_cell(name)]
+        cells = [_method_cell(method, window, sinks) + _with_lora(row.values()), _model_cell(name)]
         for task in ("passkey", "niah"):
             if lengths[task]:
                 cells += [_accuracy_cell(row.get(task), lengths[task], mixed_trials[task]),
@@ -159,9 +165,9 @@ def format_table(summaries: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _row_label(key: tuple) -> str:
-    method, window, sinks, name = key
-    return f"{_method_cell(method, window, sinks)}, {Path(_model_cell(name)).name}"
+def _row_label(summary: dict) -> str:
+    method, window, sinks, name = _row_key(summary)
+    return f"{_method_cell(method, window, sinks)}{_with_lora([summary])}, {Path(_model_cell(name)).name}"
 
 
 def comparison_figure(summaries: list[dict]):
@@ -184,7 +190,7 @@ def comparison_figure(summaries: list[dict]):
                 points = [(r["length"], r["accuracy"]) for r in summary["accuracy_by_length"]
                           if r["accuracy"] is not None]
             if points:
-                ax.plot(*zip(*points), label=_row_label(key), **style)
+                ax.plot(*zip(*points), label=_row_label(summary), **style)
         if task == "ppl":
             ax.set_xlabel("position in the document (tokens)")
             ax.set_ylabel("next-token loss (nats)")
