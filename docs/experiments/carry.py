@@ -1,0 +1,115 @@
+#!/usr/bin/env python
+"""Carries the issue-5 measurements in progress from one working session to the next.
+
+Each session here starts on a fresh machine with a fresh checkout: `runs/` (git-ignored) is gone, and with it every
+training checkpoint and evaluation trial that was not committed. An ablation's training takes 6-7 hours on one CPU
+thread, longer than a session, so its state is committed at the end of a session and restored at the start of the
+next:
+
+    .venv/bin/python docs/experiments/carry.py save       # runs/ -> the repository
+    .venv/bin/python docs/experiments/carry.py restore    # the repository -> runs/ (never overwrites a file)
+
+Evaluations: `runs/compare/` <-> `docs/results/compare/` (every finished trial and document is kept in its
+`trials.jsonl`, `documents.jsonl`, so a restored evaluation resumes where it stopped); `save` also redraws the
+comparison table there. Training: `runs/abl-VARIANT/` <-> `docs/experiments/carry/abl-VARIANT/`, keeping only what
+`recipes/passkey-smollm2.sh` needs to resume: each phase's metrics, the model of the last finished phase, and the
+latest checkpoint of the phase in progress. Earlier phases keep their `final/comet_config.json` alone (the recipe
+skips a phase that has one); their weights are not needed any more. The carry folder of an ablation is deleted
+when the ablation is shipped (`docs/experiments/ship_ablation.py`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNS = ROOT / "runs"
+RESULTS = ROOT / "docs/results/compare"
+CARRY = ROOT / "docs/experiments/carry"
+# the recipe's phases in order (recipes/passkey-smollm2.sh)
+PHASES = ("passkey-v1", "passkey-v2a", "passkey-v2b", "passkey-v2d", "passkey-v2e", "passkey-v2f", "passkey-v2g")
+SMALL_FILES = ("metrics.jsonl", "metrics-sources.jsonl", "latest")
+
+
+def copy_missing(source: Path, target: Path) -> int:
+    """Copies every file under ``source`` that ``target`` lacks; returns how many."""
+    copied = 0
+    for file in sorted(source.rglob("*")):
+        if file.is_file():
+            to = target / file.relative_to(source)
+            if not to.exists():
+                to.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(file, to)
+                copied += 1
+    return copied
+
+
+def save_training(run: Path, carry: Path) -> list[str]:
+    """Copies the resumable part of one recipe run (``runs/abl-VARIANT``) into ``carry``, replacing what was there."""
+    if carry.exists():
+        shutil.rmtree(carry)
+    carry.mkdir(parents=True)
+    shutil.copy2(run / "variant", carry / "variant")
+    finished = [p for p in PHASES if (run / p / "final" / "comet_config.json").is_file()]
+    said = []
+    for phase in PHASES:
+        source = run / phase
+        if not source.is_dir():
+            continue
+        target = carry / phase
+        target.mkdir()
+        for name in SMALL_FILES:
+            if (source / name).is_file():
+                shutil.copy2(source / name, target / name)
+        if phase in finished:
+            if phase == finished[-1]:
+                shutil.copytree(source / "final", target / "final")
+                said.append(f"{phase}: done, model kept")
+            else:
+                (target / "final").mkdir()
+                shutil.copy2(source / "final" / "comet_config.json", target / "final" / "comet_config.json")
+                said.append(f"{phase}: done")
+        elif (source / "latest").is_file():
+            latest = (source / "latest").read_text().strip()
+            shutil.copytree(source / latest, target / latest)
+            said.append(f"{phase}: in progress, {latest} kept")
+    return said
+
+
+def save() -> None:
+    if (RUNS / "compare").is_dir():
+        # runs/compare holds everything the repository had (restore) and what was measured since
+        shutil.copytree(RUNS / "compare", RESULTS, dirs_exist_ok=True)
+        print(f"evaluations: runs/compare -> {RESULTS.relative_to(ROOT)}")
+        table = sorted(str(p) for task in ("passkey", "niah", "ppl") for p in (RESULTS / task).glob("*")
+                       if p.is_dir())
+        subprocess.run([sys.executable, "-m", "cometlm", "eval", "table", *table, "--out",
+                        str(RESULTS / "table.md"), "--plot", str(RESULTS / "table.png")], check=True)
+    for run in sorted(RUNS.glob("abl-*")):
+        if (run / "variant").is_file():
+            for line in save_training(run, CARRY / run.name):
+                print(f"{run.name} {line}")
+
+
+def restore() -> None:
+    if RESULTS.is_dir():
+        n = copy_missing(RESULTS, RUNS / "compare")
+        print(f"evaluations: {RESULTS.relative_to(ROOT)} -> runs/compare ({n} files)")
+    for carry in sorted(CARRY.glob("abl-*")):
+        n = copy_missing(carry, RUNS / carry.name)
+        print(f"{carry.name}: -> runs/{carry.name} ({n} files)")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=("save", "restore"))
+    args = parser.parse_args(argv)
+    save() if args.action == "save" else restore()
+
+
+if __name__ == "__main__":
+    main()
