@@ -3,8 +3,9 @@
 # jobs side by side do about 1.8x the work of one two-thread job (measured in session 9). Every step resumes
 # where it stopped, also in a later session after `docs/experiments/carry.py restore`.
 #
-#   docs/experiments/comparison_lanes.sh a   the comparison's baselines (recipes/compare-smollm2.sh), then the
-#                                            evaluation of every ablation whose training has finished
+#   docs/experiments/comparison_lanes.sh a   the evaluation of every ablation whose training has finished, the
+#                                            comparison's baselines (recipes/compare-smollm2.sh), then the
+#                                            ablations again (those that finished training meanwhile)
 #   docs/experiments/comparison_lanes.sh b   the ablations' training (recipes/passkey-smollm2.sh): global-only,
 #                                            temp-only, no-gate
 #
@@ -17,13 +18,17 @@ VARIANTS=(global-only temp-only no-gate)
 echo "== lane ${1:?usage: comparison_lanes.sh a|b} started $(date -u '+%F %H:%M') UTC"
 case $1 in
   a)
+    ablations() {
+      for variant in "${VARIANTS[@]}"; do
+        model=runs/abl-$variant/passkey-v2g/final
+        if [[ -f $model/comet_config.json ]]; then
+          recipes/compare-smollm2.sh runs/compare "$model" --models-only -- --threads 1
+        fi
+      done
+    }
+    ablations
     recipes/compare-smollm2.sh runs/compare -- --threads 1
-    for variant in "${VARIANTS[@]}"; do
-      model=runs/abl-$variant/passkey-v2g/final
-      if [[ -f $model/comet_config.json ]]; then
-        recipes/compare-smollm2.sh runs/compare "$model" --models-only -- --threads 1
-      fi
-    done ;;
+    ablations ;;
   b)
     for variant in "${VARIANTS[@]}"; do
       recipes/passkey-smollm2.sh "runs/abl-$variant" "$variant" -- --threads 1
