@@ -31,3 +31,20 @@ def test_shipped_adapter_reads_keys_through_its_memories(shipped, tmp_path):
     off = evaluate_passkey(shipped, shipped.tokenizer, out_dir=tmp_path / "off", method="no-memory", **grid)
     assert comet["mean_accuracy"] >= 2 / 3
     assert off["mean_accuracy"] == 0.0
+
+
+def test_shipped_adapters_load_by_name(shipped):
+    by_name = CometForCausalLM.from_pretrained("smollm2-135m-passkey")
+    assert by_name.config == shipped.config
+    for (name, a), (_, b) in zip(by_name.state_dict().items(), shipped.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_a_directory_is_never_taken_for_a_shipped_adapter(tmp_path, monkeypatch):
+    """A folder in the way, named like a shipped adapter, is read as the folder (and refused here), not replaced."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "smollm2-135m-passkey").mkdir()
+    with pytest.raises(FileNotFoundError, match="is not a saved CoMeT model"):
+        CometForCausalLM.from_pretrained("smollm2-135m-passkey")
+    with pytest.raises(FileNotFoundError, match="neither a directory nor .* shipped .*smollm2-135m-passkey"):
+        CometForCausalLM.from_pretrained("smollm2-135m-passky")

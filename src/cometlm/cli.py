@@ -18,15 +18,18 @@ def peak_rss_mib() -> float:
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    from .bundled import shipped_adapters
+
     group = parser.add_argument_group("model")
     group.add_argument(
         "--model", default=None,
         help="base model: the bundled 'smollm2-135m-instruct' (default) or a local Hugging Face model directory",
     )
     group.add_argument(
-        "--comet", default=None, metavar="DIR",
-        help="a saved CoMeT model or adapter (from save_pretrained); its own config is used and the --chunk-size "
-        "etc. options below are ignored. Without it, CoMeT starts untrained (identity adapters) on --model",
+        "--comet", default=None, metavar="DIR|NAME",
+        help="a saved CoMeT model or adapter (from save_pretrained), or the name of an adapter shipped with cometlm "
+        f"({', '.join(shipped_adapters())}); its own config is used and the --chunk-size etc. options below are "
+        "ignored. Without it, CoMeT starts untrained (identity adapters) on --model",
     )
     group.add_argument("--chunk-size", type=int, default=1024, help="C: text tokens per chunk (default 1024)")
     group.add_argument("--global-slots", type=int, default=64, help="M: global-memory slots, 0 disables it (default 64)")

@@ -675,9 +675,13 @@ class CometForCausalLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, base_model=None, dtype=torch.float32):
-        """Loads what ``save_pretrained`` wrote. An adapter loads onto ``base_model`` (a model, a directory or
-        the bundled name; default: the base it recorded) and refuses a base with different weights."""
-        directory = Path(directory)
+        """Loads what ``save_pretrained`` wrote: a directory, or the name of an adapter shipped in the package
+        (``bundled.shipped_adapters()``, e.g. ``"smollm2-135m-passkey"``). An adapter loads onto ``base_model`` (a
+        model, a directory or the bundled name; default: the base it recorded) and refuses a base with different
+        weights."""
+        from .bundled import resolve_comet_path
+
+        directory = resolve_comet_path(directory)
         config_path = directory / CONFIG_FILE
         if not config_path.is_file():
             raise FileNotFoundError(f"{directory} is not a saved CoMeT model (no {CONFIG_FILE})")

@@ -3,7 +3,7 @@
 Importing this module registers the model under the name "cometlm" with lm-eval's `register_model`. lm-eval
 0.4.13 finds external models only when something imports them first (it has no plugin entry points), so:
 
-    cometlm lm-eval --model cometlm --model_args comet=DIR --tasks ...    # the harness CLI, backend registered
+    cometlm lm-eval --model cometlm --model_args comet=DIR|NAME --tasks ...    # the harness CLI, backend registered
     lm_eval.simple_evaluate(model="cometlm", ...)  # after `import cometlm.evaluation.harness`
 
 The package also declares an entry point in the `lm_eval.models` group, for the plugin discovery upstream
