@@ -159,12 +159,13 @@ def test_bad_method_options_are_refused_with_what_to_do():
         with pytest.raises(ValueError, match=message):
             build_method(model=model, **options)
     full = build_method("full", model)
-    with pytest.raises(ValueError, match="a document of 1025 tokens exceeds the backbone's window of 1024 tokens.*"
+    with pytest.raises(ValueError, match=r"reading 1025 tokens \(a document of 1026, whose last token is only "
+                                         r"predicted\) exceeds the backbone's window of 1024 tokens.*"
                                          "use the truncated or sliding-window method .*--method.*method="):
-        full.check_document(1025)
+        full.check_document(1026)
     with pytest.raises(ValueError, match="context length 1020 plus the 9-token answer exceeds"):
         full.check_prompt(1020, 5, 9)
-    full.check_document(1024)
+    full.check_document(1025)
     full.check_continuation(1000, 25)  # 1,024 tokens in, the last continuation token is only a target
     with pytest.raises(ValueError, match=r"reading 1025 tokens \(a context of 1000 and a continuation of 26.*\) "
                                          "exceeds"):
@@ -174,6 +175,19 @@ def test_bad_method_options_are_refused_with_what_to_do():
     with pytest.raises(ValueError, match="at least one context and one continuation token"):
         build_method("sliding-window", model).check_continuation(0, 3)
     assert build_method("sliding-window", model).window == 1024 - 4 - methods.READ_BLOCK
+
+
+@torch.inference_mode()
+def test_full_attention_scores_a_document_one_token_longer_than_its_window():
+    """The last token is only predicted, never read: window + 1 tokens fit (lm-eval's rolling loglikelihood adds
+    a prefix token to a text of the window's length)."""
+    model = tiny_comet("llama")
+    full = build_method("full", model)
+    ids = random_ids(full.window + 1, seed=5).tolist()
+    full.check_document(len(ids))
+    logits = model.backbone_model(torch.tensor([ids[:-1]])).logits[0].float()
+    expected = F.cross_entropy(logits, torch.tensor(ids[1:]), reduction="none")
+    torch.testing.assert_close(full.token_losses(ids), expected)
 
 
 def test_every_method_reads_with_the_models_backbone_and_records_one_schema():

@@ -116,7 +116,8 @@ def test_methods_side_by_side_and_what_cannot_be_compared(tmp_path, model, token
         run(model, tokenizer, tmp_path / "sliding", method="sliding-window", window=40, documents=1,
             compare=[tmp_path / "longer"])
     assert other["config"]["length"] == 200 and not (tmp_path / "sliding").exists()
-    with pytest.raises(ValueError, match="a document of 2000 tokens exceeds the backbone's window of 1024"):
+    with pytest.raises(ValueError, match=r"reading 1999 tokens \(a document of 2000, whose last token is only predicted\) "
+                                         "exceeds the backbone's window of 1024"):
         run(model, tokenizer, tmp_path / "long", method="full", length=2000)
 
     parser = argparse.ArgumentParser(prog="cometlm")

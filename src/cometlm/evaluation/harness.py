@@ -32,9 +32,9 @@ the adapter's LoRA included), one request at a time and greedily (they refuse `d
 penalty); every request is checked before the first is answered. loglikelihood scores context + continuation
 (`Method.continuation_scores`: full and truncated over the last `window` tokens, as the `hf` backend truncates;
 full refuses longer inputs). loglikelihood_rolling scores the prefix token + text as `cometlm eval ppl` does
-(`Method.token_losses`): full refuses a text that does not fit the window with its prefix token, and truncated
-reads windows that overlap by half, so every token sees at least `window / 2` before it (the `hf` backend's
-rolling windows do not overlap, so its numbers are not comparable). generate_until generates greedily
+(`Method.token_losses`): full refuses a text longer than its window (the prefix token is read, the text's last
+token only predicted), and truncated reads windows that overlap by half, so every token sees at least `window / 2`
+before it (the `hf` backend's rolling windows do not overlap, so its numbers are not comparable). generate_until generates greedily
 (`Method.answer`) until a stop sequence appears, and cuts the text at the first one.
 
 Results record the exact command, cometlm's version, the CoMeT configuration and weights checksum, and the

@@ -368,8 +368,9 @@ class BackboneMethod(Method):
             raise ValueError(f"window must exceed the answer's {answer_tokens} tokens (got {self.window})")
 
     def check_document(self, n_tokens) -> None:
-        if self.name == "full" and n_tokens > self.window:
-            self._refuse(f"a document of {n_tokens} tokens")
+        if self.name == "full" and n_tokens - 1 > self.window:
+            self._refuse(f"reading {n_tokens - 1} tokens (a document of {n_tokens}, whose last token is only "
+                         "predicted)")
         if self.window < 2:
             raise ValueError(f"scoring with a window needs at least 2 tokens in it (got {self.window})")
 
@@ -408,11 +409,17 @@ class BackboneMethod(Method):
         return self._scores(hidden[0, -len(continuation) :], continuation)
 
     def hidden_blocks(self, tokens, progress):
-        """One pass when the input fits the window. Longer inputs (truncated only) are read in windows of
-        `window` tokens that start every `stride = window // 2` tokens (the strided perplexity of the
-        transformers docs); each window scores the targets the one before did not reach, so every token after
-        the first window is predicted from between `window - stride` and `window - 1` tokens before it."""
+        """One pass when the input fits the window (full: without its last token, which is only a target). Longer
+        inputs (truncated only) are read in windows of `window` tokens that start every `stride = window // 2`
+        tokens (the strided perplexity of the transformers docs); each window scores the targets the one before did
+        not reach, so every token after the first window is predicted from between `window - stride` and
+        `window - 1` tokens before it."""
         inner, n = self.model.backbone_model.model, tokens.shape[1]
+        if self.name == "full":  # the last token is only a target: a document of window + 1 tokens fits
+            with _bar(n, 1, progress) as bar:
+                yield 0, inner(input_ids=tokens[:, : n - 1], use_cache=False).last_hidden_state
+                bar.update(n)
+            return
         scored, begin = 1, 0  # targets below `scored` are done; target t is predicted at position t - 1
         with _bar(n, (n - self.window) // self.stride + 1, progress) as bar:
             while True:
