@@ -382,8 +382,14 @@ def test_data_parallel_training_steps_equal_one_process_on_the_union(runs, tmp_p
     parallel = load_file(runs / "parallel-trained.safetensors")
     single = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     assert parallel.keys() == single.keys()
+    # Adam divides each gradient element by its own running magnitude, so the rounding of a near-zero element
+    # (two replicas' sum against one process's, added in another order) can move it by a visible fraction of a
+    # step: the tensors agree to 1% of one step (lr), far below a step taken on a wrong gradient. (On one AMD EPYC
+    # machine one element of 128 differed by 1.4e-5 at lr 1e-2; the gradients themselves are compared in
+    # test_pipeline_loss_and_every_gradient_equal_one_process.)
+    lr = _train_config(str(tmp_path), 2).lr
     for name in single:
-        torch.testing.assert_close(parallel[name], single[name], atol=1e-5, rtol=1e-4, msg=name)
+        torch.testing.assert_close(parallel[name], single[name], atol=lr / 100, rtol=1e-4, msg=name)
     assert json.loads((runs / "parallel-result.json").read_text()) == {"steps": TRAIN_STEPS, "tokens": result.tokens}
     logged = [read_metrics(path / "metrics.jsonl") for path in (runs / "parallel-run", tmp_path / "single")]
     assert [r["step"] for r in logged[0]] == [r["step"] for r in logged[1]] == list(range(1, TRAIN_STEPS + 1))
