@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cometlm import CometForCausalLM
-from cometlm.bundled import SHIPPED_ADAPTER
+from cometlm.bundled import SHIPPED_ADAPTER, shipped_adapters
 from cometlm.evaluation.passkey import evaluate_passkey
 
 
@@ -15,12 +15,31 @@ def shipped():
     return CometForCausalLM.from_pretrained(SHIPPED_ADAPTER).eval()
 
 
-def test_shipped_adapter_is_small_and_documented(shipped):
-    size = sum(f.stat().st_size for f in SHIPPED_ADAPTER.iterdir())
-    assert size <= 20 * 2**20, f"the shipped adapter is {size / 2**20:.1f} MiB"
-    assert (SHIPPED_ADAPTER / "README.md").is_file()
-    assert shipped.base_model == "smollm2-135m-instruct"
-    assert any("lora_" in name for name, _ in shipped.backbone_model.named_parameters())
+# The ablations trained with the adapter's recipe (issue 5) ship next to it as smollm2-135m-passkey-VARIANT: the
+# settings each may change, and what must hold of it.
+ABLATIONS = {
+    "global-only": ({"temp_stride", "temp_capacity"}, lambda c: c.temp_capacity == 0 and c.global_slots > 0),
+    "temp-only": ({"global_slots", "gate_bias"}, lambda c: c.global_slots == 0 and c.temp_capacity > 0),
+    "no-gate": ({"gate", "gate_bias"}, lambda c: not c.gate and c.global_slots > 0 and c.temp_capacity > 0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(shipped_adapters()))
+def test_every_shipped_adapter_is_small_documented_and_what_its_name_says(name, shipped):
+    folder = shipped_adapters()[name]
+    size = sum(f.stat().st_size for f in folder.iterdir())
+    assert size <= 20 * 2**20, f"{name} is {size / 2**20:.1f} MiB"
+    assert (folder / "README.md").is_file()
+    model = shipped if folder == SHIPPED_ADAPTER else CometForCausalLM.from_pretrained(name)
+    assert model.base_model == "smollm2-135m-instruct"
+    assert any("lora_" in n for n, _ in model.backbone_model.named_parameters())
+    if folder != SHIPPED_ADAPTER:
+        variant = name.removeprefix(SHIPPED_ADAPTER.name + "-")
+        assert variant in ABLATIONS, f"{name}: not the shipped adapter nor one of its ablations {sorted(ABLATIONS)}"
+        may_differ, holds = ABLATIONS[variant]
+        mine, main = model.comet_config.to_dict(), shipped.comet_config.to_dict()
+        assert {k for k in main if mine[k] != main[k]} <= may_differ and holds(model.comet_config)
+        assert (folder / "loss.png").is_file()
 
 
 def test_shipped_adapter_reads_keys_through_its_memories(shipped, tmp_path):

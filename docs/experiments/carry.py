@@ -14,8 +14,8 @@ Evaluations: `runs/compare/` <-> `docs/results/compare/` (every finished trial a
 comparison table there. Training: `runs/abl-VARIANT/` <-> `docs/experiments/carry/abl-VARIANT/`, keeping only what
 `recipes/passkey-smollm2.sh` needs to resume: each phase's metrics, the model of the last finished phase, and the
 latest checkpoint of the phase in progress. Earlier phases keep their `final/comet_config.json` alone (the recipe
-skips a phase that has one); their weights are not needed any more. The carry folder of an ablation is deleted
-when the ablation is shipped (`docs/experiments/ship_ablation.py`).
+skips a phase that has one); their weights are not needed any more. An ablation is shipped
+(`docs/experiments/ship_ablation.py`) once its evaluation is complete; from then on `save` deletes its carry folder.
 """
 
 from __future__ import annotations
@@ -90,9 +90,15 @@ def save() -> None:
         subprocess.run([sys.executable, "-m", "cometlm", "eval", "table", *table, "--out",
                         str(RESULTS / "table.md"), "--plot", str(RESULTS / "table.png")], check=True)
     for run in sorted(RUNS.glob("abl-*")):
-        if (run / "variant").is_file():
-            for line in save_training(run, CARRY / run.name):
-                print(f"{run.name} {line}")
+        if not (run / "variant").is_file():
+            continue
+        shipped = ROOT / "src/cometlm/adapters" / f"smollm2-135m-passkey-{(run / 'variant').read_text().strip()}"
+        if shipped.is_dir():  # shipped once evaluated (ship_ablation.py): its training state is not needed any more
+            shutil.rmtree(CARRY / run.name, ignore_errors=True)
+            print(f"{run.name}: shipped in {shipped.relative_to(ROOT)}, not carried")
+            continue
+        for line in save_training(run, CARRY / run.name):
+            print(f"{run.name} {line}")
 
 
 def restore() -> None:

@@ -83,9 +83,10 @@ The shipped passkey adapter (`src/cometlm/adapters/smollm2-135m-passkey`) with o
 Trained with the same recipe and budget (`recipes/passkey-smollm2.sh OUT {variant}`: the same seven phases, data,
 seeds, steps, learning rates and LoRA), so that its results, next to the shipped adapter's, say what that part
 contributes. {size:.1f} MiB: `comet.safetensors`, `lora.safetensors`, `comet_config.json`; `loss.png` is its
-training loss next to the shipped adapter's on the same samples.
+training loss next to the shipped adapter's on the same samples. It loads by name, like the adapter:
+`CometForCausalLM.from_pretrained("smollm2-135m-passkey-{variant}")`, `--comet smollm2-135m-passkey-{variant}`.
 
-    cometlm eval passkey --comet src/cometlm/adapters/smollm2-135m-passkey-{variant} --lengths 1024 4096 16384 32768
+    cometlm eval passkey --comet smollm2-135m-passkey-{variant} --lengths 1024 4096 16384 32768
 
 **Status:** {args.status}
 
