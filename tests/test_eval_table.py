@@ -153,6 +153,8 @@ def test_the_plot_draws_each_row_in_every_task_it_has_with_one_colour(results, t
     buckets = [b["loss"] for b in out["ppl-comet"]["buckets"]]
     assert list(panels["held-out perplexity"][comet].get_ydata()) == buckets
     assert len({panel[comet].get_color() for panel in panels.values()}) == 1  # the row's colour in every panel
+    assert len({panel[comet].get_marker() for panel in panels.values()}) == 1  # and its marker
+    assert len({line.get_marker() for line in panels["held-out perplexity"].values()}) == 3  # one per row
 
     parser = argparse.ArgumentParser(prog="cometlm")
     register(parser.add_subparsers(dest="command", required=True))

@@ -170,20 +170,32 @@ def _row_label(summary: dict) -> str:
     return f"{_method_cell(method, window, sinks)}{_with_lora([summary])}, {Path(_model_cell(name)).name}"
 
 
+MARKERS = "osD^vP<X>*dh"  # one per row, with the colours C0-C9: rows stay distinct past ten
+DODGE_POINTS = 3.0  # how far apart neighbouring rows are drawn on the accuracy panels
+
+
 def comparison_figure(summaries: list[dict]):
     """The table's rows as lines: accuracy against context length (passkey, NIAH) and loss per position bucket
-    (perplexity), one panel per task present; a row keeps its colour in every panel."""
+    (perplexity), one panel per task present; a row keeps its colour and marker in every panel. Rows often score
+    the same accuracy, so on the accuracy panels each row is drawn a few points to the side of the next (its data
+    stays at the true lengths), and equal points stay visible side by side."""
     from matplotlib.figure import Figure
+    from matplotlib.transforms import ScaledTranslation
 
     tasks = [t for t in TASKS if any(s["task"] == t for s in summaries)]
     keys = list(dict.fromkeys(_row_key(s) for s in summaries))
     colours = {key: f"C{i % 10}" for i, key in enumerate(keys)}
+    markers = {key: MARKERS[i % len(MARKERS)] for i, key in enumerate(keys)}
+    sideways = {key: (i - (len(keys) - 1) / 2) * DODGE_POINTS / 72 for i, key in enumerate(keys)}  # inches
     fig = Figure(figsize=(5.2 * len(tasks), 4.6), layout="constrained")
     axes = fig.subplots(1, len(tasks), squeeze=False)[0]
     for ax, task in zip(axes, tasks):
         for summary in (s for s in summaries if s["task"] == task):
             key = _row_key(summary)
-            style = dict(color=colours[key], marker="o", markersize=4, linestyle="-" if summary["complete"] else ":")
+            style = dict(color=colours[key], marker=markers[key], markersize=5, linestyle="-" if summary["complete"]
+                         else ":")
+            if task != "ppl":
+                style["transform"] = ax.transData + ScaledTranslation(sideways[key], 0, fig.dpi_scale_trans)
             if task == "ppl":
                 points = [((b["start"] + b["end"]) / 2, b["loss"]) for b in summary["buckets"] if b["loss"] is not None]
             else:
@@ -199,6 +211,7 @@ def comparison_figure(summaries: list[dict]):
             ax.set_xscale("log", base=2)
             lengths = sorted({n for s in summaries if s["task"] == task for n in s["config"]["lengths"]})
             ax.set_xticks(lengths, [length_label(n) for n in lengths])
+            ax.set_xlim(lengths[0] / 1.5, lengths[-1] * 1.5)  # the shifted lines do not widen the limits
             ax.set_ylim(-0.03, 1.03)
             ax.set_xlabel("context length (tokens)")
             ax.set_ylabel("accuracy")
@@ -249,7 +262,8 @@ def register(tasks) -> None:
     table.add_argument("results", nargs="+", metavar="RESULT", help="result folders or JSON files")
     table.add_argument("--out", default=None, metavar="FILE", help="also write the table to this markdown file")
     table.add_argument("--plot", default=None, metavar="PNG", help="also draw the rows: accuracy by context length "
-                       "(passkey, NIAH) and loss per position bucket (perplexity); dotted lines are not complete")
+                       "(passkey, NIAH; rows drawn a little apart so equal scores stay visible) and loss per position bucket "
+                       "(perplexity); dotted lines are not complete")
     table.set_defaults(run=cmd_eval_table)
 
 
