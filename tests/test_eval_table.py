@@ -188,3 +188,18 @@ def test_a_baseline_read_with_an_adapters_lora_says_so(results):
     assert sorted(rows) == ["comet", "full (1024) + LoRA"]  # CoMeT's own LoRA is part of CoMeT
     labels = [line.get_label() for line in comparison_figure(summaries).get_axes()[0].get_lines()]
     assert sorted(label.split(",")[0] for label in labels) == ["comet", "full (1024) + LoRA"]
+
+
+def test_the_plot_tells_apart_models_whose_folders_share_a_name(results):
+    """Ablations trained with one recipe all end in passkey-v2g/final: their legend entries keep the whole path."""
+    from cometlm.evaluation.table import comparison_figure
+
+    root, out = results
+    (first,) = load_results([root / "passkey-comet"])
+    (second,) = load_results([root / "passkey-comet"])
+    first["model"]["name"], second["model"]["name"] = "runs/abl-a/passkey-v2g/final", "runs/abl-b/passkey-v2g/final"
+    labels = [line.get_label() for line in comparison_figure([first, second]).get_axes()[0].get_lines()]
+    assert labels == ["comet, runs/abl-a/passkey-v2g/final", "comet, runs/abl-b/passkey-v2g/final"]
+    (alone,) = load_results([root / "passkey-comet"])
+    label = comparison_figure([alone]).get_axes()[0].get_lines()[0].get_label()
+    assert label == f"comet, {Path(alone['model']['name']).name}"

@@ -165,9 +165,20 @@ def format_table(summaries: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _row_label(summary: dict) -> str:
-    method, window, sinks, name = _row_key(summary)
-    return f"{_method_cell(method, window, sinks)}{_with_lora([summary])}, {Path(_model_cell(name)).name}"
+def _legend_names(keys) -> dict:
+    """Each row's model for a legend: its folder's name, or its whole path where another model's folder has the
+    same name (ablations trained with one recipe all end in `passkey-v2g/final`)."""
+    paths = {key: _model_cell(key[-1]) for key in keys}
+    folders: dict[str, set] = {}
+    for path in paths.values():
+        folders.setdefault(Path(path).name, set()).add(path)
+    return {key: path if len(folders[Path(path).name]) > 1 else Path(path).name for key, path in paths.items()}
+
+
+def _row_label(summary: dict, names: dict) -> str:
+    key = _row_key(summary)
+    method, window, sinks, _ = key
+    return f"{_method_cell(method, window, sinks)}{_with_lora([summary])}, {names[key]}"
 
 
 MARKERS = "osD^vP<X>*dh"  # one per row, with the colours C0-C9: rows stay distinct past ten
@@ -186,6 +197,7 @@ def comparison_figure(summaries: list[dict]):
     keys = list(dict.fromkeys(_row_key(s) for s in summaries))
     colours = {key: f"C{i % 10}" for i, key in enumerate(keys)}
     markers = {key: MARKERS[i % len(MARKERS)] for i, key in enumerate(keys)}
+    names = _legend_names(keys)
     sideways = {key: (i - (len(keys) - 1) / 2) * DODGE_POINTS / 72 for i, key in enumerate(keys)}  # inches
     fig = Figure(figsize=(5.2 * len(tasks), 4.6), layout="constrained")
     axes = fig.subplots(1, len(tasks), squeeze=False)[0]
@@ -202,7 +214,7 @@ def comparison_figure(summaries: list[dict]):
                 points = [(r["length"], r["accuracy"]) for r in summary["accuracy_by_length"]
                           if r["accuracy"] is not None]
             if points:
-                ax.plot(*zip(*points), label=_row_label(summary), **style)
+                ax.plot(*zip(*points), label=_row_label(summary, names), **style)
         if task == "ppl":
             ax.set_xlabel("position in the document (tokens)")
             ax.set_ylabel("next-token loss (nats)")
