@@ -2,7 +2,7 @@
 # Every method side by side on passkey, needle-in-a-haystack and perplexity over SmolLM2-135M-Instruct, the same
 # prompts and documents for each, then one table (issue 5):
 #
-#   recipes/compare-smollm2.sh OUT [MODEL_DIR ...] [--models-only] [-- EXTRA EVAL OPTIONS]
+#   recipes/compare-smollm2.sh OUT [MODEL_DIR ...] [--models-only] [--only NAME/TASK ...] [-- EXTRA EVAL OPTIONS]
 #
 #   comet           the shipped adapter (src/cometlm/adapters/smollm2-135m-passkey)
 #   no-memory       the same weights with both memories off (plain chunking)
@@ -18,6 +18,9 @@
 #                   OUT2 global-only` (OUT2/passkey-v2g/final); its results go to OUT/TASK/comet-VARIANT,
 #                   VARIANT read from OUT2/variant (else the folder's name)
 #   --models-only   run only the MODEL_DIR rows (e.g. while another process runs the baselines into the same OUT)
+#   --only NAME/TASK  run only these evaluations (repeatable; e.g. --only sliding-window/niah, or comet-global-only/ppl
+#                   with its MODEL_DIR), and leave the table to a later run: several processes can share one OUT when
+#                   each runs other evaluations
 #   EXTRA           passed to every evaluation, e.g. --threads 2
 #
 # Perplexity is scored on 2 held-out Bible windows of 32k tokens, so that the baselines' 8k window is exceeded;
@@ -26,12 +29,23 @@
 # written to OUT/table.md (and drawn in OUT/table.png) at the end. On a 2-core CPU a comet grid to 32k takes
 # about 45 minutes per task.
 set -euo pipefail
-OUT=${1:?usage: recipes/compare-smollm2.sh OUT [MODEL_DIR ...] [--models-only] [-- EXTRA EVAL OPTIONS]}
+USAGE="usage: recipes/compare-smollm2.sh OUT [MODEL_DIR ...] [--models-only] [--only NAME/TASK ...]"
+USAGE+=" [-- EXTRA EVAL OPTIONS]"
+OUT=${1:?$USAGE}
 shift
 MODELS=()
 MODELS_ONLY=0
+ONLY=()
 while [[ $# -ge 1 && $1 != -- ]]; do
-  if [[ $1 == --models-only ]]; then MODELS_ONLY=1; else MODELS+=("$1"); fi
+  case $1 in
+    --models-only) MODELS_ONLY=1 ;;
+    --only)
+      if [[ ! ${2:-} =~ ^[a-z0-9-]+/(passkey|niah|ppl)$ ]]; then
+        echo "--only takes NAME/TASK, TASK one of passkey, niah, ppl (got '${2:-}')" >&2; exit 2
+      fi
+      ONLY+=("$2"); shift ;;
+    *) MODELS+=("$1") ;;
+  esac
   shift
 done
 if [[ ${1:-} == -- ]]; then shift; fi
@@ -49,8 +63,9 @@ run() {  # run NAME TASKS MODEL_ARGS...: the tasks ("passkey niah ppl" or a part
   local name=$1 tasks=$2; shift 2
   local lengths=("${LENGTHS[@]}") ppl_length=32768
   if [[ " $* " == *" --method full "* ]]; then lengths=("${FULL_LENGTHS[@]}"); ppl_length=8192; fi
-  echo "== $name ($(date -u +%H:%M) UTC)"
   for task in $tasks; do
+    if [[ ${#ONLY[@]} -gt 0 && " ${ONLY[*]} " != *" $name/$task "* ]]; then continue; fi
+    echo "== $name $task ($(date -u +%H:%M) UTC)"
     if [[ $task == ppl ]]; then
       "$COMETLM" eval ppl "$@" "${PPL[@]}" --length $ppl_length --out "$OUT/ppl/$name" ${EXTRA[@]+"${EXTRA[@]}"}
     else
@@ -78,4 +93,6 @@ fi
 for dir in ${MODELS[@]+"${MODELS[@]}"}; do
   run "comet-$(cat "$dir/../../variant" 2>/dev/null || basename "$dir")" "$ALL" --comet "$dir"
 done
-"$COMETLM" eval table "$OUT"/passkey/* "$OUT"/niah/* "$OUT"/ppl/* --out "$OUT/table.md" --plot "$OUT/table.png"
+if [[ ${#ONLY[@]} -eq 0 ]]; then
+  "$COMETLM" eval table "$OUT"/passkey/* "$OUT"/niah/* "$OUT"/ppl/* --out "$OUT/table.md" --plot "$OUT/table.png"
+fi

@@ -72,7 +72,7 @@ COMPARE = RECIPE.with_name("compare-smollm2.sh")
 
 
 def evaluations(out, *args):
-    """The `cometlm eval` argument lists the comparison recipe would run, parsed."""
+    """The `cometlm eval` argument lists the comparison recipe would run, parsed, and its `eval table` (or None)."""
     from cometlm.evaluation.commands import register as register_eval
 
     result = subprocess.run(["bash", str(COMPARE), str(out), *args], capture_output=True, text=True,
@@ -81,7 +81,9 @@ def evaluations(out, *args):
     parser = argparse.ArgumentParser()
     register_eval(parser.add_subparsers())
     lines = [shlex.split(line) for line in result.stdout.splitlines() if line.startswith("eval ")]
-    return [parser.parse_args(argv) for argv in lines[:-1]], lines[-1]
+    tables = [argv for argv in lines if argv[:2] == ["eval", "table"]]
+    assert tables in ([], lines[-1:])  # at most one table, after every evaluation
+    return [parser.parse_args(argv) for argv in lines if argv not in tables], (tables or [None])[0]
 
 
 def test_the_comparison_runs_every_method_on_every_task_with_the_same_prompts(tmp_path):
@@ -123,6 +125,15 @@ def test_the_comparison_runs_every_method_on_every_task_with_the_same_prompts(tm
     assert all(args.comet == str(ablation) and args.threads == 1 for args in only)
     assert table[:2] == ["eval", "table"]
 
+    # --only: these evaluations alone and no table, so that processes sharing OUT never write it at once
+    only, table = evaluations(tmp_path / "out", str(ablation), "--only", "sliding-window/niah", "--only",
+                              "comet-global-only/ppl")
+    assert [Path(args.out).parts[-2:] for args in only] == [("niah", "sliding-window"), ("ppl", "comet-global-only")]
+    assert table is None
+
     result = subprocess.run(["bash", str(COMPARE), str(tmp_path / "out"), str(tmp_path)], capture_output=True,
                             text=True, env={**os.environ, "COMETLM": "echo"})
     assert result.returncode == 2 and "is not a saved CoMeT model" in result.stderr
+    result = subprocess.run(["bash", str(COMPARE), str(tmp_path / "out"), "--only", "sliding-window"],
+                            capture_output=True, text=True, env={**os.environ, "COMETLM": "echo"})
+    assert result.returncode == 2 and "--only takes NAME/TASK" in result.stderr

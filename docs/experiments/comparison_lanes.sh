@@ -3,36 +3,66 @@
 # jobs side by side do about 1.8x the work of one two-thread job (measured in session 9). Every step resumes
 # where it stopped, also in a later session after `docs/experiments/carry.py restore`.
 #
-#   docs/experiments/comparison_lanes.sh a   the evaluation of every ablation whose training has finished, the
-#                                            comparison's baselines (recipes/compare-smollm2.sh), then the
-#                                            ablations again (those that finished training meanwhile)
-#   docs/experiments/comparison_lanes.sh b   the ablations' training (recipes/passkey-smollm2.sh): global-only,
-#                                            temp-only, no-gate
+#   docs/experiments/comparison_lanes.sh a   the evaluations of the ablations whose training has finished, the
+#                                            comparison's baselines, then the ablations again
+#   docs/experiments/comparison_lanes.sh b   the ablations' training (recipes/passkey-smollm2.sh: global-only,
+#                                            temp-only, no-gate), then the same evaluations as lane a
 #
+# Each evaluation (one method on one task: recipes/compare-smollm2.sh --only NAME/TASK) holds a lock while it runs,
+# and a lane skips one that the other lane holds, so the two share the work and never write the same results.
 # Run each with nohup (logs in runs/lane-a.log, runs/lane-b.log):
 #   setsid nohup docs/experiments/comparison_lanes.sh a >> runs/lane-a.log 2>&1 &
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 export PATH=$PWD/.venv/bin:$PATH OMP_NUM_THREADS=1
 VARIANTS=(global-only temp-only no-gate)
+TASKS=(passkey niah ppl)
+BASELINES=(comet no-memory full full-lora truncated truncated-lora sliding-window-lora sliding-window)
+mkdir -p runs/locks
+
+evaluate() {  # evaluate NAME TASK [MODEL_DIR]: one evaluation of the comparison, unless done or the other lane's
+  local name=$1 task=$2 status=0
+  local summary=runs/compare/$task/$name/$task.json
+  if [[ -f $summary ]] && python3 -c 'import json, sys; sys.exit(not json.load(open(sys.argv[1]))["complete"])' \
+      "$summary"; then
+    return 0
+  fi
+  local args=(runs/compare)
+  if [[ $# -ge 3 ]]; then args+=("$3" --models-only); fi
+  flock -n -E 75 "runs/locks/$name-$task" recipes/compare-smollm2.sh "${args[@]}" --only "$name/$task" \
+    -- --threads 1 || status=$?
+  if [[ $status == 75 ]]; then
+    echo "== $name $task: the other lane is on it"
+  elif [[ $status != 0 ]]; then
+    return "$status"
+  fi
+}
+
+ablations() {  # the evaluations of every ablation whose training has finished
+  for variant in "${VARIANTS[@]}"; do
+    local model=runs/abl-$variant/passkey-v2g/final
+    if [[ -f $model/comet_config.json ]]; then
+      for task in "${TASKS[@]}"; do evaluate "comet-$variant" "$task" "$model"; done
+    fi
+  done
+}
+
+baselines() {
+  for name in "${BASELINES[@]}"; do
+    for task in "${TASKS[@]}"; do evaluate "$name" "$task"; done
+  done
+}
+
 echo "== lane ${1:?usage: comparison_lanes.sh a|b} started $(date -u '+%F %H:%M') UTC"
 case $1 in
-  a)
-    ablations() {
-      for variant in "${VARIANTS[@]}"; do
-        model=runs/abl-$variant/passkey-v2g/final
-        if [[ -f $model/comet_config.json ]]; then
-          recipes/compare-smollm2.sh runs/compare "$model" --models-only -- --threads 1
-        fi
-      done
-    }
-    ablations
-    recipes/compare-smollm2.sh runs/compare -- --threads 1
-    ablations ;;
+  a) ;;
   b)
     for variant in "${VARIANTS[@]}"; do
       recipes/passkey-smollm2.sh "runs/abl-$variant" "$variant" -- --threads 1
     done ;;
   *) echo "unknown lane '$1': a or b" >&2; exit 2 ;;
 esac
+ablations
+baselines
+ablations
 echo "== lane $1 finished $(date -u '+%F %H:%M') UTC"
