@@ -85,10 +85,12 @@ def save() -> None:
         # runs/compare holds everything the repository had (restore) and what was measured since
         shutil.copytree(RUNS / "compare", RESULTS, dirs_exist_ok=True)
         print(f"evaluations: runs/compare -> {RESULTS.relative_to(ROOT)}")
-        table = sorted(str(p) for task in ("passkey", "niah", "ppl") for p in (RESULTS / task).glob("*")
-                       if p.is_dir())
-        subprocess.run([sys.executable, "-m", "cometlm", "eval", "table", *table, "--out",
-                        str(RESULTS / "table.md"), "--plot", str(RESULTS / "table.png")], check=True)
+        # paths relative to the repository, as the table's notes show them
+        table = sorted(str(p.relative_to(ROOT)) for task in ("passkey", "niah", "ppl")
+                       for p in (RESULTS / task).glob("*") if p.is_dir())
+        out = RESULTS.relative_to(ROOT)
+        subprocess.run([sys.executable, "-m", "cometlm", "eval", "table", *table, "--out", str(out / "table.md"),
+                        "--plot", str(out / "table.png")], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     for run in sorted(RUNS.glob("abl-*")):
         if not (run / "variant").is_file():
             continue
