@@ -3,8 +3,9 @@
 # jobs side by side do about 1.8x the work of one two-thread job (measured in session 9). Every step resumes
 # where it stopped, also in a later session after `docs/experiments/carry.py restore`.
 #
-#   docs/experiments/comparison_lanes.sh a   the evaluations of the ablations whose training has finished, the
-#                                            comparison's baselines, then the ablations again
+#   docs/experiments/comparison_lanes.sh a   the comparison's evaluations: before each baseline's, those of the
+#                                            ablations whose training has finished (so that a finished ablation
+#                                            can ship first)
 #   docs/experiments/comparison_lanes.sh b   the ablations' training (recipes/passkey-smollm2.sh: global-only,
 #                                            temp-only, no-gate), then the same evaluations as lane a
 #
@@ -47,9 +48,9 @@ ablations() {  # the evaluations of every ablation whose training has finished
   done
 }
 
-baselines() {
+baselines() {  # each baseline's evaluations, each after those of the ablations that finished training by then
   for name in "${BASELINES[@]}"; do
-    for task in "${TASKS[@]}"; do evaluate "$name" "$task"; done
+    for task in "${TASKS[@]}"; do ablations; evaluate "$name" "$task"; done
   done
 }
 
