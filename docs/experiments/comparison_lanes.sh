@@ -13,6 +13,7 @@
 # and a lane skips one that the other lane holds, so the two share the work and never write the same results.
 # Run each with nohup (logs in runs/lane-a.log, runs/lane-b.log):
 #   setsid nohup docs/experiments/comparison_lanes.sh a >> runs/lane-a.log 2>&1 &
+# A running bash reads its script as it goes: change this file only by replacing it (git, mv), never in place.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 export PATH=$PWD/.venv/bin:$PATH OMP_NUM_THREADS=1
