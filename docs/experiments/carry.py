@@ -85,9 +85,10 @@ def save() -> None:
         # runs/compare holds everything the repository had (restore) and what was measured since
         shutil.copytree(RUNS / "compare", RESULTS, dirs_exist_ok=True)
         print(f"evaluations: runs/compare -> {RESULTS.relative_to(ROOT)}")
-        # paths relative to the repository, as the table's notes show them
+        # paths relative to the repository, as the table's notes show them; an evaluation that has just started
+        # has no summary yet
         table = sorted(str(p.relative_to(ROOT)) for task in ("passkey", "niah", "ppl")
-                       for p in (RESULTS / task).glob("*") if p.is_dir())
+                       for p in (RESULTS / task).glob("*") if (p / f"{task}.json").is_file())
         out = RESULTS.relative_to(ROOT)
         subprocess.run([sys.executable, "-m", "cometlm", "eval", "table", *table, "--out", str(out / "table.md"),
                         "--plot", str(out / "table.png")], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
