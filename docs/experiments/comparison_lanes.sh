@@ -41,6 +41,7 @@ evaluate() {  # evaluate NAME TASK [MODEL_DIR]: one evaluation of the comparison
 }
 
 ablations() {  # the evaluations of every ablation whose training has finished
+  local variant task  # not the caller's: baselines() calls this inside its own loop over tasks
   for variant in "${VARIANTS[@]}"; do
     local model=runs/abl-$variant/passkey-v2g/final
     if [[ -f $model/comet_config.json ]]; then
