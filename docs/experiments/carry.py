@@ -86,9 +86,9 @@ def save() -> None:
         shutil.copytree(RUNS / "compare", RESULTS, dirs_exist_ok=True)
         print(f"evaluations: runs/compare -> {RESULTS.relative_to(ROOT)}")
         # paths relative to the repository, as the table's notes show them; an evaluation that has just started
-        # has no summary yet
-        table = sorted(str(p.relative_to(ROOT)) for task in ("passkey", "niah", "ppl")
-                       for p in (RESULTS / task).glob("*") if (p / f"{task}.json").is_file())
+        # has no summary yet; in the order recipes/compare-smollm2.sh writes the table in, so that the two agree
+        table = [str(p.relative_to(ROOT)) for task in ("passkey", "niah", "ppl")
+                 for p in sorted((RESULTS / task).glob("*")) if (p / f"{task}.json").is_file()]
         out = RESULTS.relative_to(ROOT)
         subprocess.run([sys.executable, "-m", "cometlm", "eval", "table", *table, "--out", str(out / "table.md"),
                         "--plot", str(out / "table.png")], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)

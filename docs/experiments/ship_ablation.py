@@ -9,7 +9,8 @@ Reads the model from `runs/abl-VARIANT/passkey-v2g/final` (`--model`), the train
 `runs/abl-VARIANT/{phase}/metrics.jsonl` (`--metrics`), and its evaluation results from
 `docs/results/compare/{passkey,niah,ppl}/comet-VARIANT` next to the shipped adapter's `comet` rows (`--results`).
 `--status` is the card's verdict, written by a person who read the numbers; the script writes only measured numbers
-and the commands that produced them. Refuses a model whose switches are not the variant's.
+and the commands that produced them. Refuses a model whose switches are not the variant's. The training metrics are
+kept in `docs/experiments/ablations/VARIANT/` (`carry.py` stops carrying a shipped ablation's runs).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ WHAT = {
                 lambda c: not c["gate"] and c["global_slots"] > 0 and c["temp_capacity"] > 0),
 }
 FILES = ("comet.safetensors", "lora.safetensors", "comet_config.json")
+KEPT_METRICS = "docs/experiments/ablations/{variant}/{phase}-metrics.jsonl"
 
 
 def summaries(results: Path, name: str) -> dict[str, dict]:
@@ -101,7 +103,8 @@ training loss next to the shipped adapter's on the same samples. It loads by nam
     recipes/passkey-smollm2.sh runs/abl-{variant} {variant} -- --threads 1
 
 Per phase (the loss columns: mean over the phase's last 100 passkey steps, on the key and the period after it where
-the phase has one, and over its last 100 language-model steps; `docs/experiments/recipe_runs.py`):
+the phase has one, and over its last 100 language-model steps; `docs/experiments/recipe_runs.py`; every step's
+metrics are in `docs/experiments/ablations/{variant}/`):
 
 {training}
 
@@ -163,6 +166,13 @@ def main(argv=None) -> int:
         staged.rename(out)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
+    for phase in recipe_runs.PHASES:
+        kept = ROOT / KEPT_METRICS.format(variant=variant, phase=phase)
+        source = Path(metrics.format(phase=phase))
+        source = source if source.is_absolute() else ROOT / source
+        if source.resolve() != kept.resolve():
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, kept)
     print(f"shipped {variant} in {out} ({size:.1f} MiB)")
     return 0
 
