@@ -22,7 +22,7 @@ import torch
 
 from cometlm import CometForCausalLM
 from cometlm.bundled import SHIPPED_ADAPTER
-from cometlm.corpora import corpus_tokens
+from cometlm.tasks.corpora import corpus_tokens
 
 
 def main(argv=None) -> int:

@@ -18,7 +18,7 @@ import sys
 import torch
 
 from cometlm import CometForCausalLM
-from cometlm.training.tasks import passkey_sample
+from cometlm.tasks.retrieval import passkey_sample
 
 
 def right_aligned(n: int, c: int) -> list[int]:

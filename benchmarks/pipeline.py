@@ -114,7 +114,7 @@ def _build(args):
         model = CometForCausalLM.from_backbone(backbone, config)
         ids = torch.randint(0, 512, (1, args.tokens), generator=torch.Generator().manual_seed(0))
     else:
-        from cometlm.corpora import corpus_tokens
+        from cometlm.tasks.corpora import corpus_tokens
 
         model = CometForCausalLM.from_backbone(args.model, config)
         ids = corpus_tokens("bible", model.tokenizer, args.tokens)[None]
@@ -129,7 +129,8 @@ def _worker(rank: int, world: int, port: int, schedule: str, args, results) -> N
     from cometlm.parallel.distributed import sum_gradients
     from cometlm.parallel.schedule import Pipeline, Stage
     from cometlm.runtime import release_free_memory
-    from cometlm.training.trainer import TrainConfig, prepare_model
+    from cometlm.training.config import TrainConfig
+    from cometlm.training.loop import prepare_model
 
     torch.set_num_threads(1)
     if world > 1:

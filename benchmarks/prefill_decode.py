@@ -231,7 +231,7 @@ def measure(args: argparse.Namespace, spec: dict, beat: Heartbeat) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     from cometlm import CometConfig, CometForCausalLM
-    from cometlm.corpora import corpus_tokens
+    from cometlm.tasks.corpora import corpus_tokens
 
     config = comet_config(args, CometConfig)
     dtype = getattr(torch, args.dtype)

@@ -9,7 +9,7 @@ import torch
 
 from cometlm import CometConfig, CometForCausalLM
 from cometlm.bundled import load_backbone
-from cometlm.corpora import corpus_tokens
+from cometlm.tasks.corpora import corpus_tokens
 
 VARIANTS = {
     "chunked, no memory": dict(global_slots=0, temp_stride=0),

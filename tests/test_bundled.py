@@ -15,9 +15,10 @@ import time
 import pytest
 import torch
 
-from cometlm import bundled, corpora
+from cometlm import bundled
+from cometlm.tasks import corpora
 from cometlm.bundled import BUNDLED_MODEL, bundled_model_dir, encode, load_backbone
-from cometlm.corpora import CORPORA, corpus_tokens, load_corpus
+from cometlm.tasks.corpora import CORPORA, corpus_tokens, load_corpus
 
 
 @pytest.fixture(scope="module")

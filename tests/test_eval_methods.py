@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from conftest import COMMON, SMALL, random_ids, tiny_comet
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
-import cometlm.evaluation.methods as methods
+import cometlm.evaluation.methods.sliding_window as sliding_window
+import cometlm.evaluation.settings as settings
 from cometlm import CometConfig, CometForCausalLM
 from cometlm.evaluation.methods import build_method
 from cometlm.evaluation.streaming import generate_answer
@@ -52,7 +53,7 @@ def test_sliding_window_keeps_sinks_and_recent_tokens_at_positions_within_the_ca
     """StreamingLLM's definition, with evictions: a token's loss equals reading fresh the sinks, the recent
     tokens kept before its block and its block up to itself, at positions 0..n-1 (keys re-rotated exactly)."""
     block, window, n = 16, 20, 150
-    monkeypatch.setattr(methods, "READ_BLOCK", block)
+    monkeypatch.setattr(sliding_window, "READ_BLOCK", block)
     model = one_layer(family)
     ids = random_ids(n, seed=3).tolist()
     sliding = build_method("sliding-window", model, window=window, sink_tokens=sinks)
@@ -77,7 +78,7 @@ def test_sliding_window_keeps_sinks_and_recent_tokens_at_positions_within_the_ca
 @torch.inference_mode()
 def test_sliding_window_cache_stays_bounded(monkeypatch):
     block, window, sinks = 16, 24, 4
-    monkeypatch.setattr(methods, "READ_BLOCK", block)
+    monkeypatch.setattr(sliding_window, "READ_BLOCK", block)
     model = tiny_comet("llama")
     sliding = build_method("sliding-window", model, window=window, sink_tokens=sinks)
     cache, sizes = sliding.new_cache(), []
@@ -174,7 +175,7 @@ def test_bad_method_options_are_refused_with_what_to_do():
         build_method("truncated", model, window=20).check_continuation(100, 30)
     with pytest.raises(ValueError, match="at least one context and one continuation token"):
         build_method("sliding-window", model).check_continuation(0, 3)
-    assert build_method("sliding-window", model).window == 1024 - 4 - methods.READ_BLOCK
+    assert build_method("sliding-window", model).window == 1024 - 4 - settings.READ_BLOCK
 
 
 @torch.inference_mode()
@@ -192,14 +193,14 @@ def test_full_attention_scores_a_document_one_token_longer_than_its_window():
 
 def test_every_method_reads_with_the_models_backbone_and_records_one_schema():
     model = tiny_comet("llama")
-    for name in methods.METHODS:
+    for name in settings.METHODS:
         method = build_method(name, model)
         runner = getattr(method, "runner", model)
         assert runner.backbone_model is model.backbone_model and method.settings().keys() == {
             "layout", "prime_tokens", "window", "sink_tokens"}
 
 
-@pytest.mark.parametrize("name", methods.METHODS)
+@pytest.mark.parametrize("name", settings.METHODS)
 @torch.inference_mode()
 def test_a_stop_condition_ends_the_answer_where_it_becomes_true(name):
     """`answer(stop=...)` (stop sequences in the lm-eval backend) ends generation early: the answer is a prefix of

@@ -10,11 +10,11 @@ import pytest
 import torch
 from eval_helpers import Spy, read_jsonl, stable, tiny_text_model
 
-import cometlm.training.tasks as tasks
+import cometlm.tasks.retrieval as tasks
 from cometlm.bundled import encode
-from cometlm.evaluation.commands import register
+from cometlm.cli.eval import register
 from cometlm.evaluation.grid import TRIALS_FILE
-from cometlm.evaluation.methods import METHODS
+from cometlm.evaluation.settings import METHODS
 from cometlm.evaluation.niah import NIAH, evaluate_niah
 
 GRID = dict(lengths=[150, 300], depths=[0, 100], trials=1, seed=4)

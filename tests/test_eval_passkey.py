@@ -16,12 +16,12 @@ from eval_helpers import Spy, read_jsonl, stable
 from eval_helpers import tiny_text_model as tiny_model
 from matplotlib.image import imread
 
-import cometlm.training.tasks as tasks
+import cometlm.tasks.retrieval as tasks
 from cometlm import CometForCausalLM, MemoryState
 from cometlm.bundled import encode
-from cometlm.evaluation.commands import register
+from cometlm.cli.eval import register
 from cometlm.evaluation.grid import length_label, write_heatmap
-from cometlm.evaluation.methods import backbone_window
+from cometlm.evaluation.methods.base import backbone_window
 from cometlm.evaluation.passkey import HEATMAP_FILE, SUMMARY_FILE, TRIALS_FILE, evaluate_passkey
 from cometlm.evaluation.streaming import Snapshot, _digest, read_context
 from cometlm.generation import open_chunk
@@ -380,7 +380,7 @@ def test_command_line(tmp_path, tokenizer, capsys):
 
 
 def test_registering_the_command_imports_no_heavy_library():
-    code = ("import argparse; from cometlm.evaluation.commands import register; "
+    code = ("import argparse; from cometlm.cli.eval import register; "
             "register(argparse.ArgumentParser().add_subparsers())")
     result = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, check=True)
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}

@@ -11,8 +11,8 @@ from matplotlib.image import imread
 from eval_helpers import read_jsonl, stable, tiny_text_model
 
 import cometlm.evaluation.methods as methods
-from cometlm.corpora import corpus_tokens
-from cometlm.evaluation.commands import register
+from cometlm.tasks.corpora import corpus_tokens
+from cometlm.cli.eval import register
 from cometlm.evaluation.ppl import DOCUMENTS_FILE, PLOT_FILE, SUMMARY_FILE, bucket_sums, evaluate_ppl
 from cometlm.training.data import CorpusLMDataset
 

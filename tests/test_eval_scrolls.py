@@ -180,7 +180,7 @@ def test_help_is_fast_and_explains_every_option():
         result = subprocess.run([sys.executable, "-X", "importtime", "-m", "cometlm.cli", *command],
                                 capture_output=True, text=True, check=True)
         imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "import time:" in line}
-        assert "cometlm.evaluation.scrolls" in imported and "cometlm.evaluation.lm_eval_cli" in imported
+        assert "cometlm.evaluation.scrolls" in imported and "cometlm.cli.lm_eval" in imported
         assert not imported & {"torch", "transformers", "rouge_score", "lm_eval"}
     assert "lm-eval" in result.stdout and "scrolls" not in result.stdout  # scrolls sits under `eval`
     evaluate = build_parser()._subparsers._group_actions[0].choices["eval"]

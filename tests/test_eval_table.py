@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from eval_helpers import tiny_text_model
-from cometlm.evaluation.commands import register
+from cometlm.cli.eval import register
 from cometlm.evaluation.niah import evaluate_niah
 from cometlm.evaluation.passkey import evaluate_passkey
 from cometlm.evaluation.ppl import evaluate_ppl

@@ -20,7 +20,7 @@ from cometlm import CometForCausalLM
 from cometlm.cli import main
 from cometlm.evaluation import streaming
 from cometlm.evaluation.harness import CometLM
-from cometlm.evaluation.lm_eval_cli import harness_argv
+from cometlm.cli.lm_eval import harness_argv
 
 C = 16  # chunk size of the tiny model: the longer fixture contexts span several chunks
 SENTENCE = "The quick brown fox jumps over the lazy dog. "
@@ -173,9 +173,10 @@ def test_sliding_window_reads_through_its_bounded_cache(setup, monkeypatch):
     what the method gives in `cometlm eval` (whose tests check StreamingLLM's definition), and differs from full
     attention where tokens were evicted."""
     from cometlm.evaluation import methods
+    from cometlm.evaluation.methods import sliding_window
 
     root, model, tokenizer = setup
-    monkeypatch.setattr(methods, "READ_BLOCK", 16)
+    monkeypatch.setattr(sliding_window, "READ_BLOCK", 16)
     results = simple_evaluate(
         model="cometlm", model_args=f"comet={root / 'model'},method=sliding-window,window=8,sink_tokens=2",
         tasks=["comet_mc", "comet_ppl", "comet_gen"], log_samples=True, device="cpu",

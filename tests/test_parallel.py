@@ -102,7 +102,7 @@ def _model(case: Case):
     config = CometConfig(**{**SMALL.to_dict(), **case.comet})
     model = randomize_memory(CometForCausalLM.from_backbone(tiny_backbone(), config))
     if case.lora:
-        from cometlm.training.lora import apply_lora
+        from cometlm.lora import apply_lora
 
         apply_lora(model, rank=4, targets=("q_proj", "v_proj"))
         generator = torch.Generator().manual_seed(3)
@@ -247,7 +247,7 @@ class _Sample:
 
 
 def _train_config(output_dir: str, batch_size: int):
-    from cometlm.training.trainer import TrainConfig
+    from cometlm.training.config import TrainConfig
 
     return TrainConfig(output_dir=output_dir, max_steps=TRAIN_STEPS, batch_size=batch_size, grad_accum=2, lr=1e-2,
                        warmup_steps=1, log_every=1, save_every=2, mode="lora", lora_rank=2)
@@ -266,7 +266,7 @@ def _train_worker(rank: int, out: str, base: str) -> None:
     from safetensors.torch import save_file
 
     from cometlm.parallel.options import parallel_job
-    from cometlm.training.trainer import train
+    from cometlm.training.loop import train
 
     class Args:
         context_parallel, pipeline_schedule, dist_timeout = 2, "wavefront", TIMEOUT_S
@@ -375,7 +375,9 @@ def test_data_parallel_training_steps_equal_one_process_on_the_union(runs, tmp_p
     samples per micro-batch: the same trainable tensors after every optimizer step, and the same logged losses."""
     from safetensors.torch import load_file
 
-    from cometlm.training.trainer import read_metrics, train
+    from cometlm.training.loop import train
+
+    from cometlm.training.metrics import read_metrics
 
     model = _trained_comet(str(runs / "base"))
     result = train(model, _train_data(), _train_config(str(tmp_path / "single"), 2))
@@ -415,7 +417,7 @@ def test_a_killed_or_hung_rank_stops_its_peers_with_an_error(runs):
 def _train_args(*extra):
     import argparse
 
-    from cometlm.training.trainer import register
+    from cometlm.cli.train import register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())

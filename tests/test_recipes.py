@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cometlm.config import CometConfig
-from cometlm.training.trainer import config_from_args, register
+from cometlm.cli.train import config_from_args, register
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "passkey-smollm2.sh"
 
@@ -73,7 +73,7 @@ COMPARE = RECIPE.with_name("compare-smollm2.sh")
 
 def evaluations(out, *args):
     """The `cometlm eval` argument lists the comparison recipe would run, parsed, and its `eval table` (or None)."""
-    from cometlm.evaluation.commands import register as register_eval
+    from cometlm.cli.eval import register as register_eval
 
     result = subprocess.run(["bash", str(COMPARE), str(out), *args], capture_output=True, text=True,
                             env={**os.environ, "COMETLM": "echo"})

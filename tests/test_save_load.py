@@ -52,7 +52,9 @@ def test_a_model_with_lora_round_trips_as_adapter_and_as_full_model(tmp_path):
     """LoRA goes to its own file both ways; the full model's backbone is the plain model, LoRA not folded in."""
     from transformers import AutoModelForCausalLM
 
-    from cometlm.training.lora import LORA_FILE, apply_lora, has_lora
+    from cometlm.lora import apply_lora, has_lora
+
+    from cometlm.saving import LORA_FILE
 
     base = saved_base(tmp_path)
     comet = apply_lora(randomize_memory(CometForCausalLM.from_backbone(str(base), SMALL)))

@@ -6,7 +6,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from cometlm.bundled import bundled_model_dir, encode
-from cometlm.training.tasks import (
+from cometlm.tasks.retrieval import (
     NEEDLE,
     NEEDLE_ANSWER,
     PASSKEY_FILLER,

@@ -20,16 +20,14 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from cometlm import CometForCausalLM
 from cometlm.training.chunking import ChunkPlanner
 from cometlm.training.checkpoint import CheckpointError, load_checkpoint
-from cometlm.training.lora import LORA_FILE, apply_lora, load_lora_state_dict
-from cometlm.training.trainer import (
-    TrainConfig,
-    build_optimizer,
-    load_dataset,
-    prepare_model,
-    read_metrics,
-    register,
-    train,
-)
+from cometlm.lora import apply_lora, load_lora_state_dict
+from cometlm.saving import LORA_FILE
+from cometlm.cli.train import register
+from cometlm.training.config import TrainConfig
+from cometlm.training.loop import prepare_model, train
+from cometlm.training.metrics import read_metrics
+from cometlm.training.optimizer import build_optimizer
+from cometlm.training.specs import load_dataset
 from conftest import COMMON, SMALL, VOCAB, randomize_memory, tiny_backbone
 
 
@@ -427,7 +425,7 @@ def train_parser():
 
 
 def test_train_help_is_fast_and_covers_every_setting():
-    code = ("import argparse; from cometlm.training.trainer import register; p = argparse.ArgumentParser(); "
+    code = ("import argparse; from cometlm.cli.train import register; p = argparse.ArgumentParser(); "
             "register(p.add_subparsers()); p.parse_args(['train', '--help'])")
     command = [sys.executable, "-X", "importtime", "-c", code]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
@@ -507,7 +505,7 @@ def test_a_mixture_logs_the_datasets_of_each_step_and_plots_them_apart(tmp_path,
 
 
 def test_the_logged_sources_are_the_samples_every_data_replica_reads():
-    from cometlm.training.trainer import _micro_batches, _sources
+    from cometlm.training.loop import _micro_batches, _sources
 
     class Recording:
         """Samples named by their index; remembers which indices were read."""
@@ -538,7 +536,7 @@ def test_data_specs_mix_with_weights(tmp_path, tiny_model_dir):
     from transformers import AutoTokenizer
 
     from cometlm.training.data import MixtureDataset
-    from cometlm.training.trainer import load_mixture
+    from cometlm.training.specs import load_mixture
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     files = []

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoTokenizer
 
 from cometlm.bundled import bundled_model_dir, encode
-from cometlm.corpora import corpus_tokens
+from cometlm.tasks.corpora import corpus_tokens
 from cometlm.training.data import (
     IGNORE,
     CorpusLMDataset,
@@ -25,7 +25,7 @@ from cometlm.training.data import (
     collate,
     sample_rng,
 )
-from cometlm.training.tasks import NEEDLE_ANSWER
+from cometlm.tasks.retrieval import NEEDLE_ANSWER
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from cometlm.training.data import MixtureDataset
-from cometlm.training.trainer import plot_loss_curve, read_metrics
+from cometlm.training.metrics import plot_loss_curve, read_metrics
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("metrics")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from cometlm import CometForCausalLM
 from cometlm.training.checkpoint import load_checkpoint
-from cometlm.training.trainer import TrainConfig, export_model, prepare_model
+from cometlm.training.config import TrainConfig
+from cometlm.training.loop import export_model, prepare_model
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("checkpoint", help="a checkpoint-N folder of a cometlm train run in LoRA mode")

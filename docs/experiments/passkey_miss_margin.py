@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-import cometlm.training.tasks as tasks
+import cometlm.tasks.retrieval as tasks
 from cometlm import CometForCausalLM
 from cometlm.bundled import encode
 from cometlm.evaluation.streaming import read_context, score_continuations

@@ -24,7 +24,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cometlm.training.trainer import read_metrics
+from cometlm.training.metrics import read_metrics
 
 # The recipe's phases in order, with the steps each runs.
 PHASES = {"passkey-v1": 181, "passkey-v2a": 300, "passkey-v2b": 500, "passkey-v2d": 200, "passkey-v2e": 160,

@@ -21,6 +21,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+from .progress import progress_bar
 from .state import MemoryState
 
 
@@ -53,7 +54,8 @@ def open_chunk(model, state: MemoryState) -> OpenChunk:
         raise ValueError("open_chunk needs at least one token in every stream's open chunk")
     closing = torch.zeros_like(n_text, dtype=torch.bool)
     cache = DynamicCache()
-    text_hidden, _, layout = model._run_chunk(state, state.pending, n_text, closing, cache=cache)
+    out = model.run_chunk(state, state.pending, n_text, closing, cache=cache)
+    text_hidden, layout = out.text_hidden, out.layout
     last = text_hidden[torch.arange(n_text.shape[0], device=n_text.device), n_text - 1]
     logits = model.backbone.lm_head(last)
     return OpenChunk(cache, layout.valid, layout.valid.sum(dim=1), n_text, logits)
@@ -155,7 +157,7 @@ def generate(
         raise ValueError(f"max_new_tokens must be a non-negative int (got {max_new_tokens!r})")
     if do_sample and temperature is not None and temperature <= 0:
         raise ValueError(f"temperature must be > 0 when sampling (got {temperature})")
-    batch = model._batch(input_ids, attention_mask)
+    batch = model.check_batch(input_ids, attention_mask)
     if eos_token_id is None:
         eos_token_id = getattr(getattr(model.backbone_model, "generation_config", None), "eos_token_id", None)
     eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []), dtype=torch.long)
@@ -163,7 +165,7 @@ def generate(
         pad_token_id = int(eos[0]) if eos.numel() else 0
     state = memory if memory is not None else model.init_memory(batch.ids.shape[0])
     model.check_memory(state, batch.ids.shape[0])
-    state = model.ingest(batch.ids, state, attention_mask=_mask_of(batch), progress=progress)
+    state = model.ingest(batch.ids, state, attention_mask=batch.mask(), progress=progress)
     sequences, state, logits = _decode(
         model, input_ids.long().to(batch.ids.device), _real_only(batch, input_ids, attention_mask), state,
         max_new_tokens=max_new_tokens,
@@ -174,12 +176,6 @@ def generate(
     if return_dict_in_generate:
         return CometGenerateOutput(sequences=sequences, memory=state, logits=tuple(logits) if output_logits else None)
     return sequences
-
-
-def _mask_of(batch) -> torch.Tensor | None:
-    if bool((batch.lengths == batch.ids.shape[1]).all()):
-        return None
-    return (torch.arange(batch.ids.shape[1], device=batch.ids.device)[None] < batch.lengths[:, None]).long()
 
 
 def _real_only(batch, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -205,12 +201,7 @@ def _decode(
     sequences, step_logits = prompt, []
     unfinished = torch.ones(prompt.shape[0], dtype=torch.bool, device=prompt.device)
     chunk = open_chunk(model, state) if max_new_tokens > 0 else None
-    steps = range(max_new_tokens)
-    if progress:
-        from tqdm.auto import tqdm
-
-        steps = tqdm(steps, desc="generating", unit="tok", dynamic_ncols=True)
-    for step in steps:
+    for step in progress_bar(range(max_new_tokens), desc="generating", unit="tok", enabled=progress):
         step_logits.append(chunk.logits)
         scores = processors(seen, chunk.logits.float())
         if do_sample:

@@ -1,103 +1,28 @@
 """CometForCausalLM: a pre-trained decoder LLM that reads text chunk by chunk through a fixed-size dual memory.
 
-Data flows one way: token ids -> chunks (``ChunkLayout``) -> the backbone's own decoder layers, each with its
-memory rows in front -> logits and the next ``MemoryState``. Nothing here copies backbone code: the embedding,
-decoder layers, rotary embedding, final norm and LM head are the wrapped model's modules.
+Data flows one way: token ids -> checked batch and chunks (``inputs``) -> ``MemoryCell.run`` for each chunk, the
+backbone's own decoder layers with each layer's memory rows in front (``cell``) -> logits and the next
+``MemoryState``. This file is the loop over chunks and the Hugging Face-style surface around it (construction,
+``forward``, ``ingest``, ``generate``, saving); nothing here copies backbone code.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.utils.checkpoint import checkpoint
-from tqdm.auto import tqdm
 from transformers.modeling_outputs import CausalLMOutput
 
+from . import saving
 from .backbone import Backbone
+from .cell import ChunkOutput, MemoryCell, summed_cross_entropy
 from .config import CometConfig
-from .layout import ChunkLayout
+from .inputs import Batch, ChunkedBatch, check_batch, chunk_plan, split_chunks
 from .memory import CometMemory
+from .progress import progress_bar
 from .runtime import release_free_memory
-from .state import LayerState, MemoryState
-
-SAVE_FORMAT = "cometlm/1"
-CONFIG_FILE = "comet_config.json"
-WEIGHTS_FILE = "comet.safetensors"
-BACKBONE_DIR = "backbone"
-LORA_FILE = "lora.safetensors"
-
-
-@dataclass(frozen=True)
-class Batch:
-    """Token ids moved to the left of each row (so chunk t of every stream starts at t*C), and how to undo it."""
-
-    ids: torch.Tensor
-    lengths: torch.Tensor
-    order: torch.Tensor | None  # gather index used to left-align; None when nothing moved
-
-    def restore(self, x: torch.Tensor) -> torch.Tensor:
-        """Puts per-token values (B, N, ...) back at the caller's positions; padding positions get zeros."""
-        if self.order is None:
-            return x
-        real = torch.arange(x.shape[1], device=x.device)[None] < self.lengths[:, None]
-        x = x * real.view(*real.shape, *([1] * (x.dim() - 2))).to(x.dtype)
-        index = self.order.view(*self.order.shape, *([1] * (x.dim() - 2))).expand_as(x)
-        return torch.zeros_like(x).scatter(1, index, x)
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """Chunk ``t`` of every stream of a batch, cut as ``forward`` cuts it (see ``CometForCausalLM.split_chunks``).
-
-    text_ids (B, n) left-aligned ids; text_len (B,) real tokens per stream (0 once a stream has ended); closing
-    (B,) streams that more text follows, whose memories this chunk updates; index (B, n) where these tokens sit
-    in the left-aligned batch (padding points at a spare last column); targets (B, n) next-token targets, -100
-    where there is none, or None without labels.
-    """
-
-    text_ids: torch.Tensor
-    text_len: torch.Tensor
-    closing: torch.Tensor
-    index: torch.Tensor
-    targets: torch.Tensor | None
-
-
-@dataclass(frozen=True)
-class ChunkedBatch:
-    """A checked batch cut into its chunks; ``num_targets`` counts the targets of all chunks together."""
-
-    batch: Batch
-    chunks: tuple[Chunk, ...]
-    num_targets: torch.Tensor
-
-    @property
-    def batch_size(self) -> int:
-        return self.batch.ids.shape[0]
-
-
-@dataclass(frozen=True)
-class ChunkInputs:
-    """What every layer needs to run one chunk: its layout, rotary embeddings and attention mask; ``hidden``
-    (B, L, d) holds the stream rows' inputs to layer 0 (text embeddings, beacons, readouts)."""
-
-    layout: ChunkLayout
-    hidden: torch.Tensor
-    rope: tuple[torch.Tensor, torch.Tensor]
-    mask: torch.Tensor | None
-
-
-def _summed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Summed cross entropy in fp32 of logits (B, n, V) against targets (B, n), -100 ignored."""
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
+from .state import MemoryState
 
 
 def _quiet_token_id(config, tokenizer) -> int:
@@ -119,18 +44,6 @@ def _quiet_token_id(config, tokenizer) -> int:
 def _sink_token_id(config) -> int:
     bos = getattr(config, "bos_token_id", None)
     return bos if isinstance(bos, int) else 0
-
-
-FINGERPRINT_TOLERANCE = 0.02  # bfloat16 rounding moved SmolLM2's entries by at most 0.006; another base by far more
-
-
-def same_base(got: dict, want: dict) -> bool:
-    """Whether two `Backbone.describe()` records name the same base weights: equal shapes and fingerprints equal
-    up to the rounding of a lower-precision load (an adapter saved in float32 loads onto a bfloat16 base)."""
-    if {k: v for k, v in got.items() if k != "fingerprint"} != {k: v for k, v in want.items() if k != "fingerprint"}:
-        return False
-    a, b = got.get("fingerprint") or [], want.get("fingerprint") or []
-    return len(a) == len(b) and all(abs(x - y) <= FINGERPRINT_TOLERANCE for x, y in zip(a, b))
 
 
 def _tied_names(module: nn.Module) -> list[list[str]]:
@@ -247,163 +160,48 @@ class CometForCausalLM(nn.Module):
         )
 
     # ----------------------------------------------------------------------------------------------------------
-    # Input checks
+    # The per-chunk step (cell.py) and the chunk loop
 
-    def _batch(self, input_ids, attention_mask=None, allow_empty_rows: bool = False) -> Batch:
-        if not isinstance(input_ids, torch.Tensor):
-            raise TypeError(f"input_ids must be a torch.Tensor of token ids (got {type(input_ids).__name__})")
-        if input_ids.dtype.is_floating_point or input_ids.dtype in (torch.bool, torch.complex64, torch.complex128):
-            raise ValueError(f"input_ids must hold integer token ids (got dtype {input_ids.dtype})")
-        if input_ids.dim() != 2:
-            raise ValueError(
-                f"input_ids must have shape (batch, length) (got {tuple(input_ids.shape)}); use input_ids[None] "
-                "for a single sequence"
-            )
-        if input_ids.numel() == 0:
-            raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}): give at least one token")
-        vocab = self.backbone.embed_tokens.num_embeddings
-        ids = input_ids.long().to(self.backbone.embed_tokens.weight.device)
-        if attention_mask is None:
-            mask = torch.ones_like(ids, dtype=torch.bool)
-        else:
-            if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
-                got = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else attention_mask
-                raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)} (got {got})")
-            mask = attention_mask.to(ids.device)
-            if not bool(((mask == 0) | (mask == 1)).all()):
-                raise ValueError("attention_mask must hold only 0 (padding) and 1 (token)")
-            mask = mask.bool()
-        lengths = mask.sum(dim=1)
-        if bool((lengths == 0).any()) and not allow_empty_rows:
-            raise ValueError("every row of the batch needs at least one token (attention_mask has an all-zero row)")
-        real = ids[mask]
-        if bool(((real < 0) | (real >= vocab)).any()):
-            raise ValueError(f"input_ids hold token ids outside the vocabulary [0, {vocab})")
-        order = None
-        if not bool(mask.all()):
-            order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
-            ids = torch.gather(ids, 1, order)
-            ids = ids.masked_fill(torch.arange(ids.shape[1], device=ids.device)[None] >= lengths[:, None], 0)
-        return Batch(ids, lengths, order)
+    @property
+    def cell(self) -> MemoryCell:
+        """The per-chunk step over this model's backbone and memories (see ``cometlm.cell``)."""
+        return MemoryCell(self.backbone, self.memory, self.comet_config, checkpointing=self.gradient_checkpointing)
 
-    # ----------------------------------------------------------------------------------------------------------
-    # One chunk through all layers
+    def run_chunk(self, state: MemoryState, text_ids, text_len, closing, cache=None) -> ChunkOutput:
+        """One chunk of every stream through all layers (``MemoryCell.run``): the final-norm text hidden states and
+        the state after it. Streams with no text in the chunk (``text_len`` 0) are not run and keep their state."""
+        idle = text_len == 0
+        if not bool(idle.any()) or bool(idle.all()):
+            return self.cell.run(state, text_ids, text_len, closing, cache)
+        if cache is not None:
+            raise ValueError("run_chunk keeps a KV cache only when every stream has text in the chunk")
+        rows = (~idle).nonzero().squeeze(1)
+        out = self.cell.run(state.select(rows), text_ids[rows], text_len[rows], closing[rows])
+        layers = [layer.scatter(rows, new) for layer, new in zip(state.layers, out.state.layers)]
+        after = MemoryState(state.config, tuple(layers), state.pending, state.pending_len,
+                            state.chunks_closed.index_copy(0, rows, out.state.chunks_closed))
+        text_hidden = out.text_hidden.new_zeros(len(text_len), *out.text_hidden.shape[1:])
+        return ChunkOutput(text_hidden.index_copy(0, rows, out.text_hidden), after, out.layout)
 
-    def _stream_inputs(self, layout: ChunkLayout, text_ids: torch.Tensor) -> torch.Tensor:
-        """Input hidden states of the stream rows (text embeddings, the beacon, the readouts): (B, L, d)."""
-        batch, n = text_ids.shape
-        tokens = self.memory.tokens
-        # One table of every possible row input; each stream row picks its entry by kind.
-        parts, first = [self.backbone.embed_tokens(text_ids)], {}
-        offset = n
-        for kind, param in ((ChunkLayout.BEACON, tokens.beacon), (ChunkLayout.READOUT, tokens.readouts),
-                            (ChunkLayout.SINK, tokens.sink)):
-            if param is not None:
-                parts.append(param[None].expand(batch, -1, -1))
-                first[kind] = offset
-                offset += param.shape[0]
-        index = layout.stream_token.clone()
-        for kind, start in first.items():
-            index = torch.where(layout.stream_kind == kind, start + layout.stream_token, index)
-        return torch.cat(parts, dim=1)[:, index]
+    def check_batch(self, input_ids, attention_mask=None, allow_empty_rows: bool = False) -> Batch:
+        """Checks token ids (and a padding mask) against this model's vocabulary; see ``inputs.check_batch``."""
+        embedding = self.backbone.embed_tokens
+        return check_batch(input_ids, attention_mask, embedding.num_embeddings, embedding.weight.device, allow_empty_rows)
 
-    def _update_memory(self, index: int, hidden: torch.Tensor, layer: LayerState, layout: ChunkLayout) -> LayerState:
-        """METHOD.md section 2 for one layer, after the chunk has passed it (only for streams that close)."""
-        if not bool(layout.closing.any()):
-            return layer
-        modules = self.memory.layers[index]
-        g, s, has_global = layer.global_memory, layer.global_state, layer.has_global
-        if modules.global_memory is not None:
-            g, s = modules.global_memory.update(hidden[:, layout.readout_slot], s, has_global, layout.closing)
-            has_global = has_global | layout.closing
-        t, t_valid = layer.temp, layer.temp_valid
-        if modules.temporary_memory is not None:
-            beacon_valid = layout.beacon_valid & layout.closing[:, None]
-            t, t_valid = modules.temporary_memory.update(hidden[:, layout.beacon_slot], beacon_valid, t, t_valid)
-        return LayerState(g, s, has_global, t, t_valid)
+    # Kept for the parallel schedule and other code that interleaves layers and chunks (see ``MemoryCell``).
 
-    # ----------------------------------------------------------------------------------------------------------
-    # The (layer, chunk) step: forward, streaming and the parallel schedule (cometlm.parallel) all run chunks
-    # through these methods, so they compute the same thing.
+    def start_chunk(self, text_ids, text_len, closing, memory_valid: torch.Tensor):
+        return self.cell.start(text_ids, text_len, closing, memory_valid)
 
-    def start_chunk(self, text_ids, text_len, closing, memory_valid: torch.Tensor) -> ChunkInputs:
-        """Lays out one chunk of every stream and embeds its stream rows (the input of layer 0).
+    def layer_step(self, index: int, hidden, layer, inputs, cache=None):
+        return self.cell.layer(index, hidden, layer, inputs, cache)
 
-        text_ids (B, n) left-aligned, text_len (B,) real tokens per stream, closing (B,) which streams close this
-        chunk, memory_valid (B, M+K) which memory rows exist before it (``LayerState.row_valid`` of any layer).
-        """
-        layout = ChunkLayout.build(self.comet_config, text_len, text_ids.shape[1], closing, memory_valid)
-        hidden = self._stream_inputs(layout, text_ids)
-        rope = self.backbone.rope(hidden, layout.position_ids)
-        mask = self.backbone.attention_mask(layout.mask, hidden.dtype, layout.valid.shape[1], hidden.device)
-        return ChunkInputs(layout, hidden, rope, mask)
+    def end_chunk(self, hidden: torch.Tensor, inputs) -> torch.Tensor:
+        return self.cell.end(hidden, inputs)
 
-    def layer_step(self, index: int, hidden, layer: LayerState, inputs: ChunkInputs, cache=None):
-        """(layer ``index``, one chunk): the layer's memory rows in front of the stream rows, the backbone's
-        decoder layer, then the memory update. Returns the stream rows' outputs and the layer's new memories.
-
-        With activation checkpointing on (and gradients, and no cache) only the step's inputs are kept; its
-        activations are recomputed in the backward pass.
-        """
-        step = (index, hidden, layer, inputs.layout, inputs.rope, inputs.mask, cache)
-        if self.gradient_checkpointing and torch.is_grad_enabled() and cache is None:
-            return checkpoint(self._layer_step, *step, use_reentrant=False)
-        return self._layer_step(*step)
-
-    def end_chunk(self, hidden: torch.Tensor, inputs: ChunkInputs) -> torch.Tensor:
-        """The final-norm hidden states at the text positions (B, n, d), from the last layer's outputs."""
-        return self.backbone.norm(hidden[:, inputs.layout.text_slot])
-
-    def chunk_loss(self, text_hidden: torch.Tensor, chunk: Chunk) -> torch.Tensor:
-        """Summed next-token cross entropy (fp32) over the chunk's targets.
-
-        With activation checkpointing the chunk's logits are recomputed in the backward pass, so a long sample
-        keeps no (n, vocab) tensor per chunk until its backward.
-        """
-        if self.gradient_checkpointing and torch.is_grad_enabled():
-            return checkpoint(self._chunk_loss, text_hidden, chunk.targets, use_reentrant=False)
-        return self._chunk_loss(text_hidden, chunk.targets)
-
-    def _chunk_loss(self, text_hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return _summed_cross_entropy(self.backbone.lm_head(text_hidden), targets)
-
-    def _layer_step(self, index, hidden, layer: LayerState, layout, rope, mask, cache=None):
-        rows = layer.rows()[:, layout.memory_index]
-        k, m = layout.n_sink, rows.shape[1]
-        x = torch.cat([hidden[:, :k], rows, hidden[:, k:]], dim=1)  # (B, m + L, d)
-        out = self.backbone.layers[index](
-            x,
-            attention_mask=mask,
-            position_ids=layout.position_ids,
-            position_embeddings=rope,
-            cache=cache,
-            use_cache=cache is not None,
-        )
-        hidden = torch.cat([out[:, :k], out[:, k + m :]], dim=1)
-        return hidden, self._update_memory(index, hidden, layer, layout)
-
-    def _run_chunk(self, state: MemoryState, text_ids, text_len, closing, cache=None):
-        """Runs one chunk of every stream through all layers.
-
-        Returns the final-norm hidden states at the text positions (B, n, d), the layers' new memories, and the
-        layout (see ``start_chunk`` for the arguments).
-        """
-        inputs = self.start_chunk(text_ids, text_len, closing, state.layers[0].row_valid())
-        hidden, new_layers = inputs.hidden, []
-        for index, layer in enumerate(state.layers):
-            hidden, layer = self.layer_step(index, hidden, layer, inputs, cache)
-            new_layers.append(layer)
-        return self.end_chunk(hidden, inputs), new_layers, inputs.layout
-
-    @staticmethod
-    def _advance(state: MemoryState, layers, closing: torch.Tensor) -> MemoryState:
-        return MemoryState(
-            config=state.config,
-            layers=tuple(layers),
-            pending=state.pending,
-            pending_len=state.pending_len,
-            chunks_closed=state.chunks_closed + closing.long(),
-        )
+    def chunk_loss(self, text_hidden: torch.Tensor, chunk) -> torch.Tensor:
+        """Summed next-token cross entropy (fp32) over ``chunk.targets`` (``MemoryCell.loss``)."""
+        return self.cell.loss(text_hidden, chunk.targets)
 
     # ----------------------------------------------------------------------------------------------------------
     # Training / scoring
@@ -437,18 +235,19 @@ class CometForCausalLM(nn.Module):
         total_loss = batch.ids.new_zeros((), dtype=torch.float32)
         logits = None
         width = batch.ids.shape[1]
+        cell = self.cell
         for chunk in chunked.chunks:
-            text_hidden, layers, _ = self._run_chunk(state, chunk.text_ids, chunk.text_len, chunk.closing)
-            state = self._advance(state, layers, chunk.closing)
+            out = cell.run(state, chunk.text_ids, chunk.text_len, chunk.closing)
+            state, text_hidden = out.state, out.text_hidden
             if return_logits:
                 chunk_logits = self.backbone.lm_head(text_hidden)  # (B, n, V)
                 if logits is None:
                     logits = chunk_logits.new_zeros(batch.ids.shape[0], width + 1, chunk_logits.shape[-1])
                 logits = logits.scatter(1, chunk.index[..., None].expand_as(chunk_logits), chunk_logits)
                 if chunk.targets is not None:
-                    total_loss = total_loss + _summed_cross_entropy(chunk_logits, chunk.targets)
+                    total_loss = total_loss + summed_cross_entropy(chunk_logits, chunk.targets)
             elif chunk.targets is not None:
-                total_loss = total_loss + self.chunk_loss(text_hidden, chunk)
+                total_loss = total_loss + cell.loss(text_hidden, chunk.targets)
         loss = None
         if labels is not None:
             count = num_items_in_batch if num_items_in_batch is not None else chunked.num_targets.clamp(min=1)
@@ -462,60 +261,9 @@ class CometForCausalLM(nn.Module):
         labels: torch.Tensor | None = None,
         chunk_sizes: torch.Tensor | None = None,
     ) -> ChunkedBatch:
-        """Checks a batch and cuts it into the chunks ``forward`` reads (arguments as in ``forward``).
-
-        Chunk ``t`` holds chunk ``t`` of every stream's plan, so streams of different lengths advance together;
-        a stream that has ended has no tokens in the later chunks.
-        """
-        batch = self._batch(input_ids, attention_mask)
-        plan = self._chunk_plan(batch, chunk_sizes)
-        targets = None
-        if labels is not None:
-            if not isinstance(labels, torch.Tensor) or labels.shape != input_ids.shape:
-                raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}")
-            labels = labels.long().to(batch.ids.device)
-            if batch.order is not None:
-                labels = torch.gather(labels, 1, batch.order)
-            positions = torch.arange(labels.shape[1], device=labels.device)[None]
-            labels = labels.masked_fill(positions >= batch.lengths[:, None], -100)
-            targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # target of position i is labels[i + 1]
-            num_targets = (targets != -100).sum()
-        else:
-            num_targets = batch.lengths.new_zeros(())
-        chunks = []
-        offset = torch.zeros_like(batch.lengths)
-        width = batch.ids.shape[1]
-        for text_len in plan.unbind(dim=1):
-            n = int(text_len.max())
-            index = offset[:, None] + torch.arange(n, device=offset.device)[None]  # (B, n) positions of this chunk
-            real = torch.arange(n, device=offset.device)[None] < text_len[:, None]
-            index = torch.where(real, index, width)  # padding reads and writes a spare column
-            text_ids = torch.gather(F.pad(batch.ids, (0, 1)), 1, index)
-            offset = offset + text_len
-            closing = (text_len > 0) & (offset < batch.lengths)  # only chunks that more text follows need memory
-            chunk_targets = None
-            if targets is not None:
-                chunk_targets = torch.gather(F.pad(targets, (0, 1), value=-100), 1, index)
-            chunks.append(Chunk(text_ids, text_len, closing, index, chunk_targets))
-        return ChunkedBatch(batch, tuple(chunks), num_targets)
-
-    def _chunk_plan(self, batch: Batch, chunk_sizes: torch.Tensor | None) -> torch.Tensor:
-        """(B, T) text tokens per stream per chunk; checks a given plan against the batch and C."""
-        c = self.comet_config.chunk_size
-        if chunk_sizes is None:
-            starts = torch.arange(0, batch.ids.shape[1], c, device=batch.lengths.device)
-            return (batch.lengths[:, None] - starts[None]).clamp(0, c)
-        if not isinstance(chunk_sizes, torch.Tensor) or chunk_sizes.dim() != 2 or chunk_sizes.shape[0] != batch.ids.shape[0]:
-            got = tuple(chunk_sizes.shape) if isinstance(chunk_sizes, torch.Tensor) else type(chunk_sizes).__name__
-            raise ValueError(f"chunk_sizes must be a (batch, chunks) tensor with one row per input (got {got})")
-        plan = chunk_sizes.long().to(batch.lengths.device)
-        if bool(((plan < 0) | (plan > c)).any()):
-            raise ValueError(f"chunk_sizes must lie in 0..chunk_size={c} (got {plan.min().item()}..{plan.max().item()})")
-        if not torch.equal(plan.sum(dim=1), batch.lengths):
-            raise ValueError(f"chunk_sizes rows must sum to the input lengths {batch.lengths.tolist()} (got {plan.sum(1).tolist()})")
-        if bool(((plan[:, :-1] == 0) & (plan[:, 1:] > 0)).any()):
-            raise ValueError("chunk_sizes has an empty chunk before a non-empty one; put the zeros at the end")
-        return plan
+        """Checks a batch and cuts it into the chunks ``forward`` reads (arguments as in ``forward``)."""
+        batch = self.check_batch(input_ids, attention_mask)
+        return split_chunks(batch, chunk_plan(batch, self.comet_config.chunk_size, chunk_sizes), labels)
 
     # ----------------------------------------------------------------------------------------------------------
     # Streaming
@@ -536,7 +284,7 @@ class CometForCausalLM(nn.Module):
         ``requires_grad`` (a long stream with gradients keeps every chunk's activations). A row of
         ``attention_mask`` may be all zeros: that stream reads nothing this time.
         """
-        batch = self._batch(input_ids, attention_mask, allow_empty_rows=True)
+        batch = self.check_batch(input_ids, attention_mask, allow_empty_rows=True)
         state = state if state is not None else self.init_memory(batch.ids.shape[0])
         self.check_memory(state, batch.ids.shape[0])
         with torch.set_grad_enabled(requires_grad and torch.is_grad_enabled()):
@@ -559,20 +307,12 @@ class CometForCausalLM(nn.Module):
         offset = torch.zeros_like(total)
         n_close = int(((total - 1).clamp(min=0) // c).max())
         steps = range(n_close)
-        if progress and n_close > 1:
-            steps = tqdm(steps, desc="reading", unit="chunk", total=n_close, dynamic_ncols=True)
-        for _ in steps:
+        for _ in progress_bar(steps, desc="reading", unit="chunk", enabled=progress and n_close > 1):
             closing = total - offset > c
             index = (offset[:, None] + torch.arange(c, device=pending.device)[None]).clamp(max=width - 1)
             text_ids = torch.gather(pending, 1, index)
-            if bool(closing.all()):
-                _, layers, _ = self._run_chunk(state, text_ids, torch.full_like(total, c), closing)
-            else:  # only the streams that close a chunk now are run: the others would be padding
-                rows = closing.nonzero().squeeze(1)
-                some = state.select(rows)
-                _, closed, _ = self._run_chunk(some, text_ids[rows], torch.full_like(rows, c), closing[rows])
-                layers = [layer.scatter(rows, new) for layer, new in zip(state.layers, closed)]
-            state = self._advance(state, layers, closing)
+            # A stream that closes no chunk now has no text in this one (run_chunk skips it).
+            state = self.run_chunk(state, text_ids, c * closing.long(), closing).state
             offset = offset + c * closing.long()
             release_free_memory()
         left = total - offset
@@ -594,8 +334,7 @@ class CometForCausalLM(nn.Module):
         if not bool(closing.any()):
             return state
         with torch.no_grad():
-            _, layers, _ = self._run_chunk(state, state.pending, state.pending_len, closing)
-        state = self._advance(state, layers, closing)
+            state = self.run_chunk(state, state.pending, state.pending_len * closing.long(), closing).state
         empty = state.pending[:, :0]
         return MemoryState(state.config, state.layers, empty, torch.zeros_like(state.pending_len), state.chunks_closed)
 
@@ -629,49 +368,8 @@ class CometForCausalLM(nn.Module):
         """Writes the model atomically: a full model (backbone + CoMeT) or an adapter (CoMeT weights only,
         plus the name and fingerprint of the base model it needs). LoRA on the backbone (``apply_lora``) goes
         to its own ``lora.safetensors`` either way, and a full model's backbone is saved without it, as the
-        plain model it wraps, so that ``from_pretrained`` rebuilds exactly this model."""
-        from .training.lora import has_lora, save_lora
-
-        directory = Path(directory)
-        if adapter and not self.base_model:
-            raise ValueError(
-                "cannot save an adapter: the base model has no name or path to record; wrap a model loaded from "
-                "a directory or the bundled name, or save the full model"
-            )
-        meta = {
-            "format": SAVE_FORMAT,
-            "kind": "adapter" if adapter else "full",
-            "comet": self.comet_config.to_dict(),
-            "base_model": self.base_model,
-            "base": self.backbone.describe(),
-        }
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
-            save_file(self.comet_state_dict(), tmp / WEIGHTS_FILE, metadata={"format": SAVE_FORMAT})
-            lora = has_lora(self)
-            if lora:
-                save_lora(self, tmp / LORA_FILE)
-            if not adapter:
-                # peft wraps each LoRA target as `<name>.base_layer`: its weights go back under their own names.
-                plain = None if not lora else {
-                    k.replace(".base_layer.", "."): v for k, v in self.backbone_model.state_dict().items()
-                    if ".lora_" not in k
-                }
-                self.backbone_model.save_pretrained(tmp / BACKBONE_DIR, state_dict=plain)
-                if self.tokenizer is not None:
-                    self.tokenizer.save_pretrained(tmp / BACKBONE_DIR)
-            (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-            if directory.exists():
-                old = directory.with_name(f".{directory.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                directory.rename(old)
-                tmp.rename(directory)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(directory)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        plain model it wraps, so that ``from_pretrained`` rebuilds exactly this model (see ``saving.py``)."""
+        saving.save(self, directory, adapter)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, base_model=None, dtype=torch.float32):
@@ -681,32 +379,4 @@ class CometForCausalLM(nn.Module):
         weights."""
         from .bundled import resolve_comet_path
 
-        directory = resolve_comet_path(directory)
-        config_path = directory / CONFIG_FILE
-        if not config_path.is_file():
-            raise FileNotFoundError(f"{directory} is not a saved CoMeT model (no {CONFIG_FILE})")
-        meta = json.loads(config_path.read_text())
-        if meta.get("format") != SAVE_FORMAT:
-            raise ValueError(f"{config_path} has format {meta.get('format')!r}, expected {SAVE_FORMAT!r}")
-        config = CometConfig.from_dict(meta["comet"])
-        if meta["kind"] == "full":
-            model = cls.from_backbone(str(directory / BACKBONE_DIR), config, dtype=dtype)
-            model.base_model = meta.get("base_model")
-        else:
-            base = base_model if base_model is not None else meta.get("base_model")
-            model = cls.from_backbone(base, config, dtype=dtype)
-            got, want = model.backbone.describe(), meta["base"]
-            if not same_base(got, want):
-                raise ValueError(
-                    f"the adapter in {directory} was trained on base model {meta.get('base_model')!r} {want}, "
-                    f"but the given base is {got}; load it onto the base it was trained on"
-                )
-        weights = load_file(directory / WEIGHTS_FILE, device=str(model.backbone.embed_tokens.weight.device))
-        missing, unexpected = model.memory.load_state_dict(weights, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{directory / WEIGHTS_FILE} does not fit this CoMeT config: missing {missing}, unexpected {unexpected}")
-        if (directory / LORA_FILE).is_file():  # an adapter trained with LoRA on the backbone
-            from .training.lora import load_lora
-
-            load_lora(model, directory / LORA_FILE)
-        return model
+        return saving.load(cls, resolve_comet_path(directory), base_model, dtype)

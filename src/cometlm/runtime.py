@@ -1,4 +1,4 @@
-"""Process-level helpers that keep long streams at a flat resident memory.
+"""Process-level helpers: keeping long streams at a flat resident memory, and measuring it.
 
 glibc's allocator keeps large freed buffers in its heaps (its mmap threshold rises after each large free), so
 the resident set of a long stream drifts upward in steps although the live tensors per chunk never change
@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import resource
 
 
 @functools.lru_cache(maxsize=1)
@@ -29,3 +30,8 @@ def release_free_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far, in MiB (``ru_maxrss`` is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

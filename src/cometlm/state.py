@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import CometConfig
+from .files import atomic_path
 
 STATE_FORMAT = "cometlm.memory_state/1"
 
@@ -125,22 +125,17 @@ class MemoryState:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors().values())
 
-    def save(self, path: str | os.PathLike, notes: dict[str, str] | None = None) -> None:
+    def save(self, path: str | os.PathLike, notes: dict[str, str] | None = None, durable: bool = False) -> None:
         """Writes a safetensors file atomically: a crash never leaves a half-written state behind. `notes`
-        (string keys and values) are stored with it and read back by `read_notes`."""
+        (string keys and values) are stored with it and read back by `read_notes`; `durable` flushes the file
+        to disk before returning."""
         path = Path(path)
         # cloned: layers may share one tensor (a fresh state does), which safetensors refuses to write
         tensors = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in self.tensors().items()}
         metadata = {"format": STATE_FORMAT, "config": json.dumps(self.config.to_dict()),
                     "notes": json.dumps(dict(notes or {}))}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=metadata)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(path, durable) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device=None) -> "MemoryState":

@@ -1,7 +1,7 @@
 """Retrieval grids (passkey, needle in a haystack): context lengths x needle depths x trials, one method.
 
 Each trial builds a prompt of exactly `length` tokens with the needle at `depth` percent of the haystack (the
-builders in `training.tasks`, the format training uses), lets the method read it and generate greedily, and
+builders in `tasks.retrieval`, the format training uses), lets the method read it and generate greedily, and
 scores the text with the task's matcher. Trial t of a cell draws from `random.Random(f"{seed}/{length}/{depth}/{t}")`,
 so a cell's prompts do not depend on the rest of the grid, and every method sees the same prompts.
 
@@ -21,13 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from cometlm.evaluation.methods import (
-    DEFAULT_PRIME_TOKENS,
-    DEFAULT_SINK_TOKENS,
-    SNAPSHOT_SECONDS,
-    build_method,
-    model_info,
-)
+from cometlm.evaluation.methods import build_method, model_info
+from cometlm.evaluation.settings import DEFAULT_PRIME_TOKENS, DEFAULT_SINK_TOKENS, SNAPSHOT_SECONDS
+from cometlm.files import write_figure, write_json
 from cometlm.evaluation.results import (
     RSS_NOTE,
     append_record,
@@ -37,8 +33,6 @@ from cometlm.evaluation.results import (
     peak_rss_over,
     tally,
     utc_now,
-    write_figure,
-    write_json,
 )
 
 TRIALS_FILE = "trials.jsonl"
@@ -57,6 +51,8 @@ class RetrievalTask:
     matches: Callable  # (generated text, sample) -> bool
     extra_tokens: int  # generated beyond the expected answer's length
     scoring: str  # one line for the summary's config
+    help: str = ""  # one line for `cometlm eval --help`
+    description: str = ""  # the task's `cometlm eval TASK --help` text
     record: Callable = lambda sample: {}  # task-specific fields of a trial record
     config: dict = field(default_factory=dict)  # task-specific fields of the summary's config
 
@@ -159,7 +155,7 @@ def _grid(config: dict):
 def summarize(task: RetrievalTask, done: dict[tuple, dict], config: dict, run: dict, model: dict,
               env: dict) -> dict:
     """The summary JSON from the finished trials of the requested grid (trials outside it are ignored)."""
-    from cometlm.cli import peak_rss_mib
+    from cometlm.runtime import peak_rss_mib
 
     cells, by_length = [], []
     for length in config["lengths"]:
@@ -344,58 +340,3 @@ def _forget(path: Path) -> None:
     path.unlink(missing_ok=True)
     if path.parent.is_dir() and not any(path.parent.iterdir()):
         path.parent.rmdir()
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Command line
-
-
-def register_task(tasks, task: RetrievalTask, help: str, description: str) -> None:
-    """Adds `task` to the `cometlm eval` tasks (argparse's `add_subparsers()` object)."""
-    from cometlm.evaluation.commands import add_common_options
-
-    parser = tasks.add_parser(task.name, help=help, description=description)
-    _add_grid_options(parser, task.needle)
-    add_common_options(parser, task.name, layouts=True)
-    parser.set_defaults(run=lambda args: run_grid_command(task, args))
-
-
-def _add_grid_options(parser, needle: str) -> None:
-    """--lengths, --depths, --trials, --seed for a retrieval grid."""
-    parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192, 32768], metavar="N",
-                        help="context lengths in tokens, question included (default: 2048 8192 32768)")
-    parser.add_argument("--depths", type=float, nargs="+", default=[0, 25, 50, 75, 100], metavar="PCT",
-                        help=f"where the {needle} sits, in percent of the haystack before it: 0 = start, 100 = end "
-                        "(default: 0 25 50 75 100)")
-    parser.add_argument("--trials", type=int, default=3, help="random prompts per (length, depth) cell (default 3)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the prompts; trial t of a cell uses Random('SEED/LENGTH/DEPTH/t') (default 0)")
-    parser.add_argument("--snapshot-every", type=float, default=SNAPSHOT_SECONDS, metavar="SECONDS",
-                        help="comet and no-memory save the memory of a long trial's read to OUT/partial/ this often, "
-                        f"so rerunning the command continues the trial where it stopped (default {SNAPSHOT_SECONDS:g})")
-
-
-def run_grid_command(task: RetrievalTask, args) -> int:
-    """`cometlm eval passkey|niah`: loads the model, runs the grid, prints the table."""
-    from cometlm import cli
-    from cometlm.bundled import BUNDLED_MODEL
-    from cometlm.evaluation.commands import default_out_dir
-
-    check_grid(args.lengths, args.depths, args.trials)  # before the model loads
-    out = Path(args.out) if args.out else default_out_dir(task.name, args.method, args.layout)
-    model = cli._load_model(args)
-    try:
-        summary = evaluate_grid(
-            task, model, model.tokenizer, args.lengths, args.depths, args.trials, args.seed, out, method=args.method,
-            layout=args.layout, prime_tokens=args.prime_tokens, window=args.window, sink_tokens=args.sink_tokens,
-            progress=not args.no_progress, model_name=args.comet or args.model or BUNDLED_MODEL,
-            command=shlex.join(sys.argv), snapshot_every=args.snapshot_every,
-        )
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: finished trials are in {out / TRIALS_FILE}; run the same command again to resume",
-              file=sys.stderr)
-        return 130
-    print(f"{task.name} accuracy, {method_label(summary)}, {summary['model']['name']}")
-    print(format_table(summary))
-    print(f"results in {out}: {task.summary_file}, {task.heatmap_file}, {TRIALS_FILE}", file=sys.stderr)
-    return 0

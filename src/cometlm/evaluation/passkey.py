@@ -1,7 +1,7 @@
 """The passkey grid (`cometlm eval passkey`): context lengths x key depths x trials with random keys.
 
 Each trial builds a passkey prompt of exactly `length` tokens with the key at `depth` percent of the haystack
-(`training.tasks.passkey_sample`, the format training uses), reads it with the chosen method
+(`tasks.retrieval.passkey_sample`, the format training uses), reads it with the chosen method
 (`evaluation.methods`), generates greedily the key's length plus three tokens, and scores the text with
 `passkey_matches` (the first run of digits must be the key, so "482139" does not pass for "48213").
 
@@ -13,19 +13,19 @@ The grid, its files and resuming are `evaluation.grid`'s: `trials.jsonl`, `passk
 
 from __future__ import annotations
 
-from cometlm.evaluation.grid import TRIALS_FILE, RetrievalTask, evaluate_grid, register_task
+from cometlm.evaluation.grid import TRIALS_FILE, RetrievalTask, evaluate_grid
 
 EXTRA_TOKENS = 3  # generated beyond the key, so that a key followed by more digits is caught
 
 
 def _sample(tokenizer, n_tokens, depth, rng):
-    from cometlm.training import tasks
+    from cometlm.tasks import retrieval as tasks
 
     return tasks.passkey_sample(tokenizer, n_tokens, depth, rng)
 
 
 def _matches(generated: str, sample) -> bool:
-    from cometlm.training.tasks import passkey_matches
+    from cometlm.tasks.retrieval import passkey_matches
 
     return passkey_matches(generated, sample.answer)
 
@@ -33,9 +33,15 @@ def _matches(generated: str, sample) -> bool:
 PASSKEY = RetrievalTask(
     name="passkey", title="Passkey", needle="key", build=_sample, matches=_matches, extra_tokens=EXTRA_TOKENS,
     scoring="first run of digits in the generated text equals the key", record=lambda sample: {"key": sample.answer},
+    help="passkey retrieval over a grid of context lengths x key depths x trials",
+    description="The passkey test over a grid of context lengths x key depths x trials with random 5-digit "
+    "keys, scored by whether the generated answer starts with the key. Writes trials.jsonl (one line per "
+    "trial), passkey.json (config, versions, machine, accuracy per cell and per length, time, peak RSS) and "
+    "passkey.png (accuracy heatmap) to --out, after every cell. Rerunning the same command resumes: finished "
+    "trials are skipped. Compare --method comet with the baselines to see what the memory adds.",
 )
 SUMMARY_FILE, HEATMAP_FILE = PASSKEY.summary_file, PASSKEY.heatmap_file
-__all__ = ["PASSKEY", "SUMMARY_FILE", "HEATMAP_FILE", "TRIALS_FILE", "evaluate_passkey", "register"]
+__all__ = ["PASSKEY", "SUMMARY_FILE", "HEATMAP_FILE", "TRIALS_FILE", "evaluate_passkey"]
 
 
 def evaluate_passkey(model, tokenizer, lengths, depths, trials: int, seed: int, out_dir, **options) -> dict:
@@ -47,15 +53,3 @@ def evaluate_passkey(model, tokenizer, lengths, depths, trials: int, seed: int, 
     model_name, command.
     """
     return evaluate_grid(PASSKEY, model, tokenizer, lengths, depths, trials, seed, out_dir, **options)
-
-
-def register(tasks) -> None:
-    """Adds `passkey` to the `cometlm eval` tasks (argparse's `add_subparsers()` object)."""
-    register_task(
-        tasks, PASSKEY, help="passkey retrieval over a grid of context lengths x key depths x trials",
-        description="The passkey test over a grid of context lengths x key depths x trials with random 5-digit "
-        "keys, scored by whether the generated answer starts with the key. Writes trials.jsonl (one line per "
-        "trial), passkey.json (config, versions, machine, accuracy per cell and per length, time, peak RSS) and "
-        "passkey.png (accuracy heatmap) to --out, after every cell. Rerunning the same command resumes: finished "
-        "trials are skipped. Compare --method comet with the baselines to see what the memory adds.",
-    )

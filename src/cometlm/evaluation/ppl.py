@@ -25,7 +25,9 @@ import time
 from pathlib import Path
 
 from cometlm.evaluation.grid import length_label, method_label
-from cometlm.evaluation.methods import DEFAULT_SINK_TOKENS, build_method, model_info
+from cometlm.evaluation.settings import DEFAULT_SINK_TOKENS
+from cometlm.evaluation.methods import build_method, model_info
+from cometlm.files import write_figure, write_json
 from cometlm.evaluation.results import (
     RSS_NOTE,
     append_record,
@@ -35,8 +37,6 @@ from cometlm.evaluation.results import (
     peak_rss_over,
     tally,
     utc_now,
-    write_figure,
-    write_json,
 )
 
 DOCUMENTS_FILE = "documents.jsonl"
@@ -58,7 +58,7 @@ def bucket_sums(losses, bucket: int) -> tuple[list[float], list[int]]:
     return sums.tolist(), torch.bincount(index, minlength=buckets).tolist()
 
 
-def _check(corpus, length, documents, bucket, seed) -> None:
+def check_settings(corpus, length, documents, bucket, seed) -> None:
     if corpus not in CORPORA:
         raise ValueError(f"corpus must be one of {', '.join(CORPORA)} (got {corpus!r})")
     for value, name, minimum in ((length, "length", 2), (documents, "documents", 1), (bucket, "bucket", 1)):
@@ -69,7 +69,7 @@ def _check(corpus, length, documents, bucket, seed) -> None:
 
 
 def summarize(done: dict[tuple, dict], config: dict, run: dict, model: dict, env: dict) -> dict:
-    from cometlm.cli import peak_rss_mib
+    from cometlm.runtime import peak_rss_mib
 
     records = [done[(i,)] for i in range(config["documents"]) if (i,) in done]
     n_buckets = (config["length"] - 1) // config["bucket"] + 1
@@ -176,10 +176,10 @@ def evaluate_ppl(
     import torch
     from tqdm.auto import tqdm
 
-    from cometlm.corpora import corpus_tokens
+    from cometlm.tasks.corpora import corpus_tokens
     from cometlm.training.data import CorpusLMDataset
 
-    _check(corpus, length, documents, bucket, seed)
+    check_settings(corpus, length, documents, bucket, seed)
     reader = build_method(method, model, "fixed", 0, window, sink_tokens)
     reader.check_document(length)
     data = CorpusLMDataset(tokenizer, corpus, length, seed=seed, size=documents, split="heldout",
@@ -260,57 +260,3 @@ def format_buckets(summaries: list[dict]) -> str:
     ppls = ["-" if s["ppl"] is None else f"{s['ppl']:.3f}" for s in summaries]
     lines.append("ppl           " + "".join(f"{p:>{width}}" for p in ppls))
     return "\n".join(lines)
-
-
-def register(tasks) -> None:
-    """Adds `ppl` to the `cometlm eval` tasks (argparse's `add_subparsers()` object)."""
-    from cometlm.evaluation.commands import add_common_options
-
-    ppl = tasks.add_parser(
-        "ppl", help="long-document perplexity on held-out text, by position in the document",
-        description="Next-token loss on held-out windows of a bundled corpus (the last 5% of the KJV Bible or the "
-        "Paul Graham essays, never used by `cometlm train`), summed per position bucket so the plot shows whether "
-        "later tokens gain from earlier context. Writes documents.jsonl (one line per document), ppl.json (config, "
-        "versions, machine, loss and perplexity per bucket and overall, time, peak RSS) and ppl.png (loss by "
-        "position) to --out, after every document. Rerunning the same command resumes.",
-    )
-    ppl.add_argument("--corpus", choices=CORPORA, default="bible",
-                     help="held-out text: bible (last 5%% of the KJV, about 57k tokens) or essays (last 5%%, about 7.7k "
-                     "tokens) (default bible)")
-    ppl.add_argument("--length", type=int, default=8192, help="tokens per document (default 8192)")
-    ppl.add_argument("--documents", type=int, default=4,
-                     help="documents to score: random windows of the held-out split (they may overlap), drawn with "
-                     "--seed; a rerun with more documents adds to the finished ones (default 4)")
-    ppl.add_argument("--bucket", type=int, default=1024, help="tokens per position bucket of the plot (default 1024)")
-    ppl.add_argument("--seed", type=int, default=0, help="seed of the document windows (default 0)")
-    ppl.add_argument("--compare", nargs="+", default=[], metavar="RESULT",
-                     help="other ppl results (folders or ppl.json files) of the same documents to draw in ppl.png "
-                     "and print side by side, e.g. the baselines' folders")
-    add_common_options(ppl, "ppl", layouts=False)
-    ppl.set_defaults(run=cmd_eval_ppl)
-
-
-def cmd_eval_ppl(args) -> int:
-    from cometlm import cli
-    from cometlm.bundled import BUNDLED_MODEL
-    from cometlm.evaluation.commands import default_out_dir
-
-    _check(args.corpus, args.length, args.documents, args.bucket, args.seed)  # before the model loads
-    others = [load_summary(p) for p in args.compare]
-    out = Path(args.out) if args.out else default_out_dir("ppl", args.method, None)
-    model = cli._load_model(args)
-    try:
-        summary = evaluate_ppl(
-            model, model.tokenizer, out, corpus=args.corpus, length=args.length, documents=args.documents,
-            bucket=args.bucket, seed=args.seed, method=args.method, window=args.window, sink_tokens=args.sink_tokens,
-            compare=args.compare, progress=not args.no_progress, model_name=args.comet or args.model or BUNDLED_MODEL,
-            command=shlex.join(sys.argv),
-        )
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: finished documents are in {out / DOCUMENTS_FILE}; run the same command again to "
-              "resume", file=sys.stderr)
-        return 130
-    print(f"held-out {args.corpus} loss per position, {summary['model']['name']}")
-    print(format_buckets([summary, *others]))
-    print(f"results in {out}: {SUMMARY_FILE}, {PLOT_FILE}, {DOCUMENTS_FILE}", file=sys.stderr)
-    return 0

@@ -9,11 +9,13 @@ mixed in. Summaries and figures are rewritten whole, through a temporary file an
 from __future__ import annotations
 
 import datetime as dt
-import gc
 import json
 import os
 import platform
 from pathlib import Path
+
+from cometlm.files import write_text
+from cometlm.runtime import peak_rss_mib
 
 RSS_NOTE = (
     "peak_rss_mib is ru_maxrss of the whole process: it includes model loading and every earlier cell and never "
@@ -28,8 +30,6 @@ def cost_fields(seconds: float, tokens: int, command: str) -> dict:
     processes on the same cores slow it down; the average counts this process too, about `threads` when it runs
     alone); and the command that did the work, since a resumed run's units can come from several commands."""
     import torch
-
-    from cometlm.cli import peak_rss_mib
 
     return {"seconds": round(seconds, 4), "tokens_per_s": round(tokens / seconds, 1),
             "peak_rss_mib": round(peak_rss_mib(), 1), "threads": torch.get_num_threads(),
@@ -52,27 +52,6 @@ def peak_rss_over(records, now: float) -> float:
     return round(max([now, *(r["peak_rss_mib"] for r in records)]), 1)
 
 
-def write_atomic(path: Path, write) -> None:
-    """write(tmp_path) fills a temporary file next to `path`, which then replaces `path` in one step."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_figure(path: Path, draw) -> None:
-    """Saves the matplotlib `Figure` that `draw()` returns as a PNG (atomically), then frees it. A figure is a web
-    of reference cycles that waits for Python's rare full collection: a grid that redraws its heatmap after every
-    cell grew by about 1.5 MiB per drawing (72 -> 116 MiB over 30 heatmaps; flat with the collection here), which
-    showed up in its peak RSS. Only this function holds the figure, so the collection finds all of it."""
-    figure = draw()
-    write_atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=150))
-    del figure
-    gc.collect()
-
-
 def load_records(path: Path, run: dict, key_fields: tuple[str, ...], what: str) -> dict[tuple, dict]:
     """Finished records by their key fields; refuses a file written by a run with other `run` settings.
 
@@ -83,7 +62,7 @@ def load_records(path: Path, run: dict, key_fields: tuple[str, ...], what: str) 
     text = path.read_text(encoding="utf-8")
     if text and not text.endswith("\n"):
         text = text[: text.rfind("\n") + 1]
-        write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        write_text(path, text)
     done = {}
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -134,8 +113,3 @@ def environment(command: str, device) -> dict:
         },
         "started_utc": utc_now(),
     }
-
-
-def write_json(path: Path, value: dict) -> None:
-    text = json.dumps(value, indent=2) + "\n"
-    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

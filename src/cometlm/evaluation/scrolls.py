@@ -45,7 +45,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from cometlm.evaluation.methods import DEFAULT_PRIME_TOKENS, DEFAULT_SINK_TOKENS
+from cometlm.evaluation.settings import DEFAULT_PRIME_TOKENS, DEFAULT_SINK_TOKENS
+from cometlm.files import write_json
 from cometlm.evaluation.results import (
     RSS_NOTE,
     append_record,
@@ -55,7 +56,6 @@ from cometlm.evaluation.results import (
     peak_rss_over,
     tally,
     utc_now,
-    write_json,
 )
 
 SPLITS = ("validation", "test", "train")
@@ -312,7 +312,7 @@ def evaluate_scrolls_task(
     import torch
     from tqdm.auto import tqdm
 
-    from cometlm.cli import peak_rss_mib
+    from cometlm.runtime import peak_rss_mib
     from cometlm.evaluation.methods import build_method, model_info
 
     spec = TASKS[task]
@@ -414,69 +414,3 @@ def format_table(summaries: dict[str, dict]) -> str:
 
 # --------------------------------------------------------------------------------------------------------------
 # Command line
-
-
-def register(tasks) -> None:
-    """Adds `scrolls` to the `cometlm eval` tasks (argparse's `add_subparsers()` object)."""
-    from cometlm.evaluation.commands import add_common_options
-
-    scrolls = tasks.add_parser(
-        "scrolls", help="SCROLLS long-document tasks from local files, scored with the official metrics",
-        description="Answers the SCROLLS tasks (GovReport, SummScreenFD, QMSum, Qasper, NarrativeQA, QuALITY, "
-        "ContractNLI) from the official task files in --data-dir, streaming each document through the memory and "
-        "generating after the question; scores with the official metrics (ROUGE-1/2/L geometric mean, token F1, "
-        "exact match) when the split has references, and writes the leaderboard's prediction files. In OUT/SPLIT/"
-        "TASK/: predictions.jsonl (resumable log), predictions.json (id -> prediction) and summary.json; "
-        "OUT/SPLIT/scrolls.json puts the tasks side by side. Rerunning the same command resumes.",
-    )
-    scrolls.add_argument("--data-dir", default="data/scrolls", metavar="DIR",
-                         help="folder with the task files: TASK.zip as released, or TASK/SPLIT.jsonl unzipped "
-                         "(default data/scrolls); the command says how to get them when they are missing")
-    scrolls.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS), metavar="TASK",
-                         help=f"tasks to run, in order (default all: {' '.join(TASKS)})")
-    scrolls.add_argument("--split", choices=SPLITS, default="validation",
-                         help="which split (default validation; test has no references: predictions only)")
-    scrolls.add_argument("--limit", type=int, default=None, metavar="N",
-                         help="only the first N examples of each task (for a quick look; default all)")
-    scrolls.add_argument("--max-new-tokens", type=int, default=None,
-                         help="answer length in tokens (default per task: " + ", ".join(
-                             f"{t.name} {t.max_new_tokens}" for t in TASKS.values()) + ")")
-    scrolls.add_argument("--chat", action="store_true",
-                         help="wrap document and question in one user turn of the tokenizer's chat template")
-    scrolls.add_argument("--seed", type=int, default=0,
-                         help="torch seed, recorded with the results (decoding is greedy)")
-    add_common_options(scrolls, "scrolls", layouts=True)
-    scrolls.set_defaults(run=cmd_eval_scrolls)
-
-
-def cmd_eval_scrolls(args) -> int:
-    from cometlm import cli
-    from cometlm.bundled import BUNDLED_MODEL
-    from cometlm.evaluation.commands import default_out_dir
-
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be at least 1 (got {args.limit})")
-    data = {task: load_examples(args.data_dir, task, args.split)[: args.limit] for task in args.tasks}  # before loading
-    out = (Path(args.out) if args.out else default_out_dir("scrolls", args.method, args.layout)) / args.split
-    model = cli._load_model(args)
-    name = args.comet or args.model or BUNDLED_MODEL
-    summaries = {}
-    try:
-        for task, examples in data.items():
-            summaries[task] = evaluate_scrolls_task(
-                model, model.tokenizer, task, examples, out / task, split=args.split, method=args.method,
-                layout=args.layout, prime_tokens=args.prime_tokens, window=args.window, sink_tokens=args.sink_tokens,
-                max_new_tokens=args.max_new_tokens, chat=args.chat, seed=args.seed, progress=not args.no_progress,
-                model_name=name, command=shlex.join(sys.argv),
-            )
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: finished examples are in {out}/TASK/{LOG_FILE}; run the same command again to resume",
-              file=sys.stderr)
-        return 130
-    write_json(out / OVERVIEW_FILE, overview(summaries))
-    described = next(iter(summaries.values()))["describe"]
-    print(f"SCROLLS {args.split}, {args.method} ({described}), {name}")
-    print(format_table(summaries))
-    print(f"results in {out}: TASK/{SUBMISSION_FILE} (submission format), TASK/{SUMMARY_FILE}, {OVERVIEW_FILE}",
-          file=sys.stderr)
-    return 0

@@ -23,11 +23,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cometlm.evaluation.methods import READ_BAR_MIN_STEPS, SNAPSHOT_SECONDS, _bar
+from cometlm.evaluation.settings import READ_BAR_MIN_STEPS, SNAPSHOT_SECONDS
+from cometlm.progress import progress_bar
 from cometlm.runtime import release_free_memory
 from cometlm.state import MemoryState
 
 SCORE_ROWS = 512  # positions per LM-head call when scoring: logits never exceed SCORE_ROWS x vocabulary
+
+
+def read_bar(total: int, steps: int, progress: bool, initial: int = 0):
+    """A nested per-read progress bar over `total` tokens (`initial` of them read before a resume), shown only for
+    reads of READ_BAR_MIN_STEPS steps or more."""
+    return progress_bar(total=total, initial=initial, desc="reading", unit="tok", unit_scale=True, nested=True,
+                        enabled=progress and steps >= READ_BAR_MIN_STEPS)
 
 
 @dataclass
@@ -72,7 +80,7 @@ def read_context(model, ids: list[int], tail: int, progress: bool = False, snaps
             state = model.close_open_chunk(model.ingest(tokens[:, :first], state))
     started = saved = time.monotonic()
     steps = (n - tail - first) // c
-    with _bar(n - tail - first, steps, progress, initial=begin - first) as bar:  # in pieces: the same state
+    with read_bar(n - tail - first, steps, progress, initial=begin - first) as bar:  # in pieces: the same state
         for start in range(begin, n - tail, c):
             state = model.ingest(tokens[:, start : start + c], state)
             bar.update(min(c, n - tail - start))
@@ -141,8 +149,6 @@ def score_continuations(model, state: MemoryState, continuations: list[list[int]
     whether it was the most likely token, on the CPU. Equal to the log-softmax of `forward` logits over the
     context followed by the continuation, chunked the way `state` was read.
     """
-    from tqdm.auto import tqdm
-
     model.check_memory(state, 1)
     p = int(state.pending_len[0])
     if p < 1:
@@ -159,14 +165,14 @@ def score_continuations(model, state: MemoryState, continuations: list[list[int]
     greedy = torch.zeros(len(continuations), width, dtype=torch.bool)
     lm_head = model.backbone.lm_head
     starts = range(0, width, c)
-    if progress and len(starts) >= READ_BAR_MIN_STEPS:
-        starts = tqdm(starts, desc="scoring", unit="chunk", position=1, leave=False, dynamic_ncols=True)
+    starts = progress_bar(starts, desc="scoring", unit="chunk", nested=True,
+                          enabled=progress and len(starts) >= READ_BAR_MIN_STEPS)
     for start in starts:
         text_len = (lengths - start).clamp(0, c)
         closing = lengths - start > c  # a full chunk that more text follows
         n = int(text_len.max())
-        hidden, layers, _ = model._run_chunk(state, ids[:, start : start + n], text_len, closing)
-        state = model._advance(state, layers, closing)
+        out = model.run_chunk(state, ids[:, start : start + n], text_len, closing)
+        state, hidden = out.state, out.text_hidden
         position = start + torch.arange(n, device=device)  # position j predicts the token at j + 1
         scored = (position[None] >= p - 1) & (position[None] < lengths[:, None] - 1)  # (B, n)
         rows, cols = scored.nonzero(as_tuple=True)

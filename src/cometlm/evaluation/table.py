@@ -261,33 +261,3 @@ def _note(summary: dict) -> str:
     if threads:
         ran += "; torch threads " + counted(threads, quote=False)
     return f"{method} ({reads}), {what}: `{summary['_file']}`; {ran}"
-
-
-def register(tasks) -> None:
-    """Adds `table` to the `cometlm eval` tasks (argparse's `add_subparsers()` object)."""
-    table = tasks.add_parser(
-        "table", help="a markdown table comparing methods from passkey, niah and ppl results",
-        description="Reads result folders (or their passkey.json, niah.json, ppl.json) and prints a markdown table "
-        "with one row per method and model: accuracy per context length, perplexity, time and peak memory, with "
-        "the grid and command of every result below it.",
-    )
-    table.add_argument("results", nargs="+", metavar="RESULT", help="result folders or JSON files")
-    table.add_argument("--out", default=None, metavar="FILE", help="also write the table to this markdown file")
-    table.add_argument("--plot", default=None, metavar="PNG", help="also draw the rows: accuracy by context length "
-                       "(passkey, NIAH; rows drawn a little apart so equal scores stay visible) and loss per position bucket "
-                       "(perplexity); dotted lines are not complete")
-    table.set_defaults(run=cmd_eval_table)
-
-
-def cmd_eval_table(args) -> int:
-    from cometlm.evaluation.results import write_atomic, write_figure
-
-    summaries = load_results(args.results)
-    text = format_table(summaries)
-    if args.plot:
-        write_figure(Path(args.plot), lambda: comparison_figure(summaries))
-    if args.out:  # before printing, so that a closed pipe (`| head`) cannot stop the file being written
-        out = Path(args.out)
-        write_atomic(out, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
-    print(text)
-    return 0

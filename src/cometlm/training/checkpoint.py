@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from cometlm.files import atomic_directory, write_bytes
+
 PREFIX = "checkpoint-"
 LATEST = "latest"
 STATE_FILE = "state.json"
@@ -114,9 +116,7 @@ def save_checkpoint(
     for leftover in root.glob(f".{PREFIX}*"):  # from a writer that was killed mid-save
         shutil.rmtree(leftover, ignore_errors=True)
     name = f"{PREFIX}{step}"
-    tmp = root / f".{name}.tmp-{os.getpid()}"
-    tmp.mkdir()
-    try:
+    with atomic_directory(root / name) as tmp:
         save_file(trainable_state_dict(model), tmp / PARAMS_FILE)
         torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
         torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
@@ -131,11 +131,8 @@ def save_checkpoint(
             "files": files,
             "rng": {"python": rng_state["python"], "numpy": rng_state["numpy"]},
         }
-        _write_durably(tmp / STATE_FILE, json.dumps(state, indent=1).encode())
-        replace_dir(tmp, root / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    _write_durably(root / f".{LATEST}.tmp-{os.getpid()}", f"{name}\n".encode(), rename_to=root / LATEST)
+        write_bytes(tmp / STATE_FILE, json.dumps(state, indent=1).encode(), durable=True)
+    write_bytes(root / LATEST, f"{name}\n".encode(), durable=True)
     _prune(root, keep, step)
     return root / name
 
@@ -152,26 +149,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _write_durably(path: Path, data: bytes, rename_to: Path | None = None) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    if rename_to is not None:
-        os.replace(path, rename_to)
-
-
-def replace_dir(src: Path, dst: Path) -> None:
-    """Renames ``src`` to ``dst``; an existing ``dst`` (the same step saved again) is swapped out, then removed."""
-    if not dst.exists():
-        src.rename(dst)
-        return
-    old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-    dst.rename(old)
-    src.rename(dst)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _steps(root: Path) -> dict[int, Path]:

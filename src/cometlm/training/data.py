@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from cometlm.bundled import encode
-from cometlm.corpora import corpus_tokens
-from cometlm.training.tasks import RetrievalSample, needle_sample, passkey_sample, sentence_starts
+from cometlm.tasks.corpora import corpus_tokens
+from cometlm.tasks.retrieval import RetrievalSample, needle_sample, passkey_sample, sentence_starts
 
 IGNORE = -100
 CHAT_ROLES = ("system", "user", "assistant")

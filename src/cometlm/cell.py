@@ -1,0 +1,156 @@
+"""One chunk through every layer with its memories: the per-chunk step that everything else loops over.
+
+``MemoryCell`` is the line the recurrent-memory codebases draw between one segment and the loop over segments
+(RMT's ``MemoryCell`` / ``RecurrentWrapper``). It lays out chunk ``t`` of every stream (``ChunkLayout``), puts
+each layer's memory rows in front of the stream rows, runs the backbone's own decoder layer, and updates that
+layer's memories from the outputs at the beacon and readout rows (METHOD.md sections 1-2). Forward, streaming,
+generation, the evaluation readers and the parallel schedule all call ``MemoryCell.run`` (or its three parts,
+``start`` / ``layer`` / ``end``, when a schedule interleaves layers and chunks), so they compute the same thing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from .backbone import Backbone
+from .config import CometConfig
+from .layout import ChunkLayout
+from .memory import CometMemory
+from .state import LayerState, MemoryState
+
+
+@dataclass(frozen=True)
+class ChunkInputs:
+    """What every layer needs to run one chunk: its layout, rotary embeddings and attention mask; ``hidden``
+    (B, L, d) holds the stream rows' inputs to layer 0 (text embeddings, beacons, readouts)."""
+
+    layout: ChunkLayout
+    hidden: torch.Tensor
+    rope: tuple[torch.Tensor, torch.Tensor]
+    mask: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class ChunkOutput:
+    """``text_hidden`` (B, n, d): final-norm hidden states at the text positions (apply the LM head for logits);
+    ``state``: the memory state after the chunk (the streams that closed it have new memories and one more closed
+    chunk; the open-chunk fields are the input state's); ``layout``: where each row sat."""
+
+    text_hidden: torch.Tensor
+    state: MemoryState
+    layout: ChunkLayout
+
+
+def summed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed cross entropy in fp32 of logits (B, n, V) against targets (B, n), -100 ignored."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
+
+
+class MemoryCell:
+    """The per-chunk step over a backbone and CoMeT's memory modules (which stay owned by the model).
+
+    ``checkpointing``: recompute each (layer, chunk) step and each chunk's logits in the backward pass instead of
+    storing their activations (only when gradients are on and no KV cache is kept).
+    """
+
+    def __init__(self, backbone: Backbone, memory: CometMemory, config: CometConfig, checkpointing: bool = False):
+        self.backbone, self.memory, self.config, self.checkpointing = backbone, memory, config, checkpointing
+
+    def run(self, state: MemoryState, text_ids, text_len, closing, cache=None) -> ChunkOutput:
+        """Runs one chunk of every stream through all layers (arguments as in ``start``)."""
+        inputs = self.start(text_ids, text_len, closing, state.layers[0].row_valid())
+        hidden, new_layers = inputs.hidden, []
+        for index, layer in enumerate(state.layers):
+            hidden, layer = self.layer(index, hidden, layer, inputs, cache)
+            new_layers.append(layer)
+        after = MemoryState(
+            state.config, tuple(new_layers), state.pending, state.pending_len, state.chunks_closed + closing.long()
+        )
+        return ChunkOutput(self.end(hidden, inputs), after, inputs.layout)
+
+    def start(self, text_ids, text_len, closing, memory_valid: torch.Tensor) -> ChunkInputs:
+        """Lays out one chunk of every stream and embeds its stream rows (the input of layer 0).
+
+        text_ids (B, n) left-aligned, text_len (B,) real tokens per stream, closing (B,) which streams close this
+        chunk, memory_valid (B, M+K) which memory rows exist before it (``LayerState.row_valid`` of any layer).
+        """
+        layout = ChunkLayout.build(self.config, text_len, text_ids.shape[1], closing, memory_valid)
+        hidden = self._stream_inputs(layout, text_ids)
+        rope = self.backbone.rope(hidden, layout.position_ids)
+        mask = self.backbone.attention_mask(layout.mask, hidden.dtype, layout.valid.shape[1], hidden.device)
+        return ChunkInputs(layout, hidden, rope, mask)
+
+    def layer(self, index: int, hidden, layer: LayerState, inputs: ChunkInputs, cache=None):
+        """(layer ``index``, one chunk): the layer's memory rows in front of the stream rows, the backbone's
+        decoder layer, then the memory update. Returns the stream rows' outputs and the layer's new memories.
+        """
+        step = (index, hidden, layer, inputs.layout, inputs.rope, inputs.mask, cache)
+        if self.checkpointing and torch.is_grad_enabled() and cache is None:
+            return checkpoint(self._layer, *step, use_reentrant=False)
+        return self._layer(*step)
+
+    def end(self, hidden: torch.Tensor, inputs: ChunkInputs) -> torch.Tensor:
+        """The final-norm hidden states at the text positions (B, n, d), from the last layer's outputs."""
+        return self.backbone.norm(hidden[:, inputs.layout.text_slot])
+
+    def loss(self, text_hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Summed next-token cross entropy (fp32) over a chunk's targets (B, n), -100 ignored. With checkpointing
+        the logits are recomputed in the backward pass, so a long sample keeps no (n, vocab) tensor per chunk."""
+        if self.checkpointing and torch.is_grad_enabled():
+            return checkpoint(self._loss, text_hidden, targets, use_reentrant=False)
+        return self._loss(text_hidden, targets)
+
+    def _loss(self, text_hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return summed_cross_entropy(self.backbone.lm_head(text_hidden), targets)
+
+    def _stream_inputs(self, layout: ChunkLayout, text_ids: torch.Tensor) -> torch.Tensor:
+        """Input hidden states of the stream rows (text embeddings, the beacon, the readouts): (B, L, d)."""
+        batch, n = text_ids.shape
+        tokens = self.memory.tokens
+        # One table of every possible row input; each stream row picks its entry by kind.
+        parts, first = [self.backbone.embed_tokens(text_ids)], {}
+        offset = n
+        for kind, param in ((ChunkLayout.BEACON, tokens.beacon), (ChunkLayout.READOUT, tokens.readouts),
+                            (ChunkLayout.SINK, tokens.sink)):
+            if param is not None:
+                parts.append(param[None].expand(batch, -1, -1))
+                first[kind] = offset
+                offset += param.shape[0]
+        index = layout.stream_token.clone()
+        for kind, start in first.items():
+            index = torch.where(layout.stream_kind == kind, start + layout.stream_token, index)
+        return torch.cat(parts, dim=1)[:, index]
+
+    def _layer(self, index, hidden, layer: LayerState, layout, rope, mask, cache=None):
+        rows = layer.rows()[:, layout.memory_index]
+        k, m = layout.n_sink, rows.shape[1]
+        x = torch.cat([hidden[:, :k], rows, hidden[:, k:]], dim=1)  # (B, m + L, d)
+        out = self.backbone.layers[index](
+            x,
+            attention_mask=mask,
+            position_ids=layout.position_ids,
+            position_embeddings=rope,
+            cache=cache,
+            use_cache=cache is not None,
+        )
+        hidden = torch.cat([out[:, :k], out[:, k + m :]], dim=1)
+        return hidden, self._update_memory(index, hidden, layer, layout)
+
+    def _update_memory(self, index: int, hidden: torch.Tensor, layer: LayerState, layout: ChunkLayout) -> LayerState:
+        """METHOD.md section 2 for one layer, after the chunk has passed it (only for streams that close)."""
+        if not bool(layout.closing.any()):
+            return layer
+        modules = self.memory.layers[index]
+        g, s, has_global = layer.global_memory, layer.global_state, layer.has_global
+        if modules.global_memory is not None:
+            g, s = modules.global_memory.update(hidden[:, layout.readout_slot], s, has_global, layout.closing)
+            has_global = has_global | layout.closing
+        t, t_valid = layer.temp, layer.temp_valid
+        if modules.temporary_memory is not None:
+            beacon_valid = layout.beacon_valid & layout.closing[:, None]
+            t, t_valid = modules.temporary_memory.update(hidden[:, layout.beacon_slot], beacon_valid, t, t_valid)
+        return LayerState(g, s, has_global, t, t_valid)

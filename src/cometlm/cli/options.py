@@ -1,0 +1,77 @@
+"""Option groups that several commands share, and their translation into the library's option objects.
+
+Only argparse is imported at module level, so ``cometlm --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """--model, --comet, the CoMeT sizes of an untrained model, --dtype, --threads (see ``model_options``)."""
+    from cometlm.bundled import shipped_adapters
+
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--model", default=None,
+        help="base model: the bundled 'smollm2-135m-instruct' (default) or a local Hugging Face model directory",
+    )
+    group.add_argument(
+        "--comet", default=None, metavar="DIR|NAME",
+        help="a saved CoMeT model or adapter (from save_pretrained), or the name of an adapter shipped with cometlm "
+        f"({', '.join(shipped_adapters())}); its own config is used and the --chunk-size etc. options below are "
+        "ignored. Without it, CoMeT starts untrained (identity adapters) on --model",
+    )
+    group.add_argument("--chunk-size", type=int, default=1024, help="C: text tokens per chunk (default 1024)")
+    group.add_argument("--global-slots", type=int, default=64, help="M: global-memory slots, 0 disables it (default 64)")
+    group.add_argument("--temp-stride", type=int, default=8, help="s: a beacon after every s tokens, 0 disables the temporary memory (default 8)")
+    group.add_argument("--temp-capacity", type=int, default=256, help="K: rows in each layer's temporary queue (default 256)")
+    group.add_argument("--adapter-rank", type=int, default=8, help="r: rank of the memory adapters (default 8)")
+    group.add_argument("--no-gate", action="store_true", help="make the global update a plain overwrite (ablation)")
+    group.add_argument(
+        "--attention-sink", action="store_true",
+        help="put one learned sink row (initialised as BOS) at position 0 of every chunk, ahead of the memory rows",
+    )
+    group.add_argument(
+        "--gate-bias", type=float, nargs=2, default=None, metavar=("FIRST", "LAST"),
+        help="initial gate bias of the first and last layer, linear in between (e.g. 0 6: layers keep their global "
+        "memory from ~2 to ~400 chunks at the start of training); default: PyTorch's small random bias",
+    )
+    group.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype (default float32)")
+    group.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def model_options(args: argparse.Namespace):
+    """The ``loading.ModelOptions`` that the model options of ``args`` name."""
+    from cometlm.config import CometConfig
+    from cometlm.loading import ModelOptions
+
+    config = CometConfig(
+        chunk_size=args.chunk_size, global_slots=args.global_slots, temp_stride=args.temp_stride,
+        temp_capacity=args.temp_capacity if args.temp_stride else 0, adapter_rank=args.adapter_rank,
+        gate=not args.no_gate, attention_sink=args.attention_sink,
+        gate_bias=tuple(args.gate_bias) if args.gate_bias else None,
+    ) if not args.comet else CometConfig()
+    return ModelOptions(base=args.model, adapter=args.comet, config=config, dtype=args.dtype, threads=args.threads)
+
+
+def load_model(args: argparse.Namespace):
+    """The model the options name (``loading.load_model``); the command line reads text, so it needs a tokenizer."""
+    from cometlm.loading import load_model as load
+
+    model = load(model_options(args))
+    if model.tokenizer is None:
+        raise SystemExit("error: the model directory has no tokenizer; the command line needs one to read text")
+    return model
+
+
+def add_generation_options(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    group = parser.add_argument_group("generation")
+    group.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help=f"tokens to generate (default {max_new_tokens})")
+    group.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    group.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (with --do-sample)")
+    group.add_argument("--top-k", type=int, default=None, help="keep only the k most likely tokens (with --do-sample)")
+    group.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass (with --do-sample)")
+    group.add_argument("--repetition-penalty", type=float, default=None, help="HF repetition penalty (>1 discourages repeats)")
+    group.add_argument("--seed", type=int, default=0, help="random seed for sampling, and for the demo's key and depth (default 0)")

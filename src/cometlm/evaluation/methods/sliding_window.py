@@ -1,0 +1,71 @@
+"""sliding-window: StreamingLLM's bounded KV cache of attention sinks and the most recent tokens."""
+
+from __future__ import annotations
+
+from cometlm.evaluation.settings import READ_BLOCK
+
+from .base import Method, backbone_window
+
+
+class SlidingWindowMethod(Method):
+    """sliding-window: StreamingLLM's bounded cache of attention sinks and recent tokens."""
+
+    name = "sliding-window"
+
+    def __init__(self, model, window: int | None, sink_tokens: int):
+        super().__init__(model)
+        limit = backbone_window(model)
+        self.sink_tokens = sink_tokens
+        self.window = window if window is not None else limit - sink_tokens - READ_BLOCK
+        if self.window < 1 or sink_tokens + self.window + READ_BLOCK > limit:
+            raise ValueError(
+                f"sliding-window attention gives positions up to sink_tokens + window + {READ_BLOCK} (one read "
+                f"block), which must fit the backbone's window of {limit} tokens (got sink_tokens {sink_tokens}, "
+                f"window {self.window}); lower the window or the sink tokens (--window, --sink-tokens on the command "
+                "line; window=, sink_tokens= in lm-eval's model_args)"
+            )
+
+    def settings(self) -> dict:
+        return {**super().settings(), "window": self.window, "sink_tokens": self.sink_tokens}
+
+    def describe(self) -> str:
+        return f"{self.sink_tokens} sink + {self.window} recent tokens"
+
+    def new_cache(self):
+        from .attention_sinks import AttentionSinkCache
+
+        return AttentionSinkCache(self.model.backbone.rotary_emb, self.sink_tokens, self.window)
+
+    def _read(self, tokens, cache, progress: bool):
+        """Yields (start, hidden) per block of READ_BLOCK tokens, trimming the cache before each block."""
+        from cometlm.evaluation.streaming import read_bar
+        inner, n = self.model.backbone_model.model, tokens.shape[1]
+        with read_bar(n, n // READ_BLOCK, progress) as bar:
+            for start in range(0, n, READ_BLOCK):
+                cache.trim()
+                block = tokens[:, start : start + READ_BLOCK]
+                yield start, inner(input_ids=block, cache=cache, use_cache=True).last_hidden_state
+                bar.update(block.shape[1])
+
+    def hidden_blocks(self, tokens, progress):
+        yield from self._read(tokens, self.new_cache(), progress)
+
+    def answer(self, prompt, question_tokens, max_new_tokens, eos, progress, answer_room=None, snapshot=None,
+               stop=None):
+        """Reads the prompt through the cache, then decodes greedily one token at a time, trimming before each."""
+        import torch
+
+        cache, lm_head = self.new_cache(), self.model.backbone.lm_head
+        inner = self.model.backbone_model.model
+        for _, hidden in self._read(torch.tensor([prompt], device=self.device), cache, progress):
+            pass
+        ends = {eos} if isinstance(eos, int) else set(eos or ())
+        new_ids = []
+        for step in range(max_new_tokens):
+            token = lm_head(hidden[:, -1]).argmax(dim=-1)  # (1,)
+            new_ids.append(int(token))
+            if new_ids[-1] in ends or step == max_new_tokens - 1 or (stop is not None and stop(new_ids)):
+                break
+            cache.trim()
+            hidden = inner(input_ids=token[:, None], cache=cache, use_cache=True).last_hidden_state
+        return new_ids, {"read_tokens": len(prompt), "first_chunk_tokens": None, "open_chunk_tokens": None}

@@ -1,0 +1,358 @@
+"""Fine-tuning CoMeT (METHOD.md section 3): a small training loop that is deterministic and resumes exactly.
+
+Data order is a pure function of the position in the data: micro-batch ``a`` of step ``s`` reads samples
+``[(s*grad_accum + a)*batch_size, ...)`` modulo the dataset length, and chunk augmentation draws from a generator
+seeded by ``(seed, step, micro-batch)``. Together with the checkpointed parameters, optimizer, scheduler and RNG
+states, a run that is stopped and resumed ends with exactly the tensors of a run that never stopped.
+
+The loss of each micro-batch is divided by the number of target tokens in the whole accumulation window
+(``num_items_in_batch``), so ``grad_accum`` micro-batches equal one batch of their combined size.
+
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import sys
+import threading
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import FINAL_DIR, LOSS_PLOT_FILE, METRICS_FILE, TrainConfig
+from .metrics import TrainingLog, plot_loss_curve
+from .optimizer import build_optimizer, clip_gradients, lr_factor
+
+
+@dataclass
+class TrainResult:
+    """What a run produced. ``tokens`` and ``wall_seconds`` count every run of a resumed training."""
+
+    steps: int
+    final_loss: float | None
+    tokens: int
+    wall_seconds: float
+    output_dir: Path
+    final_dir: Path
+    checkpoint: Path
+    metrics: Path
+    loss_plot: Path
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a run stands after ``step`` complete optimizer steps: what a checkpoint records besides tensors."""
+
+    step: int
+    position: int  # samples consumed so far (not wrapped), so the next micro-batch starts at position % len(data)
+    tokens: int
+    elapsed: float  # training seconds over all runs so far
+    loss: float | None
+    rng: dict
+
+
+def train(model, dataset, config: TrainConfig, resume: bool = True, parallel=None) -> TrainResult:
+    """Trains ``model`` in place on ``dataset`` (random access: ``len(dataset)``, ``dataset[i]`` -> a Sample with
+    ``input_ids``, ``labels`` and ``boundaries``) and exports it to ``output_dir/final``.
+
+    With ``resume`` the run continues from the latest checkpoint in ``output_dir``. Ctrl-C or SIGTERM writes a
+    checkpoint of the last complete step before the KeyboardInterrupt propagates, so rerunning loses nothing.
+
+    ``parallel`` (a ``cometlm.parallel.distributed.ContextParallel``) makes this process one rank of a pipeline x
+    data-parallel job: each step runs the pipeline schedule and sums gradients over all ranks; only its main rank
+    writes checkpoints, metrics, the plot and the final model (on the others ``checkpoint`` is None).
+    """
+    from .checkpoint import capture_rng_state, latest_checkpoint, load_checkpoint
+
+    if len(dataset) == 0:
+        raise ValueError("the dataset is empty; give at least one sample")
+    _check_exportable(model, config)
+    planner = _chunk_planner(model, config)
+    output = Path(config.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    _seed_everything(config.seed)
+    prepare_model(model, config)
+    optimizer, scheduler = build_optimizer(model, config)
+
+    found = latest_checkpoint(output) if resume else None
+    if found is None:
+        progress = Progress(0, 0, 0, 0.0, None, capture_rng_state())
+    else:
+        info = load_checkpoint(found, model, optimizer, scheduler)
+        if info.step > config.last_step:
+            raise ValueError(f"{found} holds step {info.step}, past stop_at={config.stop_at}: the run cannot stop "
+                             "there any more; use another output folder, or a later or no stop_at")
+        _warn_about_changes(info.config, config)
+        extra = info.extra
+        progress = Progress(info.step, info.data_position, extra["tokens"], extra["elapsed"], extra["loss"],
+                            capture_rng_state())
+        print(f"resuming from {info.path} (step {info.step})", file=sys.stderr)
+
+    writes = parallel is None or parallel.is_main
+    log = TrainingLog(config, progress.step) if writes else None
+    try:
+        progress, checkpoint = _run(model, dataset, config, optimizer, scheduler, planner, progress, log, found,
+                                    parallel)
+    finally:
+        if log is not None:
+            log.close()
+    final_dir, plot = output / FINAL_DIR, output / LOSS_PLOT_FILE
+    if writes:
+        if checkpoint is None:
+            checkpoint = _save(output, model, optimizer, scheduler, progress, config)
+        export_model(model, final_dir, config.mode)
+        plot_loss_curve(output / METRICS_FILE, plot)
+    model.train(was_training)
+    return TrainResult(progress.step, progress.loss, progress.tokens, progress.elapsed, output, final_dir, checkpoint,
+                       output / METRICS_FILE, plot)
+
+
+def _run(model, dataset, config, optimizer, scheduler, planner, progress: Progress, log, checkpoint, parallel=None):
+    """The loop. Parameters, optimizer and scheduler only change inside ``signals.hold()``, together with
+    ``progress``; so whenever an interrupt arrives, ``progress`` describes the tensors and can be checkpointed.
+
+    ``checkpoint`` is the checkpoint of the current step, if one is on disk; returns the final progress and that.
+    ``log`` is None on the ranks of a parallel job that do not write (see ``train``).
+    """
+    from .checkpoint import capture_rng_state
+
+    output = Path(config.output_dir)
+    pad_id = _pad_id(model.config)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    started = time.perf_counter() - progress.elapsed
+    with _StopSignals() as signals:
+        try:
+            while progress.step < config.last_step:
+                step_start = time.perf_counter()
+                replica, replicas = (0, 1) if parallel is None else (parallel.replica, parallel.replicas)
+                batches, position = _micro_batches(dataset, progress.position, config, pad_id, replica, replicas)
+                sources = _sources(dataset, progress.position, config, replicas) if log is not None else None
+                plans = [_plan(planner, b, config.seed, progress.step, micro * replicas + replica)
+                         for micro, b in enumerate(batches)]
+                loss, tokens = _accumulate(model, batches, plans, config, parallel)
+                if not math.isfinite(loss):
+                    raise FloatingPointError(
+                        f"the loss is {loss} at step {progress.step + 1}; lower lr, or resume from the last checkpoint"
+                    )
+                with signals.hold():
+                    grad_norm = clip_gradients(params, config.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    progress = Progress(progress.step + 1, position, progress.tokens + tokens,
+                                        time.perf_counter() - started, loss, capture_rng_state())
+                    checkpoint = None
+                if log is None:
+                    continue
+                log.step(progress, lr_factor(progress.step - 1, config) * config.lr, grad_norm, tokens,
+                         time.perf_counter() - step_start, sources)
+                if progress.step % config.save_every == 0:
+                    checkpoint = _save(output, model, optimizer, scheduler, progress, config)
+        except KeyboardInterrupt:
+            optimizer.zero_grad(set_to_none=True)
+            if log is None:
+                raise
+            if checkpoint is None:
+                checkpoint = _save(output, model, optimizer, scheduler, progress, config)
+            print(f"\ninterrupted: {checkpoint} holds step {progress.step}; run again to resume", file=sys.stderr)
+            raise
+    return progress, checkpoint
+
+
+def _save(output: Path, model, optimizer, scheduler, progress: Progress, config: TrainConfig) -> Path:
+    from .checkpoint import save_checkpoint
+
+    extra = {"tokens": progress.tokens, "elapsed": progress.elapsed, "loss": progress.loss}
+    return save_checkpoint(output, model, optimizer, scheduler, progress.step, progress.position, progress.rng,
+                           extra=extra, config=config.to_dict(), keep=config.keep_checkpoints)
+
+
+def _warn_about_changes(saved: dict, config: TrainConfig) -> None:
+    """Resuming with other settings is allowed (e.g. more steps), but should never pass unnoticed."""
+    # a moved folder changes nothing; stopping at another step does not change the steps taken
+    current = {k: v for k, v in config.to_dict().items() if k not in ("output_dir", "stop_at")}
+    changed = sorted(k for k, v in current.items() if k in saved and _jsonable(v) != saved[k])
+    if changed:
+        warnings.warn(f"resuming with settings that differ from the checkpoint's: {', '.join(changed)}", stacklevel=3)
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value))
+
+
+def _seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def prepare_model(model, config: TrainConfig):
+    """Sets which parameters train for ``config.mode`` (adding LoRA if the model has none yet) and train mode."""
+    from cometlm.lora import apply_lora, freeze_backbone, has_lora
+
+    if config.mode == "full":
+        if has_lora(model):
+            raise ValueError("mode 'full' trains the whole backbone, but the model has LoRA; use mode 'lora'")
+        for p in model.backbone_model.parameters():
+            p.requires_grad_(True)
+    elif config.mode == "memory":
+        freeze_backbone(model)
+    elif not has_lora(model):
+        apply_lora(model, config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_targets)
+    for p in model.memory.parameters():
+        p.requires_grad_(True)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model.train()
+
+
+
+def _micro_batches(dataset, position: int, config: TrainConfig, pad_id: int, replica: int = 0, replicas: int = 1):
+    """The ``grad_accum`` collated micro-batches of one step, and the position after them. With data parallelism
+    a micro-batch spans ``replicas * batch_size`` samples, of which data replica ``replica`` reads its slice."""
+    from .data import collate
+
+    batches = []
+    for _ in range(config.grad_accum):
+        start = position + replica * config.batch_size
+        samples = [dataset[(start + i) % len(dataset)] for i in range(config.batch_size)]
+        batch = collate(samples, pad_id)
+        batch["boundaries"] = [getattr(s, "boundaries", ()) for s in samples]
+        batches.append(batch)
+        position += config.batch_size * replicas
+    return batches, position
+
+
+def _sources(dataset, position: int, config: TrainConfig, replicas: int = 1) -> set[str] | None:
+    """The names of the datasets a mixture drew this step's samples from, over every data replica (the logged
+    loss is theirs together; `_micro_batches` reads the same indices); None for a dataset that is not a mixture."""
+    if not callable(getattr(dataset, "source_of", None)):
+        return None
+    samples = config.grad_accum * config.batch_size * replicas
+    return {dataset.source_of((position + i) % len(dataset)) for i in range(samples)}
+
+
+def _pad_id(config) -> int:
+    for value in (getattr(config, "pad_token_id", None), getattr(config, "eos_token_id", None)):
+        value = value[0] if isinstance(value, list) and value else value
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+def _count_targets(batch: dict) -> int:
+    """Target tokens ``forward`` scores in a batch: labels other than -100 on real tokens, except each row's first
+    token (no token predicts it)."""
+    import torch
+
+    mask = batch["attention_mask"].bool()
+    valid = (batch["labels"] != -100) & mask
+    first = mask.int().argmax(dim=1)
+    valid[torch.arange(valid.shape[0]), first] = False
+    return int(valid.sum())
+
+
+def _chunk_planner(model, config: TrainConfig):
+    if config.chunk_augmentation is None:
+        return None
+    from .chunking import ChunkPlanner
+
+    try:
+        return ChunkPlanner(model.comet_config.chunk_size, **config.chunk_augmentation)
+    except TypeError as err:
+        raise ValueError(f"chunk_augmentation {config.chunk_augmentation} does not fit ChunkPlanner: {err}") from None
+
+
+def _plan(planner, batch: dict, seed: int, step: int, micro: int):
+    """The chunk sizes of one micro-batch, drawn from a generator of its own (a function of seed, step and
+    micro-batch only), so the plans of a resumed run need no saved RNG state."""
+    from .data import sample_rng
+
+    if planner is None:
+        return None
+    rng = sample_rng(seed, step, stream=f"chunk-plan/{micro}")
+    return planner.plan_batch(batch["attention_mask"].sum(dim=1), rng, batch["boundaries"])
+
+
+def _accumulate(model, batches: list[dict], plans: list, config: TrainConfig, parallel=None) -> tuple[float, int]:
+    """Forward and backward of every micro-batch of a step; returns the step's loss (mean over its targets) and
+    the number of tokens read. In a parallel job the targets and tokens of every data replica count, and the
+    gradients are summed over all ranks before this returns."""
+    import torch
+
+    device = next(model.parameters()).device
+    count = sum(_count_targets(b) for b in batches)
+    count = max(count if parallel is None else parallel.global_count(count), 1)
+    loss, tokens = 0.0, 0
+    for batch, plan in zip(batches, plans):
+        inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")}
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.bf16):
+            if parallel is None:
+                part = model(**inputs, chunk_sizes=plan, num_items_in_batch=count).loss
+            else:
+                part = parallel.loss(model, **inputs, chunk_sizes=plan, num_items_in_batch=count)
+        part.backward()
+        loss += float(part.detach())
+        tokens += int(batch["attention_mask"].sum())
+    if parallel is not None:
+        loss, tokens = parallel.reduce(model, loss, tokens)
+    return loss, tokens
+
+
+class _StopSignals:
+    """SIGINT and SIGTERM raise KeyboardInterrupt, except inside ``hold()`` (the optimizer update), where they wait
+    until the update is complete: a checkpoint written on the way out never holds a half-applied step."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self):
+        self.holding, self.pending, self.previous = False, None, {}
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self.holding:
+            self.pending = signum
+        else:
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    @contextmanager
+    def hold(self):
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+        if self.pending is not None:
+            signum, self.pending = self.pending, None
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _check_exportable(model, config: TrainConfig) -> None:
+    """Fails before training, not after it, when the final adapter could not record its base model."""
+    if config.mode != "full" and not model.base_model:
+        raise ValueError(
+            f"mode {config.mode!r} exports an adapter, which must name its base model, but this model has none; "
+            "build it with CometForCausalLM.from_backbone(<model directory>) or use mode 'full'"
+        )
+
+
+def export_model(model, directory: Path, mode: str) -> Path:
+    """The trained model for use: an adapter (CoMeT weights, plus ``lora.safetensors`` in LoRA mode) over the
+    untouched base, or in mode "full" a full model. The folder appears complete or not at all."""
+    model.save_pretrained(directory, adapter=mode != "full")
+    return directory
