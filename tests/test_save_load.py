@@ -42,7 +42,8 @@ def test_adapter_round_trip_is_small_and_checks_its_base(tmp_path):
     # A lower-precision load of the same base rounds its fingerprint, and is still that base.
     half = CometForCausalLM.from_pretrained(tmp_path / "adapter", dtype=torch.bfloat16)
     assert half.backbone.describe()["fingerprint"] != meta["base"]["fingerprint"]
-    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in half.backbone_model.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in half.memory.parameters()} == {torch.float32}  # CoMeT's own weights stay float32
     with pytest.raises(ValueError, match="load it onto the base it was trained on"):
         CometForCausalLM.from_pretrained(tmp_path / "adapter", base_model=str(other), dtype=torch.bfloat16)
 

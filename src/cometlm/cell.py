@@ -117,7 +117,7 @@ class MemoryCell:
         for kind, param in ((ChunkLayout.BEACON, tokens.beacon), (ChunkLayout.READOUT, tokens.readouts),
                             (ChunkLayout.SINK, tokens.sink)):
             if param is not None:
-                parts.append(param[None].expand(batch, -1, -1))
+                parts.append(param[None].to(parts[0].dtype).expand(batch, -1, -1))
                 first[kind] = offset
                 offset += param.shape[0]
         index = layout.stream_token.clone()

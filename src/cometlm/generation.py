@@ -73,7 +73,7 @@ def extend(model, chunk: OpenChunk, token: torch.Tensor, active: torch.Tensor | 
     if config.use_temp:
         beacon_due = active & (n_text % config.temp_stride == 0)
         if bool(beacon_due.any()):
-            beacon = model.memory.tokens.beacon[None].expand(hidden.shape[0], -1, -1)
+            beacon = model.memory.tokens.beacon[None].to(hidden.dtype).expand(hidden.shape[0], -1, -1)
             hidden = torch.cat([hidden, beacon], dim=1)
             new_valid = torch.cat([new_valid, beacon_due[:, None]], dim=1)
     q = hidden.shape[1]

@@ -3,11 +3,16 @@
 Each decoder layer ``l`` owns a gated global memory (state ``S_l``, injected rows ``G_l = RLA(S_l)``) and a FIFO
 temporary memory ``T_l`` of compressed beacon states. The update functions are pure: they take the old memory
 tensors and return new ones, so the whole memory is a value (see ``state.py``).
+
+Precision: the gate, the blend and the global state ``S`` are computed and kept in float32 whatever dtype the
+backbone runs in (METHOD.md section 3: in bfloat16 a gate logit above about 6.2 rounds ``g`` to exactly 1, and the
+candidate is never written). The rows injected into the next chunk (``G``, ``T``) take the backbone's dtype.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import CometConfig
@@ -41,19 +46,24 @@ class GlobalMemory(nn.Module):
 
         readouts, state: (B, M, d); has_state: (B,) bool, False before a sample's first closed chunk.
         """
-        candidate = self.norm(readouts)
-        if self.gate is None:
-            return candidate
-        g = torch.sigmoid(self.gate(torch.cat([candidate, state], dim=-1)))  # (B, M, 1)
-        mixed = g * state + (1 - g) * candidate
-        return torch.where(has_state[:, None, None], mixed, candidate)
+        with torch.autocast(readouts.device.type, enabled=False):  # float32, also under a bfloat16 autocast
+            norm = self.norm
+            candidate = F.rms_norm(readouts.float(), norm.normalized_shape, norm.weight.float(), norm.eps)
+            state = state.float()
+            if self.gate is None:
+                return candidate
+            logit = F.linear(torch.cat([candidate, state], dim=-1), self.gate.weight.float(), self.gate.bias.float())
+            g = torch.sigmoid(logit)  # (B, M, 1)
+            mixed = g * state + (1 - g) * candidate
+            return torch.where(has_state[:, None, None], mixed, candidate)
 
     def update(
         self, readouts: torch.Tensor, state: torch.Tensor, has_state: torch.Tensor, closing: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns the new (G, S); samples whose chunk is not closing keep their old state."""
-        new_state = torch.where(closing[:, None, None], self.next_state(readouts, state, has_state), state)
-        return self.adapter(new_state), new_state
+        """Returns the new (G, S): G in the readouts' dtype, S in float32; samples whose chunk is not closing keep
+        their old state."""
+        new_state = torch.where(closing[:, None, None], self.next_state(readouts, state, has_state), state.float())
+        return self.adapter(new_state.to(self.adapter.up.weight.dtype)).to(readouts.dtype), new_state
 
 
 class TemporaryMemory(nn.Module):
@@ -74,7 +84,8 @@ class TemporaryMemory(nn.Module):
         Invalid rows sort before every valid row (stable, so valid rows keep their order), which evicts padding
         first; the kept invalid rows are zeroed so equal memories are equal tensors.
         """
-        rows = torch.cat([queue, self.adapter(self.norm(beacons))], dim=1)
+        dtype = self.adapter.up.weight.dtype
+        rows = torch.cat([queue, self.adapter(self.norm(beacons.to(dtype))).to(queue.dtype)], dim=1)
         valid = torch.cat([queue_valid, beacon_valid], dim=1)
         rank = valid.long() * torch.arange(1, valid.shape[1] + 1, device=valid.device)
         order = torch.argsort(rank, dim=1, stable=True)[:, -self.capacity :]

@@ -89,7 +89,7 @@ class CometForCausalLM(nn.Module):
             torch.manual_seed(config.init_seed)
             self.memory = CometMemory(
                 config, weight, self.backbone.num_layers, eps, _quiet_token_id(text, tokenizer), _sink_token_id(text)
-            ).to(weight.dtype)
+            ).to(device=weight.device, dtype=torch.float32)  # CoMeT's own parameters stay float32 (memory.py)
         self.gradient_checkpointing = False
         self.tokenizer = tokenizer
         # Tied weights (an LM head sharing the embedding) appear once in the state dict, as in save_pretrained, so

@@ -25,7 +25,8 @@ STATE_FORMAT = "cometlm.memory_state/1"
 
 @dataclass(frozen=True)
 class LayerState:
-    """One layer's memories. Shapes: G, S (B, M, d); has_global (B,); T (B, K, d); temp_valid (B, K)."""
+    """One layer's memories. Shapes: G, S (B, M, d); has_global (B,); T (B, K, d); temp_valid (B, K). S is float32;
+    G and T are in the backbone's dtype."""
 
     global_memory: torch.Tensor
     global_state: torch.Tensor
@@ -81,7 +82,7 @@ class MemoryState:
 
         layer = LayerState(
             global_memory=zeros(batch_size, m, hidden_size),
-            global_state=zeros(batch_size, m, hidden_size),
+            global_state=torch.zeros(batch_size, m, hidden_size, dtype=torch.float32, device=device),  # see memory.py
             has_global=torch.zeros(batch_size, dtype=torch.bool, device=device),
             temp=zeros(batch_size, k, hidden_size),
             temp_valid=torch.zeros(batch_size, k, dtype=torch.bool, device=device),

@@ -92,7 +92,7 @@ def _empty_layers(model: CometForCausalLM, batch_size: int) -> list[LayerState]:
 
 
 def _receive(link: Link, tag: int, like: LayerState, count: int) -> list[LayerState]:
-    dtype, device = like.global_memory.dtype, like.global_memory.device
+    dtype, device = like.global_state.dtype, like.global_memory.device  # S's dtype (float32): S is never rounded
     return unpack(link.receive(tag, packed_size(like, count), dtype, device), like, count)
 
 
@@ -108,7 +108,7 @@ def _wavefront(model: CometForCausalLM, batch_size: int, chunks, link: Link) -> 
                 hidden[i] = inputs[i].hidden
             hidden[i], layer = model.layer_step(index, hidden[i], layer, inputs[i])
         if link.next is not None:
-            link.send(index, pack([layer], empty[index].global_memory.dtype))
+            link.send(index, pack([layer], empty[index].global_state.dtype))
     total = link.token.new_zeros((), dtype=torch.float32)
     for chunk, h, x in zip(chunks, hidden, inputs):
         total = total + model.chunk_loss(model.end_chunk(h, x), chunk)
@@ -127,5 +127,5 @@ def _naive(model: CometForCausalLM, batch_size: int, chunks, link: Link) -> torc
             hidden, layers[index] = model.layer_step(index, hidden, layers[index], inputs)
         total = total + model.chunk_loss(model.end_chunk(hidden, inputs), chunk)
     if link.next is not None:
-        link.send(0, pack(layers, empty[0].global_memory.dtype))
+        link.send(0, pack(layers, empty[0].global_state.dtype))
     return total

@@ -1,0 +1,39 @@
+"""Mixed precision: a bfloat16 backbone with CoMeT's gate, blend and global state S in float32 (METHOD.md 3)."""
+
+import torch
+
+from cometlm.memory import GlobalMemory
+from conftest import SMALL, random_ids, tiny_comet
+
+
+def test_a_saturating_gate_still_writes_the_candidate_with_bfloat16_inputs():
+    """In bfloat16, sigmoid(7) rounds to exactly 1 and the state would never change; in float32 it moves."""
+    torch.manual_seed(0)
+    memory = GlobalMemory(16, 4, 1e-6, gated=True)
+    with torch.no_grad():
+        memory.gate.weight.zero_()
+        memory.gate.bias.fill_(7.0)
+    readouts = torch.randn(1, 3, 16).to(torch.bfloat16)
+    state = torch.randn(1, 3, 16)
+    has = torch.ones(1, dtype=torch.bool)
+    new = memory.next_state(readouts, state, has)
+    assert new.dtype == torch.float32
+    assert not torch.equal(new, state)
+    g = torch.sigmoid(torch.tensor(7.0))
+    candidate = torch.nn.functional.rms_norm(readouts.float(), (16,), memory.norm.weight, 1e-6)
+    torch.testing.assert_close(new, g * state + (1 - g) * candidate)
+    assert torch.sigmoid(torch.tensor(7.0, dtype=torch.bfloat16)) == 1  # what float32 avoids
+
+
+@torch.inference_mode()
+def test_a_bfloat16_model_keeps_S_and_its_own_weights_in_float32_and_stays_close_to_float32():
+    fp32 = tiny_comet("llama", SMALL)
+    bf16 = tiny_comet("llama", SMALL)
+    bf16.backbone_model.to(torch.bfloat16)
+    ids = random_ids(2, 40)
+    a, b = fp32.ingest(ids), bf16.ingest(ids)
+    assert all(layer.global_state.dtype == torch.float32 for layer in b.layers)
+    assert all(layer.global_memory.dtype == torch.bfloat16 for layer in b.layers)
+    assert {p.dtype for p in bf16.memory.parameters()} == {torch.float32}
+    for x, y in zip(a.layers, b.layers):
+        torch.testing.assert_close(y.global_state, x.global_state, atol=0.1, rtol=0.05)
