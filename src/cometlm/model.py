@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 from transformers.modeling_outputs import CausalLMOutput
 
-from .backbone import Backbone
+from .backbone import Backbone, LayerInputs
 from .config import CometConfig
 from .layout import ChunkLayout
 from .memory import CometMemory
@@ -86,13 +86,13 @@ class ChunkedBatch:
 
 @dataclass(frozen=True)
 class ChunkInputs:
-    """What every layer needs to run one chunk: its layout, rotary embeddings and attention mask; ``hidden``
-    (B, L, d) holds the stream rows' inputs to layer 0 (text embeddings, beacons, readouts)."""
+    """What every layer needs to run one chunk: its layout, and the rotary embeddings and attention masks of each
+    layer type (``LayerInputs``); ``hidden`` (B, L, d) holds the stream rows' inputs to layer 0 (text embeddings,
+    beacons, readouts)."""
 
     layout: ChunkLayout
     hidden: torch.Tensor
-    rope: tuple[torch.Tensor, torch.Tensor]
-    mask: torch.Tensor | None
+    layer_inputs: LayerInputs
 
 
 def _summed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -156,7 +156,7 @@ def _restore_tied_copies(module, state_dict, prefix, local_metadata, strict, mis
 
 
 class CometForCausalLM(nn.Module):
-    """A causal LM with CoMeT memories around a Hugging Face decoder (Llama, Mistral, Qwen2, Qwen3 families)."""
+    """A causal LM with CoMeT memories around a Hugging Face decoder (``SUPPORTED_FAMILIES``, families.py)."""
 
     # forward takes ``num_items_in_batch``, so Trainer's gradient accumulation weights micro-batches by tokens.
     accepts_loss_kwargs = True
@@ -171,12 +171,14 @@ class CometForCausalLM(nn.Module):
         self.backbone.prepare_attention()
         text = self.backbone.config
         eps = getattr(text, "rms_norm_eps", 1e-6)
-        weight = self.backbone.embed_tokens.weight
+        backbone = self.backbone
+        with torch.no_grad():
+            ids = torch.tensor([_quiet_token_id(text, tokenizer), _sink_token_id(text)], device=backbone.device)
+            quiet, sink = backbone.embed(ids)
+            spread = backbone.embedding_spread()
         with torch.random.fork_rng(devices=[]):  # the adapters and gates start the same for the same init_seed
             torch.manual_seed(config.init_seed)
-            self.memory = CometMemory(
-                config, weight, self.backbone.num_layers, eps, _quiet_token_id(text, tokenizer), _sink_token_id(text)
-            ).to(weight.dtype)
+            self.memory = CometMemory(config, backbone.num_layers, eps, quiet, sink, spread).to(backbone.dtype)
         self.gradient_checkpointing = False
         self.tokenizer = tokenizer
         # Tied weights (an LM head sharing the embedding) appear once in the state dict, as in save_pretrained, so
@@ -240,10 +242,9 @@ class CometForCausalLM(nn.Module):
         self.gradient_checkpointing = False
 
     def init_memory(self, batch_size: int = 1) -> MemoryState:
-        weight = self.backbone.embed_tokens.weight
+        backbone = self.backbone
         return MemoryState.empty(
-            self.comet_config, batch_size, self.backbone.num_layers, self.backbone.hidden_size, weight.dtype,
-            weight.device,
+            self.comet_config, batch_size, backbone.num_layers, backbone.hidden_size, backbone.dtype, backbone.device
         )
 
     # ----------------------------------------------------------------------------------------------------------
@@ -261,8 +262,8 @@ class CometForCausalLM(nn.Module):
             )
         if input_ids.numel() == 0:
             raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}): give at least one token")
-        vocab = self.backbone.embed_tokens.num_embeddings
-        ids = input_ids.long().to(self.backbone.embed_tokens.weight.device)
+        vocab = self.backbone.vocab_size
+        ids = input_ids.long().to(self.backbone.device)
         if attention_mask is None:
             mask = torch.ones_like(ids, dtype=torch.bool)
         else:
@@ -294,7 +295,7 @@ class CometForCausalLM(nn.Module):
         batch, n = text_ids.shape
         tokens = self.memory.tokens
         # One table of every possible row input; each stream row picks its entry by kind.
-        parts, first = [self.backbone.embed_tokens(text_ids)], {}
+        parts, first = [self.backbone.embed(text_ids)], {}
         offset = n
         for kind, param in ((ChunkLayout.BEACON, tokens.beacon), (ChunkLayout.READOUT, tokens.readouts),
                             (ChunkLayout.SINK, tokens.sink)):
@@ -334,9 +335,7 @@ class CometForCausalLM(nn.Module):
         """
         layout = ChunkLayout.build(self.comet_config, text_len, text_ids.shape[1], closing, memory_valid)
         hidden = self._stream_inputs(layout, text_ids)
-        rope = self.backbone.rope(hidden, layout.position_ids)
-        mask = self.backbone.attention_mask(layout.mask, hidden.dtype, layout.valid.shape[1], hidden.device)
-        return ChunkInputs(layout, hidden, rope, mask)
+        return ChunkInputs(layout, hidden, self.backbone.layer_inputs(hidden, layout.position_ids, layout.mask))
 
     def layer_step(self, index: int, hidden, layer: LayerState, inputs: ChunkInputs, cache=None):
         """(layer ``index``, one chunk): the layer's memory rows in front of the stream rows, the backbone's
@@ -345,14 +344,14 @@ class CometForCausalLM(nn.Module):
         With activation checkpointing on (and gradients, and no cache) only the step's inputs are kept; its
         activations are recomputed in the backward pass.
         """
-        step = (index, hidden, layer, inputs.layout, inputs.rope, inputs.mask, cache)
+        step = (index, hidden, layer, inputs.layout, inputs.layer_inputs, cache)
         if self.gradient_checkpointing and torch.is_grad_enabled() and cache is None:
             return checkpoint(self._layer_step, *step, use_reentrant=False)
         return self._layer_step(*step)
 
     def end_chunk(self, hidden: torch.Tensor, inputs: ChunkInputs) -> torch.Tensor:
         """The final-norm hidden states at the text positions (B, n, d), from the last layer's outputs."""
-        return self.backbone.norm(hidden[:, inputs.layout.text_slot])
+        return self.backbone.final_norm(hidden[:, inputs.layout.text_slot])
 
     def chunk_loss(self, text_hidden: torch.Tensor, chunk: Chunk) -> torch.Tensor:
         """Summed next-token cross entropy (fp32) over the chunk's targets.
@@ -365,20 +364,13 @@ class CometForCausalLM(nn.Module):
         return self._chunk_loss(text_hidden, chunk.targets)
 
     def _chunk_loss(self, text_hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return _summed_cross_entropy(self.backbone.lm_head(text_hidden), targets)
+        return _summed_cross_entropy(self.backbone.logits(text_hidden), targets)
 
-    def _layer_step(self, index, hidden, layer: LayerState, layout, rope, mask, cache=None):
+    def _layer_step(self, index, hidden, layer: LayerState, layout, layer_inputs: LayerInputs, cache=None):
         rows = layer.rows()[:, layout.memory_index]
         k, m = layout.n_sink, rows.shape[1]
         x = torch.cat([hidden[:, :k], rows, hidden[:, k:]], dim=1)  # (B, m + L, d)
-        out = self.backbone.layers[index](
-            x,
-            attention_mask=mask,
-            position_ids=layout.position_ids,
-            position_embeddings=rope,
-            cache=cache,
-            use_cache=cache is not None,
-        )
+        out = self.backbone.run_layer(index, x, layer_inputs, cache)
         hidden = torch.cat([out[:, :k], out[:, k + m :]], dim=1)
         return hidden, self._update_memory(index, hidden, layer, layout)
 
@@ -441,7 +433,7 @@ class CometForCausalLM(nn.Module):
             text_hidden, layers, _ = self._run_chunk(state, chunk.text_ids, chunk.text_len, chunk.closing)
             state = self._advance(state, layers, chunk.closing)
             if return_logits:
-                chunk_logits = self.backbone.lm_head(text_hidden)  # (B, n, V)
+                chunk_logits = self.backbone.logits(text_hidden)  # (B, n, V)
                 if logits is None:
                     logits = chunk_logits.new_zeros(batch.ids.shape[0], width + 1, chunk_logits.shape[-1])
                 logits = logits.scatter(1, chunk.index[..., None].expand_as(chunk_logits), chunk_logits)
@@ -701,7 +693,7 @@ class CometForCausalLM(nn.Module):
                     f"the adapter in {directory} was trained on base model {meta.get('base_model')!r} {want}, "
                     f"but the given base is {got}; load it onto the base it was trained on"
                 )
-        weights = load_file(directory / WEIGHTS_FILE, device=str(model.backbone.embed_tokens.weight.device))
+        weights = load_file(directory / WEIGHTS_FILE, device=str(model.backbone.device))
         missing, unexpected = model.memory.load_state_dict(weights, strict=False)
         if missing or unexpected:
             raise ValueError(f"{directory / WEIGHTS_FILE} does not fit this CoMeT config: missing {missing}, unexpected {unexpected}")

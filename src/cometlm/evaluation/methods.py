@@ -61,9 +61,8 @@ def without_memory(model):
         chunk_size=config.chunk_size, global_slots=0, temp_stride=0, temp_capacity=0,
         adapter_rank=config.adapter_rank, attention_sink=config.attention_sink, init_seed=config.init_seed,
     )
-    weight = model.backbone.embed_tokens.weight
     bare = CometForCausalLM(model.backbone_model, plain, base_model=model.base_model, tokenizer=model.tokenizer)
-    bare.memory.to(weight.device)
+    bare.memory.to(model.backbone.device)
     if config.attention_sink:
         bare.memory.tokens.sink.data.copy_(model.memory.tokens.sink.data)
     return bare.eval()
@@ -137,7 +136,7 @@ def model_info(model, method: "Method", name: str | None) -> dict:
     lora = lora_checksum(model)
     if lora is not None:  # an adapter trained with LoRA changes the backbone every method reads with
         info["lora_checksum"] = lora
-    dtype = str(model.backbone.embed_tokens.weight.dtype).removeprefix("torch.")
+    dtype = str(model.backbone.dtype).removeprefix("torch.")
     if dtype != "float32":  # the default is left out, so that the ids of float32 results stay what they were
         info["dtype"] = dtype
     identity = {k: v for k, v in info.items() if k != "name"}
@@ -190,7 +189,7 @@ class Method:
 
     @property
     def device(self):
-        return self.model.backbone.embed_tokens.weight.device
+        return self.model.backbone.device
 
     def settings(self) -> dict:
         """The options that change results (recorded with every result; a resumed run must match them)."""
@@ -248,7 +247,7 @@ class Method:
         import torch
         import torch.nn.functional as F
 
-        logits = self.model.backbone.lm_head(hidden).float()  # (m, vocabulary)
+        logits = self.model.backbone.logits(hidden).float()  # (m, vocabulary)
         target = torch.tensor(continuation, device=logits.device)
         logprobs = F.log_softmax(logits, dim=-1).gather(1, target[:, None])[:, 0]
         return logprobs.cpu(), bool((logits.argmax(dim=-1) == target).all())
@@ -262,12 +261,12 @@ class Method:
         tokens = torch.tensor([ids], device=self.device)
         n = len(ids)
         losses = torch.zeros(n - 1)
-        lm_head = self.model.backbone.lm_head
+        backbone = self.model.backbone
         for start, hidden in self.hidden_blocks(tokens, progress):
             rows = min(hidden.shape[1], n - 1 - start)
             for a in range(0, rows, LOSS_ROWS):
                 b = min(a + LOSS_ROWS, rows)
-                logits = lm_head(hidden[0, a:b]).float()
+                logits = backbone.logits(hidden[0, a:b]).float()
                 targets = tokens[0, start + a + 1 : start + b + 1]
                 losses[start + a : start + b] = F.cross_entropy(logits, targets, reduction="none").cpu()
         return losses
@@ -404,8 +403,7 @@ class BackboneMethod(Method):
 
         self.check_continuation(len(context), len(continuation))
         ids = (context + continuation)[:-1][-self.window :]
-        inner = self.model.backbone_model.model
-        hidden = inner(input_ids=torch.tensor([ids], device=self.device), use_cache=False).last_hidden_state
+        hidden = self.model.backbone.hidden_states(torch.tensor([ids], device=self.device))
         return self._scores(hidden[0, -len(continuation) :], continuation)
 
     def hidden_blocks(self, tokens, progress):
@@ -414,17 +412,17 @@ class BackboneMethod(Method):
         tokens (the strided perplexity of the transformers docs); each window scores the targets the one before did
         not reach, so every token after the first window is predicted from between `window - stride` and
         `window - 1` tokens before it."""
-        inner, n = self.model.backbone_model.model, tokens.shape[1]
+        backbone, n = self.model.backbone, tokens.shape[1]
         if self.name == "full":  # the last token is only a target: a document of window + 1 tokens fits
             with _bar(n, 1, progress) as bar:
-                yield 0, inner(input_ids=tokens[:, : n - 1], use_cache=False).last_hidden_state
+                yield 0, backbone.hidden_states(tokens[:, : n - 1])
                 bar.update(n)
             return
         scored, begin = 1, 0  # targets below `scored` are done; target t is predicted at position t - 1
         with _bar(n, (n - self.window) // self.stride + 1, progress) as bar:
             while True:
                 end = min(begin + self.window, n)
-                hidden = inner(input_ids=tokens[:, begin:end], use_cache=False).last_hidden_state
+                hidden = backbone.hidden_states(tokens[:, begin:end])
                 yield scored - 1, hidden[:, scored - 1 - begin : end - 1 - begin]
                 bar.update(end - bar.n)
                 if end == n:
@@ -459,16 +457,16 @@ class SlidingWindowMethod(Method):
     def new_cache(self):
         from cometlm.evaluation.attention_sinks import AttentionSinkCache
 
-        return AttentionSinkCache(self.model.backbone.rotary_emb, self.sink_tokens, self.window)
+        return AttentionSinkCache(self.model.backbone, self.sink_tokens, self.window)
 
     def _read(self, tokens, cache, progress: bool):
         """Yields (start, hidden) per block of READ_BLOCK tokens, trimming the cache before each block."""
-        inner, n = self.model.backbone_model.model, tokens.shape[1]
+        backbone, n = self.model.backbone, tokens.shape[1]
         with _bar(n, n // READ_BLOCK, progress) as bar:
             for start in range(0, n, READ_BLOCK):
                 cache.trim()
                 block = tokens[:, start : start + READ_BLOCK]
-                yield start, inner(input_ids=block, cache=cache, use_cache=True).last_hidden_state
+                yield start, backbone.hidden_states(block, cache)
                 bar.update(block.shape[1])
 
     def hidden_blocks(self, tokens, progress):
@@ -479,17 +477,16 @@ class SlidingWindowMethod(Method):
         """Reads the prompt through the cache, then decodes greedily one token at a time, trimming before each."""
         import torch
 
-        cache, lm_head = self.new_cache(), self.model.backbone.lm_head
-        inner = self.model.backbone_model.model
+        cache, backbone = self.new_cache(), self.model.backbone
         for _, hidden in self._read(torch.tensor([prompt], device=self.device), cache, progress):
             pass
         ends = {eos} if isinstance(eos, int) else set(eos or ())
         new_ids = []
         for step in range(max_new_tokens):
-            token = lm_head(hidden[:, -1]).argmax(dim=-1)  # (1,)
+            token = backbone.logits(hidden[:, -1]).argmax(dim=-1)  # (1,)
             new_ids.append(int(token))
             if new_ids[-1] in ends or step == max_new_tokens - 1 or (stop is not None and stop(new_ids)):
                 break
             cache.trim()
-            hidden = inner(input_ids=token[:, None], cache=cache, use_cache=True).last_hidden_state
+            hidden = backbone.hidden_states(token[:, None], cache)
         return new_ids, {"read_tokens": len(prompt), "first_chunk_tokens": None, "open_chunk_tokens": None}
