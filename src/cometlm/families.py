@@ -125,11 +125,38 @@ FAMILIES: dict[str, Family] = {
     "mistral": Family(layer_types=every_layer_slides_if_windowed, differs="sliding window on every layer if set"),
     "qwen2": Family(differs="q/k/v biases; sliding-window layers if use_sliding_window"),
     "qwen3": Family(differs="q/k norms; sliding-window layers if use_sliding_window"),
+    # Gemma 2: the embedding module multiplies by sqrt(hidden_size) itself; the norms before and after attention
+    # and MLP, and attention soft-capping, happen inside the layers; sliding and full layers alternate.
+    "gemma2": Family(
+        embed_scale=scaled_embedding,
+        logit_softcap=final_logit_softcapping,
+        differs="scaled embeddings, extra norms, attention and final-logit soft-capping, alternating sliding layers",
+    ),
+    # Gemma 3 (text-only Gemma3ForCausalLM): as Gemma 2, plus q/k norms, and local/global RoPE per layer type.
+    "gemma3_text": Family(
+        embed_scale=scaled_embedding,
+        rope_by_layer_type=True,
+        logit_softcap=final_logit_softcapping,
+        refuse=refuse_bidirectional,
+        differs="as Gemma 2, plus q/k norms and separate local (sliding) and global (full) rotary embeddings",
+    ),
+    # Phi-3: fused qkv_proj and gate_up_proj live inside the layers; LoRA targets the fused projection.
+    "phi3": Family(
+        layer_types=every_layer_slides_if_windowed,
+        lora_targets=("qkv_proj",),
+        differs="fused qkv and gate_up projections, sliding window on every layer if set",
+    ),
+    "olmo2": Family(differs="norms after attention and MLP instead of before, q/k norms over all heads"),
 }
 
 SUPPORTED_FAMILIES = tuple(FAMILIES)
 
-REFUSED: dict[str, str] = {}
+REFUSED: dict[str, str] = {
+    "gemma3": (
+        "'gemma3' is the multimodal Gemma3ForConditionalGeneration; CoMeT reads text only: load the text model "
+        "with Gemma3ForCausalLM (model_type 'gemma3_text')"
+    ),
+}
 
 
 def family_of(config) -> Family:

@@ -47,7 +47,7 @@ def apply_lora(model, rank: int = 8, alpha: float = 16, dropout: float = 0.0, ta
     except ValueError as err:
         backbone = model.backbone
         raise ValueError(
-            f"cannot put LoRA on {targets}: {err}. Name linear layers of the backbone's decoder layers; this "
+            f"cannot put LoRA on {targets}: {str(err).rstrip('.')}. Name linear layers of the backbone's decoder layers; this "
             f"{backbone.config.model_type} model has {', '.join(backbone.linear_names())} (the attention's usual "
             f"targets: {', '.join(backbone.lora_targets)})"
         ) from None
