@@ -168,10 +168,10 @@ class CometForCausalLM(nn.Module):
         self.backbone_model = backbone_model
         self.comet_config = config
         self.base_model = base_model or getattr(backbone_model.config, "_name_or_path", "") or None
-        self.backbone.prepare_attention()
-        text = self.backbone.config
-        eps = getattr(text, "rms_norm_eps", 1e-6)
         backbone = self.backbone
+        backbone.prepare_attention()
+        text = backbone.config
+        eps = getattr(text, "rms_norm_eps", 1e-6)
         with torch.no_grad():
             ids = torch.tensor([_quiet_token_id(text, tokenizer), _sink_token_id(text)], device=backbone.device)
             quiet, sink = backbone.embed(ids)
