@@ -5,10 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 from transformers import (
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    Olmo2Config,
+    Olmo2ForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
     Qwen3Config,
@@ -16,6 +24,7 @@ from transformers import (
 )
 
 from cometlm import CometConfig, CometForCausalLM
+from cometlm.families import attention_implementation
 
 VOCAB = 101
 COMMON = dict(
@@ -28,11 +37,26 @@ COMMON = dict(
     max_position_embeddings=1024,
 )
 
+SPECIAL_IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)  # the defaults of some families exceed VOCAB
+# Gemma: windows shorter than a chunk sequence (SMALL.max_positions is 21), so the windowed masks are exercised,
+# and caps small enough to change tiny random scores and logits (at Gemma 2's own 50 and 30 they would change them
+# by less than 1e-6, and a missing soft-cap would go unnoticed).
+GEMMA = dict(head_dim=8, query_pre_attn_scalar=8, sliding_window=6, final_logit_softcapping=0.3, **SPECIAL_IDS)
+
 FAMILIES = {
     "llama": lambda: LlamaForCausalLM(LlamaConfig(**COMMON, tie_word_embeddings=True)),
     "mistral": lambda: MistralForCausalLM(MistralConfig(**COMMON, tie_word_embeddings=False, sliding_window=512)),
     "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(**COMMON, tie_word_embeddings=True)),
     "qwen3": lambda: Qwen3ForCausalLM(Qwen3Config(**COMMON, head_dim=8, tie_word_embeddings=False)),  # q/k norms
+    # Layer 0 slides, layer 1 attends in full; scaled embeddings, extra norms; attention soft-capping (eager only).
+    "gemma2": lambda: Gemma2ForCausalLM(Gemma2Config(**COMMON, **GEMMA, attn_logit_softcapping=0.05)),
+    # As Gemma 2 without attention soft-capping (as the released Gemma 3), plus q/k norms and local/global RoPE.
+    "gemma3_text": lambda: Gemma3ForCausalLM(
+        Gemma3TextConfig(**COMMON, **GEMMA, layer_types=["sliding_attention", "full_attention"])
+    ),
+    # Fused qkv_proj and gate_up_proj; a window shorter than a chunk sequence on every layer.
+    "phi3": lambda: Phi3ForCausalLM(Phi3Config(**COMMON, **SPECIAL_IDS, sliding_window=10, tie_word_embeddings=False)),
+    "olmo2": lambda: Olmo2ForCausalLM(Olmo2Config(**COMMON, **SPECIAL_IDS)),  # post-norms, q/k norms
 }
 
 SMALL = CometConfig(chunk_size=8, global_slots=3, temp_stride=4, temp_capacity=5, adapter_rank=4)
@@ -41,6 +65,8 @@ SMALL = CometConfig(chunk_size=8, global_slots=3, temp_stride=4, temp_capacity=5
 def tiny_backbone(family: str = "llama", seed: int = 0, attn: str = "sdpa"):
     torch.manual_seed(seed)
     model = FAMILIES[family]()
+    if attention_implementation(model.config) == "eager":  # soft-capped attention is computed by eager alone
+        attn = "eager"
     model.set_attn_implementation(attn)
     return model.eval()
 

@@ -4,7 +4,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import COMMON, SMALL, random_ids, tiny_comet
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+from transformers import (
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 import cometlm.evaluation.methods.sliding_window as sliding_window
 import cometlm.evaluation.settings as settings
@@ -26,8 +35,16 @@ def one_layer(family: str):
     """A 1-layer backbone: its keys and values depend only on the token and its position, so a streamed cache
     can be checked against reading the kept tokens fresh."""
     torch.manual_seed(0)
+    one = {**COMMON, "num_hidden_layers": 1}
     if family == "qwen3":
-        model = Qwen3ForCausalLM(Qwen3Config(**{**COMMON, "num_hidden_layers": 1}, head_dim=8))
+        model = Qwen3ForCausalLM(Qwen3Config(**one, head_dim=8))
+    elif family == "gemma3_text":  # a local-RoPE layer: its keys must be re-rotated with the local RoPE
+        model = Gemma3ForCausalLM(Gemma3TextConfig(
+            **one, head_dim=8, query_pre_attn_scalar=8, layer_types=["sliding_attention"], sliding_window=64,
+            pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        ))
+    elif family == "phi3":  # partial rotary (as Phi-4-mini): only the first half of each head turns
+        model = Phi3ForCausalLM(Phi3Config(**one, partial_rotary_factor=0.5, pad_token_id=0, eos_token_id=2))
     else:
         model = LlamaForCausalLM(LlamaConfig(**{**COMMON, "num_hidden_layers": 1}))
     return CometForCausalLM.from_backbone(model.eval(), SMALL).eval()
@@ -46,7 +63,7 @@ def test_sliding_window_with_a_window_larger_than_the_input_is_full_attention(fa
     assert answer == full.answer(ids, 5, 12, None, False)[0] and len(answer) == 12 and facts["read_tokens"] == 300
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen3"])
+@pytest.mark.parametrize("family", ["llama", "qwen3", "gemma3_text", "phi3"])
 @pytest.mark.parametrize("sinks", [0, 4])
 @torch.inference_mode()
 def test_sliding_window_keeps_sinks_and_recent_tokens_at_positions_within_the_cache(family, sinks, monkeypatch):

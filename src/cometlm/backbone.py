@@ -1,8 +1,10 @@
 """The parts of a Hugging Face decoder LLM that CoMeT drives, taken from the model itself (never re-implemented).
 
-CoMeT needs the token embedding, the list of decoder layers, the rotary embedding, the final norm and the LM
-head. For the supported families these live in the same places, and the decoder layers take the same
-arguments (hidden states, a 4-D attention mask, position embeddings, a cache).
+CoMeT runs the backbone's decoder layers itself, chunk by chunk, so it must do what the family's own forward
+does around them: embed, give every layer its rotary embedding and attention mask (which can differ by layer:
+sliding-window layers, Gemma 3's local and global RoPE), apply the final norm, the LM head and any final logit
+processing. ``Backbone`` does these with the model's own modules, as its ``Family`` (families.py) says; the rest
+of the package goes through its methods and never reaches for the modules directly.
 """
 
 from __future__ import annotations
@@ -12,7 +14,19 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+from .families import SLIDING, SUPPORTED_FAMILIES, Family, attention_implementation, family_of
+
+__all__ = ["Backbone", "LayerInputs", "SUPPORTED_FAMILIES"]
+
+
+@dataclass(frozen=True)
+class LayerInputs:
+    """What the decoder layers take besides hidden states, for one run of rows: position ids (B, q), and per
+    layer type the rotary (cos, sin) and the attention mask in the kernel's form (None: plain causal)."""
+
+    position_ids: torch.Tensor
+    rope: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    masks: dict[str, torch.Tensor | None]
 
 
 @dataclass
@@ -20,7 +34,9 @@ class Backbone:
     """Handles onto a wrapped ``*ForCausalLM`` model; the modules stay owned by that model."""
 
     model: nn.Module
-    embed_tokens: nn.Embedding
+    family: Family
+    decoder: nn.Module
+    embed_tokens: nn.Module
     layers: nn.ModuleList
     rotary_emb: nn.Module
     norm: nn.Module
@@ -29,21 +45,19 @@ class Backbone:
     @classmethod
     def of(cls, model: nn.Module) -> "Backbone":
         config = getattr(model, "config", None)
-        family = getattr(config, "model_type", type(model).__name__)
-        if family not in SUPPORTED_FAMILIES:
+        if config is None:
             raise ValueError(
-                f"CoMeT does not support the '{family}' architecture; supported families are "
-                f"{', '.join(SUPPORTED_FAMILIES)} (decoder-only models with rotary positions)"
+                f"CoMeT wraps a Hugging Face *ForCausalLM model with a config (got {type(model).__name__}); "
+                f"supported families are {', '.join(SUPPORTED_FAMILIES)}"
             )
-        inner = model.model
+        family = family_of(config)
+        parts = family.parts(model)
         return cls(
-            model=model,
-            embed_tokens=inner.embed_tokens,
-            layers=inner.layers,
-            rotary_emb=inner.rotary_emb,
-            norm=inner.norm,
-            lm_head=model.lm_head,
+            model, family, parts.decoder, parts.embed_tokens, parts.layers, parts.rotary_emb, parts.norm, parts.lm_head
         )
+
+    # ----------------------------------------------------------------------------------------------------------
+    # What the model is
 
     @property
     def config(self):
@@ -58,13 +72,49 @@ class Backbone:
         return len(self.layers)
 
     @property
+    def vocab_size(self) -> int:
+        """Rows of the embedding table: the token ids the backbone can read."""
+        return self.embed_tokens.weight.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.weight.dtype
+
+    @property
+    def layer_types(self) -> tuple[str, ...]:
+        return self.family.layer_types(self.config)
+
+    def window(self, layer_type: str) -> int | None:
+        """Keys a query of this layer type may attend to (itself included), or None for no limit."""
+        return getattr(self.config, "sliding_window", None) if layer_type == SLIDING else None
+
+    @property
+    def lora_targets(self) -> tuple[str, ...]:
+        return self.family.lora_targets
+
+    def linear_names(self) -> list[str]:
+        """Names of the linear layers inside a decoder layer (what LoRA can target)."""
+        linear = (name for name, m in self.layers[0].named_modules() if isinstance(m, nn.Linear))
+        return sorted({name.rsplit(".", 1)[-1] for name in linear})
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Attention kernels
+
+    @property
     def uses_eager_attention(self) -> bool:
         return self.config._attn_implementation == "eager"
 
     def prepare_attention(self) -> None:
-        """CoMeT passes its own masks, so kernels that cannot take an arbitrary mask are switched to sdpa."""
-        if self.config._attn_implementation not in ("eager", "sdpa"):
-            self.model.set_attn_implementation("sdpa")
+        """CoMeT passes its own masks, so kernels that cannot take an arbitrary mask are switched to sdpa, and a
+        family whose layers soft-cap attention scores to eager, the one kernel that computes that."""
+        wanted = attention_implementation(self.config)
+        current = self.config._attn_implementation
+        if (wanted == "eager" and current != "eager") or current not in ("eager", "sdpa"):
+            self.model.set_attn_implementation(wanted)
 
     def attention_mask(self, mask: torch.Tensor | None, dtype, length: int, device) -> torch.Tensor | None:
         """A boolean (B, 1, q, k) mask in the form the attention kernel takes: as is for sdpa (None means plain
@@ -75,8 +125,95 @@ class Backbone:
             mask = torch.ones(length, length, dtype=torch.bool, device=device).tril()[None, None]
         return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
 
-    def rope(self, hidden: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # ----------------------------------------------------------------------------------------------------------
+    # Around the decoder layers, as the family's own forward does it
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, n) -> layer-0 inputs (B, n, d), with the family's embedding scaling (Gemma: sqrt(d))."""
+        return self.embed_tokens(ids)
+
+    def embedding_spread(self) -> torch.Tensor:
+        """The std of the layer-0 inputs over the vocabulary: the table's std times the family's embedding scale."""
+        return self.embed_tokens.weight.detach().std() * self.family.embed_scale(self.embed_tokens)
+
+    def rope(self, hidden: torch.Tensor, position_ids: torch.Tensor, layer_type: str | None = None):
+        """The rotary (cos, sin) at ``position_ids`` (B, q) for layers of ``layer_type`` (any layer's when the
+        family has one rotary embedding for all)."""
+        if self.family.rope_by_layer_type:
+            return self.rotary_emb(hidden, position_ids, layer_type or self.layer_types[0])
         return self.rotary_emb(hidden, position_ids)
+
+    def rope_scaling(self, layer_type: str | None = None) -> float:
+        """The factor the rotary embedding multiplies cos and sin by (YaRN, LongRoPE; 1.0 for plain RoPE)."""
+        if self.family.rope_by_layer_type:
+            return getattr(self.rotary_emb, f"{layer_type or self.layer_types[0]}_attention_scaling", 1.0)
+        return getattr(self.rotary_emb, "attention_scaling", 1.0)
+
+    def layer_inputs(
+        self, hidden: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor | None,
+        key_positions: torch.Tensor | None = None,
+    ) -> LayerInputs:
+        """Rotary embeddings and attention masks of every layer type, for rows at ``position_ids`` (B, q).
+
+        ``mask`` (B, 1, q, k) bool says which keys each query may see (None: plain causal attention over the q
+        rows); ``key_positions`` (B, k) are the keys' positions (default: ``position_ids``, the rows themselves).
+        A sliding-window layer additionally hides keys ``window`` or more positions behind the query, as
+        transformers' sliding masks do. CoMeT's positions are chunk-local, never above ``CometConfig.max_positions``,
+        so a window at least that long changes nothing and costs nothing: the mask is built only when some query
+        sits ``window`` or more positions in.
+        """
+        types = sorted(set(self.layer_types))
+        if self.family.rope_by_layer_type:
+            rope = {t: self.rope(hidden, position_ids, t) for t in types}
+        else:
+            shared = self.rope(hidden, position_ids)
+            rope = {t: shared for t in types}
+        q = position_ids.shape[1]
+        masks = {}
+        for t in types:
+            window, m = self.window(t), mask
+            if window is not None and int(position_ids.max()) >= window:
+                if m is None:
+                    m = torch.ones(q, q, dtype=torch.bool, device=hidden.device).tril()[None, None]
+                keys = position_ids if key_positions is None else key_positions
+                near = (position_ids[:, :, None] - keys[:, None, :]) < window  # (B, q, k)
+                m = m & near[:, None]
+            length = q if m is None else m.shape[-1]
+            masks[t] = self.attention_mask(m, hidden.dtype, length, hidden.device)
+        return LayerInputs(position_ids, rope, masks)
+
+    def run_layer(self, index: int, hidden: torch.Tensor, inputs: LayerInputs, cache=None) -> torch.Tensor:
+        """Decoder layer ``index`` on hidden (B, q, d), with the rotary embedding and mask of its layer type."""
+        kind = self.layer_types[index]
+        return self.layers[index](
+            hidden,
+            attention_mask=inputs.masks[kind],
+            position_ids=inputs.position_ids,
+            position_embeddings=inputs.rope[kind],
+            cache=cache,
+            use_cache=cache is not None,
+        )
+
+    def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.norm(hidden)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final-norm hidden states (..., d) -> logits (..., V): the LM head, then the family's final logit
+        processing (Gemma's soft-cap: cap * tanh(logits / cap), as its ``*ForCausalLM.forward`` does)."""
+        logits = self.lm_head(hidden)
+        cap = self.family.logit_softcap(self.config)
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    def hidden_states(self, ids: torch.Tensor, cache=None) -> torch.Tensor:
+        """The backbone's own forward without CoMeT (B, n) -> final-norm hidden states (B, n, d): what the
+        baselines read with. Positions continue from ``cache`` if given."""
+        out = self.decoder(input_ids=ids, cache=cache, use_cache=cache is not None)
+        return out.last_hidden_state
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Identity
 
     def fingerprint(self) -> list[float]:
         """A cheap identity of the base weights, so an adapter is never loaded onto a different base."""

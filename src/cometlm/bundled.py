@@ -165,13 +165,17 @@ def resolve_comet_path(name_or_path: str | os.PathLike) -> Path:
 def load_backbone(name_or_path: str = BUNDLED_MODEL, dtype: torch.dtype | None = None):
     """Load a decoder LLM and its tokenizer, returning `(model, tokenizer)` with the model in eval
     mode (the tokenizer is None for a directory that has none). sdpa attention keeps memory
-    near-linear on CPU when no mask is materialised."""
+    near-linear on CPU when no mask is materialised; a family that soft-caps attention scores needs
+    eager (`families.attention_implementation`)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from .families import attention_implementation
 
     dtype = torch.float32 if dtype is None else dtype
     path = resolve_model_path(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+    kernel = attention_implementation(AutoConfig.from_pretrained(path))
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=kernel)
     has_tokenizer = any((Path(path) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
     tokenizer = AutoTokenizer.from_pretrained(path) if has_tokenizer else None
     return model.eval(), tokenizer

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .backbone import Backbone
+from .backbone import Backbone, LayerInputs
 from .config import CometConfig
 from .layout import ChunkLayout
 from .memory import CometMemory
@@ -25,13 +25,13 @@ from .state import LayerState, MemoryState
 
 @dataclass(frozen=True)
 class ChunkInputs:
-    """What every layer needs to run one chunk: its layout, rotary embeddings and attention mask; ``hidden``
-    (B, L, d) holds the stream rows' inputs to layer 0 (text embeddings, beacons, readouts)."""
+    """What every layer needs to run one chunk: its layout, and the rotary embeddings and attention masks of each
+    layer type (``LayerInputs``); ``hidden`` (B, L, d) holds the stream rows' inputs to layer 0 (text embeddings,
+    beacons, readouts)."""
 
     layout: ChunkLayout
     hidden: torch.Tensor
-    rope: tuple[torch.Tensor, torch.Tensor]
-    mask: torch.Tensor | None
+    layer_inputs: LayerInputs
 
 
 @dataclass(frozen=True)
@@ -80,22 +80,20 @@ class MemoryCell:
         """
         layout = ChunkLayout.build(self.config, text_len, text_ids.shape[1], closing, memory_valid)
         hidden = self._stream_inputs(layout, text_ids)
-        rope = self.backbone.rope(hidden, layout.position_ids)
-        mask = self.backbone.attention_mask(layout.mask, hidden.dtype, layout.valid.shape[1], hidden.device)
-        return ChunkInputs(layout, hidden, rope, mask)
+        return ChunkInputs(layout, hidden, self.backbone.layer_inputs(hidden, layout.position_ids, layout.mask))
 
     def layer(self, index: int, hidden, layer: LayerState, inputs: ChunkInputs, cache=None):
         """(layer ``index``, one chunk): the layer's memory rows in front of the stream rows, the backbone's
         decoder layer, then the memory update. Returns the stream rows' outputs and the layer's new memories.
         """
-        step = (index, hidden, layer, inputs.layout, inputs.rope, inputs.mask, cache)
+        step = (index, hidden, layer, inputs.layout, inputs.layer_inputs, cache)
         if self.checkpointing and torch.is_grad_enabled() and cache is None:
             return checkpoint(self._layer, *step, use_reentrant=False)
         return self._layer(*step)
 
     def end(self, hidden: torch.Tensor, inputs: ChunkInputs) -> torch.Tensor:
         """The final-norm hidden states at the text positions (B, n, d), from the last layer's outputs."""
-        return self.backbone.norm(hidden[:, inputs.layout.text_slot])
+        return self.backbone.final_norm(hidden[:, inputs.layout.text_slot])
 
     def loss(self, text_hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Summed next-token cross entropy (fp32) over a chunk's targets (B, n), -100 ignored. With checkpointing
@@ -105,14 +103,14 @@ class MemoryCell:
         return self._loss(text_hidden, targets)
 
     def _loss(self, text_hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return summed_cross_entropy(self.backbone.lm_head(text_hidden), targets)
+        return summed_cross_entropy(self.backbone.logits(text_hidden), targets)
 
     def _stream_inputs(self, layout: ChunkLayout, text_ids: torch.Tensor) -> torch.Tensor:
         """Input hidden states of the stream rows (text embeddings, the beacon, the readouts): (B, L, d)."""
         batch, n = text_ids.shape
         tokens = self.memory.tokens
         # One table of every possible row input; each stream row picks its entry by kind.
-        parts, first = [self.backbone.embed_tokens(text_ids)], {}
+        parts, first = [self.backbone.embed(text_ids)], {}
         offset = n
         for kind, param in ((ChunkLayout.BEACON, tokens.beacon), (ChunkLayout.READOUT, tokens.readouts),
                             (ChunkLayout.SINK, tokens.sink)):
@@ -125,18 +123,11 @@ class MemoryCell:
             index = torch.where(layout.stream_kind == kind, start + layout.stream_token, index)
         return torch.cat(parts, dim=1)[:, index]
 
-    def _layer(self, index, hidden, layer: LayerState, layout, rope, mask, cache=None):
+    def _layer(self, index, hidden, layer: LayerState, layout, layer_inputs: LayerInputs, cache=None):
         rows = layer.rows()[:, layout.memory_index]
         k, m = layout.n_sink, rows.shape[1]
         x = torch.cat([hidden[:, :k], rows, hidden[:, k:]], dim=1)  # (B, m + L, d)
-        out = self.backbone.layers[index](
-            x,
-            attention_mask=mask,
-            position_ids=layout.position_ids,
-            position_embeddings=rope,
-            cache=cache,
-            use_cache=cache is not None,
-        )
+        out = self.backbone.run_layer(index, x, layer_inputs, cache)
         hidden = torch.cat([out[:, :k], out[:, k + m :]], dim=1)
         return hidden, self._update_memory(index, hidden, layer, layout)
 

@@ -57,7 +57,7 @@ def open_chunk(model, state: MemoryState) -> OpenChunk:
     out = model.run_chunk(state, state.pending, n_text, closing, cache=cache)
     text_hidden, layout = out.text_hidden, out.layout
     last = text_hidden[torch.arange(n_text.shape[0], device=n_text.device), n_text - 1]
-    logits = model.backbone.lm_head(last)
+    logits = model.backbone.logits(last)
     return OpenChunk(cache, layout.valid, layout.valid.sum(dim=1), n_text, logits)
 
 
@@ -67,7 +67,8 @@ def extend(model, chunk: OpenChunk, token: torch.Tensor, active: torch.Tensor | 
     config = model.comet_config
     if active is None:
         active = torch.ones_like(token, dtype=torch.bool)
-    hidden = model.backbone.embed_tokens(token[:, None])  # (B, 1, d)
+    backbone = model.backbone
+    hidden = backbone.embed(token[:, None])  # (B, 1, d)
     n_text = chunk.n_text + active.long()
     new_valid = active[:, None]
     if config.use_temp:
@@ -82,13 +83,13 @@ def extend(model, chunk: OpenChunk, token: torch.Tensor, active: torch.Tensor | 
     position_ids = chunk.next_position[:, None] + torch.arange(q, device=hidden.device)[None]
     causal = torch.arange(cached + q, device=hidden.device)[None] <= (cached + torch.arange(q, device=hidden.device))[:, None]
     mask = (causal[None] & key_valid[:, None, :])[:, None]  # (B, 1, q, cached + q)
-    mask = model.backbone.attention_mask(mask, hidden.dtype, cached + q, hidden.device)
-    rope = model.backbone.rope(hidden, position_ids)
-    for layer in model.backbone.layers:
-        hidden = layer(
-            hidden, attention_mask=mask, position_ids=position_ids, position_embeddings=rope, cache=chunk.cache, use_cache=True
-        )
-    logits = model.backbone.lm_head(model.backbone.norm(hidden[:, 0]))
+    # A stream's keys are the valid rows of its open chunk, in cache order, at positions 0, 1, ... (positions count
+    # valid rows only, as in ChunkLayout); a sliding-window layer needs them.
+    key_positions = key_valid.long().cumsum(dim=1) - 1
+    inputs = backbone.layer_inputs(hidden, position_ids, mask, key_positions)
+    for index in range(backbone.num_layers):
+        hidden = backbone.run_layer(index, hidden, inputs, chunk.cache)
+    logits = backbone.logits(backbone.final_norm(hidden[:, 0]))
     return OpenChunk(chunk.cache, key_valid, chunk.next_position + new_valid.sum(dim=1), n_text, logits)
 
 

@@ -45,9 +45,11 @@ def apply_lora(model, rank: int = 8, alpha: float = 16, dropout: float = 0.0, ta
     try:
         inject_adapter_in_model(config, model.backbone_model, adapter_name=_ADAPTER)
     except ValueError as err:
+        backbone = model.backbone
         raise ValueError(
-            f"cannot put LoRA on {targets}: {err}. Name linear layers of the backbone's decoder layers, e.g. "
-            "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj"
+            f"cannot put LoRA on {targets}: {str(err).rstrip('.')}. Name linear layers of the backbone's decoder layers; this "
+            f"{backbone.config.model_type} model has {', '.join(backbone.linear_names())} (the attention's usual "
+            f"targets: {', '.join(backbone.lora_targets)})"
         ) from None
     return model
 

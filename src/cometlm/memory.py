@@ -110,32 +110,34 @@ class LayerMemory(nn.Module):
 class LearnedTokens(nn.Module):
     """The beacon, the ``M`` readouts and the optional sink: module parameters, not vocabulary entries.
 
-    They start as rows of the backbone's embedding table, so their scale matches what the first decoder layer
-    expects: the beacon and readouts as a "quiet" whitespace token (``quiet_token_id``), which disturbs the
-    untrained backbone less than other tokens do, plus small noise so the readouts differ; the sink as BOS.
+    They start as token embeddings as the first decoder layer sees them (``Backbone.embed``, with the family's
+    embedding scaling), so their scale matches what that layer expects: the beacon and readouts as a "quiet"
+    whitespace token, which disturbs the untrained backbone less than other tokens do, plus small noise (a tenth of
+    the embeddings' spread) so the readouts differ; the sink as BOS.
     """
 
-    def __init__(self, config: CometConfig, embedding: torch.Tensor, quiet_token_id: int, sink_token_id: int):
+    def __init__(self, config: CometConfig, quiet: torch.Tensor, sink: torch.Tensor, spread: torch.Tensor):
         super().__init__()
         generator = torch.Generator().manual_seed(config.init_seed)
-        weight = embedding.detach()
-        quiet = weight[quiet_token_id]
-        noise = torch.randn(config.global_slots, weight.shape[1], generator=generator).to(weight) * weight.std() * 0.1
+        quiet, sink = quiet.detach(), sink.detach()
+        noise = torch.randn(config.global_slots, quiet.shape[0], generator=generator).to(quiet) * spread * 0.1
         self.beacon = nn.Parameter(quiet[None].clone()) if config.use_temp else None
         self.readouts = nn.Parameter(quiet[None] + noise) if config.use_global else None
-        self.sink = nn.Parameter(weight[sink_token_id][None].clone()) if config.attention_sink else None
+        self.sink = nn.Parameter(sink[None].clone()) if config.attention_sink else None
 
 
 class CometMemory(nn.Module):
     """All of CoMeT's own parameters: learned tokens plus one ``LayerMemory`` per decoder layer."""
 
     def __init__(
-        self, config: CometConfig, embedding: torch.Tensor, num_layers: int, eps: float, quiet_token_id: int,
-        sink_token_id: int,
+        self, config: CometConfig, num_layers: int, eps: float, quiet: torch.Tensor, sink: torch.Tensor,
+        spread: torch.Tensor,
     ):
+        """``quiet`` and ``sink`` (d,): the embeddings the learned tokens start from; ``spread``: the std of the
+        embeddings (see ``LearnedTokens``)."""
         super().__init__()
-        hidden_size = embedding.shape[1]
-        self.tokens = LearnedTokens(config, embedding, quiet_token_id, sink_token_id)
+        hidden_size = quiet.shape[0]
+        self.tokens = LearnedTokens(config, quiet, sink, spread)
         self.layers = nn.ModuleList(LayerMemory(config, hidden_size, eps) for _ in range(num_layers))
         if config.gate_bias is not None:
             first, last = config.gate_bias

@@ -69,7 +69,7 @@ def _restore_tied_copies(module, state_dict, prefix, local_metadata, strict, mis
 
 
 class CometForCausalLM(nn.Module):
-    """A causal LM with CoMeT memories around a Hugging Face decoder (Llama, Mistral, Qwen2, Qwen3 families)."""
+    """A causal LM with CoMeT memories around a Hugging Face decoder (``SUPPORTED_FAMILIES``, families.py)."""
 
     # forward takes ``num_items_in_batch``, so Trainer's gradient accumulation weights micro-batches by tokens.
     accepts_loss_kwargs = True
@@ -81,15 +81,18 @@ class CometForCausalLM(nn.Module):
         self.backbone_model = backbone_model
         self.comet_config = config
         self.base_model = base_model or getattr(backbone_model.config, "_name_or_path", "") or None
-        self.backbone.prepare_attention()
-        text = self.backbone.config
+        backbone = self.backbone
+        backbone.prepare_attention()
+        text = backbone.config
         eps = getattr(text, "rms_norm_eps", 1e-6)
-        weight = self.backbone.embed_tokens.weight
+        with torch.no_grad():
+            ids = torch.tensor([_quiet_token_id(text, tokenizer), _sink_token_id(text)], device=backbone.device)
+            quiet, sink = backbone.embed(ids)
+            spread = backbone.embedding_spread()
         with torch.random.fork_rng(devices=[]):  # the adapters and gates start the same for the same init_seed
             torch.manual_seed(config.init_seed)
-            self.memory = CometMemory(
-                config, weight, self.backbone.num_layers, eps, _quiet_token_id(text, tokenizer), _sink_token_id(text)
-            ).to(device=weight.device, dtype=torch.float32)  # CoMeT's own parameters stay float32 (memory.py)
+            self.memory = CometMemory(config, backbone.num_layers, eps, quiet, sink, spread).to(
+                device=backbone.device, dtype=torch.float32)  # CoMeT's own parameters stay float32 (memory.py)
         self.gradient_checkpointing = False
         self.tokenizer = tokenizer
         # Tied weights (an LM head sharing the embedding) appear once in the state dict, as in save_pretrained, so
@@ -153,10 +156,9 @@ class CometForCausalLM(nn.Module):
         self.gradient_checkpointing = False
 
     def init_memory(self, batch_size: int = 1) -> MemoryState:
-        weight = self.backbone.embed_tokens.weight
+        backbone = self.backbone
         return MemoryState.empty(
-            self.comet_config, batch_size, self.backbone.num_layers, self.backbone.hidden_size, weight.dtype,
-            weight.device,
+            self.comet_config, batch_size, backbone.num_layers, backbone.hidden_size, backbone.dtype, backbone.device
         )
 
     # ----------------------------------------------------------------------------------------------------------
@@ -185,8 +187,8 @@ class CometForCausalLM(nn.Module):
 
     def check_batch(self, input_ids, attention_mask=None, allow_empty_rows: bool = False) -> Batch:
         """Checks token ids (and a padding mask) against this model's vocabulary; see ``inputs.check_batch``."""
-        embedding = self.backbone.embed_tokens
-        return check_batch(input_ids, attention_mask, embedding.num_embeddings, embedding.weight.device, allow_empty_rows)
+        backbone = self.backbone
+        return check_batch(input_ids, attention_mask, backbone.vocab_size, backbone.device, allow_empty_rows)
 
     # Kept for the parallel schedule and other code that interleaves layers and chunks (see ``MemoryCell``).
 
@@ -240,7 +242,7 @@ class CometForCausalLM(nn.Module):
             out = cell.run(state, chunk.text_ids, chunk.text_len, chunk.closing)
             state, text_hidden = out.state, out.text_hidden
             if return_logits:
-                chunk_logits = self.backbone.lm_head(text_hidden)  # (B, n, V)
+                chunk_logits = self.backbone.logits(text_hidden)  # (B, n, V)
                 if logits is None:
                     logits = chunk_logits.new_zeros(batch.ids.shape[0], width + 1, chunk_logits.shape[-1])
                 logits = logits.scatter(1, chunk.index[..., None].expand_as(chunk_logits), chunk_logits)

@@ -95,7 +95,7 @@ def load(cls, directory: Path, base_model=None, dtype=None):
                 f"the adapter in {directory} was trained on base model {meta.get('base_model')!r} {want}, "
                 f"but the given base is {got}; load it onto the base it was trained on"
             )
-    weights = load_file(directory / WEIGHTS_FILE, device=str(model.backbone.embed_tokens.weight.device))
+    weights = load_file(directory / WEIGHTS_FILE, device=str(model.backbone.device))
     missing, unexpected = model.memory.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise ValueError(f"{directory / WEIGHTS_FILE} does not fit this CoMeT config: missing {missing}, unexpected {unexpected}")

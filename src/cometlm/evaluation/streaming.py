@@ -68,7 +68,7 @@ def read_context(model, ids: list[int], tail: int, progress: bool = False, snaps
     if not 1 <= tail <= min(n, c):
         raise ValueError(f"the open chunk must hold 1..{min(n, c)} of the {n} context tokens (got {tail})")
     first = (n - tail) % c  # a short first chunk, closed early, right-aligns every later chunk
-    tokens = torch.tensor([ids[: n - tail]], device=model.backbone.embed_tokens.weight.device)
+    tokens = torch.tensor([ids[: n - tail]], device=model.backbone.device)
     identity = {"ids": _digest(ids), "tail": str(tail), "chunk_size": str(c), "tag": snapshot.tag if snapshot else ""}
     state, begin, before = None, first, 0.0
     if snapshot is not None:
@@ -130,7 +130,7 @@ def generate_answer(
     `snapshot`: as in `read_context`, so a long read resumes after an interruption.
     """
     state = read_context(model, ids, tail, progress, snapshot=snapshot)
-    open_ids = torch.tensor([ids[-tail:]], device=model.backbone.embed_tokens.weight.device)
+    open_ids = torch.tensor([ids[-tail:]], device=model.backbone.device)
     out = model.generate(open_ids, memory=state, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
                          **generation)
     return out[0, tail:].tolist()
@@ -163,7 +163,7 @@ def score_continuations(model, state: MemoryState, continuations: list[list[int]
     state = _repeat(state, len(continuations))
     logprobs = torch.zeros(len(continuations), width)
     greedy = torch.zeros(len(continuations), width, dtype=torch.bool)
-    lm_head = model.backbone.lm_head
+    backbone = model.backbone
     starts = range(0, width, c)
     starts = progress_bar(starts, desc="scoring", unit="chunk", nested=True,
                           enabled=progress and len(starts) >= READ_BAR_MIN_STEPS)
@@ -178,7 +178,7 @@ def score_continuations(model, state: MemoryState, continuations: list[list[int]
         rows, cols = scored.nonzero(as_tuple=True)
         for a in range(0, rows.numel(), SCORE_ROWS):
             r, k = rows[a : a + SCORE_ROWS], cols[a : a + SCORE_ROWS]
-            logp = torch.log_softmax(lm_head(hidden[r, k]).float(), dim=-1)
+            logp = torch.log_softmax(backbone.logits(hidden[r, k]).float(), dim=-1)
             target = ids[r, start + k + 1]
             logprobs[r.cpu(), start + k.cpu()] = logp.gather(1, target[:, None])[:, 0].cpu()
             greedy[r.cpu(), start + k.cpu()] = (logp.argmax(dim=-1) == target).cpu()

@@ -91,7 +91,7 @@ def model_info(model, method: "Method", name: str | None) -> dict:
     lora = lora_checksum(model)
     if lora is not None:  # an adapter trained with LoRA changes the backbone every method reads with
         info["lora_checksum"] = lora
-    dtype = str(model.backbone.embed_tokens.weight.dtype).removeprefix("torch.")
+    dtype = str(model.backbone.dtype).removeprefix("torch.")
     if dtype != "float32":  # the default is left out, so that the ids of float32 results stay what they were
         info["dtype"] = dtype
     identity = {k: v for k, v in info.items() if k != "name"}

@@ -8,6 +8,7 @@ are evicted the later keys move down and are rotated back by the same number of 
 compose: R(p - e) = R(-e) R(p)). So the largest position the model ever sees is the cache's capacity, however
 long the stream. transformers 5 has no sink cache of its own (its `SinkCache` was removed in 4.53), so this
 extends its `DynamicCache`: the decoder layers append to it as to any cache, and `trim` evicts between reads.
+Each layer's keys are re-rotated with that layer's own RoPE (Gemma 3's local and global layers differ).
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ class AttentionSinkCache(DynamicCache):
     `sink_tokens + window + tokens per read`.
     """
 
-    def __init__(self, rotary_emb: torch.nn.Module, sink_tokens: int, window: int):
+    def __init__(self, backbone, sink_tokens: int, window: int):
         super().__init__()
         if sink_tokens < 0 or window < 1:
             raise ValueError(f"an attention-sink cache needs sink_tokens >= 0 and window >= 1 (got {sink_tokens}, {window})")
-        self.rotary_emb = rotary_emb
+        self.backbone = backbone
         self.sink_tokens = sink_tokens
         self.window = window
 
@@ -38,16 +39,18 @@ class AttentionSinkCache(DynamicCache):
         if excess <= 0:
             return
         s = self.sink_tokens
-        for layer in self.layers:
-            kept = self._shift_positions(layer.keys[..., s + excess :, :], excess)
+        for layer, kind in zip(self.layers, self.backbone.layer_types):
+            kept = self._shift_positions(layer.keys[..., s + excess :, :], excess, kind)
             layer.keys = torch.cat([layer.keys[..., :s, :], kept], dim=-2)
             layer.values = torch.cat([layer.values[..., :s, :], layer.values[..., s + excess :, :]], dim=-2)
 
-    def _shift_positions(self, keys: torch.Tensor, by: int) -> torch.Tensor:
-        """Keys rotated at positions p, rotated to p - by (in fp32, so repeated shifts stay accurate)."""
+    def _shift_positions(self, keys: torch.Tensor, by: int, layer_type: str) -> torch.Tensor:
+        """Keys rotated at positions p by the RoPE of `layer_type`, rotated to p - by (in fp32, so repeated shifts
+        stay accurate). With partial rotary (Phi-4-mini) only the first dims that the RoPE covers turn."""
         x = keys.float()
         position = torch.tensor([[-by]], device=keys.device)
-        cos, sin = self.rotary_emb(x, position)  # (1, 1, head_dim), times the rotary's attention scaling
-        scale = getattr(self.rotary_emb, "attention_scaling", 1.0)
+        cos, sin = self.backbone.rope(x, position, layer_type)  # (1, 1, rotary dims), times the rotary's scaling
+        scale = self.backbone.rope_scaling(layer_type)
         cos, sin = cos[:, None] / scale, sin[:, None] / scale
-        return (x * cos + rotate_half(x) * sin).to(keys.dtype)
+        turn, rest = x[..., : cos.shape[-1]], x[..., cos.shape[-1] :]
+        return torch.cat([turn * cos + rotate_half(turn) * sin, rest], dim=-1).to(keys.dtype)

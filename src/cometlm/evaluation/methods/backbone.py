@@ -77,8 +77,7 @@ class BackboneMethod(Method):
 
         self.check_continuation(len(context), len(continuation))
         ids = (context + continuation)[:-1][-self.window :]
-        inner = self.model.backbone_model.model
-        hidden = inner(input_ids=torch.tensor([ids], device=self.device), use_cache=False).last_hidden_state
+        hidden = self.model.backbone.hidden_states(torch.tensor([ids], device=self.device))
         return self._scores(hidden[0, -len(continuation) :], continuation)
 
     def hidden_blocks(self, tokens, progress):
@@ -88,17 +87,17 @@ class BackboneMethod(Method):
         not reach, so every token after the first window is predicted from between `window - stride` and
         `window - 1` tokens before it."""
         from cometlm.evaluation.streaming import read_bar
-        inner, n = self.model.backbone_model.model, tokens.shape[1]
+        backbone, n = self.model.backbone, tokens.shape[1]
         if self.name == "full":  # the last token is only a target: a document of window + 1 tokens fits
             with read_bar(n, 1, progress) as bar:
-                yield 0, inner(input_ids=tokens[:, : n - 1], use_cache=False).last_hidden_state
+                yield 0, backbone.hidden_states(tokens[:, : n - 1])
                 bar.update(n)
             return
         scored, begin = 1, 0  # targets below `scored` are done; target t is predicted at position t - 1
         with read_bar(n, (n - self.window) // self.stride + 1, progress) as bar:
             while True:
                 end = min(begin + self.window, n)
-                hidden = inner(input_ids=tokens[:, begin:end], use_cache=False).last_hidden_state
+                hidden = backbone.hidden_states(tokens[:, begin:end])
                 yield scored - 1, hidden[:, scored - 1 - begin : end - 1 - begin]
                 bar.update(end - bar.n)
                 if end == n:

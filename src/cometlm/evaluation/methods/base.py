@@ -49,7 +49,7 @@ class Method:
 
     @property
     def device(self):
-        return self.model.backbone.embed_tokens.weight.device
+        return self.model.backbone.device
 
     def settings(self) -> dict:
         """The options that change results (recorded with every result; a resumed run must match them)."""
@@ -107,7 +107,7 @@ class Method:
         import torch
         import torch.nn.functional as F
 
-        logits = self.model.backbone.lm_head(hidden).float()  # (m, vocabulary)
+        logits = self.model.backbone.logits(hidden).float()  # (m, vocabulary)
         target = torch.tensor(continuation, device=logits.device)
         logprobs = F.log_softmax(logits, dim=-1).gather(1, target[:, None])[:, 0]
         return logprobs.cpu(), bool((logits.argmax(dim=-1) == target).all())
@@ -121,12 +121,12 @@ class Method:
         tokens = torch.tensor([ids], device=self.device)
         n = len(ids)
         losses = torch.zeros(n - 1)
-        lm_head = self.model.backbone.lm_head
+        backbone = self.model.backbone
         for start, hidden in self.hidden_blocks(tokens, progress):
             rows = min(hidden.shape[1], n - 1 - start)
             for a in range(0, rows, LOSS_ROWS):
                 b = min(a + LOSS_ROWS, rows)
-                logits = lm_head(hidden[0, a:b]).float()
+                logits = backbone.logits(hidden[0, a:b]).float()
                 targets = tokens[0, start + a + 1 : start + b + 1]
                 losses[start + a : start + b] = F.cross_entropy(logits, targets, reduction="none").cpu()
         return losses

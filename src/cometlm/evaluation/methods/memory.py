@@ -18,9 +18,8 @@ def without_memory(model):
         chunk_size=config.chunk_size, global_slots=0, temp_stride=0, temp_capacity=0,
         adapter_rank=config.adapter_rank, attention_sink=config.attention_sink, init_seed=config.init_seed,
     )
-    weight = model.backbone.embed_tokens.weight
     bare = CometForCausalLM(model.backbone_model, plain, base_model=model.base_model, tokenizer=model.tokenizer)
-    bare.memory.to(weight.device)
+    bare.memory.to(model.backbone.device)
     if config.attention_sink:
         bare.memory.tokens.sink.data.copy_(model.memory.tokens.sink.data)
     return bare.eval()

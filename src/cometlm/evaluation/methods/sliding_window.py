@@ -34,17 +34,17 @@ class SlidingWindowMethod(Method):
     def new_cache(self):
         from .attention_sinks import AttentionSinkCache
 
-        return AttentionSinkCache(self.model.backbone.rotary_emb, self.sink_tokens, self.window)
+        return AttentionSinkCache(self.model.backbone, self.sink_tokens, self.window)
 
     def _read(self, tokens, cache, progress: bool):
         """Yields (start, hidden) per block of READ_BLOCK tokens, trimming the cache before each block."""
         from cometlm.evaluation.streaming import read_bar
-        inner, n = self.model.backbone_model.model, tokens.shape[1]
+        backbone, n = self.model.backbone, tokens.shape[1]
         with read_bar(n, n // READ_BLOCK, progress) as bar:
             for start in range(0, n, READ_BLOCK):
                 cache.trim()
                 block = tokens[:, start : start + READ_BLOCK]
-                yield start, inner(input_ids=block, cache=cache, use_cache=True).last_hidden_state
+                yield start, backbone.hidden_states(block, cache)
                 bar.update(block.shape[1])
 
     def hidden_blocks(self, tokens, progress):
@@ -55,17 +55,16 @@ class SlidingWindowMethod(Method):
         """Reads the prompt through the cache, then decodes greedily one token at a time, trimming before each."""
         import torch
 
-        cache, lm_head = self.new_cache(), self.model.backbone.lm_head
-        inner = self.model.backbone_model.model
+        cache, backbone = self.new_cache(), self.model.backbone
         for _, hidden in self._read(torch.tensor([prompt], device=self.device), cache, progress):
             pass
         ends = {eos} if isinstance(eos, int) else set(eos or ())
         new_ids = []
         for step in range(max_new_tokens):
-            token = lm_head(hidden[:, -1]).argmax(dim=-1)  # (1,)
+            token = backbone.logits(hidden[:, -1]).argmax(dim=-1)  # (1,)
             new_ids.append(int(token))
             if new_ids[-1] in ends or step == max_new_tokens - 1 or (stop is not None and stop(new_ids)):
                 break
             cache.trim()
-            hidden = inner(input_ids=token[:, None], cache=cache, use_cache=True).last_hidden_state
+            hidden = backbone.hidden_states(token[:, None], cache)
         return new_ids, {"read_tokens": len(prompt), "first_chunk_tokens": None, "open_chunk_tokens": None}
