@@ -9,6 +9,7 @@ of the package goes through its methods and never reaches for the modules direct
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,28 @@ from torch import nn
 from .families import SLIDING, SUPPORTED_FAMILIES, Family, attention_implementation, family_of
 
 __all__ = ["Backbone", "LayerInputs", "SUPPORTED_FAMILIES"]
+
+
+@contextmanager
+def _only_rows(module: nn.Module, rows: torch.Tensor):
+    """While inside, ``module`` (B, N, d) -> (B, N, d') runs on ``rows`` of its input only; the other rows of its
+    output are zero."""
+    width = []
+
+    def before(_, args):
+        width.append(args[0].shape[1])
+        return (args[0][:, rows], *args[1:])
+
+    def after(_, args, output):
+        full = output.new_zeros(output.shape[0], width.pop(), *output.shape[2:])
+        return full.index_copy(1, rows, output)
+
+    handles = (module.register_forward_pre_hook(before), module.register_forward_hook(after))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @dataclass(frozen=True)
@@ -182,10 +205,19 @@ class Backbone:
             masks[t] = self.attention_mask(m, hidden.dtype, length, hidden.device)
         return LayerInputs(position_ids, rope, masks)
 
-    def run_layer(self, index: int, hidden: torch.Tensor, inputs: LayerInputs, cache=None) -> torch.Tensor:
-        """Decoder layer ``index`` on hidden (B, q, d), with the rotary embedding and mask of its layer type."""
+    def run_layer(
+        self, index: int, hidden: torch.Tensor, inputs: LayerInputs, cache=None, mlp_rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Decoder layer ``index`` on hidden (B, q, d), with the rotary embedding and mask of its layer type.
+
+        ``mlp_rows`` (r,): the rows whose outputs the caller uses. Only they go through the layer's MLP, most of its
+        work; the other rows are keys and values for them and nothing else (CoMeT's memory rows), so after attention
+        their MLP output is taken as zero and their outputs are not meaningful. The layer's own modules run as they
+        are: two hooks on its MLP cut the rows out before it and put them back after it.
+        """
         kind = self.layer_types[index]
-        return self.layers[index](
+        layer = self.layers[index]
+        run = lambda: layer(  # noqa: E731
             hidden,
             attention_mask=inputs.masks[kind],
             position_ids=inputs.position_ids,
@@ -193,6 +225,10 @@ class Backbone:
             cache=cache,
             use_cache=cache is not None,
         )
+        if mlp_rows is None or mlp_rows.numel() == hidden.shape[1]:
+            return run()
+        with _only_rows(layer.mlp, mlp_rows):
+            return run()
 
     def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.norm(hidden)

@@ -58,6 +58,14 @@ class ChunkLayout:
     def num_memory_rows(self) -> int:
         return self.memory_index.numel()
 
+    @property
+    def stream_rows(self) -> torch.Tensor:
+        """(L,) where the stream rows (sink, text, beacons, readouts) sit in a layer's sequence, in order: every row
+        but the memory rows, whose outputs are never used (they are only keys and values)."""
+        n, k, m = self.valid.shape[1], self.n_sink, self.num_memory_rows
+        rows = torch.arange(n, device=self.valid.device)
+        return torch.cat([rows[:k], rows[k + m :]])
+
     @classmethod
     def build(
         cls,
