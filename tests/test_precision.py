@@ -37,3 +37,17 @@ def test_a_bfloat16_model_keeps_S_and_its_own_weights_in_float32_and_stays_close
     assert {p.dtype for p in bf16.memory.parameters()} == {torch.float32}
     for x, y in zip(a.layers, b.layers):
         torch.testing.assert_close(y.global_state, x.global_state, atol=0.1, rtol=0.05)
+
+
+def test_training_over_a_bfloat16_backbone_keeps_every_trainable_parameter_and_gradient_float32():
+    from cometlm.lora import apply_lora
+
+    model = tiny_comet("llama", SMALL)
+    model.backbone_model.to(torch.bfloat16)
+    apply_lora(model)
+    ids = random_ids(2, 40)
+    model(ids, labels=ids).loss.backward()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable and {p.dtype for p in trainable} == {torch.float32}
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in trainable)
+    assert {p.dtype for p in model.backbone_model.parameters() if not p.requires_grad} == {torch.bfloat16}

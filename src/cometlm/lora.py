@@ -36,6 +36,7 @@ def apply_lora(model, rank: int = 8, alpha: float = 16, dropout: float = 0.0, ta
     Afterwards only LoRA and CoMeT parameters require grad, so a trained model ships as a few-MB adapter.
     """
     from peft import LoraConfig, inject_adapter_in_model
+    from peft.tuners.tuners_utils import cast_adapter_dtype
 
     if has_lora(model):
         raise ValueError("the model already has LoRA; apply_lora once per model")
@@ -51,6 +52,9 @@ def apply_lora(model, rank: int = 8, alpha: float = 16, dropout: float = 0.0, ta
             f"{backbone.config.model_type} model has {', '.join(backbone.linear_names())} (the attention's usual "
             f"targets: {', '.join(backbone.lora_targets)})"
         ) from None
+    # peft's own upcast (what get_peft_model does by default): LoRA's weights train in float32 over a bfloat16 base,
+    # and each LoRA layer casts its output back to the base layer's dtype.
+    cast_adapter_dtype(model.backbone_model, _ADAPTER, autocast_adapter_dtype=True)
     return model
 
 
