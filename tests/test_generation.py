@@ -246,3 +246,27 @@ def test_bad_generation_options():
         comet.generate(random_ids(1, 4), do_sample=True, temperature=0.0)
     with pytest.raises(TypeError):
         comet.generate(random_ids(1, 4), num_beams=4)
+
+
+@torch.inference_mode()
+def test_closing_a_full_chunk_from_its_cache_equals_reading_it_again(family):
+    """A roll-over runs only the readouts on the open chunk's cache and reuses the beacons' outputs kept while
+    decoding: the memory equals what `ingest` gives by running the whole chunk again."""
+    from cometlm.generation import close_full, extend, open_chunk
+
+    comet = tiny_comet(family)
+    c = comet.comet_config.chunk_size
+    ids = random_ids(2, 2 * c + 3, seed=5)
+    state = comet.ingest(ids[:, : c + 3])  # one closed chunk, then an open chunk of 3 tokens
+    chunk = open_chunk(comet, state)
+    for t in range(c + 3, 2 * c):  # decode (teacher-forced tokens) until the open chunk is full
+        chunk = extend(comet, chunk, ids[:, t])
+    full = comet.ingest(ids[:, c + 3 : 2 * c], state)
+    assert bool((full.pending_len == c).all()) and bool((chunk.n_text == c).all())
+    closed = close_full(comet, chunk, full, torch.ones(2, dtype=torch.bool))
+    reread = comet.ingest(ids[:, 2 * c : 2 * c + 1], full)  # closes the chunk by running it, opens one with the token
+    assert torch.equal(closed.chunks_closed, reread.chunks_closed) and bool((closed.pending_len == 0).all())
+    for a, b in zip(closed.layers, reread.layers):
+        for name in ("global_memory", "global_state", "temp"):
+            torch.testing.assert_close(getattr(a, name), getattr(b, name), atol=1e-5, rtol=1e-5)
+        assert torch.equal(a.temp_valid, b.temp_valid) and torch.equal(a.has_global, b.has_global)

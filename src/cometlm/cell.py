@@ -38,11 +38,14 @@ class ChunkInputs:
 class ChunkOutput:
     """``text_hidden`` (B, n, d): final-norm hidden states at the text positions (apply the LM head for logits);
     ``state``: the memory state after the chunk (the streams that closed it have new memories and one more closed
-    chunk; the open-chunk fields are the input state's); ``layout``: where each row sat."""
+    chunk; the open-chunk fields are the input state's); ``layout``: where each row sat; ``beacons`` (with
+    ``keep_beacons``): per layer, that layer's outputs at the chunk's beacon slots (B, nb, d), which is what closing
+    the chunk later needs besides the readouts (generation closes a full open chunk from its KV cache)."""
 
     text_hidden: torch.Tensor
     state: MemoryState
     layout: ChunkLayout
+    beacons: tuple[torch.Tensor, ...] | None = None
 
 
 def summed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -60,17 +63,19 @@ class MemoryCell:
     def __init__(self, backbone: Backbone, memory: CometMemory, config: CometConfig, checkpointing: bool = False):
         self.backbone, self.memory, self.config, self.checkpointing = backbone, memory, config, checkpointing
 
-    def run(self, state: MemoryState, text_ids, text_len, closing, cache=None) -> ChunkOutput:
+    def run(self, state: MemoryState, text_ids, text_len, closing, cache=None, keep_beacons: bool = False) -> ChunkOutput:
         """Runs one chunk of every stream through all layers (arguments as in ``start``)."""
         inputs = self.start(text_ids, text_len, closing, state.layers[0].row_valid())
-        hidden, new_layers = inputs.hidden, []
+        hidden, new_layers, beacons = inputs.hidden, [], []
         for index, layer in enumerate(state.layers):
             hidden, layer = self.layer(index, hidden, layer, inputs, cache)
             new_layers.append(layer)
+            if keep_beacons:
+                beacons.append(hidden[:, inputs.layout.beacon_slot])
         after = MemoryState(
             state.config, tuple(new_layers), state.pending, state.pending_len, state.chunks_closed + closing.long()
         )
-        return ChunkOutput(self.end(hidden, inputs), after, inputs.layout)
+        return ChunkOutput(self.end(hidden, inputs), after, inputs.layout, tuple(beacons) if keep_beacons else None)
 
     def start(self, text_ids, text_len, closing, memory_valid: torch.Tensor) -> ChunkInputs:
         """Lays out one chunk of every stream and embeds its stream rows (the input of layer 0).
@@ -129,19 +134,21 @@ class MemoryCell:
         x = torch.cat([hidden[:, :k], rows, hidden[:, k:]], dim=1)  # (B, m + L, d)
         out = self.backbone.run_layer(index, x, layer_inputs, cache, mlp_rows=layout.stream_rows)
         hidden = torch.cat([out[:, :k], out[:, k + m :]], dim=1)
-        return hidden, self._update_memory(index, hidden, layer, layout)
-
-    def _update_memory(self, index: int, hidden: torch.Tensor, layer: LayerState, layout: ChunkLayout) -> LayerState:
-        """METHOD.md section 2 for one layer, after the chunk has passed it (only for streams that close)."""
         if not bool(layout.closing.any()):
-            return layer
+            return hidden, layer
+        readouts, beacons = hidden[:, layout.readout_slot], hidden[:, layout.beacon_slot]
+        return hidden, self.update_memory(index, layer, readouts, beacons, layout.beacon_valid, layout.closing)
+
+    def update_memory(self, index: int, layer: LayerState, readouts, beacons, beacon_valid, closing) -> LayerState:
+        """METHOD.md section 2 for layer ``index`` after a chunk has passed it: the global memory from the layer's
+        outputs at the readouts (B, M, d), the temporary memory from its outputs at the beacons (B, nb, d) that are
+        valid (B, nb); only the ``closing`` (B,) streams change."""
         modules = self.memory.layers[index]
         g, s, has_global = layer.global_memory, layer.global_state, layer.has_global
         if modules.global_memory is not None:
-            g, s = modules.global_memory.update(hidden[:, layout.readout_slot], s, has_global, layout.closing)
-            has_global = has_global | layout.closing
+            g, s = modules.global_memory.update(readouts, s, has_global, closing)
+            has_global = has_global | closing
         t, t_valid = layer.temp, layer.temp_valid
         if modules.temporary_memory is not None:
-            beacon_valid = layout.beacon_valid & layout.closing[:, None]
-            t, t_valid = modules.temporary_memory.update(hidden[:, layout.beacon_slot], beacon_valid, t, t_valid)
+            t, t_valid = modules.temporary_memory.update(beacons, beacon_valid & closing[:, None], t, t_valid)
         return LayerState(g, s, has_global, t, t_valid)

@@ -1,10 +1,13 @@
 """Constant-memory generation (METHOD.md section 4).
 
 The prompt is read into a ``MemoryState``; only the open chunk keeps a KV cache. Each new token is appended
-to it, with a beacon after every ``s`` text tokens (inside the model, never emitted). When the open chunk
-holds ``C`` text tokens and another token arrives, the chunk is closed through the same ``ingest`` path that
-streaming uses, and a fresh open chunk starts behind the updated memory rows. Because the open chunk is laid
-out exactly like a chunk in ``forward``, incremental logits equal teacher-forced logits token by token.
+to it, with a beacon after every ``s`` text tokens (inside the model, never emitted), and every layer's output at
+each beacon is kept. When the open chunk holds ``C`` text tokens and another token arrives, the chunk is closed
+from its cache: only the readouts run through the layers, as new rows of the cache, and each layer's memory is
+updated from their outputs and the kept beacon outputs (``MemoryCell.update_memory``, the update ``forward`` makes),
+so a roll-over costs ``M`` rows instead of the whole chunk again. A fresh open chunk then starts behind the updated
+memory rows. Because the open chunk is laid out exactly like a chunk in ``forward``, incremental logits equal
+teacher-forced logits token by token.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class OpenChunk:
     next_position: torch.Tensor  # (B,)
     n_text: torch.Tensor  # (B,) text tokens in each stream's open chunk
     logits: torch.Tensor
+    beacons: list[torch.Tensor]  # per layer (B, C/s, d): its output at the open chunk's beacon j in column j
 
 
 @dataclass
@@ -54,11 +58,33 @@ def open_chunk(model, state: MemoryState) -> OpenChunk:
         raise ValueError("open_chunk needs at least one token in every stream's open chunk")
     closing = torch.zeros_like(n_text, dtype=torch.bool)
     cache = DynamicCache()
-    out = model.run_chunk(state, state.pending, n_text, closing, cache=cache)
+    out = model.run_chunk(state, state.pending, n_text, closing, cache=cache, keep_beacons=True)
     text_hidden, layout = out.text_hidden, out.layout
     last = text_hidden[torch.arange(n_text.shape[0], device=n_text.device), n_text - 1]
     logits = model.backbone.logits(last)
-    return OpenChunk(cache, layout.valid, layout.valid.sum(dim=1), n_text, logits)
+    config = model.comet_config
+    beacons = []
+    for kept in out.beacons:  # only the complete blocks' beacons exist in an open chunk
+        buffer = kept.new_zeros(kept.shape[0], config.beacons_per_chunk, kept.shape[-1])
+        buffer[:, : kept.shape[1]] = kept * layout.beacon_valid[..., None].to(kept.dtype)
+        beacons.append(buffer)
+    return OpenChunk(cache, layout.valid, layout.valid.sum(dim=1), n_text, logits, beacons)
+
+
+def _row_inputs(model, chunk: OpenChunk, hidden: torch.Tensor, new_valid: torch.Tensor, rows=None):
+    """What the layers need to run ``hidden`` (B, q, d) as new rows of the open chunks' caches (of streams ``rows``,
+    default all): keys are the valid cached rows and the new rows before each (``new_valid`` (B, q))."""
+    key_valid = chunk.key_valid if rows is None else chunk.key_valid[rows]
+    next_position = chunk.next_position if rows is None else chunk.next_position[rows]
+    q, cached = hidden.shape[1], key_valid.shape[1]
+    key_valid = torch.cat([key_valid, new_valid], dim=1)
+    position_ids = next_position[:, None] + torch.arange(q, device=hidden.device)[None]
+    causal = torch.arange(cached + q, device=hidden.device)[None] <= (cached + torch.arange(q, device=hidden.device))[:, None]
+    mask = (causal[None] & key_valid[:, None, :])[:, None]  # (B, 1, q, cached + q)
+    # A stream's keys are the valid rows of its open chunk, in cache order, at positions 0, 1, ... (positions count
+    # valid rows only, as in ChunkLayout); a sliding-window layer needs them.
+    key_positions = key_valid.long().cumsum(dim=1) - 1
+    return model.backbone.layer_inputs(hidden, position_ids, mask, key_positions), key_valid
 
 
 def extend(model, chunk: OpenChunk, token: torch.Tensor, active: torch.Tensor | None = None) -> OpenChunk:
@@ -71,33 +97,58 @@ def extend(model, chunk: OpenChunk, token: torch.Tensor, active: torch.Tensor | 
     hidden = backbone.embed(token[:, None])  # (B, 1, d)
     n_text = chunk.n_text + active.long()
     new_valid = active[:, None]
+    due = None
     if config.use_temp:
         beacon_due = active & (n_text % config.temp_stride == 0)
         if bool(beacon_due.any()):
             beacon = model.memory.tokens.beacon[None].to(hidden.dtype).expand(hidden.shape[0], -1, -1)
             hidden = torch.cat([hidden, beacon], dim=1)
             new_valid = torch.cat([new_valid, beacon_due[:, None]], dim=1)
-    q = hidden.shape[1]
-    cached = chunk.key_valid.shape[1]
-    key_valid = torch.cat([chunk.key_valid, new_valid], dim=1)
-    position_ids = chunk.next_position[:, None] + torch.arange(q, device=hidden.device)[None]
-    causal = torch.arange(cached + q, device=hidden.device)[None] <= (cached + torch.arange(q, device=hidden.device))[:, None]
-    mask = (causal[None] & key_valid[:, None, :])[:, None]  # (B, 1, q, cached + q)
-    # A stream's keys are the valid rows of its open chunk, in cache order, at positions 0, 1, ... (positions count
-    # valid rows only, as in ChunkLayout); a sliding-window layer needs them.
-    key_positions = key_valid.long().cumsum(dim=1) - 1
-    inputs = backbone.layer_inputs(hidden, position_ids, mask, key_positions)
+            due = beacon_due.nonzero().squeeze(1)
+            column = n_text[due] // config.temp_stride - 1
+    inputs, key_valid = _row_inputs(model, chunk, hidden, new_valid)
+    beacons = list(chunk.beacons)
     for index in range(backbone.num_layers):
         hidden = backbone.run_layer(index, hidden, inputs, chunk.cache)
+        if due is not None:
+            beacons[index] = beacons[index].index_put((due, column), hidden[due, 1])
     logits = backbone.logits(backbone.final_norm(hidden[:, 0]))
-    return OpenChunk(chunk.cache, key_valid, chunk.next_position + new_valid.sum(dim=1), n_text, logits)
+    return OpenChunk(chunk.cache, key_valid, chunk.next_position + new_valid.sum(dim=1), n_text, logits, beacons)
+
+
+def close_full(model, chunk: OpenChunk, state: MemoryState, closing: torch.Tensor) -> MemoryState:
+    """The state after the ``closing`` (B,) streams close their full open chunks (``C`` text tokens each), from the
+    open chunks' caches: the readouts run through the layers as new rows of those caches, and every layer's memory
+    is updated from their outputs and the beacon outputs kept while the chunk was open. This is the update ``ingest``
+    would make by running the chunk again. The closed streams' open chunks are left empty."""
+    rows = closing.nonzero().squeeze(1)
+    cell, backbone, config = model.cell, model.backbone, model.comet_config
+    layers = [layer.select(rows) for layer in state.layers]
+    every = torch.ones(rows.numel(), dtype=torch.bool, device=rows.device)
+    beacon_valid = every[:, None].expand(-1, config.beacons_per_chunk)  # a full chunk: every s-block is complete
+    hidden = inputs = cache = None
+    if config.use_global:
+        readouts = model.memory.tokens.readouts[None].to(backbone.dtype).expand(rows.numel(), -1, -1)
+        inputs, _ = _row_inputs(model, chunk, readouts, every[:, None].expand_as(readouts[..., 0]), rows)
+        cache = DynamicCache()
+        for index, layer in enumerate(chunk.cache.layers):
+            cache.update(layer.keys[rows], layer.values[rows], index)
+        hidden = readouts
+    for index in range(backbone.num_layers):
+        if inputs is not None:
+            hidden = backbone.run_layer(index, hidden, inputs, cache)
+        beacons = chunk.beacons[index][rows] if chunk.beacons else None
+        layers[index] = cell.update_memory(index, layers[index], hidden, beacons, beacon_valid, every)
+    merged = [old.scatter(rows, new) for old, new in zip(state.layers, layers)]
+    pending, pending_len = state.pending.masked_fill(closing[:, None], 0), state.pending_len.masked_fill(closing, 0)
+    return MemoryState(state.config, tuple(merged), pending, pending_len, state.chunks_closed + closing.long())
 
 
 def _append_pending(state: MemoryState, token: torch.Tensor, active: torch.Tensor) -> MemoryState:
     """The state with ``token`` appended to the open chunk of each active stream (no chunk is closed)."""
     pending_len = state.pending_len + active.long()
-    width = max(state.pending.shape[1], int(pending_len.max()))
-    pending = F.pad(state.pending, (0, width - state.pending.shape[1]))
+    width = int(pending_len.max())  # as ingest leaves it: as wide as the longest open chunk
+    pending = F.pad(state.pending, (0, max(0, width - state.pending.shape[1])))[:, :width]
     rows = active.nonzero().squeeze(1)
     pending[rows, state.pending_len[rows]] = token[rows]
     return MemoryState(state.config, state.layers, pending, pending_len, state.chunks_closed)
@@ -194,7 +245,7 @@ def _decode(
     stopping_criteria, progress,
 ):
     """The decoding loop. Each step appends one token to every live stream's open chunk; a stream whose open
-    chunk is full closes it first (through ``ingest``) and starts a new one (``_restart``). Streams that have ended
+    chunk is full closes it first (``close_full``) and starts a new one (``_restart``). Streams that have ended
     read nothing more."""
     c = model.comet_config.chunk_size
     if streamer is not None:
@@ -218,15 +269,15 @@ def _decode(
         unfinished = live & ~torch.isin(token, eos)
         if stopping_criteria is not None:
             unfinished = unfinished & ~_stopped(stopping_criteria(sequences, scores), unfinished)
-        if not bool(unfinished.any()) or step == max_new_tokens - 1:
-            state = _read(model, state, token, live)
-            break
         closing = live & (chunk.n_text == c)
         if bool(closing.any()):
-            state = _read(model, state, token, live)  # closes the full chunks; their token opens the next
+            state = close_full(model, chunk, state, closing)  # their token opens the next chunk
+        state = _append_pending(state, token, live)
+        if not bool(unfinished.any()) or step == max_new_tokens - 1:
+            break
+        if bool(closing.any()):
             chunk = _restart(model, chunk, state, token, unfinished & ~closing, unfinished & closing)
         else:
-            state = _append_pending(state, token, live)
             chunk = extend(model, chunk, token, unfinished)  # a stream that just ended needs no more logits
     if streamer is not None:
         streamer.end()
@@ -270,15 +321,10 @@ def _restart(model, chunk: OpenChunk, state: MemoryState, token, extending, clos
     key_valid = torch.cat([old_valid, new_valid], dim=1)
     next_position, n_text, logits = chunk.next_position.clone(), chunk.n_text.clone(), chunk.logits.clone()
     next_position[rows], n_text[rows], logits[rows] = fresh.next_position, fresh.n_text, fresh.logits
+    beacons = [old.index_copy(0, rows, new) for old, new in zip(chunk.beacons, fresh.beacons)]
     keep = key_valid.any(dim=0)
     if not bool(keep.all()):
         for layer in chunk.cache.layers:
             layer.keys, layer.values = layer.keys[..., keep, :], layer.values[..., keep, :]
         key_valid = key_valid[:, keep]
-    return OpenChunk(chunk.cache, key_valid, next_position, n_text, logits)
-
-
-def _read(model, state: MemoryState, token: torch.Tensor, live: torch.Tensor) -> MemoryState:
-    """``ingest`` of one token per live stream (the others read nothing)."""
-    mask = None if bool(live.all()) else live[:, None].long()
-    return model.ingest(token[:, None], state, attention_mask=mask)
+    return OpenChunk(chunk.cache, key_valid, next_position, n_text, logits, beacons)

@@ -169,14 +169,14 @@ class CometForCausalLM(nn.Module):
         """The per-chunk step over this model's backbone and memories (see ``cometlm.cell``)."""
         return MemoryCell(self.backbone, self.memory, self.comet_config, checkpointing=self.gradient_checkpointing)
 
-    def run_chunk(self, state: MemoryState, text_ids, text_len, closing, cache=None) -> ChunkOutput:
+    def run_chunk(self, state: MemoryState, text_ids, text_len, closing, cache=None, keep_beacons: bool = False) -> ChunkOutput:
         """One chunk of every stream through all layers (``MemoryCell.run``): the final-norm text hidden states and
         the state after it. Streams with no text in the chunk (``text_len`` 0) are not run and keep their state."""
         idle = text_len == 0
         if not bool(idle.any()) or bool(idle.all()):
-            return self.cell.run(state, text_ids, text_len, closing, cache)
-        if cache is not None:
-            raise ValueError("run_chunk keeps a KV cache only when every stream has text in the chunk")
+            return self.cell.run(state, text_ids, text_len, closing, cache, keep_beacons)
+        if cache is not None or keep_beacons:
+            raise ValueError("run_chunk keeps a KV cache or beacons only when every stream has text in the chunk")
         rows = (~idle).nonzero().squeeze(1)
         out = self.cell.run(state.select(rows), text_ids[rows], text_len[rows], closing[rows])
         layers = [layer.scatter(rows, new) for layer, new in zip(state.layers, out.state.layers)]
