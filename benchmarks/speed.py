@@ -1,0 +1,215 @@
+#!/usr/bin/env python
+"""How near the hardware's limit CoMeT reads and answers: every number next to what a user would compare it with.
+
+For each CoMeT configuration (the shipped adapter's, and the default one) and each dtype, in one run:
+
+- reading: CoMeT's ``ingest`` tokens/s over ``--tokens`` of held-out Bible text, against the bare backbone run over
+  independent chunks of the same size (no memory: the floor CoMeT can approach). The rows CoMeT adds to a closing
+  chunk as queries (beacons, readouts, the sink) cost what text rows cost, so the fair target is the bare
+  backbone's time scaled by (C + those rows) / C; the memory rows are only keys and values and should be nearly free.
+  ``target ratio`` = CoMeT's time per text token / that target (1.0: as fast as the floor; the goal is <= 1.1).
+- decoding: ms/token (p50, p99, mean) over ``--new-tokens`` greedy tokens, chunk roll-overs included, against the
+  backbone's own cached decode (Hugging Face ``generate`` with a KV cache) from a prompt as long as CoMeT's largest
+  chunk sequence, so both attend to about the same number of rows.
+- full attention: the backbone over the whole ``--full-lengths`` prompt at once (tokens/s), what CoMeT replaces.
+- the machine: a large matrix product's FLOP/s in each dtype (the matmul peak at this thread count), and the
+  fraction of it each reading reaches, from a count of the linear layers' multiply-adds.
+
+Everything runs in this process, one measurement after another; run it on an otherwise quiet machine and say so.
+The JSON result records the command, date, machine, thread count and load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+
+CONFIGS = {
+    "shipped": None,  # the shipped adapter's own configuration and weights
+    "default": dict(chunk_size=1024, global_slots=64, temp_stride=8, temp_capacity=256),  # CometConfig's defaults
+}
+
+
+def matmul_peak(dtype, threads: int, size: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of a size x size matrix product in ``dtype`` (best of ``repeats``)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def linear_macs_per_row(model) -> int:
+    """Multiply-adds of every decoder layer's linear layers for one row (attention products not counted)."""
+    layer = model.backbone.layers[0]
+    macs = sum(m.weight.numel() for m in layer.modules() if hasattr(m, "weight") and getattr(m, "weight", None) is not None
+               and m.weight.dim() == 2)
+    return macs * model.backbone.num_layers
+
+
+def load(name: str, dtype: str):
+    from cometlm.config import CometConfig
+    from cometlm.loading import ModelOptions, load_model
+
+    if CONFIGS[name] is None:
+        return load_model(ModelOptions(adapter="smollm2-135m-passkey", dtype=dtype))
+    return load_model(ModelOptions(config=CometConfig(**CONFIGS[name]), dtype=dtype))
+
+
+def text_ids(model, n: int):
+    import torch
+
+    from cometlm.tasks.corpora import corpus_tokens
+
+    return torch.as_tensor(corpus_tokens("bible", model.tokenizer, n))[None, :n]
+
+
+def reading(model, ids) -> dict:
+    """CoMeT's ingest and the bare backbone over the same chunks; seconds of each (after a warm-up chunk)."""
+    import torch
+
+    c = model.comet_config.chunk_size
+    with torch.inference_mode():
+        model.ingest(ids[:, :c])
+        start = time.perf_counter()
+        model.ingest(ids, progress=False)
+        comet = time.perf_counter() - start
+        start = time.perf_counter()
+        for a in range(0, ids.shape[1], c):
+            model.backbone.hidden_states(ids[:, a : a + c])
+        bare = time.perf_counter() - start
+    config = model.comet_config
+    added = config.beacons_per_chunk + config.global_slots + int(config.attention_sink)  # query rows CoMeT adds
+    n = ids.shape[1]
+    target = bare * (c + added) / c
+    return {"tokens": n, "comet_s": comet, "comet_tokens_per_s": n / comet, "bare_s": bare,
+            "bare_tokens_per_s": n / bare, "ratio_to_bare": bare / comet, "added_query_rows_per_chunk": added,
+            "target_ratio": comet / target}
+
+
+def decoding(model, ids, new_tokens: int) -> dict:
+    """Per-token latency of CoMeT's generate (roll-overs included) and of the backbone's cached generate."""
+    import torch
+
+    def timed(generate):
+        stamps = []
+
+        def stop(sequences, scores):
+            stamps.append(time.perf_counter())
+            return False
+
+        start = time.perf_counter()
+        generate(stop)
+        gaps = [b - a for a, b in zip([start, *stamps], stamps)][1:]  # the first gap includes reading the prompt
+        ms = sorted(g * 1000 for g in gaps)
+        return {"p50_ms": statistics.median(ms), "p99_ms": ms[min(len(ms) - 1, int(0.99 * len(ms)))],
+                "mean_ms": statistics.mean(ms), "max_ms": ms[-1], "tokens": len(ms) + 1}
+
+    config = model.comet_config
+    prompt = ids[:, : config.chunk_size + 7]
+    with torch.inference_mode():
+        comet = timed(lambda stop: model.generate(prompt, max_new_tokens=new_tokens, eos_token_id=[],
+                                                  stopping_criteria=stop))
+        rows = config.max_positions
+        plain = ids[:, :rows]
+        hf = model.backbone_model
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        class Stamp(StoppingCriteria):
+            def __init__(self, stop):
+                self.stop = stop
+
+            def __call__(self, input_ids, scores, **kwargs):
+                self.stop(input_ids, scores)
+                return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+        backbone = timed(lambda stop: hf.generate(plain, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                                  do_sample=False, stopping_criteria=StoppingCriteriaList([Stamp(stop)]),
+                                                  pad_token_id=0))
+    return {"comet": comet, "backbone_cached": backbone, "backbone_prompt_rows": rows,
+            "p99_over_p50": comet["p99_ms"] / comet["p50_ms"],
+            "p50_ratio_to_backbone": comet["p50_ms"] / backbone["p50_ms"]}
+
+
+def full_attention(model, ids, lengths: list[int]) -> dict:
+    import torch
+
+    out = {}
+    with torch.inference_mode():
+        for n in lengths:
+            start = time.perf_counter()
+            model.backbone_model(ids[:, :n], use_cache=False, logits_to_keep=1)
+            seconds = time.perf_counter() - start
+            out[str(n)] = {"seconds": seconds, "tokens_per_s": n / seconds}
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--dtypes", nargs="+", choices=("float32", "bfloat16"), default=["float32", "bfloat16"])
+    parser.add_argument("--tokens", type=int, default=8192, help="tokens read per measurement (default 8192)")
+    parser.add_argument("--new-tokens", type=int, default=1024, help="tokens generated per decode (default 1024)")
+    parser.add_argument("--full-lengths", type=int, nargs="*", default=[8192, 32768],
+                        help="prompt lengths of the full-attention forward (default 8192 32768; none to skip)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    record = {"command": shlex.join([sys.executable, *sys.argv]),
+              "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "machine": f"{platform.machine()} {platform.processor()}, {os.cpu_count()} cores, {args.threads} threads",
+              "load_average_at_start": os.getloadavg(), "matmul_peak_gflops": {}, "runs": []}
+    for dtype in args.dtypes:
+        peak = matmul_peak(getattr(torch, dtype), args.threads)
+        record["matmul_peak_gflops"][dtype] = peak / 1e9
+        print(f"matmul peak ({dtype}, {args.threads} threads): {peak / 1e9:.0f} GFLOP/s", flush=True)
+        longest = max([args.tokens, *args.full_lengths])
+        for name in args.configs:
+            model = load(name, dtype)
+            ids = text_ids(model, longest)
+            read = reading(model, ids[:, : args.tokens])
+            rows_per_token = (model.comet_config.chunk_size + read["added_query_rows_per_chunk"]) / model.comet_config.chunk_size
+            achieved = 2 * linear_macs_per_row(model) * rows_per_token * read["comet_tokens_per_s"]
+            read["fraction_of_matmul_peak"] = achieved / peak
+            decode = decoding(model, ids, args.new_tokens)
+            run = {"config": name, "comet_config": model.comet_config.to_dict(), "dtype": dtype, "reading": read,
+                   "decoding": decode}
+            if name == args.configs[0] and args.full_lengths:
+                run["full_attention"] = full_attention(model, ids, args.full_lengths)
+            record["runs"].append(run)
+            print(f"[{name}, {dtype}] reading {read['comet_tokens_per_s']:.0f} tok/s vs bare chunks "
+                  f"{read['bare_tokens_per_s']:.0f} (ratio {read['ratio_to_bare']:.2f}; target ratio "
+                  f"{read['target_ratio']:.2f}, <= 1.1 is the goal); {read['fraction_of_matmul_peak']:.0%} of the "
+                  f"matmul peak; decode p50 {decode['comet']['p50_ms']:.1f} ms, p99 {decode['comet']['p99_ms']:.1f} "
+                  f"ms (p99/p50 {decode['p99_over_p50']:.2f}) vs the backbone's cached decode p50 "
+                  f"{decode['backbone_cached']['p50_ms']:.1f} ms", flush=True)
+            for n, full in run.get("full_attention", {}).items():
+                print(f"[full attention, {dtype}] {n} tokens: {full['tokens_per_s']:.0f} tok/s "
+                      f"(CoMeT reads {read['comet_tokens_per_s'] / full['tokens_per_s']:.2f}x as fast)", flush=True)
+    record["load_average_at_end"] = os.getloadavg()
+    if args.out:
+        from cometlm.files import write_json
+
+        write_json(args.out, record)
+        print(f"results in {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
