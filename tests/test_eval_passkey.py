@@ -36,6 +36,8 @@ def model():
 
 
 def run(model, tokenizer, out_dir, lengths=(150, 300), depths=(50,), trials=1, seed=0, **options):
+    """One trial at a time unless the test says otherwise: the spies below count generate calls per trial."""
+    options.setdefault("batch", False)
     return evaluate_passkey(model, tokenizer, list(lengths), list(depths), trials, seed, out_dir, progress=False,
                             **options)
 
@@ -392,3 +394,15 @@ def test_registering_the_command_imports_no_heavy_library():
                                       (10**6, "1M"), (1500, "1500")])
 def test_length_labels(n, label):
     assert length_label(n) == label
+
+
+@pytest.mark.parametrize("method", ["comet", "no-memory"])
+@torch.inference_mode()
+def test_a_cell_read_as_one_batch_gives_every_trial_the_answer_it_gets_alone(tmp_path, model, tokenizer, method):
+    alone = run(model, tokenizer, tmp_path / "alone", depths=(0, 60), trials=3, method=method)
+    batched = run(model, tokenizer, tmp_path / "batched", depths=(0, 60), trials=3, method=method, batch=True)
+    one, many = trial_records(tmp_path / "alone"), trial_records(tmp_path / "batched")
+    assert [r["batch"] for r in one] == [1] * 12 and [r["batch"] for r in many] == [3] * 12
+    fields = ("length", "depth", "trial", "key", "generated", "correct", "first_chunk_tokens", "open_chunk_tokens")
+    assert [{f: r[f] for f in fields} for r in one] == [{f: r[f] for f in fields} for r in many]
+    assert [c["accuracy"] for c in alone["cells"]] == [c["accuracy"] for c in batched["cells"]]

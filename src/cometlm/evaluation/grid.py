@@ -38,6 +38,7 @@ from cometlm.evaluation.results import (
 TRIALS_FILE = "trials.jsonl"
 SNAPSHOT_DIR = "partial"  # the memory of a trial being read, saved every few minutes; deleted when it finishes
 TRIAL_KEY = ("length", "depth", "trial")
+BATCH_MAX_TOKENS = 65536  # longer trials are read one at a time, with snapshots
 
 
 @dataclass(frozen=True)
@@ -229,6 +230,7 @@ def evaluate_grid(
     model_name: str | None = None,
     command: str | None = None,
     snapshot_every: float = SNAPSHOT_SECONDS,
+    batch: bool = True,
 ) -> dict:
     """Runs the grid of `task` on a `CometForCausalLM` with one method and returns the summary it writes.
 
@@ -237,7 +239,9 @@ def evaluate_grid(
     sliding-window, `sink_tokens` to sliding-window (see `methods.build_method`). Trials already in
     `out_dir/trials.jsonl` are skipped; a file from a run with other settings is refused. The memory methods save
     the state of a trial's read to `out_dir/partial/` every `snapshot_every` seconds, so a rerun continues a
-    long trial (a million tokens) where it stopped; the file is deleted when the trial is recorded.
+    long trial (a million tokens) where it stopped; the file is deleted when the trial is recorded. With `batch`,
+    a cell's trials of at most BATCH_MAX_TOKENS are read and answered as one batch where the method can
+    (`Method.answer_batch`; each gets the answer it gets alone), and share the batch's time.
     """
     import torch
     from tqdm.auto import tqdm
@@ -292,37 +296,47 @@ def evaluate_grid(
     bar = tqdm(total=len(grid), initial=len(finished), desc=task.name, unit="trial", disable=not progress,
                dynamic_ncols=True)
     try:
-        for length, depth, trial in grid:
-            if (length, depth, trial) in done:
+        for length, depth in ((n, d) for n in config["lengths"] for d in config["depths"]):
+            todo = [t for t in range(trials) if (length, depth, t) not in done]
+            if not todo:
                 continue
-            sample = task.build(tokenizer, length, depth / 100, random.Random(f"{seed}/{length}/{depth}/{trial}"))
-            cell = f"{length_label(length)} @ {depth:g}% #{trial}"
-            bar.set_postfix_str(", ".join([cell, *status]))
-            max_new = len(sample.answer_ids) + task.extra_tokens
-            snapshot = Snapshot(_snapshot_path(out_dir, length, depth, trial), tag=json.dumps(run, sort_keys=True),
-                                every=snapshot_every)
-            start = time.perf_counter()
-            with torch.inference_mode():
-                new_ids, facts = reader.answer(sample.prompt_ids, len(sample.question_ids), max_new, eos, progress,
-                                               snapshot=snapshot)
-            seconds = time.perf_counter() - start + snapshot.resumed_seconds  # the whole read, over every run
-            generated = tokenizer.decode(new_ids, skip_special_tokens=True)
-            record = {
-                **run, "length": length, "depth": depth, "trial": trial, **task.record(sample),
-                "generated": generated, "correct": task.matches(generated, sample),
-                "needle_start": sample.needle_start, **facts, "resumed_at": snapshot.resumed_tokens or None,
-                **cost_fields(seconds, facts["read_tokens"], env["command"]),
-            }
-            append_record(trials_path, record)
-            _forget(snapshot.path)
-            done[(length, depth, trial)] = record
-            finished.append(record)
-            unwritten = True
-            status = [f"acc {_mean(finished):.2f}", f"{record['tokens_per_s']:,.0f} tok/s"]
-            bar.set_postfix_str(", ".join([cell, *status]), refresh=False)
-            bar.update()
-            if all((length, depth, t) in done for t in range(trials)):  # the cell is complete
-                summary, unwritten = write_outputs(), False
+            # Short trials of a cell are read as one batch; a long one alone, saving snapshots as it reads.
+            groups = [todo] if batch and length <= BATCH_MAX_TOKENS and len(todo) > 1 else [[t] for t in todo]
+            for group in groups:
+                chosen = [task.build(tokenizer, length, depth / 100, random.Random(f"{seed}/{length}/{depth}/{t}"))
+                          for t in group]
+                cell = f"{length_label(length)} @ {depth:g}% #{','.join(map(str, group))}"
+                bar.set_postfix_str(", ".join([cell, *status]))
+                max_new = [len(s.answer_ids) + task.extra_tokens for s in chosen]
+                snapshot = Snapshot(_snapshot_path(out_dir, length, depth, group[0]),
+                                    tag=json.dumps(run, sort_keys=True), every=snapshot_every)
+                start = time.perf_counter()
+                with torch.inference_mode():
+                    if len(group) == 1:
+                        answers = [reader.answer(chosen[0].prompt_ids, len(chosen[0].question_ids), max_new[0], eos,
+                                                 progress, snapshot=snapshot)]
+                    else:
+                        answers = reader.answer_batch([s.prompt_ids for s in chosen],
+                                                      [len(s.question_ids) for s in chosen], max_new, eos, progress)
+                # The whole read over every run; a batch's time is shared by its trials.
+                seconds = (time.perf_counter() - start + snapshot.resumed_seconds) / len(group)
+                for trial, sample, (new_ids, facts) in zip(group, chosen, answers):
+                    generated = tokenizer.decode(new_ids, skip_special_tokens=True)
+                    record = {
+                        **run, "length": length, "depth": depth, "trial": trial, **task.record(sample),
+                        "generated": generated, "correct": task.matches(generated, sample),
+                        "needle_start": sample.needle_start, **facts, "resumed_at": snapshot.resumed_tokens or None,
+                        "batch": len(group), **cost_fields(seconds, facts["read_tokens"], env["command"]),
+                    }
+                    append_record(trials_path, record)
+                    done[(length, depth, trial)] = record
+                    finished.append(record)
+                    bar.update()
+                _forget(snapshot.path)
+                unwritten = True
+                status = [f"acc {_mean(finished):.2f}", f"{record['tokens_per_s']:,.0f} tok/s"]
+                bar.set_postfix_str(", ".join([cell, *status]), refresh=False)
+            summary, unwritten = write_outputs(), False  # the cell is complete
     finally:
         bar.close()
         model.train(was_training)

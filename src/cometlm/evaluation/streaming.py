@@ -141,6 +141,33 @@ def _repeat(state: MemoryState, n: int) -> MemoryState:
 
 
 @torch.no_grad()
+def generate_answers(
+    model, prompts: list[list[int]], tail: int, max_new_tokens: list[int], eos_token_id=None, progress: bool = False,
+) -> list[list[int]]:
+    """`generate_answer` for prompts of one length, read and decoded as one batch: every prompt's memory is read
+    as `read_context` reads it alone (the same chunks), then all answers are generated together, greedily, each
+    cut at its own `max_new_tokens` and after its first EOS, as it would end alone."""
+    n, c = len(prompts[0]), model.comet_config.chunk_size
+    if any(len(p) != n for p in prompts) or not 1 <= tail <= min(n, c):
+        raise ValueError("generate_answers takes prompts of one length, with 1..chunk_size tokens in the open chunk")
+    ids = torch.tensor(prompts, device=model.backbone.device)
+    first = (n - tail) % c
+    state = model.init_memory(len(prompts))
+    if first:
+        state = model.close_open_chunk(model.ingest(ids[:, :first], state))
+    if n - tail > first:
+        state = model.ingest(ids[:, first : n - tail], state, progress=progress)
+    out = model.generate(ids[:, n - tail :], memory=state, max_new_tokens=max(max_new_tokens),
+                         eos_token_id=eos_token_id)
+    ends = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
+    answers = []
+    for row, limit in zip(out[:, tail:].tolist(), max_new_tokens):
+        row = row[:limit]
+        cut = next((i + 1 for i, token in enumerate(row) if token in ends), len(row))
+        answers.append(row[:cut])
+    return answers
+
+
 def score_continuations(model, state: MemoryState, continuations: list[list[int]], progress: bool = False):
     """Log-probabilities of each continuation after the text read into `state`, all continuations in one batch.
 

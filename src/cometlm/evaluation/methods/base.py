@@ -81,6 +81,12 @@ class Method:
         answer early once true (e.g. a stop sequence was generated), besides eos and max_new_tokens."""
         raise NotImplementedError
 
+    def answer_batch(self, prompts: list[list[int]], question_tokens: list[int], max_new_tokens: list[int], eos,
+                     progress: bool) -> list[tuple[list[int], dict]]:
+        """``answer`` for several prompts, each with what it would get alone. Here one at a time; a method that can
+        read a batch at once (prompts of one length, as a grid cell's trials are) overrides this."""
+        return [self.answer(p, q, m, eos, progress) for p, q, m in zip(prompts, question_tokens, max_new_tokens)]
+
     def hidden_blocks(self, tokens, progress: bool):
         """Yields (start, final-norm hidden states (1, n, d) of positions start..start+n-1) covering every
         position of `tokens` (1, N) but possibly the last one exactly once, in order."""

@@ -64,6 +64,25 @@ class MemoryMethod(Method):
         first = (n - tail) % c if len(prompt) == n else None
         return new_ids, {"read_tokens": len(prompt), "first_chunk_tokens": first, "open_chunk_tokens": tail}
 
+    def answer_batch(self, prompts, question_tokens, max_new_tokens, eos, progress):
+        """Prompts of one length whose open chunks hold the same number of tokens (a grid cell's trials) are read
+        and answered as one batch (`streaming.generate_answers`); greedy decoding gives each the tokens it gets
+        alone. Anything else is answered one at a time."""
+        from cometlm.evaluation.streaming import generate_answers
+
+        n, c = len(prompts[0]), self.runner.comet_config.chunk_size
+        tails = {open_chunk_tokens(len(p), c, self.layout, q, m, self.prime_tokens or 0)
+                 for p, q, m in zip(prompts, question_tokens, max_new_tokens)}
+        if len(prompts) == 1 or len(tails) > 1 or any(len(p) != n for p in prompts):
+            return super().answer_batch(prompts, question_tokens, max_new_tokens, eos, progress)
+        (tail,) = tails
+        if self.name == "no-memory":  # as in `answer`: only the open chunk can change the answer
+            prompts = [p[-tail:] for p in prompts]
+        answers = generate_answers(self.runner, prompts, tail, max_new_tokens, eos_token_id=eos, progress=progress)
+        first = (n - tail) % c if len(prompts[0]) == n else None
+        facts = {"read_tokens": len(prompts[0]), "first_chunk_tokens": first, "open_chunk_tokens": tail}
+        return [(ids, dict(facts)) for ids in answers]
+
     def hidden_blocks(self, tokens, progress):
         """Chunks of C from the start, as `forward` reads them teacher-forced, one chunk's hidden states at a time."""
         from cometlm.evaluation.streaming import read_bar
