@@ -9,6 +9,7 @@ backbone's own decoder layers with each layer's memory rows in front (``cell``) 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -18,7 +19,7 @@ from . import saving
 from .backbone import Backbone
 from .cell import ChunkOutput, MemoryCell, summed_cross_entropy
 from .config import CometConfig
-from .inputs import Batch, ChunkedBatch, check_batch, chunk_plan, split_chunks
+from .inputs import Batch, Chunk, ChunkedBatch, check_batch, chunk_plan, split_chunks
 from .memory import CometMemory
 from .progress import progress_bar
 from .runtime import release_free_memory
@@ -185,6 +186,15 @@ class CometForCausalLM(nn.Module):
         text_hidden = out.text_hidden.new_zeros(len(text_len), *out.text_hidden.shape[1:])
         return ChunkOutput(text_hidden.index_copy(0, rows, out.text_hidden), after, out.layout)
 
+    def read_chunks(self, chunks: Iterable[Chunk], state: MemoryState) -> Iterator[tuple[Chunk, ChunkOutput]]:
+        """The loop over chunks: runs each chunk (an ``inputs.Chunk``; only its text, lengths and closing flags are
+        read) on the state the one before it left, and yields it with its output. ``forward``, ``ingest`` and the
+        evaluation readers all iterate this; ``chunks`` may be a generator that cuts each chunk when it is needed."""
+        for chunk in chunks:
+            out = self.run_chunk(state, chunk.text_ids, chunk.text_len, chunk.closing)
+            state = out.state
+            yield chunk, out
+
     def check_batch(self, input_ids, attention_mask=None, allow_empty_rows: bool = False) -> Batch:
         """Checks token ids (and a padding mask) against this model's vocabulary; see ``inputs.check_batch``."""
         backbone = self.backbone
@@ -238,9 +248,8 @@ class CometForCausalLM(nn.Module):
         logits = None
         width = batch.ids.shape[1]
         cell = self.cell
-        for chunk in chunked.chunks:
-            out = cell.run(state, chunk.text_ids, chunk.text_len, chunk.closing)
-            state, text_hidden = out.state, out.text_hidden
+        for chunk, out in self.read_chunks(chunked.chunks, state):
+            text_hidden = out.text_hidden
             if return_logits:
                 chunk_logits = self.backbone.logits(text_hidden)  # (B, n, V)
                 if logits is None:
@@ -306,17 +315,23 @@ class CometForCausalLM(nn.Module):
         pending.scatter_(1, torch.where(real, cols + state.pending_len[:, None], width), batch.ids)
         pending = pending[:, :width]
 
-        offset = torch.zeros_like(total)
-        n_close = int(((total - 1).clamp(min=0) // c).max())
-        steps = range(n_close)
-        for _ in progress_bar(steps, desc="reading", unit="chunk", enabled=progress and n_close > 1):
-            closing = total - offset > c
-            index = (offset[:, None] + torch.arange(c, device=pending.device)[None]).clamp(max=width - 1)
-            text_ids = torch.gather(pending, 1, index)
-            # A stream that closes no chunk now has no text in this one (run_chunk skips it).
-            state = self.run_chunk(state, text_ids, c * closing.long(), closing).state
-            offset = offset + c * closing.long()
+        closes = (total - 1).clamp(min=0) // c  # every full chunk that more text follows is closed
+        n_close = int(closes.max())
+
+        def full_chunks():
+            offset = torch.zeros_like(total)
+            for _ in range(n_close):
+                closing = total - offset > c
+                index = (offset[:, None] + torch.arange(c, device=pending.device)[None]).clamp(max=width - 1)
+                # A stream that closes no chunk now has no text in this one (run_chunk skips it).
+                yield Chunk(torch.gather(pending, 1, index), c * closing.long(), closing, index, None)
+                offset = offset + c * closing.long()
+
+        chunks = self.read_chunks(full_chunks(), state)
+        for _, out in progress_bar(chunks, total=n_close, desc="reading", unit="chunk", enabled=progress and n_close > 1):
+            state = out.state
             release_free_memory()
+        offset = c * closes
         left = total - offset
         keep = int(left.max())
         index = (offset[:, None] + torch.arange(keep, device=pending.device)[None]).clamp(max=width - 1)

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cometlm.inputs import Chunk
 from cometlm.evaluation.settings import READ_BAR_MIN_STEPS, SNAPSHOT_SECONDS
 from cometlm.progress import progress_bar
 from cometlm.runtime import release_free_memory
@@ -192,14 +193,17 @@ def score_continuations(model, state: MemoryState, continuations: list[list[int]
     greedy = torch.zeros(len(continuations), width, dtype=torch.bool)
     backbone = model.backbone
     starts = range(0, width, c)
-    starts = progress_bar(starts, desc="scoring", unit="chunk", nested=True,
-                          enabled=progress and len(starts) >= READ_BAR_MIN_STEPS)
-    for start in starts:
-        text_len = (lengths - start).clamp(0, c)
-        closing = lengths - start > c  # a full chunk that more text follows
-        n = int(text_len.max())
-        out = model.run_chunk(state, ids[:, start : start + n], text_len, closing)
-        state, hidden = out.state, out.text_hidden
+    def chunks():
+        for start in starts:
+            text_len = (lengths - start).clamp(0, c)
+            closing = lengths - start > c  # a full chunk that more text follows
+            n = int(text_len.max())
+            yield Chunk(ids[:, start : start + n], text_len, closing, None, None)
+
+    bar = progress_bar(zip(starts, model.read_chunks(chunks(), state)), total=len(starts), desc="scoring",
+                       unit="chunk", nested=True, enabled=progress and len(starts) >= READ_BAR_MIN_STEPS)
+    for start, (chunk, out) in bar:
+        hidden, n = out.text_hidden, chunk.text_ids.shape[1]
         position = start + torch.arange(n, device=device)  # position j predicts the token at j + 1
         scored = (position[None] >= p - 1) & (position[None] < lengths[:, None] - 1)  # (B, n)
         rows, cols = scored.nonzero(as_tuple=True)

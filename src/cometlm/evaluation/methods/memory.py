@@ -86,19 +86,13 @@ class MemoryMethod(Method):
     def hidden_blocks(self, tokens, progress):
         """Chunks of C from the start, as `forward` reads them teacher-forced, one chunk's hidden states at a time."""
         from cometlm.evaluation.streaming import read_bar
-        import torch
-
         from cometlm.runtime import release_free_memory
 
         model, c, n = self.runner, self.runner.comet_config.chunk_size, tokens.shape[1]
-        state = model.init_memory(1)
+        start = 0
         with read_bar(n, n // c, progress) as bar:
-            for start in range(0, n, c):
-                text = tokens[:, start : start + c]
-                closing = torch.tensor([start + c < n], device=self.device)
-                length = torch.tensor([text.shape[1]], device=self.device)
-                out = model.run_chunk(state, text, length, closing)
-                state, hidden = out.state, out.text_hidden
-                yield start, hidden
-                bar.update(text.shape[1])
+            for chunk, out in model.read_chunks(model.split_chunks(tokens).chunks, model.init_memory(1)):
+                yield start, out.text_hidden
+                start += chunk.text_ids.shape[1]
+                bar.update(chunk.text_ids.shape[1])
                 release_free_memory()
