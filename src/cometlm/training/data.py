@@ -12,17 +12,17 @@ Token ids come from `cometlm.bundled.encode`, without BOS/EOS, as CoMeT reads ra
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from cometlm.bundled import encode
 from cometlm.tasks.corpora import corpus_tokens
+from cometlm.tasks.logs import jsonl_records
 from cometlm.tasks.retrieval import RetrievalSample, needle_sample, passkey_sample, sentence_starts
 
 IGNORE = -100
@@ -165,28 +165,6 @@ def _int32(values: Sequence[int]) -> np.ndarray:
     return np.asarray(values, dtype=np.int32)
 
 
-def _jsonl_records(path: Path) -> Iterator[tuple[str, dict | None, str | None]]:
-    """(where, record, problem) for every non-blank line; `problem` says why a line is not a JSON object.
-    Blank lines hold no record and are not counted."""
-    with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                record = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                yield where, None, "not UTF-8"
-                continue
-            except json.JSONDecodeError as e:
-                yield where, None, f"not JSON ({e.msg} at column {e.colno})"
-                continue
-            if not isinstance(record, dict):
-                yield where, None, f"not a JSON object (got {type(record).__name__})"
-                continue
-            yield where, record, None
-
-
 class JsonlTextDataset(_FileDataset):
     """JSONL with a non-empty string `text` per line; loss on every token.
 
@@ -198,7 +176,7 @@ class JsonlTextDataset(_FileDataset):
 
     def __init__(self, path: str | Path, tokenizer, max_tokens: int, on_error: str = "skip"):
         super().__init__(tokenizer, max_tokens, on_error, source=str(path))
-        for where, record, problem in _jsonl_records(Path(path)):
+        for where, record, problem in jsonl_records(Path(path)):
             self.records += 1
             problem = problem or _text_problem(record)
             if problem:
@@ -233,7 +211,7 @@ class JsonlChatDataset(_FileDataset):
 
     def __init__(self, path: str | Path, tokenizer, max_tokens: int, on_error: str = "skip"):
         super().__init__(tokenizer, max_tokens, on_error, source=str(path))
-        for where, record, problem in _jsonl_records(Path(path)):
+        for where, record, problem in jsonl_records(Path(path)):
             self.records += 1
             problem = problem or _messages_problem(record)
             if problem:
@@ -363,7 +341,7 @@ class _GeneratedDataset:
         raise NotImplementedError
 
 
-class _RetrievalDataset(_GeneratedDataset):
+class RetrievalDataset(_GeneratedDataset):
     """Retrieval prompts of random length in `lengths` (prompt tokens, answer excluded) with the needle at a
     random depth in `depth_range`. `input_ids` = prompt + answer; the loss is on the answer tokens, and with
     `context_loss` on every token."""
@@ -408,8 +386,8 @@ class _RetrievalDataset(_GeneratedDataset):
         return Sample(input_ids, labels, tuple(sentence_starts(self.tokenizer, input_ids)))
 
 
-class PasskeyDataset(_RetrievalDataset):
-    """Passkey prompts (`tasks.passkey_sample`); see `_RetrievalDataset` for the arguments. The target is the key
+class PasskeyDataset(RetrievalDataset):
+    """Passkey prompts (`tasks.passkey_sample`); see `RetrievalDataset` for the arguments. The target is the key
     and the period after it (`answer_end`), so a trained model stops after the key's digits. `key_digits`: the
     key's length, or (low, high) to draw it per sample (harder keys when 5 digits are already learnt)."""
 
@@ -436,8 +414,8 @@ class PasskeyDataset(_RetrievalDataset):
         return passkey_sample(self.tokenizer, n_tokens, depth, rng, digits)
 
 
-class NeedleDataset(_RetrievalDataset):
-    """Needle-in-a-haystack prompts over the essays (`tasks.needle_sample`); see `_RetrievalDataset`."""
+class NeedleDataset(RetrievalDataset):
+    """Needle-in-a-haystack prompts over the essays (`tasks.needle_sample`); see `RetrievalDataset`."""
 
     def _build(self, n_tokens: int, depth: float, rng: random.Random) -> RetrievalSample:
         return needle_sample(self.tokenizer, n_tokens, depth, rng)
