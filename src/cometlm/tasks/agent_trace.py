@@ -96,7 +96,7 @@ def parse_call(record: dict) -> ToolCall:
     return ToolCall(tool.strip(), given, output)
 
 
-def load_trace(path) -> list[ToolCall]:
+def load_trace(path) -> tuple[ToolCall, ...]:
     """A user's tool calls (`TRACE_SCHEMA`), in file order; every bad line is reported (`logs.RecordError`)."""
     return read_records(path, parse_call)
 

@@ -75,11 +75,9 @@ def load_haystack(name: str, tokenizer, split: str) -> Haystack:
     if name == "noise":
         return _noise_haystack(tokenizer)
     if name.startswith("file:") and len(name) > 5:
-        path = Path(name[5:])
-        if not path.is_file():
+        if not Path(name[5:]).is_file():
             raise FileNotFoundError(f"haystack {name!r}: no such file")
-        stat = path.stat()
-        return _file_haystack(str(path.resolve()), stat.st_mtime_ns, stat.st_size, tokenizer, split)
+        return _file_haystack(file_fingerprint(name[5:]), tokenizer, split)
     raise ValueError(f"unknown haystack {name!r}; choose one of {', '.join(HAYSTACKS)}")
 
 
@@ -89,7 +87,8 @@ def _corpus_haystack(name: str, tokenizer, split: str) -> Haystack:
 
 
 @functools.lru_cache(maxsize=4)
-def _file_haystack(path: str, mtime_ns: int, size: int, tokenizer, split: str) -> Haystack:
+def _file_haystack(fingerprint: tuple, tokenizer, split: str) -> Haystack:
+    path = fingerprint[0]
     try:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
@@ -188,7 +187,7 @@ def check_depth(depth: float) -> None:
         raise ValueError(f"depth must lie in [0, 1] (0 = start of the haystack, 1 = its end), got {depth}")
 
 
-def file_fingerprint(path: str) -> tuple[str, int, int]:
+def file_fingerprint(path) -> tuple[str, int, int]:
     """A file's resolved path, modification time and size: a cache key that changes when the file does."""
     stat = os.stat(path)
     return str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size

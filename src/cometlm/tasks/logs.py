@@ -14,13 +14,14 @@ split the last 5% (at least one); a window longer than that wraps around to the 
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from cometlm.bundled import encode
-from cometlm.tasks.haystack import HELDOUT_FRACTION, nearest
+from cometlm.tasks.haystack import HELDOUT_FRACTION, file_fingerprint, nearest
 from cometlm.tasks.sample import check_split
 
 _BATCH = 256  # records rendered and tokenized at a time
@@ -60,12 +61,16 @@ def jsonl_records(path) -> Iterator[tuple[str, dict | None, str | None]]:
             yield where, record, None
 
 
-def read_records(path, parse: Callable[[dict], object]) -> list:
+def read_records(path, parse: Callable[[dict], object]) -> tuple:
     """Every record of a JSONL file, each made by `parse` (which raises ValueError saying what is wrong with a
-    record); a file with any bad line raises `RecordError` naming them all."""
-    path = Path(path)
-    if not path.is_file():
+    record); a file with any bad line raises `RecordError` naming them all. Read once per version of the file."""
+    if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no such file")
+    return _read_records(path, file_fingerprint(path), parse)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_records(path, fingerprint, parse) -> tuple:
     records, errors, count = [], [], 0
     for where, raw, problem in jsonl_records(path):
         count += 1
@@ -80,7 +85,7 @@ def read_records(path, parse: Callable[[dict], object]) -> list:
         raise RecordError(path, errors, count)
     if not records:
         raise ValueError(f"{path} holds no records")
-    return records
+    return tuple(records)
 
 
 def split_region(records: Sequence, split: str) -> Sequence:

@@ -123,7 +123,7 @@ def parse_event(record: dict) -> Event:
 
 
 def load_events(path) -> list[Event]:
-    """A user's events (`EVENTS_SCHEMA`), sorted by time; every bad line is reported (`logs.RecordError`)."""
+    """A user's events (`EVENTS_SCHEMA`), sorted by time (stably); every bad line is reported (`logs.RecordError`)."""
     return sorted(read_records(path, parse_event), key=lambda e: e.time)
 
 
