@@ -96,7 +96,7 @@ def babilong_sample(tokenizer, n_tokens: int, depth: float, rng, *, split: str =
     sentences, key, question, answer, candidates = story
     depths = spread(rng, depth, key, len(sentences) - key - 1)
     # A word the question names is never the answer, so an answer may repeat it ("north of the office").
-    wrong = {c for c in candidates if c != answer and c not in question}  # "c in question": substring, as BABILong's scoring
+    wrong = {c for c in candidates if c != answer and c not in question}
     return hidden_facts_sample(
         tokenizer, n_tokens, load_haystack(haystack, tokenizer, split), rng, intro=words["intro"], facts=sentences,
         depths=depths, question=f"Question: {question}\nAnswer:", answers=[answer], depth=depth, key=key,

@@ -18,7 +18,6 @@ A prompt is intro + haystack with the facts + question, assembled from separatel
 
 from __future__ import annotations
 
-import bisect
 import functools
 import os
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ import numpy as np
 
 from cometlm.bundled import encode
 from cometlm.tasks.corpora import corpus_tokens
-from cometlm.tasks.retrieval import PASSKEY_FILLER, sentence_starts
+from cometlm.tasks.retrieval import PASSKEY_FILLER, check_depth, nearest, sentence_starts
 from cometlm.tasks.sample import TaskSample, check_split
 
 HELDOUT_FRACTION = 0.05  # the test split's share of a corpus or file: its end, as `cometlm eval ppl` holds out
@@ -141,11 +140,6 @@ def insert_facts(window: Sequence[int], starts: Sequence[int], facts: Sequence[S
     return out + list(window[at:]), fact_starts
 
 
-def nearest(sorted_values: Sequence[int], target: float) -> int:
-    i = bisect.bisect_left(sorted_values, target)
-    return min(sorted_values[max(0, i - 1) : i + 1], key=lambda v: abs(v - target))
-
-
 def ordered(facts: Sequence[str], depths: Sequence[float]) -> tuple[list[str], list[float], list[int]]:
     """Facts sorted by depth, ties in their given order; and where each given fact went."""
     order = sorted(range(len(facts)), key=lambda i: depths[i])
@@ -180,11 +174,6 @@ def spread(rng, depth: float, before: int, after: int) -> list[float]:
     draws in [0, depth] and [depth, 1] around `depth`."""
     return (sorted(rng.uniform(0.0, depth) for _ in range(before)) + [depth]
             + sorted(rng.uniform(depth, 1.0) for _ in range(after)))
-
-
-def check_depth(depth: float) -> None:
-    if not 0.0 <= depth <= 1.0:
-        raise ValueError(f"depth must lie in [0, 1] (0 = start of the haystack, 1 = its end), got {depth}")
 
 
 def file_fingerprint(path) -> tuple[str, int, int]:

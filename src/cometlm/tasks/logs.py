@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from cometlm.bundled import encode
-from cometlm.tasks.haystack import HELDOUT_FRACTION, file_fingerprint, nearest
+from cometlm.tasks.haystack import HELDOUT_FRACTION, file_fingerprint
+from cometlm.tasks.retrieval import nearest
 from cometlm.tasks.sample import check_split
 
 _BATCH = 256  # records rendered and tokenized at a time
