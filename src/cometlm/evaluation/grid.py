@@ -65,10 +65,11 @@ class RetrievalTask:
     def bind(self, **values) -> "RetrievalTask":
         """The task with option values fixed in `build`, recorded in the summary's config and with every trial (a
         results folder of other values is refused)."""
-        known = {o.name for o in self.options}
-        unknown = sorted(set(values) - known)
+        known = [o.name for o in self.options]
+        unknown = sorted(set(values) - set(known))
         if unknown:
-            raise ValueError(f"{self.name} has no option {', '.join(unknown)}; its options are {', '.join(known) or 'none'}")
+            raise ValueError(f"{self.name} has no option {', '.join(unknown)}; its options are "
+                             f"{', '.join(known) or 'none'}")
         settings = {**self.settings, **values}
         return replace(self, build=functools.partial(self.build, **values), settings=settings,
                        config={**self.config, "options": settings})

@@ -27,7 +27,8 @@ def _record(sample) -> dict:
 
 
 def grid_task(spec: TaskSpec) -> RetrievalTask:
-    """The retrieval grid of one task suite, on the test split, its options at their defaults until bound."""
+    """The retrieval grid of one task suite, on the test split, bound to its options' defaults (bind again to
+    change them)."""
 
     def build(tokenizer, n_tokens, depth, rng, **options):
         return spec.build(tokenizer, n_tokens, depth, rng, split=SPLIT, **options)
@@ -36,7 +37,7 @@ def grid_task(spec: TaskSpec) -> RetrievalTask:
         name=spec.name, title=spec.title, needle=spec.needle, build=build, matches=_matches,
         extra_tokens=spec.extra_tokens, scoring=spec.scoring, help=spec.help, description=spec.description,
         record=_record, config={"split": SPLIT}, options=spec.options, depths=spec.depths,
-    )
+    ).bind(**spec.defaults())
 
 
 SUITE_TASKS = tuple(grid_task(spec) for spec in SPECS.values())

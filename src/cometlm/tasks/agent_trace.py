@@ -119,12 +119,12 @@ def agent_qa_sample(tokenizer, n_tokens: int, depth: float, rng, *, split: str =
         values = [str(v) for v in rng.sample(range(2, 500), 3)]
         call = ToolCall("read_file", path, "\n".join(f"{s} = {v}" for s, v in zip(settings, values)))
         asked = rng.randrange(3)
-        fields, answer, wrong = dict(path=path, setting=settings[asked]), values[asked], values[:asked] + values[asked + 1:]
-        unique = path
+        fields, answer, wrong, unique = dict(path=path, setting=settings[asked]), values[asked], values, path
     elif kind == "lines":
         path = f"{project}/data/{module}_{name}.csv"
         count = str(rng.randint(10, 99999))
-        call, fields, answer, wrong, unique = ToolCall("shell", f"wc -l {path}", f"{count} {path}"), dict(path=path), count, [], path
+        call = ToolCall("shell", f"wc -l {path}", f"{count} {path}")
+        fields, answer, wrong, unique = dict(path=path), count, [], path
     elif kind == "tests":
         path = f"{project}/tests/test_{module}_{name}.py"
         passed, failed = rng.sample(range(0, 60), 2)
@@ -150,7 +150,8 @@ def agent_qa_sample(tokenizer, n_tokens: int, depth: float, rng, *, split: str =
     return TaskSample(
         context_ids=log.context_ids, question_ids=log.question_ids, answer_ids=encode(tokenizer, " " + answer),
         answers=(answer,), facts=tuple(t.rstrip("\n") for t in log.fact_texts), fact_starts=tuple(log.fact_starts),
-        depths=(depth,), depth=depth, key=0, distractors=tuple(wrong), match="all", kind=kind, split=split,
+        depths=(depth,), depth=depth, key=0, distractors=tuple(w for w in wrong if w != answer), match="all", kind=kind,
+        split=split,
     )
 
 

@@ -134,7 +134,8 @@ class _World:
         """One random event: a move, or a pick-up, drop or (with `gifts`) gift where one is possible."""
         person = self.rng.choice(self.people)
         held = [o for o, h in self.holder.items() if h == person]
-        here = [o for o in self.objects if o not in self.holder and self.at.get(o, self.at.get(person)) == self.at.get(person)]
+        where = self.at.get(person)
+        here = [o for o in self.objects if o not in self.holder and self.at.get(o, where) == where]  # free, here
         roll = self.rng.random()
         if person in self.at and here and roll < 0.35:
             obj = self.rng.choice(here)

@@ -64,7 +64,8 @@ class TaskSpec:
         return generator(tokenizer, n_tokens, depth, rng, split=split, **self.fixed, **self.check(options))
 
 
-_HAYSTACK = "the text the facts hide in: bible, essays (the held-out last 5%% of either in evaluation), noise (the passkey filler) or file:PATH (a UTF-8 text file)"
+_HAYSTACK = ("the text the facts hide in: bible, essays (the held-out last 5%% of either in evaluation), noise (the "
+             "passkey filler) or file:PATH (a UTF-8 text file)")
 _VALUE_TYPES = ("word", "number", "uuid")
 
 

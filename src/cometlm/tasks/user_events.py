@@ -199,7 +199,8 @@ def _fresh_items(rng, split: str, category: str, count: int) -> list[str]:
     """Items of a category that the generated background never shows: brand + product + a model number."""
     items: list[str] = []
     while len(items) < count:
-        item = f"{rng.choice(BRANDS.of(split))} {rng.choice(PRODUCTS[category])} {rng.choice('ABCDEFGHJKLMNPRSTUVWXYZ')}{rng.randint(10, 99)}"
+        model = f"{rng.choice('ABCDEFGHJKLMNPRSTUVWXYZ')}{rng.randint(10, 99)}"
+        item = f"{rng.choice(BRANDS.of(split))} {rng.choice(PRODUCTS[category])} {model}"
         if item not in items:
             items.append(item)
     return items
