@@ -15,16 +15,14 @@ from cometlm.training.data import (
     IGNORE,
     CorpusLMDataset,
     DataError,
-    JsonlChatDataset,
-    JsonlTextDataset,
     MixtureDataset,
     NeedleDataset,
     PasskeyDataset,
     Sample,
-    TextFilesDataset,
     collate,
     sample_rng,
 )
+from cometlm.training.file_data import JsonlChatDataset, JsonlTextDataset, TextFilesDataset
 from cometlm.tasks.retrieval import NEEDLE_ANSWER
 
 

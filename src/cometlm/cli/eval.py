@@ -12,7 +12,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from cometlm.evaluation import niah, passkey, ppl, scrolls, table
+from cometlm.evaluation import niah, passkey, ppl, scrolls, suites, table
 from cometlm.evaluation.settings import (
     DEFAULT_PRIME_TOKENS,
     DEFAULT_SINK_TOKENS,
@@ -28,13 +28,14 @@ from cometlm.files import write_json
 
 from .options import add_model_options, load_model, model_options
 
-GRID_TASKS = (passkey.PASSKEY, niah.NIAH)
+GRID_TASKS = (passkey.PASSKEY, niah.NIAH, *suites.SUITE_TASKS)
 
 
 def register(subparsers) -> None:
     """Adds `eval` and its tasks to the `cometlm` subcommands (argparse's `add_subparsers()` object)."""
     evaluate = subparsers.add_parser(
-        "eval", help="evaluate long-context reading (passkey, needle, perplexity, SCROLLS) and tabulate results",
+        "eval", help="evaluate long-context reading (passkey, needle, RULER- and BABILong-style suites, user and agent "
+        "QA, perplexity, SCROLLS) and tabulate results",
         description="Evaluations that write JSON results and a figure to a folder; long runs resume. Every task "
         "takes --method to compare CoMeT with the baselines on the same backbone.",
     )
@@ -83,18 +84,25 @@ def add_common_options(parser, task: str, layouts: bool) -> None:
 def register_grid_task(tasks, task) -> None:
     """Adds a retrieval grid (`evaluation.grid.RetrievalTask`) to the `cometlm eval` tasks."""
     parser = tasks.add_parser(task.name, help=task.help, description=task.description)
-    _add_grid_options(parser, task.needle)
+    _add_grid_options(parser, task.needle, task.depths)
+    if task.options:
+        group = parser.add_argument_group("task")
+        for option in task.options:
+            group.add_argument(f"--{option.name.replace('_', '-')}", dest=option.name, type=option.kind,
+                               default=option.default, choices=option.choices or None,
+                               help=f"{option.help} (default {option.default!r})" if "default" not in option.help
+                               else option.help)
     add_common_options(parser, task.name, layouts=True)
     parser.set_defaults(run=lambda args: run_grid_command(task, args))
 
 
-def _add_grid_options(parser, needle: str) -> None:
+def _add_grid_options(parser, needle: str, depths=(0, 25, 50, 75, 100)) -> None:
     """--lengths, --depths, --trials, --seed for a retrieval grid."""
     parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192, 32768], metavar="N",
                         help="context lengths in tokens, question included (default: 2048 8192 32768)")
-    parser.add_argument("--depths", type=float, nargs="+", default=[0, 25, 50, 75, 100], metavar="PCT",
+    parser.add_argument("--depths", type=float, nargs="+", default=list(depths), metavar="PCT",
                         help=f"where the {needle} sits, in percent of the haystack before it: 0 = start, 100 = end "
-                        "(default: 0 25 50 75 100)")
+                        f"(default: {' '.join(map(str, depths))})")
     parser.add_argument("--trials", type=int, default=3, help="random prompts per (length, depth) cell (default 3)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the prompts; trial t of a cell uses Random('SEED/LENGTH/DEPTH/t') (default 0)")
@@ -104,10 +112,13 @@ def _add_grid_options(parser, needle: str) -> None:
 
 
 def run_grid_command(task, args) -> int:
-    """`cometlm eval passkey|niah|...`: loads the model, runs the grid, prints the table."""
+    """`cometlm eval passkey|niah|ruler-...|babilong-...|user-qa|agent-qa`: loads the model, runs the grid (with the
+    task's options bound), prints the table."""
     from cometlm.evaluation.grid import TRIALS_FILE, check_grid, evaluate_grid, format_table, method_label
 
     check_grid(args.lengths, args.depths, args.trials)  # before the model loads
+    if task.options:
+        task = task.bind(**{option.name: getattr(args, option.name) for option in task.options})
     out = Path(args.out) if args.out else default_out_dir(task.name, args.method, args.layout)
     model = load_model(args)
     try:
@@ -242,10 +253,11 @@ def cmd_eval_scrolls(args) -> int:
 def register_table(tasks) -> None:
     """Adds `table` to the `cometlm eval` tasks (argparse's `add_subparsers()` object)."""
     parser = tasks.add_parser(
-        "table", help="a markdown table comparing methods from passkey, niah and ppl results",
-        description="Reads result folders (or their passkey.json, niah.json, ppl.json) and prints a markdown table "
-        "with one row per method and model: accuracy per context length, perplexity, time and peak memory, with "
-        "the grid and command of every result below it.",
+        "table", help="a markdown table comparing methods from the results of the grid tasks and ppl",
+        description="Reads result folders (or their TASK.json: passkey.json, niah.json, ruler-niah-single.json, "
+        "babilong-qa1.json, user-qa.json, ..., ppl.json) and prints a markdown table with one row per method and "
+        "model: accuracy per context length of every grid task, perplexity, time and peak memory, with the grid "
+        "and command of every result below it.",
     )
     parser.add_argument("results", nargs="+", metavar="RESULT", help="result folders or JSON files")
     parser.add_argument("--out", default=None, metavar="FILE", help="also write the table to this markdown file")

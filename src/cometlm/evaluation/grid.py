@@ -1,8 +1,10 @@
-"""Retrieval grids (passkey, needle in a haystack): context lengths x needle depths x trials, one method.
+"""Retrieval grids (passkey, needle in a haystack, the task suites of `evaluation.suites`): context lengths x needle
+depths x trials, one method.
 
 Each trial builds a prompt of exactly `length` tokens with the needle at `depth` percent of the haystack (the
-builders in `tasks.retrieval`, the format training uses), lets the method read it and generate greedily, and
-scores the text with the task's matcher. Trial t of a cell draws from `random.Random(f"{seed}/{length}/{depth}/{t}")`,
+builders in `tasks`, the format training uses), lets the method read it and generate greedily, and scores the text
+with the task's matcher. A task with options (the number of needles, the haystack, ...) is bound to their values
+first (`RetrievalTask.bind`); they are recorded with every trial. Trial t of a cell draws from `random.Random(f"{seed}/{length}/{depth}/{t}")`,
 so a cell's prompts do not depend on the rest of the grid, and every method sees the same prompts.
 
 Everything goes to one folder: `trials.jsonl` (one line per finished trial, flushed, so a killed run loses at
@@ -12,12 +14,13 @@ atomically after every cell. Heavy libraries are imported inside the functions s
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -56,6 +59,21 @@ class RetrievalTask:
     description: str = ""  # the task's `cometlm eval TASK --help` text
     record: Callable = lambda sample: {}  # task-specific fields of a trial record
     config: dict = field(default_factory=dict)  # task-specific fields of the summary's config
+    options: tuple = ()  # `tasks.suite.Option`s: keywords of `build` that `bind` sets, --flags of the command
+    settings: dict = field(default_factory=dict)  # the options bound into `build`: part of what makes trials comparable
+    depths: tuple = (0, 25, 50, 75, 100)  # the command's default depths
+
+    def bind(self, **values) -> "RetrievalTask":
+        """The task with option values fixed in `build`, recorded in the summary's config and with every trial (a
+        results folder of other values is refused)."""
+        known = [o.name for o in self.options]
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"{self.name} has no option {', '.join(unknown)}; its options are "
+                             f"{', '.join(known) or 'none'}")
+        settings = {**self.settings, **values}
+        return replace(self, build=functools.partial(self.build, **values), settings=settings,
+                       config={**self.config, "options": settings})
 
     @property
     def summary_file(self) -> str:
@@ -267,7 +285,8 @@ def evaluate_grid(
     reader.check_prompt(lengths[0], len(probe[lengths[0]].question_ids), answer_room)
     info = model_info(model, reader, model_name)
     # What makes two trials comparable: a trials.jsonl that holds trials with other values belongs to another run.
-    run = {"method": method, **reader.settings(), "seed": seed, "model_id": info["id"]}
+    run = {"method": method, **reader.settings(), "seed": seed, "model_id": info["id"],
+           **({"task_options": task.settings} if task.settings else {})}
     config = {"lengths": lengths, "depths": depths, "trials": trials, "seed": seed, "method": method,
               **reader.settings(), "reads": reader.describe(), "extra_tokens": task.extra_tokens, "greedy": True,
               "scoring": task.scoring, **task.config}

@@ -1,7 +1,7 @@
 """Long-document perplexity (`cometlm eval ppl`): next-token loss by position on held-out real text.
 
 The documents are windows of `length` tokens from the held-out split of a bundled corpus: the last 5% of the
-KJV Bible or of the Paul Graham essays (`training.data.CorpusLMDataset(split="heldout")`), which `cometlm train`
+KJV Bible or of the Paul Graham essays (`tasks.corpora.CorpusWindows(split="heldout")`), which `cometlm train`
 never reads. Document i is that dataset's window i, a function of (corpus, length, seed, i) only.
 
 Each method gives the loss of every token from what it lets that token see of the text before it
@@ -177,13 +177,13 @@ def evaluate_ppl(
     from tqdm.auto import tqdm
 
     from cometlm.tasks.corpora import corpus_tokens
-    from cometlm.training.data import CorpusLMDataset
+    from cometlm.tasks.corpora import CorpusWindows
+    from cometlm.tasks.sample import sample_rng
 
     check_settings(corpus, length, documents, bucket, seed)
     reader = build_method(method, model, "fixed", 0, window, sink_tokens)
     reader.check_document(length)
-    data = CorpusLMDataset(tokenizer, corpus, length, seed=seed, size=documents, split="heldout",
-                           heldout_fraction=HELDOUT_FRACTION)
+    data = CorpusWindows(tokenizer, corpus, length, split="heldout", heldout_fraction=HELDOUT_FRACTION)
     info = model_info(model, reader, model_name)
     settings = reader.settings()
     # What makes two documents' results comparable; a documents.jsonl with other values belongs to another run.
@@ -227,7 +227,7 @@ def evaluate_ppl(
             if (i,) in done:
                 continue
             bar.set_postfix_str(status())
-            begin, end = data.window(i)
+            begin, end = data.window(sample_rng(seed, i))  # document i, as training draws its sample i
             start = time.perf_counter()
             with torch.inference_mode():
                 losses = reader.token_losses(ids[begin:end].tolist(), progress)

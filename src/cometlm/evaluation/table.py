@@ -1,8 +1,9 @@
 """`cometlm eval table`: the README's comparison table from result files, one row per method.
 
-Reads the summaries `cometlm eval passkey`, `niah` and `ppl` write (their folders or the JSON files) and prints a
-markdown table: per method and model, passkey and needle accuracy per context length, held-out perplexity,
-the time each took and the peak resident memory. Rows are keyed by (method, window, sink tokens, model), so the
+Reads the summaries `cometlm eval passkey`, `niah`, `ppl` and every other retrieval grid (the task suites: `ruler-*`,
+`babilong-*`, `user-qa`, `agent-qa`) write (their folders or the JSON files) and prints a markdown table: per method
+and model, accuracy per context length of each grid task, held-out perplexity, the time each took and the peak
+resident memory. Rows are keyed by (method, window, sink tokens, model), so the
 three results of one method land in one row. Below the table, one line per result says which grid or documents
 it covers, with an asterisk on results that are not complete. `--plot` draws the same rows: accuracy against
 context length for passkey and NIAH, and perplexity per position bucket.
@@ -15,27 +16,46 @@ from pathlib import Path
 
 from cometlm.evaluation.grid import length_label
 
-TASKS = ("passkey", "niah", "ppl")
+TASKS = ("passkey", "niah", "ppl")  # first in the table, in this order; other grid tasks follow by name
 TITLES = {"passkey": "passkey", "niah": "NIAH", "ppl": "ppl"}
 
 
+def is_result(summary) -> bool:
+    """Whether a JSON value is a summary this table reads: a retrieval grid's or perplexity's."""
+    return isinstance(summary, dict) and isinstance(summary.get("task"), str) and (
+        summary["task"] == "ppl" or {"accuracy_by_length", "cells", "config"} <= summary.keys())
+
+
 def load_results(paths) -> list[dict]:
-    """The summaries in the given folders (any of passkey.json, niah.json, ppl.json) or JSON files."""
+    """The summaries in the given folders (every TASK.json of a retrieval grid or perplexity there) or JSON files."""
     summaries = []
     for path in map(Path, paths):
-        files = [path / f"{task}.json" for task in TASKS] if path.is_dir() else [path]
-        found = [f for f in files if f.is_file()]
+        files = sorted(path.glob("*.json")) if path.is_dir() else [path]
+        found = []
+        for file in files:
+            summary = json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
+            if is_result(summary) and (file.stem == summary["task"] or not path.is_dir()):
+                summary["_file"] = str(file)
+                found.append(summary)
+            elif not path.is_dir():
+                raise ValueError(f"{file} is not a retrieval grid or ppl result (task "
+                                 f"{summary.get('task') if isinstance(summary, dict) else None!r})")
         if not found:
             raise FileNotFoundError(
-                f"{path} holds no result: give folders written by `cometlm eval passkey|niah|ppl` or their JSON files"
+                f"{path} holds no result: give folders written by `cometlm eval passkey|niah|ppl|ruler-...` or their "
+                "JSON files"
             )
-        for file in found:
-            summary = json.loads(file.read_text(encoding="utf-8"))
-            if summary.get("task") not in TASKS:
-                raise ValueError(f"{file} is not a passkey, niah or ppl result (task {summary.get('task')!r})")
-            summary["_file"] = str(file)
-            summaries.append(summary)
+        summaries += found
     return summaries
+
+
+def _grid_tasks(summaries) -> list[str]:
+    present = {s["task"] for s in summaries if s["task"] != "ppl"}
+    return [t for t in TASKS if t in present] + sorted(present - set(TASKS))
+
+
+def _title(task: str) -> str:
+    return TITLES.get(task, task)
 
 
 def _row_key(summary: dict) -> tuple:
@@ -127,31 +147,29 @@ def format_table(summaries: list[dict]) -> str:
                 f"{summary['_file']}; give one of them"
             )
         row[summary["task"]] = summary
+    grids = _grid_tasks(summaries)
     lengths = {task: sorted({n for s in summaries if s["task"] == task for n in s["config"]["lengths"]})
-               for task in ("passkey", "niah")}
+               for task in grids}
     mixed_trials = {task: len({s["config"]["trials"] for s in summaries if s["task"] == task}) > 1
-                    for task in ("passkey", "niah")}
+                    for task in grids}
     header = ["method", "model"]
-    for task in ("passkey", "niah"):
-        if lengths[task]:
-            labels = [length_label(n) for n in lengths[task]]
-            if len(set(labels)) < len(labels):  # 8000 and 8192 are both "8k"
-                labels = [str(n) for n in lengths[task]]
-            header += [f"{TITLES[task]} acc. ({' / '.join(labels)})",
-                       f"{TITLES[task]} s/trial (longest)"]
+    for task in grids:
+        labels = [length_label(n) for n in lengths[task]]
+        if len(set(labels)) < len(labels):  # 8000 and 8192 are both "8k"
+            labels = [str(n) for n in lengths[task]]
+        header += [f"{_title(task)} acc. ({' / '.join(labels)})", f"{_title(task)} s/trial (longest)"]
     has_ppl = any(s["task"] == "ppl" for s in summaries)
     ppl_lengths = {s["config"]["length"] for s in summaries if s["task"] == "ppl"}
-    label = _labeller({*lengths["passkey"], *lengths["niah"], *ppl_lengths})
+    label = _labeller({*(n for task in grids for n in lengths[task]), *ppl_lengths})
     if has_ppl:
         header += ["ppl", "ppl tok/s"]
     header.append("peak RSS (MiB)")
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for (method, window, sinks, name), row in rows.items():
         cells = [_method_cell(method, window, sinks) + _with_lora(row.values()), _model_cell(name)]
-        for task in ("passkey", "niah"):
-            if lengths[task]:
-                cells += [_accuracy_cell(row.get(task), lengths[task], mixed_trials[task]),
-                          _seconds_cell(row.get(task), lengths[task], label)]
+        for task in grids:
+            cells += [_accuracy_cell(row.get(task), lengths[task], mixed_trials[task]),
+                      _seconds_cell(row.get(task), lengths[task], label)]
         if has_ppl:
             cells += _ppl_cells(row.get("ppl"), len(ppl_lengths) > 1, label)
         cells.append(f"{max(_peak_rss(s) for s in row.values()):,.0f}")
@@ -193,7 +211,7 @@ def comparison_figure(summaries: list[dict]):
     from matplotlib.figure import Figure
     from matplotlib.transforms import ScaledTranslation
 
-    tasks = [t for t in TASKS if any(s["task"] == t for s in summaries)]
+    tasks = _grid_tasks(summaries) + (["ppl"] if any(s["task"] == "ppl" for s in summaries) else [])
     keys = list(dict.fromkeys(_row_key(s) for s in summaries))
     colours = {key: f"C{i % 10}" for i, key in enumerate(keys)}
     markers = {key: MARKERS[i % len(MARKERS)] for i, key in enumerate(keys)}
@@ -227,7 +245,7 @@ def comparison_figure(summaries: list[dict]):
             ax.set_ylim(-0.03, 1.03)
             ax.set_xlabel("context length (tokens)")
             ax.set_ylabel("accuracy")
-            ax.set_title(f"{TITLES[task]}: accuracy by context length", fontsize=10)
+            ax.set_title(f"{_title(task)}: accuracy by context length", fontsize=10)
         ax.grid(alpha=0.3)
     handles = {}
     for ax in axes:
@@ -244,8 +262,10 @@ def _note(summary: dict) -> str:
         what = (f"ppl: {config['documents']} held-out {config['corpus']} windows of {config['length']} tokens, "
                 f"seed {config['seed']}")
     else:
-        what = (f"{TITLES[summary['task']]}: lengths {', '.join(length_label(n) for n in config['lengths'])} x depths "
+        what = (f"{_title(summary['task'])}: lengths {', '.join(length_label(n) for n in config['lengths'])} x depths "
                 f"{', '.join(f'{d:g}' for d in config['depths'])} x {config['trials']} trials, seed {config['seed']}")
+        if config.get("options"):  # a task suite's options, e.g. needles 4, haystack essays
+            what += " (" + ", ".join(f"{k} {v!r}" if v == "" else f"{k} {v}" for k, v in config["options"].items()) + ")"
     unit = "document" if summary["task"] == "ppl" else "trial"
 
     def counted(tally: dict, quote: bool) -> str:

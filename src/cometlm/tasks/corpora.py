@@ -129,3 +129,32 @@ def _save_atomically(path: Path, ids: np.ndarray) -> None:
     """Write to a temporary sibling and rename, so a reader never sees a half-written file."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, ids)
+
+
+class CorpusWindows:
+    """Windows of `length` tokens from one split of a bundled corpus ("bible" or "essays"). The corpus is split
+    once by position: "heldout" is its last `heldout_fraction` of tokens and "train" the rest, and a window never
+    crosses the split, so held-out text (`cometlm eval ppl`, the task suites' test split) is never trained on."""
+
+    def __init__(self, tokenizer, corpus: str, length: int, split: str = "train", heldout_fraction: float = 0.05):
+        if split not in ("train", "heldout"):
+            raise ValueError(f"split must be 'train' or 'heldout' (got {split!r})")
+        if not 0.0 < heldout_fraction < 1.0:
+            raise ValueError(f"heldout_fraction must lie strictly between 0 and 1 (got {heldout_fraction})")
+        self.length = length
+        self._ids = corpus_tokens(corpus, tokenizer).numpy()  # (N,) the whole corpus
+        cut = int(len(self._ids) * (1.0 - heldout_fraction))
+        self.span = (0, cut) if split == "train" else (cut, len(self._ids))  # token range this split reads
+        if not 1 <= length <= self.span[1] - self.span[0]:
+            raise ValueError(
+                f"length must lie in 1..{self.span[1] - self.span[0]}, the size of the {split} split of {corpus!r} "
+                f"(got {length}); lower length or change heldout_fraction"
+            )
+
+    def window(self, rng) -> tuple[int, int]:
+        """A token range [start, end) of this split, drawn with `rng` (a `random.Random`)."""
+        start = rng.randint(self.span[0], self.span[1] - self.length)
+        return start, start + self.length
+
+    def ids(self, window: tuple[int, int]) -> list[int]:
+        return self._ids[window[0] : window[1]].tolist()

@@ -73,7 +73,7 @@ def passkey_sample(
     question ("What is the pass key? The pass key is"). A filler line repeats the five filler sentences; the
     filler on one side of the needle is left out when `depth` puts the needle at that end.
     """
-    _check_depth(depth)
+    check_depth(depth)
     if key_digits < 1:
         raise ValueError(f"key_digits must be at least 1 (got {key_digits})")
     pieces = _passkey_pieces(tokenizer)
@@ -170,7 +170,7 @@ def needle_sample(tokenizer, n_tokens: int, depth: float, rng: random.Random) ->
     The haystack starts at a random sentence of the essays (chosen by `rng`) and wraps around to the first essay
     when it runs out; the needle goes in at the sentence boundary nearest `depth`.
     """
-    _check_depth(depth)
+    check_depth(depth)
     pieces = _haystack_pieces(tokenizer)
     size = n_tokens - len(pieces.needle) - len(pieces.question)
     if size < 0:
@@ -178,7 +178,7 @@ def needle_sample(tokenizer, n_tokens: int, depth: float, rng: random.Random) ->
     start = int(pieces.corpus_starts[rng.randrange(len(pieces.corpus_starts))])
     haystack = corpus_tokens(NEEDLE_CORPUS, tokenizer, start + size)[start:].tolist()
     cuts = [0, *sentence_starts(tokenizer, haystack, line_breaks=False), size]
-    cut = _nearest(cuts, depth * size)
+    cut = nearest(cuts, depth * size)
     return RetrievalSample(
         context_ids=haystack[:cut] + pieces.needle + haystack[cut:],
         question_ids=pieces.question,
@@ -216,7 +216,8 @@ def _haystack_pieces(tokenizer) -> _HaystackPieces:
     )
 
 
-def _nearest(sorted_values: list[int], target: float) -> int:
+def nearest(sorted_values: Sequence[int], target: float) -> int:
+    """The value of a sorted list nearest to `target` (the lower one on a tie)."""
     i = bisect.bisect_left(sorted_values, target)
     return min(sorted_values[max(0, i - 1) : i + 1], key=lambda v: abs(v - target))
 
@@ -249,6 +250,6 @@ def _sentence_end_tables(tokenizer) -> tuple[np.ndarray, np.ndarray]:
     return ends_sentence, ends_line
 
 
-def _check_depth(depth: float) -> None:
+def check_depth(depth: float) -> None:
     if not 0.0 <= depth <= 1.0:
         raise ValueError(f"depth must lie in [0, 1] (0 = start of the haystack, 1 = its end), got {depth}")

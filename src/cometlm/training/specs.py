@@ -8,6 +8,8 @@ import random
 import sys
 from pathlib import Path
 
+from cometlm.tasks.suite import SPECS
+
 DATA_FORMS = {
     "jsonl-text:PATH": 'JSONL with one {"text": ...} per line; long texts are split into --max-length windows',
     "jsonl-chat:PATH": 'JSONL with one {"messages": [{"role", "content"}, ...]} per line; loss on assistant turns',
@@ -22,6 +24,15 @@ DATA_FORMS = {
                         "shipped adapter's first three phases were trained)",
     "lm:bible": "random --max-length windows of the bundled KJV Bible; loss on every token",
     "lm:essays": "random --max-length windows of the bundled Paul Graham essays; loss on every token",
+    "ruler-niah-single|multikey|multivalue|multiquery, ruler-vt, ruler-cwe, ruler-fwe": "RULER-style prompts "
+        "of --max-length/2 to --max-length tokens (answer included), training split; loss on the answer",
+    "babilong-qa1 ... babilong-qa5": "BABILong-style stories hidden in the training part of the Bible (or "
+        "haystack=essays, noise, file:PATH); loss on the answer",
+    "user-qa, agent-qa": "QA over a long shop event log or agent tool-call log (events=PATH, trace=PATH: the "
+        "user's own JSONL); loss on the answer",
+    "TASK:OPTION=VALUE,...": "a task suite's options, as in `cometlm eval TASK --help` (dashes as underscores), "
+        "plus depth=LOW-HIGH in percent and split=train|test (default train), e.g. ruler-niah-multikey:needles=6,"
+        "depth=0-80",
 }
 _PASSKEY_ANSWER_EXTRA = 2  # " " and "." around the key's digits: a byte-level tokenizer needs at most a token per byte
 
@@ -48,10 +59,11 @@ def load_dataset(spec: str, tokenizer, max_length: int, on_error: str = "skip", 
     """The dataset a ``--data`` SPEC names (see ``DATA_FORMS``); file datasets print what they read and skipped."""
     from ..bundled import encode
     from ..tasks import retrieval as tasks
-    from . import data
+    from . import data, file_data
 
     kind, _, path = spec.partition(":")
-    files = {"jsonl-text": data.JsonlTextDataset, "jsonl-chat": data.JsonlChatDataset, "text": data.TextFilesDataset}
+    files = {"jsonl-text": file_data.JsonlTextDataset, "jsonl-chat": file_data.JsonlChatDataset,
+             "text": file_data.TextFilesDataset}
     if kind in files and path:
         dataset = files[kind](_text_files(path) if kind == "text" else path, tokenizer, max_length, on_error)
         print(dataset.report(), file=sys.stderr)
@@ -76,6 +88,10 @@ def load_dataset(spec: str, tokenizer, max_length: int, on_error: str = "skip", 
                 f"of --max-length) fail with: {err}"
             ) from None
         return make(tokenizer, lengths, seed=seed, depth_range=options.get("depth", (0.0, 1.0)))
+    if kind in SPECS:
+        from .task_data import load_task_dataset
+
+        return load_task_dataset(spec, tokenizer, max_length, seed)
     if kind == "lm" and path in ("bible", "essays"):
         return data.CorpusLMDataset(tokenizer, path, max_length, seed=seed)
     forms = "\n  ".join(DATA_FORMS)

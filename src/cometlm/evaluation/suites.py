@@ -1,0 +1,43 @@
+"""The long-context task suites as retrieval grids: `cometlm eval ruler-niah-single`, `babilong-qa1`, `user-qa`, ...
+
+Each `tasks.suite.TaskSpec` becomes an `evaluation.grid.RetrievalTask` on the test split: lengths x depths x trials,
+`trials.jsonl`, the summary JSON (`NAME.json`, which `cometlm eval table` reads) and the heatmap, resuming, every
+`--method`. A task's options (`--haystack`, `--needles`, `--question`, ...) are bound with `RetrievalTask.bind` and
+recorded with every trial. A trial is scored by `tasks.sample.matches`; its record keeps the question type, the
+expected answers and where the facts went.
+"""
+
+from __future__ import annotations
+
+from cometlm.evaluation.grid import RetrievalTask
+from cometlm.tasks.suite import SPECS, TaskSpec
+
+SPLIT = "test"  # evaluation never reads the training split's templates, names or text
+
+
+def _matches(generated: str, sample) -> bool:
+    from cometlm.tasks.sample import matches
+
+    return matches(generated, sample)
+
+
+def _record(sample) -> dict:
+    return {"kind": sample.kind, "answers": list(sample.answers), "fact_starts": list(sample.fact_starts),
+            "fact_depths": [round(d, 4) for d in sample.depths]}
+
+
+def grid_task(spec: TaskSpec) -> RetrievalTask:
+    """The retrieval grid of one task suite, on the test split, bound to its options' defaults (bind again to
+    change them)."""
+
+    def build(tokenizer, n_tokens, depth, rng, **options):
+        return spec.build(tokenizer, n_tokens, depth, rng, split=SPLIT, **options)
+
+    return RetrievalTask(
+        name=spec.name, title=spec.title, needle=spec.needle, build=build, matches=_matches,
+        extra_tokens=spec.extra_tokens, scoring=spec.scoring, help=spec.help, description=spec.description,
+        record=_record, config={"split": SPLIT}, options=spec.options, depths=spec.depths,
+    ).bind(**spec.defaults())
+
+
+SUITE_TASKS = tuple(grid_task(spec) for spec in SPECS.values())

@@ -1,0 +1,79 @@
+"""Training on the long-context task suites: `cometlm train --data ruler-niah-multikey`, `babilong-qa2`, `user-qa`, ...
+
+A `--data` spec is a task's name (`tasks.suite.SPECS`), optionally followed by comma-separated options:
+`depth=LOW-HIGH` (percent; where the key fact goes, default 0-100), `split=train|test` (default train: the
+templates, names and text regions evaluation never sees) and any option of the task, e.g.
+`ruler-niah-multikey:needles=6,haystack=bible,depth=0-80` or `user-qa:question=rating,events=my_events.jsonl`.
+Samples are the prompt plus the reference answer, with the loss on the answer only.
+"""
+
+from __future__ import annotations
+
+import random
+
+from cometlm.tasks.sample import SPLITS
+from cometlm.tasks.suite import SPECS, TaskSpec
+from cometlm.training.data import RetrievalDataset, Sample
+
+_SHRINK_TRIES = 3
+
+
+class TaskDataset(RetrievalDataset):
+    """Prompts of one task suite, `max_tokens // 2` to `max_tokens` tokens with the answer, the key fact at a random
+    depth in `depth_range`; the loss is on the answer. A prompt whose answer would overflow `max_tokens` is built
+    again with the same draws and a haystack shorter by the overflow."""
+
+    def __init__(self, tokenizer, spec: TaskSpec, max_tokens: int, seed: int = 0, size: int = 1_000_000,
+                 depth_range: tuple[float, float] = (0.0, 1.0), split: str = "train", options: dict | None = None):
+        super().__init__(tokenizer, (max(1, max_tokens // 2), max_tokens), seed, size, depth_range)
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)} (got {split!r})")
+        self.spec, self.split, self.max_tokens = spec, split, max_tokens
+        self.options = spec.check(dict(options or {}))
+
+    def _make(self, rng: random.Random) -> Sample:
+        n_tokens = rng.randint(*self.lengths)
+        depth = rng.uniform(*self.depth_range)
+        state = rng.getstate()
+        for _ in range(_SHRINK_TRIES):
+            task = self.spec.build(self.tokenizer, n_tokens, depth, rng, split=self.split, **self.options)
+            over = len(task.prompt_ids) + len(task.answer_ids) - self.max_tokens
+            if over <= 0:
+                return self._sample(task)
+            n_tokens -= over
+            rng.setstate(state)
+        raise RuntimeError(f"{self.spec.name}: no prompt with its answer fits in {self.max_tokens} tokens")
+
+
+def load_task_dataset(spec: str, tokenizer, max_length: int, seed: int = 0) -> TaskDataset:
+    """The dataset of a `--data` spec that names a task suite (module docstring)."""
+    name, _, text = spec.partition(":")
+    task = SPECS[name]
+    kinds = {o.name: o.kind for o in task.options}
+    options, depth, split = {}, (0.0, 1.0), "train"
+    usage = (f"--data {spec!r}: options are comma-separated name=value, e.g. {name}:depth=0-80,split=train; "
+             f"{name}'s own are {', '.join(kinds) or 'none'}")
+    for item in filter(None, text.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or key in options or (key not in kinds and key not in ("depth", "split")):
+            raise ValueError(usage)
+        try:
+            if key == "depth":
+                low, _, high = value.partition("-")
+                depth = (float(low) / 100, float(high or low) / 100)
+            elif key == "split":
+                split = value
+            else:
+                options[key] = kinds[key](value)
+        except ValueError:
+            raise ValueError(usage) from None
+    if not 0.0 <= depth[0] <= depth[1] <= 1.0:
+        raise ValueError(f"--data {spec!r}: the depths must satisfy 0 <= LOW <= HIGH <= 100")
+    dataset = TaskDataset(tokenizer, task, max_length, seed=seed, depth_range=depth, split=split, options=options)
+    try:
+        dataset[0]
+        task.build(tokenizer, dataset.lengths[0], 0.5, random.Random(seed), split=split, **dataset.options)
+    except ValueError as err:
+        raise ValueError(f"--max-length {max_length} is too short for {spec} (its prompts are half of --max-length "
+                         f"to --max-length tokens): {err}") from None
+    return dataset

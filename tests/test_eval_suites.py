@@ -1,0 +1,125 @@
+"""`cometlm eval ruler-* | babilong-* | user-qa | agent-qa`: every family end to end on a tiny random model, options
+bound and recorded, resuming, the baselines, and their rows in `cometlm eval table`."""
+
+import argparse
+import json
+import random
+
+import pytest
+import torch
+from eval_helpers import Spy, read_jsonl, stable, tiny_text_model
+
+from cometlm.bundled import encode
+from cometlm.cli.eval import GRID_TASKS, register
+from cometlm.evaluation.grid import TRIALS_FILE, evaluate_grid
+from cometlm.evaluation.suites import SUITE_TASKS
+from cometlm.evaluation.table import format_table, load_results
+from cometlm.tasks.suite import SPECS
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+TINY = ["--chunk-size", "128", "--global-slots", "4", "--temp-capacity", "16", "--no-progress"]
+GRID = ["--lengths", "400", "--depths", "0", "100", "--trials", "1"]
+
+
+def cometlm_eval(*argv) -> int:
+    parser = argparse.ArgumentParser(prog="cometlm")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["eval", *argv])
+    return args.run(args)
+
+
+def test_every_suite_has_a_command():
+    names = {task.name for task in GRID_TASKS}
+    assert set(SPECS) <= names and {"passkey", "niah"} <= names
+    assert len(names) == len(GRID_TASKS)
+
+
+@pytest.mark.parametrize("task, options", [
+    ("ruler-niah-multikey", ["--needles", "3", "--haystack", "noise", "--keys", "uuid"]),
+    ("babilong-qa2", ["--facts", "5"]),
+    ("user-qa", ["--question", "date"]),
+    ("agent-qa", []),
+])
+def test_each_family_runs_from_the_command_line(tmp_path, tiny_model_dir, tokenizer, capsys, task, options):
+    out = tmp_path / task
+    assert cometlm_eval(task, "--model", tiny_model_dir, *TINY, *GRID, *options, "--out", str(out)) == 0
+    assert f"{task} accuracy, comet (primed layout)" in capsys.readouterr().out
+    summary = json.loads((out / f"{task}.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == sorted([TRIALS_FILE, f"{task}.json", f"{task}.png"])
+    bound = SPECS[task].check(dict(zip([o.lstrip("-").replace("-", "_") for o in options[::2]],
+                                       [int(v) if v.isdigit() else v for v in options[1::2]])))
+    assert summary["complete"] and summary["config"]["options"] == bound and summary["config"]["split"] == "test"
+    for record in read_jsonl(out / TRIALS_FILE):
+        assert record["task_options"] == bound and record["read_tokens"] == 400
+        want = SPECS[task].build(tokenizer, 400, record["depth"] / 100,
+                                 random.Random(f"0/400/{record['depth']}/{record['trial']}"), **bound)
+        assert record["answers"] == list(want.answers) and record["needle_start"] == want.needle_start
+        assert record["kind"] == want.kind and isinstance(record["correct"], bool)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_text_model(chunk_size=128)
+
+
+def test_scoring_and_resuming_with_other_options_refused(tmp_path, model, tokenizer, monkeypatch):
+    task = next(t for t in SUITE_TASKS if t.name == "ruler-niah-multivalue").bind(needles=2, haystack="essays",
+                                                                                     keys="word", values="number")
+    grid = dict(lengths=[300, 400], depths=[50], trials=1, seed=5, progress=False)
+    samples = [task.build(tokenizer, n, 0.5, random.Random(f"5/{n}/50/0")) for n in (300, 400)]
+    replies = iter([" " + " and ".join(samples[0].answers), " " + samples[1].answers[0]])  # every value; one of two
+
+    def generate(input_ids, max_new_tokens, **kwargs):
+        return torch.cat([input_ids, torch.tensor([encode(tokenizer, next(replies))])], dim=1)
+
+    def run(**options):
+        return evaluate_grid(task, model, tokenizer, out_dir=tmp_path, **{**grid, **options})
+
+    monkeypatch.setattr(model, "generate", Spy(generate, stop_after=1))
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    assert [r["correct"] for r in read_jsonl(tmp_path / TRIALS_FILE)] == [True]
+    spy = Spy(generate)
+    monkeypatch.setattr(model, "generate", spy)
+    resumed = run()
+    records = read_jsonl(tmp_path / TRIALS_FILE)
+    assert len(spy.calls) == 1 and [r["correct"] for r in records] == [True, False]
+    assert [r["answers"] for r in records] == [list(s.answers) for s in samples]
+    assert resumed["mean_accuracy"] == 0.5 and resumed["config"]["options"]["needles"] == 2
+    assert stable(run()) == stable(resumed) and len(spy.calls) == 1  # nothing left to do
+    with pytest.raises(ValueError, match="different run .*task_options"):
+        evaluate_grid(task.bind(needles=3), model, tokenizer, out_dir=tmp_path, **grid)
+
+
+def test_an_interrupted_suite_resumes_to_the_same_results(tmp_path, model, tokenizer, monkeypatch):
+    task = next(t for t in SUITE_TASKS if t.name == "babilong-qa1").bind(haystack="essays", facts=4)
+    grid = dict(lengths=[300], depths=[0, 100], trials=2, seed=1, progress=False, batch=False)  # spies count trials
+    full = evaluate_grid(task, model, tokenizer, out_dir=tmp_path / "full", **grid)
+    monkeypatch.setattr(model, "generate", Spy(model.generate, stop_after=3))
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_grid(task, model, tokenizer, out_dir=tmp_path / "resumed", **grid)
+    monkeypatch.undo()
+    spy = Spy(model.generate)
+    monkeypatch.setattr(model, "generate", spy)
+    resumed = evaluate_grid(task, model, tokenizer, out_dir=tmp_path / "resumed", **grid)
+    assert len(spy.calls) == 1 and stable(resumed) == stable(full)
+    assert stable(read_jsonl(tmp_path / "resumed" / TRIALS_FILE)) == stable(read_jsonl(tmp_path / "full" / TRIALS_FILE))
+
+
+def test_baselines_and_the_comparison_table(tmp_path, model, tokenizer, capsys):
+    tasks = {t.name: t for t in SUITE_TASKS}
+    grid = dict(lengths=[300], depths=[50], trials=1, seed=0, progress=False)
+    for method, window in (("comet", None), ("sliding-window", 64)):
+        for name, options in (("ruler-vt", dict(haystack="noise", hops=2, chains=2)), ("agent-qa", {})):
+            task = tasks[name].bind(**{**SPECS[name].defaults(), **options})
+            evaluate_grid(task, model, tokenizer, out_dir=tmp_path / f"{name}-{method}", method=method,
+                          window=window, **grid)
+    text = format_table(load_results(sorted(tmp_path.iterdir())))
+    header = [c.strip() for c in text.splitlines()[0].strip("|").split("|")]
+    assert header == ["method", "model", "agent-qa acc. (300)", "agent-qa s/trial (longest)", "ruler-vt acc. (300)",
+                      "ruler-vt s/trial (longest)", "peak RSS (MiB)"]
+    rows = [line for line in text.splitlines()[2:] if line.startswith("| ")]
+    assert [r.split("|")[1].strip() for r in rows] == ["comet", "sliding-window (4 sink + 64)"]
+    assert "(haystack noise, hops 2, chains 2)" in text and "(question mixed, trace '')" in text
+    assert cometlm_eval("table", str(tmp_path / "ruler-vt-comet"), str(tmp_path / "agent-qa-comet" / "agent-qa.json")) == 0
+    assert capsys.readouterr().out.count("\n| ") == 1  # one row under the header: two results of one method
