@@ -60,3 +60,58 @@ def disk(state_dir: Path):
     with sqlite3.connect(state_dir / "index.sqlite") as db:
         rows = db.execute("SELECT * FROM sessions ORDER BY id").fetchall()
     return files, rows
+
+
+def run_cli(argv: list[str], log_path: str) -> None:
+    """A `cometlm` command in a child process, its standard error (the server's log) going to ``log_path``."""
+    import os
+    import sys
+
+    from transformers.utils import logging
+
+    from cometlm.cli import main
+
+    logging.disable_progress_bar()  # tqdm's lock is a semaphore that a killed process would leave behind
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    os.dup2(fd, 2)
+    sys.stderr = os.fdopen(2, "w", buffering=1)
+    sys.exit(main(argv))
+
+
+class ProcessServer:
+    """`cometlm serve` in a process forked from a forkserver that has imported torch, transformers and the server
+    already, so that a start (model load, app, uvicorn) takes about a second, and a kill is a real kill."""
+
+    PRELOAD = ["torch", "transformers", "fastapi", "uvicorn", "cometlm.cli", "cometlm.loading", "cometlm.model",
+               "cometlm.serving", "serve_helpers"]
+    _context = None
+
+    def __init__(self, argv: list[str], log_path: Path):
+        import multiprocessing
+
+        if ProcessServer._context is None:
+            ProcessServer._context = multiprocessing.get_context("forkserver")
+            ProcessServer._context.set_forkserver_preload(self.PRELOAD)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.argv, self.log_path = [*argv, "--port", str(self.port)], log_path
+        self.process = None
+
+    def start(self, timeout: float = 60.0):
+        self.process = self._context.Process(target=run_cli, args=(self.argv, str(self.log_path)), daemon=True)
+        self.process.start()
+        try:
+            wait_until_up(self.url, timeout)
+        except TimeoutError:
+            self.process.kill()
+            raise TimeoutError(f"the server did not start; its log:\n{self.log_path.read_text()[-3000:]}") from None
+        return self
+
+    def signal(self, number: int) -> None:
+        import os
+
+        os.kill(self.process.pid, number)
+
+    def wait(self, timeout: float = 30.0) -> int | None:
+        self.process.join(timeout)
+        return self.process.exitcode
