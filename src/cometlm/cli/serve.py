@@ -26,6 +26,8 @@ def register(sub) -> None:
                        "its own sessions. Without it every client is 'local'")
     serve.add_argument("--hash-key", metavar="NAME",
                        help="print the keys-file line for NAME and the key read from standard input, then exit")
+    serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                       help="info (default) logs one line per request: method, path, status, ms, key name")
     limits = serve.add_argument_group("limits")
     limits.add_argument("--cache-mib", type=int, default=1024, help="RAM for memory states, MiB (default 1024)")
     limits.add_argument("--max-body-kib", type=int, default=1024, help="largest JSON request body, KiB (default 1024)")
@@ -35,7 +37,6 @@ def register(sub) -> None:
     limits.add_argument("--batch-window-ms", type=float, default=5.0,
                         help="how long requests of different sessions are collected into one batch (default 5)")
     limits.add_argument("--max-batch", type=int, default=16, help="requests per batch (default 16)")
-    limits.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     add_model_options(serve)
     serve.set_defaults(run=cmd_serve)
 
