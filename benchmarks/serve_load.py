@@ -74,8 +74,8 @@ def main(argv=None) -> int:
             server.terminate()
             server.wait(timeout=120)
         workdir.cleanup()
-    record.update(command=" ".join(sys.argv), date_utc=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                  machine=machine())
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    record.update(command=shlex.join(sys.argv), date_utc=now, machine=machine())
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
     print(f"written to {args.out}")
