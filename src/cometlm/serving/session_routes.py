@@ -38,7 +38,11 @@ async def list_sessions(request: Request, owner: str = Depends(request_owner)):
     return {"object": "list", "data": [session_body(info, request) for info in infos]}
 
 
-@router.post("/import", status_code=201)
+STATE_FILE_BODY = {"requestBody": {"required": True, "content": {
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
+
+
+@router.post("/import", status_code=201, openapi_extra=STATE_FILE_BODY)
 async def import_session(request: Request, owner: str = Depends(request_owner)):
     """The body is a state file as ``GET /v1/sessions/{id}/state`` returns it (safetensors; never unpickled)."""
     info = await request.app.state.service.import_state(owner, await request.body())
@@ -112,7 +116,8 @@ async def fork(session_id: str, request: Request, owner: str = Depends(request_o
     return session_body(await request.app.state.service.fork(owner, session_id), request)
 
 
-@router.get("/{session_id}/state")
+@router.get("/{session_id}/state", response_class=Response,
+            responses={200: {"content": {"application/octet-stream": {}}, "description": "the state file"}})
 async def export_state(session_id: str, request: Request, owner: str = Depends(request_owner)):
     data = await request.app.state.service.export(owner, session_id)
     return Response(data, media_type="application/octet-stream",
