@@ -363,6 +363,12 @@ def test_requests_to_different_sessions_are_batched(server):
         assert answer == server.answer(" Why?", alone, max_new_tokens=6)[0]
 
 
+def test_one_state_folder_serves_one_server(server):
+    with pytest.raises(ValueError, match="another server is using the state folder"):
+        build_app(server.model, server.settings, "tiny")
+    assert httpx.get(server.url + "/v1/models", headers={"Authorization": f"Bearer {KEYS['bob']}"}).status_code == 200
+
+
 def test_openapi_schema_lists_the_api(server):
     paths = httpx.get(server.url + "/openapi.json").json()["paths"]
     for path in ("/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/sessions", "/v1/sessions/import",

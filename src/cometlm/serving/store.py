@@ -28,6 +28,7 @@ log = logging.getLogger("cometlm.serve")
 
 STATES_DIR = "states"
 INDEX_FILE = "index.sqlite"
+LOCK_FILE = "lock"
 SESSION_ID = re.compile(r"^sess_[0-9a-f]{32}$")
 
 
@@ -56,6 +57,7 @@ class SessionStore:
         self.directory = Path(directory)
         self.states = self.directory / STATES_DIR
         self.states.mkdir(parents=True, exist_ok=True)
+        self._lock = _hold_folder(self.directory)
         self.index = SessionIndex(self.directory / INDEX_FILE)
         self.cache = StateCache(cache_bytes)
         self.fingerprint = model_fingerprint(model)
@@ -176,3 +178,19 @@ class SessionStore:
 
     def close(self) -> None:
         self.index.close()
+        self._lock.close()
+
+
+def _hold_folder(directory: Path):
+    """An exclusive lock on the state folder for this process's lifetime: two servers writing one folder would
+    break the one-writer-per-session rule. The kernel releases it when the process dies, however it dies."""
+    import fcntl
+
+    handle = open(directory / LOCK_FILE, "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ValueError(f"another server is using the state folder {directory}; give each server its own "
+                         "--state-dir") from None
+    return handle
