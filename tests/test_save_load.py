@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cometlm import CometForCausalLM, MemoryState
-from conftest import SMALL, random_ids, randomize_memory, tiny_backbone, tiny_comet
+from conftest import SMALL, assert_states_equal, random_ids, randomize_memory, tiny_backbone, tiny_comet
 
 
 def saved_base(tmp_path, seed=0, name="base"):
@@ -102,6 +102,52 @@ def test_corrupted_or_truncated_state_files(tmp_path):
             MemoryState.load(tmp_path / f"{name}.safetensors")
     with pytest.raises(FileNotFoundError):
         MemoryState.load(tmp_path / "missing.safetensors")
+
+
+@torch.no_grad()
+def test_stack_then_select_round_trips():
+    """Sessions of a server are read in one batch: stacking states of different fill and taking them apart again
+    gives each back exactly, and the stacked batch reads each stream as it would have been read alone."""
+    comet = tiny_comet()
+    states = [comet.init_memory(1), comet.ingest(random_ids(1, 5, seed=1)), comet.ingest(random_ids(1, 19, seed=2))]
+    stacked = MemoryState.stack(states)
+    assert stacked.batch_size == 3 and stacked.pending.shape[1] == max(s.pending.shape[1] for s in states)
+    for i, state in enumerate(states):
+        back = stacked.select(torch.tensor([i]))
+        for key, value in state.tensors().items():
+            assert torch.equal(back.tensors()[key], value), (i, key)
+    more = random_ids(3, 6, seed=3)
+    batched = comet.ingest(more, stacked)
+    for i, state in enumerate(states):
+        assert_states_equal(batched.select(torch.tensor([i])), comet.ingest(more[i : i + 1], state))
+    with pytest.raises(ValueError, match="at least one"):
+        MemoryState.stack([])
+    other = CometForCausalLM.from_backbone(tiny_backbone(), SMALL.__class__(chunk_size=16, global_slots=3, temp_stride=4, temp_capacity=5, adapter_rank=4))
+    with pytest.raises(ValueError, match="different configs"):
+        MemoryState.stack([states[0], other.init_memory(1)])
+
+
+@torch.no_grad()
+def test_state_from_bytes_equals_the_file_and_refuses_bad_bytes(tmp_path):
+    comet = tiny_comet()
+    path = tmp_path / "state.safetensors"
+    state = comet.ingest(random_ids(1, 20))
+    state.save(path, notes={"owner": "alice"})
+    data = path.read_bytes()
+    loaded = MemoryState.from_bytes(data)
+    assert all(torch.equal(v, loaded.tensors()[k]) for k, v in state.tensors().items())
+    assert MemoryState.read_notes(data) == MemoryState.read_notes(path) == {"owner": "alice"}
+    for bad in (b"", data[:7], data[: len(data) // 2], b"\xff" * 64, data[:8] + b"{not json" + data[17:]):
+        with pytest.raises(ValueError, match="not a readable CoMeT memory state"):
+            MemoryState.from_bytes(bad)
+    from safetensors.torch import save
+
+    wrong = {k: v.double() if v.is_floating_point() else v for k, v in state.tensors().items()}
+    meta = {"format": "cometlm.memory_state/1", "config": json.dumps(SMALL.to_dict())}
+    with pytest.raises(ValueError, match="wrong dtypes"):
+        MemoryState.from_bytes(save({**wrong, "layers.0.temp_valid": wrong["layers.0.temp_valid"].long()}, meta))
+    with pytest.raises(ValueError, match="not a CoMeT memory state"):
+        MemoryState.from_bytes(save(state.tensors(), {"format": "something else"}))
 
 
 def test_state_for_another_model_is_refused(tmp_path):

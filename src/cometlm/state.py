@@ -12,9 +12,11 @@ import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from safetensors import SafetensorError
+from safetensors.torch import load as load_bytes
 from safetensors.torch import load_file, save_file
 
 from .config import CometConfig
@@ -108,6 +110,28 @@ class MemoryState:
             pending_len, self.chunks_closed[rows],
         )
 
+    @classmethod
+    def stack(cls, states: Sequence[MemoryState]) -> MemoryState:
+        """One batch holding the streams of several states, in order (``select`` takes them apart again). Their
+        open chunks are padded with zeros to the longest; all must share one configuration and model shape."""
+        states = list(states)
+        if not states:
+            raise ValueError("stack needs at least one memory state")
+        first = states[0]
+        for state in states[1:]:
+            if state.config != first.config:
+                raise ValueError(f"cannot stack memory states of different configs ({first.config} and {state.config})")
+            if len(state.layers) != len(first.layers):
+                raise ValueError(f"cannot stack memory states of {len(first.layers)} and {len(state.layers)} layers")
+        width = max(state.pending.shape[1] for state in states)
+        layers = tuple(
+            LayerState(*(torch.cat([getattr(state.layers[i], name) for state in states]) for name in _LAYER_FIELDS))
+            for i in range(len(first.layers))
+        )
+        pending = torch.cat([torch.nn.functional.pad(s.pending, (0, width - s.pending.shape[1])) for s in states])
+        return cls(first.config, layers, pending, torch.cat([s.pending_len for s in states]),
+                   torch.cat([s.chunks_closed for s in states]))
+
     def with_layers(self, layers) -> "MemoryState":
         return replace(self, layers=tuple(layers))
 
@@ -143,32 +167,46 @@ class MemoryState:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no memory state file at {path}")
+        metadata = _read_metadata(path)
         try:
-            from safetensors import safe_open
-
-            with safe_open(path, framework="pt") as f:
-                metadata = f.metadata() or {}
             tensors = load_file(path, device=str(device) if device is not None else "cpu")
         except (SafetensorError, OSError, ValueError) as err:
             raise ValueError(f"{path} is not a readable CoMeT memory state (corrupted or truncated?): {err}") from err
-        if metadata.get("format") != STATE_FORMAT:
-            raise ValueError(f"{path} is not a CoMeT memory state (format {metadata.get('format')!r})")
-        config = CometConfig.from_dict(json.loads(metadata["config"]))
-        return cls.from_tensors(config, tensors, source=str(path))
+        return cls._from_file(metadata, tensors, str(path))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str = "the uploaded state") -> "MemoryState":
+        """A state from the bytes of a state file (what ``save`` writes), e.g. an upload; safetensors only, so
+        nothing in the bytes is ever executed."""
+        metadata = _metadata_of_bytes(data, source)
+        try:
+            tensors = load_bytes(data)
+        except (SafetensorError, ValueError) as err:
+            raise ValueError(f"{source} is not a readable CoMeT memory state (corrupted or truncated?): {err}") from err
+        return cls._from_file(metadata, tensors, source)
+
+    @classmethod
+    def _from_file(cls, metadata: dict, tensors: dict[str, torch.Tensor], source: str) -> "MemoryState":
+        try:
+            config = CometConfig.from_dict(json.loads(metadata["config"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{source} is not a CoMeT memory state: its config is missing or invalid ({err})") from err
+        return cls.from_tensors(config, tensors, source=source)
 
     @staticmethod
-    def read_notes(path: str | os.PathLike) -> dict[str, str]:
-        """The `notes` saved with a state file, without loading its tensors."""
-        from safetensors import safe_open
-
+    def read_notes(path_or_bytes: str | os.PathLike | bytes) -> dict[str, str]:
+        """The `notes` saved with a state file (a path, or the file's bytes), without loading its tensors."""
+        if isinstance(path_or_bytes, (bytes, bytearray)):
+            metadata = _metadata_of_bytes(bytes(path_or_bytes), "the uploaded state")
+        else:
+            metadata = _read_metadata(Path(path_or_bytes))
         try:
-            with safe_open(Path(path), framework="pt") as f:
-                metadata = f.metadata() or {}
-        except (SafetensorError, OSError, ValueError) as err:
-            raise ValueError(f"{path} is not a readable CoMeT memory state (corrupted or truncated?): {err}") from err
-        if metadata.get("format") != STATE_FORMAT:
-            raise ValueError(f"{path} is not a CoMeT memory state (format {metadata.get('format')!r})")
-        return json.loads(metadata.get("notes", "{}"))
+            notes = json.loads(metadata.get("notes", "{}"))
+        except ValueError as err:
+            raise ValueError(f"the notes of a memory state are not valid JSON: {err}") from err
+        if not isinstance(notes, dict):
+            raise ValueError("the notes of a memory state are not a JSON object")
+        return notes
 
     @classmethod
     def from_tensors(cls, config: CometConfig, tensors: dict[str, torch.Tensor], source: str = "tensors"):
@@ -203,7 +241,52 @@ class MemoryState:
                 got = tuple(getattr(layer, name).shape)
                 if got != shape:
                     raise ValueError(f"memory state layer {i} '{name}' has shape {got}, expected {shape}")
-        if self.pending_len.shape != (b,) or self.chunks_closed.shape != (b,):
+        if self.pending_len.shape != (b,) or self.chunks_closed.shape != (b,) or self.pending.dim() != 2:
             raise ValueError("memory state bookkeeping tensors do not match its batch size")
+        rows = {t.dtype for layer in self.layers for t in (layer.global_memory, layer.temp)}
+        states = {layer.global_state.dtype for layer in self.layers}
+        flags = {t.dtype for layer in self.layers for t in (layer.has_global, layer.temp_valid)}
+        counts = {t.dtype for t in (self.pending, self.pending_len, self.chunks_closed)}
+        if (len(rows) != 1 or not next(iter(rows)).is_floating_point or states != {torch.float32}
+                or flags != {torch.bool} or counts != {torch.long}):
+            raise ValueError(
+                "memory state tensors have the wrong dtypes (G and T one floating dtype, S float32, flags bool, token "
+                f"ids and counts int64; got {sorted(map(str, rows | states | flags | counts))})"
+            )
         if self.pending.shape[1] > self.config.chunk_size or int(self.pending_len.max()) > self.pending.shape[1]:
             raise ValueError("memory state open chunk is larger than chunk_size")
+        if int(self.pending_len.min()) < 0 or int(self.chunks_closed.min()) < 0:
+            raise ValueError("memory state counts are negative")
+
+
+def _check_format(metadata: dict, source) -> dict:
+    if metadata.get("format") != STATE_FORMAT:
+        raise ValueError(f"{source} is not a CoMeT memory state (format {metadata.get('format')!r})")
+    return metadata
+
+
+def _read_metadata(path: Path) -> dict:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{path} is not a readable CoMeT memory state (corrupted or truncated?): {err}") from err
+    return _check_format(metadata, path)
+
+
+def _metadata_of_bytes(data: bytes, source: str) -> dict:
+    """The ``__metadata__`` of a safetensors file held in memory: an 8-byte little-endian header length, then
+    that many bytes of JSON (the safetensors format), read without trusting either."""
+    if len(data) < 8:
+        raise ValueError(f"{source} is not a readable CoMeT memory state (truncated: {len(data)} bytes)")
+    size = int.from_bytes(data[:8], "little")
+    if size > len(data) - 8:
+        raise ValueError(f"{source} is not a readable CoMeT memory state (truncated header)")
+    try:
+        header = json.loads(data[8 : 8 + size].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise ValueError(f"{source} is not a readable CoMeT memory state (bad header: {err})") from err
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return _check_format(metadata if isinstance(metadata, dict) else {}, source)

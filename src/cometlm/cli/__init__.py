@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import demo, eval, generate, lm_eval, train
+from . import demo, eval, generate, lm_eval, serve, train
 
-COMMANDS = (generate, demo, train, eval, lm_eval)
+COMMANDS = (generate, demo, train, eval, lm_eval, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,85 @@
+"""`cometlm serve`: the HTTP server (OpenAI-compatible endpoints and memory sessions; docs/SERVING.md)."""
+
+from __future__ import annotations
+
+import sys
+
+from .options import add_model_options, load_model, model_options
+
+DEFAULT_STATE_DIR = "cometlm-sessions"
+
+
+def register(sub) -> None:
+    serve = sub.add_parser(
+        "serve", help="serve memory sessions and an OpenAI-compatible API over HTTP",
+        description="Serves the model over HTTP: OpenAI-compatible /v1/completions and /v1/chat/completions, and "
+        "memory sessions whose states live on disk (/v1/sessions). Without --model and --comet it serves the "
+        "bundled SmolLM2 with the shipped smollm2-135m-passkey adapter. Binds to 127.0.0.1 unless --host says "
+        "otherwise; SIGTERM finishes the requests in flight, then stops.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
+                       help=f"where sessions live: index.sqlite and states/ (default ./{DEFAULT_STATE_DIR})")
+    serve.add_argument("--api-keys", metavar="FILE",
+                       help="keys file, one 'name:sha256-of-key' line per key (see --hash-key); each key sees only "
+                       "its own sessions. Without it every client is 'local'")
+    serve.add_argument("--hash-key", metavar="NAME",
+                       help="print the keys-file line for NAME and the key read from standard input, then exit")
+    serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                       help="info (default) logs one line per request: method, path, status, ms, key name")
+    limits = serve.add_argument_group("limits")
+    limits.add_argument("--cache-mib", type=int, default=1024, help="RAM for memory states, MiB (default 1024)")
+    limits.add_argument("--max-body-kib", type=int, default=1024, help="largest JSON request body, KiB (default 1024)")
+    limits.add_argument("--max-append-tokens", type=int, default=32768, help="tokens per append or prompt (default 32768)")
+    limits.add_argument("--max-new-tokens", type=int, default=512, help="tokens generated per request (default 512)")
+    limits.add_argument("--max-sessions-per-key", type=int, default=1000, help="sessions per key (default 1000)")
+    limits.add_argument("--batch-window-ms", type=float, default=5.0,
+                        help="how long requests of different sessions are collected into one batch (default 5)")
+    limits.add_argument("--max-batch", type=int, default=16, help="requests per batch (default 16)")
+    add_model_options(serve)
+    serve.set_defaults(run=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    if args.hash_key is not None:
+        return hash_key_line(args.hash_key)
+    import logging
+    from pathlib import Path
+
+    from cometlm.bundled import SHIPPED_ADAPTER
+    from cometlm.serving import ServerSettings, build_app, serve
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    if args.comet is None and args.model is None:
+        args.comet = SHIPPED_ADAPTER.name
+    settings = ServerSettings(
+        state_dir=Path(args.state_dir), api_keys=args.api_keys, cache_bytes=args.cache_mib << 20,
+        max_body_bytes=args.max_body_kib << 10, max_append_tokens=args.max_append_tokens,
+        max_new_tokens=args.max_new_tokens, max_sessions_per_key=args.max_sessions_per_key,
+        batch_window_ms=args.batch_window_ms, max_batch=args.max_batch,
+    )
+    if args.host not in ("127.0.0.1", "localhost", "::1") and args.api_keys is None:
+        logging.getLogger("cometlm.serve").warning(
+            "binding to %s without --api-keys: anyone who can reach this port reads and writes every session",
+            args.host)
+    model = load_model(args)
+    app = build_app(model, settings, model_id=Path(model_options(args).name).name)
+    serve(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def hash_key_line(name: str) -> int:
+    """`openssl rand -hex 24 | tee alice.key | cometlm serve --hash-key alice >> keys.txt`."""
+    import re
+
+    from cometlm.serving.auth import hash_key
+
+    if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", name):
+        raise ValueError(f"a key name is 1-64 letters, digits or _.@- (got {name!r})")
+    key = sys.stdin.readline().strip()
+    if len(key) < 16:
+        raise ValueError("read a key of at least 16 characters from standard input (e.g. `openssl rand -hex 24 | ...`)")
+    print(f"{name}:{hash_key(key)}")
+    return 0

@@ -1,0 +1,100 @@
+"""The server's small parts on their own: an answer's text as it streams, what a session reads, API keys, the
+state cache's byte budget."""
+
+import pytest
+import torch
+
+from cometlm.serving.auth import KeyRing, hash_key
+from cometlm.serving.cache import StateCache
+from cometlm.serving.decoding import TextStream
+from cometlm.serving.errors import APIError
+from cometlm.serving.rendering import new_turn, render_events, render_messages
+from conftest import random_ids, tiny_comet
+
+
+def stream_text(tokenizer, text, stop=(), max_tokens=1000, eos=()):
+    """Pushes the tokens of ``text`` one by one; returns (the pieces sent, the stream)."""
+    stream = TextStream(tokenizer, stop, max_tokens, eos)
+    pieces = [stream.push(t) for t in tokenizer(text, add_special_tokens=False)["input_ids"]]
+    return pieces, stream
+
+
+def test_streamed_text_is_the_answer_and_never_shows_a_stop_string(tokenizer):
+    text = "Order 4821 shipped. END and then more text"
+    pieces, stream = stream_text(tokenizer, text, stop=("END",))
+    assert "".join(pieces) == stream.text == "Order 4821 shipped. "
+    assert stream.finish_reason == "stop"
+    pieces, stream = stream_text(tokenizer, text, stop=("ENDING",))  # a prefix of it appears, not the whole
+    assert "".join(pieces) == text and stream.finish_reason is None
+    pieces, stream = stream_text(tokenizer, text, max_tokens=3)
+    assert stream.finish_reason == "length" and len(stream.ids) == 3 and "".join(pieces) == stream.text
+
+
+def test_a_character_split_over_tokens_is_sent_whole(tokenizer):
+    text = "snow ☃ and 日本語 text"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert any(tokenizer.decode(ids[:n]).endswith("\ufffd") for n in range(len(ids)))  # the case arises
+    pieces, stream = stream_text(tokenizer, text)
+    assert "".join(pieces) == text
+    assert not any("\ufffd" in p for p in pieces)
+
+
+def test_end_of_sequence_ends_the_answer(tokenizer):
+    stream = TextStream(tokenizer, (), 100, [tokenizer.eos_token_id])
+    first = stream.push(tokenizer("Yes", add_special_tokens=False)["input_ids"][0])
+    assert stream.push(tokenizer.eos_token_id) == "" and stream.finish_reason == "stop"
+    assert stream.text == first == "Yes" and stream.push(5) == ""
+
+
+def test_events_render_canonically():
+    a = render_events([{"type": "order", "item": "tea", "qty": 2, "meta": {"z": 1, "a": "é"}}])
+    b = render_events([{"meta": {"a": "é", "z": 1}, "qty": 2, "item": "tea", "type": "order"}])
+    assert a == b == '{"item": "tea", "meta": {"a": "é", "z": 1}, "qty": 2, "type": "order"}\n'
+    assert render_events([{"a": 1}, {"b": 2}]).count("\n") == 2
+
+
+def test_a_chat_turn_is_read_once_and_the_default_system_prompt_once(tokenizer):
+    history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+               {"role": "user", "content": "and now?"}]
+    assert new_turn(history) == history[2:]
+    assert new_turn(history[:1]) == history[:1]
+    first = render_messages(tokenizer, history[:1], add_generation_prompt=True, continuing=False)
+    later = render_messages(tokenizer, history[2:], add_generation_prompt=True, continuing=True)
+    assert "You are a helpful AI assistant" in first  # SmolLM2's template adds its default system prompt
+    assert later == "<|im_start|>user\nand now?<|im_end|>\n<|im_start|>assistant\n"
+    own = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "x"}]
+    assert render_messages(tokenizer, own, False, continuing=True).startswith("<|im_start|>system\nBe brief.")
+
+
+def test_keys_are_checked_by_hash_and_bad_files_are_explained(tmp_path):
+    path = tmp_path / "keys"
+    path.write_text(f"# comment\nalice:{hash_key('alice-secret-key')}\n\nbob:{hash_key('bob-secret-key')}  # ops\n")
+    ring = KeyRing.load(path)
+    assert ring.owner("Bearer alice-secret-key") == "alice" and ring.owner("bearer bob-secret-key") == "bob"
+    assert "alice-secret-key" not in path.read_text()
+    for header in (None, "", "Bearer", "Basic alice-secret-key", "Bearer alice-secret-kez"):
+        with pytest.raises(APIError) as err:
+            ring.owner(header)
+        assert err.value.status == 401
+    for text, match in ((f"alice:{'A' * 64}\n", ":1: expected"), (f"a:{'0' * 64}\na:{'1' * 64}\n", "appears twice"),
+                        ("", "at least one"), ("alice:secret\n", ":1: expected")):
+        path.write_text(text)
+        with pytest.raises(ValueError, match=match):
+            KeyRing.load(path)
+
+
+@torch.no_grad()
+def test_the_state_cache_stays_within_its_budget_and_drops_the_least_recently_used():
+    comet = tiny_comet()
+    states = {f"s{i}": comet.ingest(random_ids(1, 3 + i, seed=i)) for i in range(4)}
+    size = max(s.nbytes() for s in states.values())
+    cache = StateCache(budget_bytes=2 * size + size // 2)
+    for key, state in states.items():
+        cache.put(key, state)
+        cache.get("s0")  # keeps being used
+        assert cache.nbytes <= cache.budget_bytes
+    assert cache.get("s0") is states["s0"] and cache.get("s3") is states["s3"]
+    assert cache.get("s1") is None and cache.get("s2") is None and len(cache) == 2
+    cache.drop("s0")
+    assert cache.get("s0") is None and cache.nbytes == states["s3"].nbytes()
+    StateCache(budget_bytes=0).put("big", states["s0"])  # larger than the budget: not kept, no error
