@@ -9,7 +9,7 @@ import time
 
 from cometlm.runtime import peak_rss_mib
 
-from .generate import generate_answer, read_context, report, split_open_chunk
+from .generate import generate_printed, read_timed, report, split_open_chunk
 from .options import add_generation_options, add_model_options, load_model
 
 DEMO_TOKENS = {"passkey": 32768, "continue": 16384}
@@ -112,9 +112,9 @@ def _demo_continue(args) -> int:
         print("note: the memory modules are untrained (identity adapters, no fine-tuning), so this shows the "
               "mechanics and cost, not long-range recall.", file=sys.stderr)
     context, prompt = split_open_chunk(ids, config.chunk_size)
-    state, read_seconds = read_context(model, context, model.init_memory(1))
+    state, read_seconds = read_timed(model, context, model.init_memory(1))
     print("\n--- the text read ends with ---\n" + model.tokenizer.decode(prompt[-80:]) + "\n--- continuation ---",
           file=sys.stderr, flush=True)
-    out, gen_seconds = generate_answer(model, prompt, state, args)
+    out, gen_seconds = generate_printed(model, prompt, state, args)
     report(len(context), read_seconds, len(prompt), out.sequences.shape[1] - len(prompt), gen_seconds, out.memory)
     return 0

@@ -40,8 +40,8 @@ def cmd_generate(args) -> int:
     state = MemoryState.load(args.memory_in) if args.memory_in else model.init_memory(1)
     model.check_memory(state, 1)
     context, prompt = split_open_chunk(ids, model.comet_config.chunk_size)
-    state, read_seconds = read_context(model, context, state)
-    out, gen_seconds = generate_answer(model, prompt, state, args)
+    state, read_seconds = read_timed(model, context, state)
+    out, gen_seconds = generate_printed(model, prompt, state, args)
     if args.memory_out:
         out.memory.save(args.memory_out)
         print(f"memory state saved to {args.memory_out}", file=sys.stderr)
@@ -55,7 +55,7 @@ def split_open_chunk(ids: list[int], chunk_size: int) -> tuple[list[int], list[i
     return ids[:-tail], ids[-tail:]
 
 
-def read_context(model, context_ids: list[int], state):
+def read_timed(model, context_ids: list[int], state):
     """Streams text into the memory with a live progress bar; returns (state, seconds).
 
     `ingest` keeps a full last chunk open until more text arrives; the prompt always follows here, so that chunk
@@ -72,7 +72,7 @@ def read_context(model, context_ids: list[int], state):
     return state, time.perf_counter() - start
 
 
-def generate_answer(model, prompt_ids: list[int], state, args):
+def generate_printed(model, prompt_ids: list[int], state, args):
     """Generates after the prompt, printing tokens as they come; returns (output, seconds)."""
     import torch
     from transformers import TextStreamer
