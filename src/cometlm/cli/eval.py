@@ -55,7 +55,6 @@ def default_out_dir(task: str, method: str, layout: str | None) -> Path:
 
 def add_common_options(parser, task: str, layouts: bool) -> None:
     """The method, output and model options every task takes."""
-    
     group = parser.add_argument_group("method")
     group.add_argument("--method", choices=METHODS, default="comet", help=METHOD_HELP)
     group.add_argument("--window", type=int, default=None,
@@ -140,7 +139,6 @@ def run_grid_command(task, args) -> int:
 
 def register_ppl(tasks) -> None:
     """Adds `ppl` to the `cometlm eval` tasks (argparse's `add_subparsers()` object)."""
-    
     parser = tasks.add_parser(
         "ppl", help="long-document perplexity on held-out text, by position in the document",
         description="Next-token loss on held-out windows of a bundled corpus (the last 5% of the KJV Bible or the "
@@ -166,7 +164,6 @@ def register_ppl(tasks) -> None:
 
 
 def cmd_eval_ppl(args) -> int:
-    
     ppl.check_settings(args.corpus, args.length, args.documents, args.bucket, args.seed)  # before the model loads
     others = [ppl.load_summary(p) for p in args.compare]
     out = Path(args.out) if args.out else default_out_dir("ppl", args.method, None)
@@ -190,7 +187,6 @@ def cmd_eval_ppl(args) -> int:
 
 def register_scrolls(tasks) -> None:
     """Adds `scrolls` to the `cometlm eval` tasks (argparse's `add_subparsers()` object)."""
-    
     parser = tasks.add_parser(
         "scrolls", help="SCROLLS long-document tasks from local files, scored with the official metrics",
         description="Answers the SCROLLS tasks (GovReport, SummScreenFD, QMSum, Qasper, NarrativeQA, QuALITY, "
@@ -221,7 +217,6 @@ def register_scrolls(tasks) -> None:
 
 
 def cmd_eval_scrolls(args) -> int:
-    
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be at least 1 (got {args.limit})")
     data = {task: scrolls.load_examples(args.data_dir, task, args.split)[: args.limit] for task in args.tasks}  # before loading
