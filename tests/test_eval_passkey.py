@@ -20,7 +20,7 @@ import cometlm.tasks.retrieval as tasks
 from cometlm import CometForCausalLM, MemoryState
 from cometlm.bundled import encode
 from cometlm.cli.eval import register
-from cometlm.evaluation.grid import length_label, write_heatmap
+from cometlm.evaluation.grid import length_label, trials_label, write_heatmap
 from cometlm.evaluation.methods.base import backbone_window
 from cometlm.evaluation.passkey import HEATMAP_FILE, SUMMARY_FILE, TRIALS_FILE, evaluate_passkey
 from cometlm.evaluation.streaming import Snapshot, _digest, read_context
@@ -97,6 +97,22 @@ def test_grid_writes_trials_summary_and_heatmap(tmp_path, model, tokenizer):
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+def test_fewer_trials_at_a_length_are_run_counted_and_named(tmp_path, model, tokenizer):
+    summary = run(model, tokenizer, tmp_path, lengths=(150, 300), depths=(0, 100), trials=2, trials_at={300: 1})
+    cells = [(r["length"], r["depth"], r["trial"]) for r in trial_records(tmp_path)]
+    assert sorted(cells) == [(150, 0, 0), (150, 0, 1), (150, 100, 0), (150, 100, 1), (300, 0, 0), (300, 100, 0)]
+    assert summary["complete"] is True and summary["config"]["trials_at"] == {"300": 1}
+    assert [c["done"] for c in summary["cells"]] == [2, 2, 1, 1]
+    assert trials_label(summary["config"]) == "2 trials (1 at 300)"
+    # the same run with one more trial at 300 reads only that trial; trials_at is not part of what the run is
+    more = run(model, tokenizer, tmp_path, lengths=(150, 300), depths=(0, 100), trials=2)
+    assert len(trial_records(tmp_path)) == 8 and more["complete"] and trials_label(more["config"]) == "2 trials"
+    for bad, message in (({500: 1}, "not in the grid: \\[500\\]"), ({300: 0}, "at least 1 \\(got 0\\)")):
+        with pytest.raises(ValueError, match=message):
+            run(model, tokenizer, tmp_path / "bad", lengths=(150, 300), trials=2, trials_at=bad)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_an_interrupted_grid_resumes_with_only_the_missing_trials(tmp_path, model, tokenizer, monkeypatch):

@@ -137,3 +137,58 @@ def test_the_comparison_runs_every_method_on_every_task_with_the_same_prompts(tm
     result = subprocess.run(["bash", str(COMPARE), str(tmp_path / "out"), "--only", "sliding-window"],
                             capture_output=True, text=True, env={**os.environ, "COMETLM": "echo"})
     assert result.returncode == 2 and "--only takes NAME/TASK" in result.stderr
+
+
+GENERAL = RECIPE.with_name("general-smollm2.sh")
+SUITES_COMPARE = RECIPE.with_name("suites-compare-smollm2.sh")
+
+
+def test_the_general_recipe_continues_the_passkey_adapter_on_data_that_loads(tmp_path, tokenizer):
+    from cometlm.training.specs import load_mixture
+
+    result = subprocess.run(["bash", str(GENERAL), str(tmp_path), "--", "--threads", "1"], capture_output=True,
+                            text=True, env={**os.environ, "COMETLM": "echo"})
+    assert result.returncode == 0, result.stderr
+    runs = [parse(shlex.split(line)) for line in result.stdout.splitlines() if line.startswith("train ")]
+    assert len(runs) == 1 and runs[0].threads == 1 and runs[0].dtype == "bfloat16"
+    assert runs[0].comet == str(RECIPE.parents[1] / "src" / "cometlm" / "adapters" / "smollm2-135m-passkey")
+    weights = [float(spec.rpartition("@")[2]) for spec in runs[0].data]
+    assert abs(sum(weights) - 1) < 1e-9
+    # every task source draws from the training split (none asks for split=test), and each builds a sample
+    assert not any("split=" in spec for spec in runs[0].data)
+    mixture = load_mixture(runs[0].data, tokenizer, runs[0].max_length, seed=0)
+    samples = [mixture[i] for i in range(8)]
+    assert all(len(s.input_ids) <= runs[0].max_length and any(t != -100 for t in s.labels) for s in samples)
+
+
+def test_the_suites_comparison_runs_every_method_on_every_task_with_the_same_grid(tmp_path):
+    from cometlm.cli.eval import register as register_eval
+
+    def commands(*args):
+        result = subprocess.run(["bash", str(SUITES_COMPARE), str(tmp_path), *args], capture_output=True, text=True,
+                                env={**os.environ, "COMETLM": "echo"})
+        assert result.returncode == 0, result.stderr
+        parser = argparse.ArgumentParser()
+        register_eval(parser.add_subparsers())
+        return [parser.parse_args(shlex.split(line)) for line in result.stdout.splitlines() if line.startswith("eval ")]
+
+    runs = commands("--", "--threads", "1")
+    assert len(runs) == 8 * 14 and all(args.threads == 1 for args in runs)
+    by_method = {}
+    for args in runs:
+        by_method.setdefault(Path(args.out).name, []).append(args)
+    assert all(len({a.task for a in group}) == 14 for group in by_method.values())
+    windows = {name: (group[0].method, group[0].window) for name, group in by_method.items()}
+    assert windows == {"truncated-cache": ("truncated", 161), "sliding-window-cache": ("sliding-window", 157),
+                       "full": ("full", None), "full-lora": ("full", None), "truncated": ("truncated", None),
+                       "no-memory": ("no-memory", None), "comet": ("comet", None),
+                       "sliding-window": ("sliding-window", None)}
+    for args in runs:
+        full = args.method == "full"
+        assert args.lengths == ([4096] if full else [4096, 16384, 32768]) and args.depths == [50]
+        assert args.trials == 5 and args.trials_at == ([] if full else [(32768, 3)]) and args.seed == 0
+    only = commands("--only", "comet", "--tasks", "user-qa")
+    assert [(a.task, Path(a.out).name) for a in only] == [("user-qa", "comet")]
+    result = subprocess.run(["bash", str(SUITES_COMPARE), str(tmp_path), "--only", "rag"], capture_output=True,
+                            text=True, env={**os.environ, "COMETLM": "echo"})
+    assert result.returncode == 2 and "--only takes one of" in result.stderr

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Carries the issue-5 measurements in progress from one working session to the next.
+"""Carries the measurements and training runs in progress from one working session to the next.
 
 Each session here starts on a fresh machine with a fresh checkout: `runs/` (git-ignored) is gone, and with it every
 training checkpoint and evaluation trial that was not committed. An ablation's training takes 6-7 hours on one CPU
@@ -16,6 +16,10 @@ comparison table there. Training: `runs/abl-VARIANT/` <-> `docs/experiments/carr
 latest checkpoint of the phase in progress. Earlier phases keep their `final/comet_config.json` alone (the recipe
 skips a phase that has one); their weights are not needed any more. An ablation is shipped
 (`docs/experiments/ship_ablation.py`) once its evaluation is complete; from then on `save` deletes its carry folder.
+
+The same for the task suites' comparison (issue 22, `recipes/suites-compare-smollm2.sh runs/suites`):
+`runs/suites/` <-> `docs/results/suites/`, and for the general adapter's training (issue 23,
+`recipes/general-smollm2.sh runs/general`): `runs/general/` <-> `docs/experiments/carry/general/`.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ RUNS = ROOT / "runs"
 RESULTS = ROOT / "docs/results/compare"
 CARRY = ROOT / "docs/experiments/carry"
 # the recipe's phases in order (recipes/passkey-smollm2.sh)
+GENERAL_PHASES = ("general-g1",)  # recipes/general-smollm2.sh
+SUITES = ROOT / "docs/results/suites"
 PHASES = ("passkey-v1", "passkey-v2a", "passkey-v2b", "passkey-v2d", "passkey-v2e", "passkey-v2f", "passkey-v2g")
 SMALL_FILES = ("metrics.jsonl", "metrics-sources.jsonl", "latest")
 
@@ -48,15 +54,17 @@ def copy_missing(source: Path, target: Path) -> int:
     return copied
 
 
-def save_training(run: Path, carry: Path) -> list[str]:
-    """Copies the resumable part of one recipe run (``runs/abl-VARIANT``) into ``carry``, replacing what was there."""
+def save_training(run: Path, carry: Path, phases=PHASES) -> list[str]:
+    """Copies the resumable part of one recipe run (``runs/abl-VARIANT``, ``runs/general``) into ``carry``,
+    replacing what was there."""
     if carry.exists():
         shutil.rmtree(carry)
     carry.mkdir(parents=True)
-    shutil.copy2(run / "variant", carry / "variant")
-    finished = [p for p in PHASES if (run / p / "final" / "comet_config.json").is_file()]
+    if (run / "variant").is_file():
+        shutil.copy2(run / "variant", carry / "variant")
+    finished = [p for p in phases if (run / p / "final" / "comet_config.json").is_file()]
     said = []
-    for phase in PHASES:
+    for phase in phases:
         source = run / phase
         if not source.is_dir():
             continue
@@ -92,6 +100,17 @@ def save() -> None:
         out = RESULTS.relative_to(ROOT)
         subprocess.run([sys.executable, "-m", "cometlm", "eval", "table", *table, "--out", str(out / "table.md"),
                         "--plot", str(out / "table.png")], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    if (RUNS / "suites").is_dir():
+        shutil.copytree(RUNS / "suites", SUITES, dirs_exist_ok=True, ignore=shutil.ignore_patterns("partial"))
+        print(f"task suites: runs/suites -> {SUITES.relative_to(ROOT)}")
+        table = [str(p.relative_to(ROOT)) for p in sorted(SUITES.glob("*/*")) if (p / f"{p.parent.name}.json").is_file()]
+        if table:
+            out = SUITES.relative_to(ROOT)
+            subprocess.run([sys.executable, "-m", "cometlm", "eval", "table", *table, "--out", str(out / "table.md"),
+                            "--plot", str(out / "table.png")], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    if (RUNS / "general").is_dir():
+        for line in save_training(RUNS / "general", CARRY / "general", GENERAL_PHASES):
+            print(f"general {line}")
     for run in sorted(RUNS.glob("abl-*")):
         if not (run / "variant").is_file():
             continue
@@ -108,7 +127,12 @@ def restore() -> None:
     if RESULTS.is_dir():
         n = copy_missing(RESULTS, RUNS / "compare")
         print(f"evaluations: {RESULTS.relative_to(ROOT)} -> runs/compare ({n} files)")
-    for carry in sorted(CARRY.glob("abl-*")):
+    if SUITES.is_dir():
+        n = copy_missing(SUITES, RUNS / "suites")
+        print(f"task suites: {SUITES.relative_to(ROOT)} -> runs/suites ({n} files)")
+    for carry in sorted([*CARRY.glob("abl-*"), CARRY / "general"]):
+        if not carry.is_dir():
+            continue
         n = copy_missing(carry, RUNS / carry.name)
         print(f"{carry.name}: -> runs/{carry.name} ({n} files)")
 

@@ -108,7 +108,10 @@ class MemoryCell:
         return self._loss(text_hidden, targets)
 
     def _loss(self, text_hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return summed_cross_entropy(self.backbone.logits(text_hidden), targets)
+        # Logits only where a target counts: a retrieval sample's loss is on its few answer tokens, and the LM head
+        # (vocabulary x hidden) is about a fifth of a small backbone's work per row.
+        keep = targets != -100
+        return summed_cross_entropy(self.backbone.logits(text_hidden[keep])[None], targets[keep][None])
 
     def _stream_inputs(self, layout: ChunkLayout, text_ids: torch.Tensor) -> torch.Tensor:
         """Input hidden states of the stream rows (text embeddings, the beacon, the readouts): (B, L, d)."""

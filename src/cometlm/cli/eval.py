@@ -8,6 +8,7 @@ command. Only light modules are imported here, so `cometlm --help` stays fast.
 
 from __future__ import annotations
 
+import argparse
 import shlex
 import sys
 from pathlib import Path
@@ -103,6 +104,8 @@ def _add_grid_options(parser, needle: str, depths=(0, 25, 50, 75, 100)) -> None:
                         help=f"where the {needle} sits, in percent of the haystack before it: 0 = start, 100 = end "
                         f"(default: {' '.join(map(str, depths))})")
     parser.add_argument("--trials", type=int, default=3, help="random prompts per (length, depth) cell (default 3)")
+    parser.add_argument("--trials-at", type=_length_trials, nargs="+", default=[], metavar="LENGTH=N",
+                        help="another number of trials at some lengths, e.g. --trials 5 --trials-at 32768=3")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the prompts; trial t of a cell uses Random('SEED/LENGTH/DEPTH/t') (default 0)")
     parser.add_argument("--snapshot-every", type=float, default=SNAPSHOT_SECONDS, metavar="SECONDS",
@@ -110,12 +113,23 @@ def _add_grid_options(parser, needle: str, depths=(0, 25, 50, 75, 100)) -> None:
                         f"so rerunning the command continues the trial where it stopped (default {SNAPSHOT_SECONDS:g})")
 
 
+def _length_trials(text: str) -> tuple[int, int]:
+    length, eq, count = text.partition("=")
+    try:
+        return int(length), int(count)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LENGTH=N, e.g. 32768=3 (got {text!r})") from None
+
+
 def run_grid_command(task, args) -> int:
     """`cometlm eval passkey|niah|ruler-...|babilong-...|user-qa|agent-qa`: loads the model, runs the grid (with the
     task's options bound), prints the table."""
     from cometlm.evaluation.grid import TRIALS_FILE, check_grid, evaluate_grid, format_table, method_label
 
-    check_grid(args.lengths, args.depths, args.trials)  # before the model loads
+    trials_at = dict(args.trials_at)
+    if len(trials_at) < len(args.trials_at):
+        raise ValueError("--trials-at names a length twice")
+    check_grid(args.lengths, args.depths, args.trials, trials_at)  # before the model loads
     if task.options:
         task = task.bind(**{option.name: getattr(args, option.name) for option in task.options})
     out = Path(args.out) if args.out else default_out_dir(task.name, args.method, args.layout)
@@ -125,7 +139,7 @@ def run_grid_command(task, args) -> int:
             task, model, model.tokenizer, args.lengths, args.depths, args.trials, args.seed, out, method=args.method,
             layout=args.layout, prime_tokens=args.prime_tokens, window=args.window, sink_tokens=args.sink_tokens,
             progress=not args.no_progress, model_name=model_options(args).name,
-            command=shlex.join(sys.argv), snapshot_every=args.snapshot_every,
+            command=shlex.join(sys.argv), snapshot_every=args.snapshot_every, trials_at=trials_at,
         )
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished trials are in {out / TRIALS_FILE}; run the same command again to resume",

@@ -84,11 +84,16 @@ class RetrievalTask:
         return f"{self.name}.png"
 
 
-def check_grid(lengths, depths, trials) -> tuple[list[int], list[int | float]]:
-    """Validated, sorted, de-duplicated lengths (tokens) and depths (percent, an int where whole)."""
-    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
-        raise ValueError(f"trials must be an integer of at least 1 (got {trials!r})")
+def check_grid(lengths, depths, trials, trials_at: dict | None = None) -> tuple[list[int], list[int | float]]:
+    """Validated, sorted, de-duplicated lengths (tokens) and depths (percent, an int where whole). ``trials_at``
+    ({length: trials}) gives some of the lengths another number of trials per cell than ``trials``."""
+    for count in (trials, *(trials_at or {}).values()):
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"trials must be an integer of at least 1 (got {count!r})")
     lengths, depths = list(lengths), list(depths)
+    if set(trials_at or {}) - set(lengths):
+        raise ValueError(f"trials are given for lengths that are not in the grid: "
+                         f"{sorted(set(trials_at) - set(lengths))} (lengths {sorted(set(lengths))})")
     if not lengths or not depths:
         raise ValueError("give at least one context length and at least one depth")
     for n in lengths:
@@ -100,6 +105,19 @@ def check_grid(lengths, depths, trials) -> tuple[list[int], list[int | float]]:
                 f"depths are percentages of the haystack before the key, from 0 (start) to 100 (end) (got {d!r})"
             )
     return sorted(set(lengths)), sorted({int(d) if float(d).is_integer() else float(d) for d in depths})
+
+
+def cell_trials(config: dict, length: int) -> int:
+    """Trials per cell at ``length`` in a grid's config (its ``trials``, or ``trials_at`` where given)."""
+    return int(config.get("trials_at", {}).get(str(length), config["trials"]))
+
+
+def trials_label(config: dict) -> str:
+    """"5 trials", or "5 trials (3 at 32k)" when some lengths have another number."""
+    count = config["trials"]
+    label = f"{count} trial{'' if count == 1 else 's'}"
+    other = [f"{n} at {length_label(int(length))}" for length, n in config.get("trials_at", {}).items() if n != count]
+    return label + (f" ({', '.join(other)})" if other else "")
 
 
 def length_label(n: int) -> str:
@@ -142,7 +160,8 @@ def _heatmap(summary: dict, title: str, needle: str):
             if cell["done"] == 0:
                 continue
             acc[i, j] = cell["accuracy"]
-            label = f"{cell['accuracy']:.2f}" + ("" if cell["done"] == config["trials"] else f"\n{cell['done']}/{config['trials']}")
+            wanted = cell_trials(config, length)
+            label = f"{cell['accuracy']:.2f}" + ("" if cell["done"] == wanted else f"\n{cell['done']}/{wanted}")
             ax.text(j, i, label, ha="center", va="center", fontsize=8,
                     color="white" if not 0.15 <= cell["accuracy"] <= 0.85 else "black")
     cmap = matplotlib.colormaps["RdYlGn"].with_extremes(bad="0.85")
@@ -167,7 +186,7 @@ def _mean(records: list[dict]) -> float | None:
 def _grid(config: dict):
     for length in config["lengths"]:
         for depth in config["depths"]:
-            for trial in range(config["trials"]):
+            for trial in range(cell_trials(config, length)):
                 yield length, depth, trial
 
 
@@ -180,7 +199,7 @@ def summarize(task: RetrievalTask, done: dict[tuple, dict], config: dict, run: d
     for length in config["lengths"]:
         row = []
         for depth in config["depths"]:
-            records = [done[k] for t in range(config["trials"]) if (k := (length, depth, t)) in done]
+            records = [done[k] for t in range(cell_trials(config, length)) if (k := (length, depth, t)) in done]
             seconds = sum(r["seconds"] for r in records)
             cells.append({
                 "length": length, "depth": depth, "done": len(records), "correct": sum(r["correct"] for r in records),
@@ -194,7 +213,7 @@ def summarize(task: RetrievalTask, done: dict[tuple, dict], config: dict, run: d
     return {
         "task": task.name,
         "method": run["method"],
-        "complete": len(every) == len(config["lengths"]) * len(config["depths"]) * config["trials"],
+        "complete": len(every) == len(list(_grid(config))),
         "config": config,
         "model": model,
         "cells": cells,
@@ -239,6 +258,7 @@ def evaluate_grid(
     trials: int,
     seed: int,
     out_dir,
+    trials_at: dict[int, int] | None = None,
     method: str = "comet",
     layout: str = "primed",
     prime_tokens: int = DEFAULT_PRIME_TOKENS,
@@ -252,6 +272,7 @@ def evaluate_grid(
 ) -> dict:
     """Runs the grid of `task` on a `CometForCausalLM` with one method and returns the summary it writes.
 
+    `trials` prompts per cell, or `trials_at[length]` at the lengths it names (e.g. fewer at the longest).
     `depths` are percentages (0 = needle at the start of the haystack, 100 = at its end). `method` is one of
     `methods.METHODS`; `layout` and `prime_tokens` apply to comet and no-memory, `window` to full, truncated and
     sliding-window, `sink_tokens` to sliding-window (see `methods.build_method`). Trials already in
@@ -266,7 +287,7 @@ def evaluate_grid(
 
     from cometlm.evaluation.streaming import Snapshot
 
-    lengths, depths = check_grid(lengths, depths, trials)
+    lengths, depths = check_grid(lengths, depths, trials, trials_at)
     reader = build_method(method, model, layout, prime_tokens, window, sink_tokens)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ValueError(f"seed must be an integer (got {seed!r})")
@@ -288,6 +309,7 @@ def evaluate_grid(
     run = {"method": method, **reader.settings(), "seed": seed, "model_id": info["id"],
            **({"task_options": task.settings} if task.settings else {})}
     config = {"lengths": lengths, "depths": depths, "trials": trials, "seed": seed, "method": method,
+              **({"trials_at": {str(n): trials_at[n] for n in sorted(trials_at)}} if trials_at else {}),
               **reader.settings(), "reads": reader.describe(), "extra_tokens": task.extra_tokens, "greedy": True,
               "scoring": task.scoring, **task.config}
     env = environment(command if command is not None else shlex.join(sys.argv), reader.device)
@@ -316,7 +338,7 @@ def evaluate_grid(
                dynamic_ncols=True)
     try:
         for length, depth in ((n, d) for n in config["lengths"] for d in config["depths"]):
-            todo = [t for t in range(trials) if (length, depth, t) not in done]
+            todo = [t for t in range(cell_trials(config, length)) if (length, depth, t) not in done]
             if not todo:
                 continue
             # Short trials of a cell are read as one batch; a long one alone, saving snapshots as it reads.

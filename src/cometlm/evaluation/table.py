@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cometlm.evaluation.grid import length_label
+from cometlm.evaluation.grid import length_label, trials_label
 
 TASKS = ("passkey", "niah", "ppl")  # first in the table, in this order; other grid tasks follow by name
 TITLES = {"passkey": "passkey", "niah": "NIAH", "ppl": "ppl"}
@@ -83,8 +83,7 @@ def _accuracy_cell(summary: dict | None, lengths: list[int], name_trials: bool) 
         return "-"
     by_length = {row["length"]: row["accuracy"] for row in summary["accuracy_by_length"]}
     values = ["-" if by_length.get(n) is None else f"{by_length[n]:.2f}" for n in lengths]
-    count = summary["config"]["trials"]
-    trials = f" ({count} trial{'' if count == 1 else 's'})" if name_trials else ""
+    trials = f" ({trials_label(summary['config'])})" if name_trials else ""
     return " / ".join(values) + ("" if summary["complete"] else "*") + trials
 
 
@@ -150,7 +149,7 @@ def format_table(summaries: list[dict]) -> str:
     grids = _grid_tasks(summaries)
     lengths = {task: sorted({n for s in summaries if s["task"] == task for n in s["config"]["lengths"]})
                for task in grids}
-    mixed_trials = {task: len({s["config"]["trials"] for s in summaries if s["task"] == task}) > 1
+    mixed_trials = {task: len({trials_label(s["config"]) for s in summaries if s["task"] == task}) > 1
                     for task in grids}
     header = ["method", "model"]
     for task in grids:
@@ -263,7 +262,7 @@ def _note(summary: dict) -> str:
                 f"seed {config['seed']}")
     else:
         what = (f"{_title(summary['task'])}: lengths {', '.join(length_label(n) for n in config['lengths'])} x depths "
-                f"{', '.join(f'{d:g}' for d in config['depths'])} x {config['trials']} trials, seed {config['seed']}")
+                f"{', '.join(f'{d:g}' for d in config['depths'])} x {trials_label(config)}, seed {config['seed']}")
         if config.get("options"):  # a task suite's options, e.g. needles 4, haystack essays
             what += " (" + ", ".join(f"{k} {v!r}" if v == "" else f"{k} {v}" for k, v in config["options"].items()) + ")"
     unit = "document" if summary["task"] == "ppl" else "trial"

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The training recipe of the general adapter (issue 23): the shipped passkey adapter's memory, trained further on a
+# mixture of every task suite's training split (docs/TASKS.md), the passkey and language modelling, phase after
+# phase. Every phase resumes when the script is rerun (a finished phase is skipped), so the hours it takes on a CPU
+# can be spread over many sittings.
+#
+#   recipes/general-smollm2.sh OUT [-- EXTRA TRAIN OPTIONS]
+#
+#   EXTRA  passed to every phase, e.g. --threads 1, or a GPU's larger --batch-size.
+#
+# Sizes: the passkey adapter's (128-token chunks, 16 global slots, 16 temporary rows with stride 8, LoRA r=8), so
+# the first phase starts from a memory that already carries a key across 1M tokens. Prompts are 512 to 1,024
+# tokens, so the 32k evaluations are 32x the longest training prompt. The frozen backbone is held in bfloat16; LoRA,
+# the memory modules, the gate, the blend and the global state S stay in float32 (`--dtype bfloat16`, measured as
+# fast as float32 or faster with the same loss: docs/RESULTS.md). Not in the mixture: ruler-cwe and ruler-fwe
+# (aggregation over the whole input, which no target of the issue asks of this adapter).
+set -euo pipefail
+OUT=${1:?usage: recipes/general-smollm2.sh OUT [-- EXTRA TRAIN OPTIONS]}
+shift
+if [[ ${1:-} == -- ]]; then shift; fi
+EXTRA=("$@")
+COMETLM=${COMETLM:-cometlm}
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+PASSKEY=$(cd "$HERE/.." && pwd)/src/cometlm/adapters/smollm2-135m-passkey
+
+COMMON=(--batch-size 8 --save-every 10 --log-every 1 --mode lora --dtype bfloat16)
+PLAN=(--chunk-augmentation p_fixed=0.3 p_right_aligned=0.4 p_uniform=0.1 p_random=0.2 p_boundary=0 min_chunk=32)
+# Weights sum to 1. Every task source draws from the training split: its own templates, names and text regions.
+MIXTURE=(
+  passkey@0.07
+  ruler-niah-single@0.05 ruler-niah-single:haystack=bible,values=uuid@0.04
+  ruler-niah-single:haystack=noise,keys=number,values=word@0.02
+  ruler-niah-multikey@0.07 ruler-niah-multivalue@0.05 ruler-niah-multiquery@0.04 ruler-vt@0.07
+  babilong-qa1@0.10 babilong-qa2@0.07 babilong-qa3@0.05 babilong-qa4@0.05 babilong-qa5@0.06
+  user-qa@0.10 agent-qa@0.10
+  lm:bible@0.03 lm:essays@0.03
+)
+
+phase() {  # phase NAME FROM ARGS...: one `cometlm train`, skipped once NAME/final exists
+  local name=$1 from=$2; shift 2
+  if [[ -f $OUT/$name/final/comet_config.json ]]; then
+    echo "== $name: done ($OUT/$name/final)"; return
+  fi
+  echo "== $name ($(date -u +%H:%M) UTC)"
+  "$COMETLM" train --comet "$from" --output-dir "$OUT/$name" "${COMMON[@]}" "$@" ${EXTRA[@]+"${EXTRA[@]}"}
+}
+
+mkdir -p "$OUT"
+phase general-g1 "$PASSKEY" --data "${MIXTURE[@]}" --max-length 1024 --max-steps 800 --lr 3e-4 --warmup-steps 20 \
+  --seed 100 "${PLAN[@]}"
+echo "== adapter: $OUT/general-g1/final"
