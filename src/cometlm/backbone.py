@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .attention import register as register_kernel
 from .families import SLIDING, SUPPORTED_FAMILIES, Family, attention_implementation, family_of
 
 __all__ = ["Backbone", "LayerInputs", "SUPPORTED_FAMILIES"]
@@ -132,11 +133,16 @@ class Backbone:
         return self.config._attn_implementation == "eager"
 
     def prepare_attention(self) -> None:
-        """CoMeT passes its own masks, so kernels that cannot take an arbitrary mask are switched to sdpa, and a
-        family whose layers soft-cap attention scores to eager, the one kernel that computes that."""
+        """CoMeT passes its own masks, so kernels that cannot take an arbitrary mask are switched to sdpa (as
+        ``attention.KERNEL``: sdpa that reads grouped keys in place on a CPU), and a family whose layers soft-cap
+        attention scores to eager, the one kernel that computes that. Eager chosen by the user stays."""
         wanted = attention_implementation(self.config)
         current = self.config._attn_implementation
-        if (wanted == "eager" and current != "eager") or current not in ("eager", "sdpa"):
+        if wanted == "sdpa":
+            if current == "eager":
+                return
+            wanted = register_kernel()
+        if current != wanted:
             self.model.set_attn_implementation(wanted)
 
     def attention_mask(self, mask: torch.Tensor | None, dtype, length: int, device) -> torch.Tensor | None:

@@ -1,0 +1,46 @@
+"""The attention kernel CoMeT runs a backbone's layers with: transformers' sdpa, except that on a CPU grouped-query
+attention reads the shared keys and values in place instead of copying them once per query group.
+
+CoMeT always passes a mask (memory rows, beacons, padding), and with a mask transformers' sdpa repeats each key
+and value head for every query head of its group (``repeat_kv``) before calling
+``torch.nn.functional.scaled_dot_product_attention``: on a CPU that copy is about a sixth of a decoding step that
+appends a beacon. PyTorch's CPU kernels take ``enable_gqa=True`` with a mask and give the same result bit for bit
+(tests/test_attention.py), so on a CPU this kernel passes it; everywhere else, and for anything it does not
+handle, it is transformers' own sdpa (where a masked ``enable_gqa`` would fall back to the slow math kernel on
+CUDA). Registered with transformers' ``AttentionInterface`` and ``AttentionMaskInterface`` (the same masks as
+sdpa), as transformers documents for custom kernels.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+__all__ = ["KERNEL", "register"]
+
+KERNEL = "cometlm_sdpa"
+
+
+def cpu_gqa_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, is_causal=None,
+                 **kwargs):
+    """``sdpa_attention_forward``'s contract: query (B, H, q, D), key and value (B, H_kv, k, D) -> (B, q, H, D)."""
+    groups = getattr(module, "num_key_value_groups", 1)
+    plain = kwargs.get("softcap") is None and kwargs.get("position_bias") is None and not kwargs.get("output_attentions")
+    # With no mask, sdpa's causal flag aligns to the upper left, right only when the keys are the queries' own.
+    if (query.device.type != "cpu" or groups == 1 or query.shape[2] == 1 or not plain
+            or (attention_mask is None and key.shape[2] != query.shape[2])):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    causal = attention_mask is None and (is_causal if is_causal is not None else getattr(module, "is_causal", True))
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,
+                                         scale=scaling, is_causal=causal, enable_gqa=True)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register() -> str:
+    """Makes ``KERNEL`` a name transformers models can be switched to (``set_attn_implementation``); idempotent."""
+    AttentionInterface.register(KERNEL, cpu_gqa_sdpa)
+    AttentionMaskInterface.register(KERNEL, sdpa_mask)
+    return KERNEL

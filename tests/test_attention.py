@@ -1,0 +1,57 @@
+"""The attention kernel CoMeT switches sdpa backbones to (attention.KERNEL): on a CPU, grouped keys and values are
+read in place; what comes out is what transformers' own sdpa gives, bit for bit."""
+
+import pytest
+import torch
+from conftest import SMALL, random_ids, randomize_memory, tiny_backbone
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from cometlm import CometForCausalLM
+from cometlm.attention import KERNEL, cpu_gqa_sdpa
+
+
+class Grouped(torch.nn.Module):
+    num_key_value_groups = 3
+    is_causal = True
+
+
+@pytest.mark.parametrize("q, k", [(2, 141), (7, 7), (33, 60)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_kernel_equals_transformers_sdpa_bit_for_bit(q, k, dtype):
+    generator = torch.Generator().manual_seed(q * k)
+    query = torch.randn(2, 9, q, 16, generator=generator).to(dtype)
+    key, value = (torch.randn(2, 3, k, 16, generator=generator).to(dtype) for _ in range(2))
+    mask = torch.rand(2, 1, q, k, generator=generator) > 0.3
+    mask[..., 0] = True
+    for m in (mask, None) if q == k else (mask,):
+        ours, _ = cpu_gqa_sdpa(Grouped(), query, key, value, m, scaling=0.25)
+        theirs, _ = sdpa_attention_forward(Grouped(), query, key, value, m, scaling=0.25)
+        assert ours.shape == (2, q, 9, 16) and torch.equal(ours, theirs)
+
+
+def test_unmasked_queries_over_a_longer_cache_are_left_to_transformers():
+    """sdpa's causal flag aligns to the upper left: without a mask and with more keys than queries, transformers
+    crops the keys (its static-cache prefill); the kernel hands that case over instead of computing it wrong."""
+    query, key = torch.randn(1, 9, 4, 16), torch.randn(1, 3, 10, 16)
+    ours, _ = cpu_gqa_sdpa(Grouped(), query, key, key, None)
+    theirs, _ = sdpa_attention_forward(Grouped(), query, key, key, None)
+    assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3", "gemma3_text"])
+def test_comet_reads_and_generates_as_with_transformers_sdpa(family):
+    ids = random_ids(2, 29, seed=3)
+    ours = randomize_memory(CometForCausalLM.from_backbone(tiny_backbone(family), SMALL)).eval()
+    assert ours.backbone_model.config._attn_implementation == KERNEL
+    theirs = randomize_memory(CometForCausalLM.from_backbone(tiny_backbone(family), SMALL)).eval()
+    theirs.backbone_model.set_attn_implementation("sdpa")
+    with torch.no_grad():
+        assert torch.equal(ours(ids).logits, theirs(ids).logits)
+        a = ours.generate(ids, max_new_tokens=12, do_sample=False)
+        b = theirs.generate(ids, max_new_tokens=12, do_sample=False)
+    assert torch.equal(a, b)
+
+
+def test_eager_chosen_by_the_user_stays():
+    model = CometForCausalLM.from_backbone(tiny_backbone(attn="eager"), SMALL)
+    assert model.backbone_model.config._attn_implementation == "eager"
