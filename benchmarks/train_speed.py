@@ -14,6 +14,12 @@ never read without what it does to the loss. Variants:
   NAME:bN        any of these with N samples per step (`--batch-size N`; default 1)
 
 On CPUs with AMX (Sapphire Rapids and later) bfloat16 matrix products run on the tile units.
+
+The training loss of a step is the mean over the target tokens of its samples, so with several samples per step a
+language-modelling sample (hundreds of targets) outweighs a passkey sample (a few): steps with other batch sizes
+do not log the same quantity. Each run's trained model is therefore also scored, in float32, on the same
+`--heldout` samples of the mixture drawn with another seed: the mean loss per sample, per data source and over all,
+which compares runs of any batch size.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from pathlib import Path
 SHIPPED = Path(__file__).resolve().parents[1] / "src/cometlm/adapters/smollm2-135m-passkey"
 DATA = ["passkey:depth=0-40@0.6", "passkey@0.2", "lm:bible@0.1", "lm:essays@0.1"]  # phase g's mixture
 
+
+HELDOUT_SEED = 12345  # the held-out samples' draw; the runs train on --seed 0
 
 VARIANTS = {"float32": [], "bf16-autocast": ["--bf16"], "bf16-weights": ["--dtype", "bfloat16"]}
 
@@ -77,6 +85,26 @@ def train(out: Path, args, name: str) -> dict:
     }
 
 
+def heldout_losses(model_dir: Path, count: int, max_length: int, threads: int) -> dict:
+    """Mean loss per held-out sample of ``model_dir`` (float32), per data source and over all samples."""
+    import torch
+
+    from cometlm.loading import ModelOptions, load_model
+    from cometlm.training.specs import load_mixture
+
+    model = load_model(ModelOptions(adapter=str(model_dir), threads=threads))
+    data = load_mixture(DATA, model.tokenizer, max_length, seed=HELDOUT_SEED)
+    by_source = {}
+    with torch.inference_mode():
+        for index in range(count):
+            sample = data[index]
+            loss = model(torch.tensor([sample.input_ids]), labels=torch.tensor([sample.labels])).loss
+            by_source.setdefault(data.source_of(index), []).append(float(loss))
+    every = [loss for losses in by_source.values() for loss in losses]
+    return {"mean": statistics.mean(every), "samples": count,
+            "by_source": {name: {"mean": statistics.mean(v), "samples": len(v)} for name, v in sorted(by_source.items())}}
+
+
 def plot(rows: list[dict], path: Path, smooth: int = 20) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -108,8 +136,12 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out of the timing (default 2)")
     parser.add_argument("--max-length", type=int, default=512, help="longest training prompt (default 512)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")
+    parser.add_argument("--heldout", type=int, default=48,
+                        help="held-out samples each trained model is scored on (default 48; 0: none)")
     parser.add_argument("--out", help="also write the results as JSON here, and the loss curves next to it (.png)")
     args = parser.parse_args(argv)
+    if args.heldout < 0:
+        parser.error("--heldout must be at least 0")
     if not 0 <= args.warmup < args.steps:
         parser.error("--warmup must be at least 0 and less than --steps")
     for name in args.variants:
@@ -118,14 +150,24 @@ def main(argv=None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="train-speed-") as tmp:
         for name in args.variants:
-            rows.append(train(Path(tmp) / name.replace(":", "-"), args, name))
+            out = Path(tmp) / name.replace(":", "-")
+            rows.append(train(out, args, name))
             row = rows[-1]
+            if args.heldout:
+                row["heldout"] = heldout_losses(out / "final", args.heldout, args.max_length, args.threads)
+            held = f", held-out loss {row['heldout']['mean']:.4f}" if args.heldout else ""
             print(f"{name:>18}: {row['seconds_per_step']:.2f} s/step, {row['tokens_per_s']:.0f} tokens/s, "
-                  f"loss {row['mean_loss']:.4f} (last quarter {row['last_quarter_loss']:.4f})", flush=True)
+                  f"loss {row['mean_loss']:.4f} (last quarter {row['last_quarter_loss']:.4f}){held}", flush=True)
+            if args.heldout:
+                print("  held-out loss by source: " + ", ".join(
+                    f"{k} {v['mean']:.4f} ({v['samples']})" for k, v in row["heldout"]["by_source"].items()))
     reference = rows[0]
     for row in rows[1:]:
+        held = (f"; held-out loss {row['heldout']['mean']:.4f} vs {reference['heldout']['mean']:.4f}"
+                if args.heldout else "")
         print(f"{row['variant']} / {reference['variant']}: {row['tokens_per_s'] / reference['tokens_per_s']:.2f}x "
-              f"tokens/s; last-quarter loss {row['last_quarter_loss']:.4f} vs {reference['last_quarter_loss']:.4f}")
+              f"tokens/s; last-quarter loss {row['last_quarter_loss']:.4f} vs {reference['last_quarter_loss']:.4f}"
+              f"{held}")
     record = {
         "command": shlex.join([sys.executable, *sys.argv]),
         "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -103,11 +103,14 @@ def save() -> None:
     if (RUNS / "suites").is_dir():
         shutil.copytree(RUNS / "suites", SUITES, dirs_exist_ok=True, ignore=shutil.ignore_patterns("partial"))
         print(f"task suites: runs/suites -> {SUITES.relative_to(ROOT)}")
-        table = [str(p.relative_to(ROOT)) for p in sorted(SUITES.glob("*/*")) if (p / f"{p.parent.name}.json").is_file()]
-        if table:
-            out = SUITES.relative_to(ROOT)
-            subprocess.run([sys.executable, "-m", "cometlm", "eval", "table", *table, "--out", str(out / "table.md"),
-                            "--plot", str(out / "table.png")], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+        out = SUITES.relative_to(ROOT)
+        for family, pattern in (("ruler", "ruler-*"), ("babilong", "babilong-*"), ("logs", "*-qa")):
+            table = [str(p.relative_to(ROOT)) for p in sorted(SUITES.glob(f"{pattern}/*"))
+                     if (p / f"{p.parent.name}.json").is_file()]
+            if table:  # one table per family: fourteen tasks side by side would not be readable
+                subprocess.run([sys.executable, "-m", "cometlm", "eval", "table", *table, "--out",
+                                str(out / f"table-{family}.md"), "--plot", str(out / f"table-{family}.png")],
+                               check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     if (RUNS / "general").is_dir():
         for line in save_training(RUNS / "general", CARRY / "general", GENERAL_PHASES):
             print(f"general {line}")
