@@ -258,7 +258,6 @@ def evaluate_grid(
     trials: int,
     seed: int,
     out_dir,
-    trials_at: dict[int, int] | None = None,
     method: str = "comet",
     layout: str = "primed",
     prime_tokens: int = DEFAULT_PRIME_TOKENS,
@@ -269,6 +268,7 @@ def evaluate_grid(
     command: str | None = None,
     snapshot_every: float = SNAPSHOT_SECONDS,
     batch: bool = True,
+    trials_at: dict[int, int] | None = None,
 ) -> dict:
     """Runs the grid of `task` on a `CometForCausalLM` with one method and returns the summary it writes.
 
