@@ -12,7 +12,7 @@ from eval_helpers import Spy, read_jsonl, stable, tiny_text_model
 from cometlm.bundled import encode
 from cometlm.cli.eval import GRID_TASKS, register
 from cometlm.evaluation.grid import TRIALS_FILE, evaluate_grid
-from cometlm.evaluation.suites import SUITE_TASKS
+from cometlm.evaluation.suites import SUITE_TASKS, on_split
 from cometlm.evaluation.table import format_table, load_results
 from cometlm.tasks.suite import SPECS
 
@@ -55,6 +55,31 @@ def test_each_family_runs_from_the_command_line(tmp_path, tiny_model_dir, tokeni
                                  random.Random(f"0/400/{record['depth']}/{record['trial']}"), **bound)
         assert record["answers"] == list(want.answers) and record["needle_start"] == want.needle_start
         assert record["kind"] == want.kind and isinstance(record["correct"], bool)
+
+
+def test_the_validation_split_reads_the_training_templates_and_is_kept_apart(tmp_path, tiny_model_dir, tokenizer):
+    spec, val = SPECS["babilong-qa1"], on_split(next(t for t in SUITE_TASKS if t.name == "babilong-qa1"), "validation")
+    sample = val.build(tokenizer, 400, 0.5, random.Random("0/400/50/0"))
+    train = spec.build(tokenizer, 400, 0.5, random.Random("0/400/50/0"), split="train")
+    test = spec.build(tokenizer, 400, 0.5, random.Random("0/400/50/0"), split="test")
+    assert sample.context_ids == train.context_ids and sample.context_ids != test.context_ids
+    out = tmp_path / "qa1"
+    assert cometlm_eval("babilong-qa1", "--model", tiny_model_dir, *TINY, *GRID, "--split", "validation",
+                        "--out", str(out)) == 0
+    assert json.loads((out / "babilong-qa1.json").read_text())["config"]["split"] == "validation"
+    with pytest.raises(ValueError, match="different run"):  # test results never land in a validation folder
+        cometlm_eval("babilong-qa1", "--model", tiny_model_dir, *TINY, *GRID, "--out", str(out))
+    old = tmp_path / "old"  # trials written before records named their split are the test split's
+    assert cometlm_eval("babilong-qa1", "--model", tiny_model_dir, *TINY, *GRID, "--out", str(old)) == 0
+    records = read_jsonl(old / TRIALS_FILE)
+    assert {r.pop("split") for r in records} == {"test"}
+    (old / TRIALS_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert cometlm_eval("babilong-qa1", "--model", tiny_model_dir, *TINY, *GRID, "--out", str(old)) == 0
+    with pytest.raises(ValueError, match="different run .*split: 'test' there, 'validation' now"):
+        cometlm_eval("babilong-qa1", "--model", tiny_model_dir, *TINY, *GRID, "--split", "validation", "--out",
+                     str(old))
+    with pytest.raises(ValueError, match="split must be one of"):
+        on_split(SUITE_TASKS[0], "train")
 
 
 @pytest.fixture(scope="module")

@@ -92,6 +92,11 @@ def register_grid_task(tasks, task) -> None:
                                default=option.default, choices=option.choices or None,
                                help=f"{option.help} (default {option.default!r})" if "default" not in option.help
                                else option.help)
+    if task in suites.SUITE_TASKS:
+        parser.add_argument("--split", choices=tuple(suites.SPLITS), default="test",
+                            help="test: templates, names and text that training never reads (default); validation: "
+                            "training's templates, names and text in prompts training never drew, to watch a run learn "
+                            "without looking at the test split")
     add_common_options(parser, task.name, layouts=True)
     parser.set_defaults(run=lambda args: run_grid_command(task, args))
 
@@ -130,6 +135,8 @@ def run_grid_command(task, args) -> int:
     if len(trials_at) < len(args.trials_at):
         raise ValueError("--trials-at names a length twice")
     check_grid(args.lengths, args.depths, args.trials, trials_at)  # before the model loads
+    if getattr(args, "split", "test") != "test":
+        task = suites.on_split(task, args.split)
     if task.options:
         task = task.bind(**{option.name: getattr(args, option.name) for option in task.options})
     out = Path(args.out) if args.out else default_out_dir(task.name, args.method, args.layout)

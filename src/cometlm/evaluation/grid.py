@@ -307,7 +307,8 @@ def evaluate_grid(
     info = model_info(model, reader, model_name)
     # What makes two trials comparable: a trials.jsonl that holds trials with other values belongs to another run.
     run = {"method": method, **reader.settings(), "seed": seed, "model_id": info["id"],
-           **({"task_options": task.settings} if task.settings else {})}
+           **({"task_options": task.settings} if task.settings else {}),
+           **({"split": task.config["split"]} if "split" in task.config else {})}
     config = {"lengths": lengths, "depths": depths, "trials": trials, "seed": seed, "method": method,
               **({"trials_at": {str(n): trials_at[n] for n in sorted(trials_at)}} if trials_at else {}),
               **reader.settings(), "reads": reader.describe(), "extra_tokens": task.extra_tokens, "greedy": True,
@@ -318,7 +319,7 @@ def evaluate_grid(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     trials_path = out_dir / TRIALS_FILE
-    done = load_records(trials_path, run, TRIAL_KEY, f"{task.name} trial")
+    done = load_records(trials_path, run, TRIAL_KEY, f"{task.name} trial", implied={"split": "test"})
     for length, depth, trial in done:  # snapshots of trials recorded just before an interrupt
         _forget(_snapshot_path(out_dir, length, depth, trial))
 

@@ -52,13 +52,16 @@ def peak_rss_over(records, now: float) -> float:
     return round(max([now, *(r["peak_rss_mib"] for r in records)]), 1)
 
 
-def load_records(path: Path, run: dict, key_fields: tuple[str, ...], what: str) -> dict[tuple, dict]:
+def load_records(path: Path, run: dict, key_fields: tuple[str, ...], what: str,
+                 implied: dict | None = None) -> dict[tuple, dict]:
     """Finished records by their key fields; refuses a file written by a run with other `run` settings.
+    ``implied`` gives the value of a `run` field that records written before the field existed stand for.
 
     A line cut short by a killed process (no final newline) is dropped, so appending can go on after it.
     """
     if not path.is_file():
         return {}
+    implied = implied or {}
     text = path.read_text(encoding="utf-8")
     if text and not text.endswith("\n"):
         text = text[: text.rfind("\n") + 1]
@@ -72,7 +75,7 @@ def load_records(path: Path, run: dict, key_fields: tuple[str, ...], what: str) 
             key = tuple(record[f] for f in key_fields)
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise ValueError(f"{path} line {number} is not a {what} record ({err}); move the file away") from None
-        other = {f: (record.get(f), run[f]) for f in run if record.get(f) != run[f]}
+        other = {f: (record.get(f, implied.get(f)), run[f]) for f in run if record.get(f, implied.get(f)) != run[f]}
         if other:
             diff = ", ".join(f"{f}: {was!r} there, {now!r} now" for f, (was, now) in other.items())
             raise ValueError(

@@ -12,7 +12,10 @@ from __future__ import annotations
 from cometlm.evaluation.grid import RetrievalTask
 from cometlm.tasks.suite import SPECS, TaskSpec
 
-SPLIT = "test"  # evaluation never reads the training split's templates, names or text
+# Evaluation splits -> the generators' split. "test": templates, names and text regions training never reads.
+# "validation": the training split's templates, names and text, in prompts drawn from the evaluation seeds (training
+# draws its own with `training.data.sample_rng`), to watch a run learn without looking at the test split.
+SPLITS = {"test": "test", "validation": "train"}
 
 
 def _matches(generated: str, sample) -> bool:
@@ -26,18 +29,25 @@ def _record(sample) -> dict:
             "fact_depths": [round(d, 4) for d in sample.depths]}
 
 
-def grid_task(spec: TaskSpec) -> RetrievalTask:
-    """The retrieval grid of one task suite, on the test split, bound to its options' defaults (bind again to
-    change them)."""
+def grid_task(spec: TaskSpec, split: str = "test") -> RetrievalTask:
+    """The retrieval grid of one task suite on ``split`` (a key of ``SPLITS``), bound to its options' defaults (bind
+    again to change them). The split is in the summary's config, so results of the two never mix in one folder."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)} (got {split!r})")
 
     def build(tokenizer, n_tokens, depth, rng, **options):
-        return spec.build(tokenizer, n_tokens, depth, rng, split=SPLIT, **options)
+        return spec.build(tokenizer, n_tokens, depth, rng, split=SPLITS[split], **options)
 
     return RetrievalTask(
         name=spec.name, title=spec.title, needle=spec.needle, build=build, matches=_matches,
         extra_tokens=spec.extra_tokens, scoring=spec.scoring, help=spec.help, description=spec.description,
-        record=_record, config={"split": SPLIT}, options=spec.options, depths=spec.depths,
+        record=_record, config={"split": split}, options=spec.options, depths=spec.depths,
     ).bind(**spec.defaults())
 
 
 SUITE_TASKS = tuple(grid_task(spec) for spec in SPECS.values())
+
+
+def on_split(task: RetrievalTask, split: str) -> RetrievalTask:
+    """A suite's grid task (one of ``SUITE_TASKS``, options unbound) on another evaluation split."""
+    return task if split == task.config["split"] else grid_task(SPECS[task.name], split)
