@@ -1,0 +1,32 @@
+import sys, threading, time, random, socket, tempfile, ctypes, os
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
+import httpx
+from serve_load import tiny_model, text_of, rss_mib
+from cometlm import CometConfig, CometForCausalLM
+from cometlm.serving import ServerSettings, build_app, serve
+work = Path(tempfile.mkdtemp())
+path = tiny_model(work / "tiny")
+model = CometForCausalLM.from_backbone(path, CometConfig(chunk_size=64, global_slots=64, temp_stride=8, temp_capacity=128))
+settings = ServerSettings(state_dir=work / "s", api_keys=None, cache_bytes=8 << 20, max_sessions_per_key=100000)
+app = build_app(model, settings, model_id="tiny")
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+threading.Thread(target=serve, args=(app,), kwargs=dict(port=port, log_level="warning"), daemon=True).start()
+url = f"http://127.0.0.1:{port}"
+for _ in range(100):
+    try: httpx.get(url + "/v1/models"); break
+    except httpx.TransportError: time.sleep(0.2)
+http = httpx.Client(base_url=url, timeout=60)
+rng, sids = random.Random(0), []
+libc = ctypes.CDLL("libc.so.6")
+MODE = sys.argv[1]
+for n in [int(a) for a in sys.argv[2:]]:
+    while len(sids) < n:
+        sid = http.post("/v1/sessions").raise_for_status().json()["id"]
+        if MODE == "append": http.post(f"/v1/sessions/{sid}/append", json={"text": text_of(rng, 32)}).raise_for_status()
+        sids.append(sid)
+        if MODE == "ask" and len(sids) % 10 == 0:
+            http.post(f"/v1/sessions/{rng.choice(sids)}/ask", json={"question": " Why?", "max_tokens": 2}).raise_for_status()
+    before = rss_mib(os.getpid()); libc.malloc_trim(0); after = rss_mib(os.getpid())
+    print(n, "sessions RSS", round(before, 1), "after malloc_trim", round(after, 1), flush=True)
