@@ -11,7 +11,7 @@ rng = random.Random(0)
 template = model.init_memory(1)
 print(type(template))
 with torch.no_grad():
-    for n in range(1, 8001):
-        ids = torch.tensor([[rng.randrange(1000, 20000) for _ in range(rng.randint(20, 45))]])
+    for n in range(1, 4001):
+        ids = torch.tensor([[rng.randrange(1000, 20000) for _ in range(rng.randint(int(sys.argv[1]), int(sys.argv[2])))]])
         state = model.ingest(ids, template, attention_mask=torch.ones_like(ids))
-        if n in (100, 1000, 2000, 4000, 8000): print("model", n, round(rss_mib(os.getpid()), 1), flush=True)
+        if n in (100, 1000, 2000, 4000): print("model", n, round(rss_mib(os.getpid()), 1), flush=True)

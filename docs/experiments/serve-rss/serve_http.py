@@ -21,6 +21,14 @@ http = httpx.Client(base_url=url, timeout=60)
 rng, sids = random.Random(0), []
 libc = ctypes.CDLL("libc.so.6")
 MODE = sys.argv[1]
+if MODE == "cycle":  # 100 sessions, then appends to them in turn: RSS by the number of appends
+    sids = [http.post("/v1/sessions").raise_for_status().json()["id"] for _ in range(100)]
+    for n in range(1, max(int(a) for a in sys.argv[2:]) + 1):
+        http.post(f"/v1/sessions/{sids[n % 100]}/append", json={"text": text_of(rng, 32)}).raise_for_status()
+        if str(n) in sys.argv[2:]:
+            before = rss_mib(os.getpid()); libc.malloc_trim(0)
+            print(n, "appends to 100 sessions: RSS", round(before, 1), "after malloc_trim", round(rss_mib(os.getpid()), 1), flush=True)
+    sys.exit(0)
 for n in [int(a) for a in sys.argv[2:]]:
     while len(sids) < n:
         sid = http.post("/v1/sessions").raise_for_status().json()["id"]

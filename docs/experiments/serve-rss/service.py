@@ -1,0 +1,40 @@
+"""The append path without HTTP: MemoryService.append on 100 sessions in turn, RSS by the number of appends.
+`service.py service|direct N...`: `direct` replaces the scheduler's model thread by a read in the calling thread."""
+import asyncio, os, random, sys, tempfile, ctypes
+from pathlib import Path
+import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
+from serve_load import tiny_model, rss_mib, text_of
+from cometlm import CometConfig, CometForCausalLM
+from cometlm.serving.service import MemoryService
+from cometlm.serving.scheduler import Scheduler
+from cometlm.serving.settings import ServerSettings
+from cometlm.serving.store import SessionStore
+
+mode, marks = sys.argv[1], {int(a) for a in sys.argv[2:]}
+work = Path(tempfile.mkdtemp())
+model = CometForCausalLM.from_backbone(tiny_model(work / "tiny"), CometConfig(chunk_size=64, global_slots=64, temp_stride=8, temp_capacity=128)).eval()
+settings = ServerSettings(state_dir=work / "s", api_keys=None, cache_bytes=8 << 20, max_sessions_per_key=100000)
+store = SessionStore(settings.state_dir, model, settings.cache_bytes)
+scheduler = Scheduler(model, settings.batch_window_ms, settings.max_batch)
+if mode == "direct":
+    async def read(state, ids):
+        with torch.inference_mode():
+            ids = torch.tensor([ids])
+            return model.ingest(ids, state, attention_mask=torch.ones_like(ids))
+    scheduler.read = read
+libc, rng = ctypes.CDLL("libc.so.6"), random.Random(0)
+
+
+async def main():
+    scheduler.start()
+    service = MemoryService(model, store, scheduler, settings)
+    sids = [(await service.create("local")).id for _ in range(100)]
+    for n in range(1, max(marks) + 1):
+        ids = await service.tokenize(text_of(rng, 32), "text")
+        await service.append("local", sids[n % 100], ids, None)
+        if n in marks:
+            libc.malloc_trim(0)
+            print(mode, n, "appends: RSS", round(rss_mib(os.getpid()), 1), flush=True)
+
+asyncio.run(main())
