@@ -1,5 +1,6 @@
 """The append path without HTTP: MemoryService.append on 100 sessions in turn, RSS by the number of appends.
-`service.py service|direct N...`: `direct` replaces the scheduler's model thread by a read in the calling thread."""
+`service.py service|direct N...`: `direct` replaces the scheduler's model thread by a read in the calling thread; `inline` also runs the store's
+calls (run with asyncio.to_thread by the service) in the loop's thread."""
 import asyncio, os, random, sys, tempfile, ctypes
 from pathlib import Path
 import torch
@@ -17,7 +18,13 @@ model = CometForCausalLM.from_backbone(tiny_model(work / "tiny"), CometConfig(ch
 settings = ServerSettings(state_dir=work / "s", api_keys=None, cache_bytes=8 << 20, max_sessions_per_key=100000)
 store = SessionStore(settings.state_dir, model, settings.cache_bytes)
 scheduler = Scheduler(model, settings.batch_window_ms, settings.max_batch)
-if mode == "direct":
+if mode == "inline":  # no threads at all: the store's calls run in the loop's thread too
+    import cometlm.serving.service as service_module
+
+    async def inline(fn, *args, **kwargs):
+        return fn(*args, **kwargs)
+    service_module.to_thread = inline
+if mode in ("direct", "inline"):
     async def read(state, ids):
         with torch.inference_mode():
             ids = torch.tensor([ids])
