@@ -18,13 +18,16 @@ model = CometForCausalLM.from_backbone(tiny_model(work / "tiny"), CometConfig(ch
 settings = ServerSettings(state_dir=work / "s", api_keys=None, cache_bytes=8 << 20, max_sessions_per_key=100000)
 store = SessionStore(settings.state_dir, model, settings.cache_bytes)
 scheduler = Scheduler(model, settings.batch_window_ms, settings.max_batch)
-if mode == "inline":  # no threads at all: the store's calls run in the loop's thread too
+if mode.startswith("inline"):  # no threads: the store's calls run in the loop's thread too (inline-NAME: all but NAME)
     import cometlm.serving.service as service_module
+    threaded = mode.partition("-")[2]
 
     async def inline(fn, *args, **kwargs):
+        if threaded and getattr(fn, "__name__", "") == threaded:
+            return await asyncio.to_thread(fn, *args, **kwargs)
         return fn(*args, **kwargs)
     service_module.to_thread = inline
-if mode in ("direct", "inline"):
+if mode == "direct" or mode.startswith("inline"):
     async def read(state, ids):
         with torch.inference_mode():
             ids = torch.tensor([ids])
