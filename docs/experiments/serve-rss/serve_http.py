@@ -21,6 +21,28 @@ http = httpx.Client(base_url=url, timeout=60)
 rng, sids = random.Random(0), []
 libc = ctypes.CDLL("libc.so.6")
 MODE = sys.argv[1]
+if MODE == "tracemalloc":  # as `ask`, 500 -> 2,500 sessions under tracemalloc: the Python heap's share of the growth
+    import gc, tracemalloc
+
+    def grow(n):
+        while len(sids) < n:
+            sid = http.post("/v1/sessions").raise_for_status().json()["id"]
+            http.post(f"/v1/sessions/{sid}/append", json={"text": text_of(rng, 32)}).raise_for_status()
+            sids.append(sid)
+            if len(sids) % 10 == 0:
+                http.post(f"/v1/sessions/{rng.choice(sids)}/ask", json={"question": " Why?", "max_tokens": 2}).raise_for_status()
+    grow(500); gc.collect()
+    tracemalloc.start(25)
+    s1, r1 = tracemalloc.take_snapshot(), rss_mib(os.getpid())
+    grow(2500); gc.collect()
+    s2, r2 = tracemalloc.take_snapshot(), rss_mib(os.getpid())
+    print("RSS", r1, "->", r2, "traced", sum(s.size for s in s1.statistics("filename")) >> 10, "->",
+          sum(s.size for s in s2.statistics("filename")) >> 10, "KiB")
+    for stat in s2.compare_to(s1, "traceback")[:8]:
+        print(stat.size_diff >> 10, "KiB", stat.count_diff)
+        for line in stat.traceback.format()[-12:]:
+            print("   ", line)
+    sys.exit(0)
 if MODE == "cycle":  # 100 sessions, then appends to them in turn: RSS by the number of appends
     sids = [http.post("/v1/sessions").raise_for_status().json()["id"] for _ in range(100)]
     for n in range(1, max(int(a) for a in sys.argv[2:]) + 1):
