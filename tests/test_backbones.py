@@ -8,7 +8,7 @@ from transformers import Gemma3Config, Gemma3ForCausalLM, Gemma3TextConfig
 
 from cometlm import SUPPORTED_FAMILIES, CometConfig, CometForCausalLM
 from cometlm.lora import apply_lora
-from conftest import COMMON, GEMMA, SMALL, random_ids, tiny_backbone, tiny_comet
+from conftest import COMMON, FAMILIES, GEMMA, SMALL, random_ids, tiny_backbone, tiny_comet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,6 +29,29 @@ def test_learned_tokens_start_at_the_scale_of_the_embeddings_the_first_layer_see
         want = model.backbone.embed(quiet)[0]
     torch.testing.assert_close(model.memory.tokens.beacon[0], want)
     assert not torch.allclose(want, model.backbone.embed_tokens.weight[quiet[0]])
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["plain", "lora"])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@torch.no_grad()
+def test_rows_that_are_only_keys_skip_the_row_wise_modules_without_changing_the_rows_used(family, lora):
+    """Memory rows are keys and values for the rows after them: the family's query projection, output projection
+    and MLP run on the used rows alone, and those rows come out as when every row runs everything."""
+    model = tiny_comet(family)
+    if lora:
+        apply_lora(model, rank=2, targets=model.backbone.lora_targets)
+        for p in model.backbone_model.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.1)  # a LoRA that is not the zero update
+    backbone = model.backbone
+    torch.manual_seed(1)
+    hidden = torch.randn(2, 12, backbone.hidden_size) * backbone.embedding_spread()
+    inputs = backbone.layer_inputs(hidden, torch.arange(12)[None].expand(2, -1), None)
+    used = torch.arange(5, 12)
+    assert len(backbone.row_modules(0)) == (2 if family == "phi3" else 3)  # phi3's queries share a fused projection
+    for index in range(backbone.num_layers):
+        every_row = backbone.run_layer(index, hidden, inputs)
+        torch.testing.assert_close(backbone.run_layer(index, hidden, inputs, used_rows=used)[:, used], every_row[:, used])
 
 
 @torch.no_grad()

@@ -22,9 +22,9 @@ __all__ = ["Backbone", "LayerInputs", "SUPPORTED_FAMILIES"]
 
 
 @contextmanager
-def _only_rows(module: nn.Module, rows: torch.Tensor):
-    """While inside, ``module`` (B, N, d) -> (B, N, d') runs on ``rows`` of its input only; the other rows of its
-    output are zero."""
+def _only_rows(modules: list[nn.Module], rows: torch.Tensor):
+    """While inside, each of ``modules`` (B, N, d) -> (B, N, d') runs on ``rows`` of its input only; the other rows
+    of its output are zero."""
     width = []
 
     def before(_, args):
@@ -35,8 +35,10 @@ def _only_rows(module: nn.Module, rows: torch.Tensor):
         full = output.new_zeros(output.shape[0], width.pop(), *output.shape[2:])
         return full.index_copy(1, rows, output)
 
-    handles = (module.register_forward_pre_hook(before), module.register_forward_hook(after))
+    handles = []
     try:
+        for module in modules:
+            handles += (module.register_forward_pre_hook(before), module.register_forward_hook(after))
         yield
     finally:
         for handle in handles:
@@ -212,14 +214,16 @@ class Backbone:
         return LayerInputs(position_ids, rope, masks)
 
     def run_layer(
-        self, index: int, hidden: torch.Tensor, inputs: LayerInputs, cache=None, mlp_rows: torch.Tensor | None = None
+        self, index: int, hidden: torch.Tensor, inputs: LayerInputs, cache=None, used_rows: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Decoder layer ``index`` on hidden (B, q, d), with the rotary embedding and mask of its layer type.
 
-        ``mlp_rows`` (r,): the rows whose outputs the caller uses. Only they go through the layer's MLP, most of its
-        work; the other rows are keys and values for them and nothing else (CoMeT's memory rows), so after attention
-        their MLP output is taken as zero and their outputs are not meaningful. The layer's own modules run as they
-        are: two hooks on its MLP cut the rows out before it and put them back after it.
+        ``used_rows`` (r,): the rows whose outputs the caller uses. The other rows are keys and values for them and
+        nothing else (CoMeT's memory rows), so the layer's row-wise parts that keys and values do not depend on (the
+        family's ``row_modules``: the query and output projections and the MLP, most of a layer's work) run on the
+        used rows only; at the other rows their outputs are taken as zero, and those rows' outputs are not
+        meaningful. The layer's own modules run as they are: two hooks on each cut the rows out before it and put
+        them back after it.
         """
         kind = self.layer_types[index]
         layer = self.layers[index]
@@ -231,10 +235,15 @@ class Backbone:
             cache=cache,
             use_cache=cache is not None,
         )
-        if mlp_rows is None or mlp_rows.numel() == hidden.shape[1]:
+        if used_rows is None or used_rows.numel() == hidden.shape[1]:
             return run()
-        with _only_rows(layer.mlp, mlp_rows):
+        with _only_rows(self.row_modules(index), used_rows):
             return run()
+
+    def row_modules(self, index: int) -> list[nn.Module]:
+        """Decoder layer ``index``'s modules named by the family's ``row_modules`` (LoRA wrappers included)."""
+        layer = self.layers[index]
+        return [layer.get_submodule(name) for name in self.family.row_modules]
 
     def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.norm(hidden)

@@ -107,6 +107,10 @@ class Family:
     logit_softcap     the final soft-cap of the logits (None: the LM head's output as is).
     refuse            a reason why this particular model cannot be run faithfully, or None.
     lora_targets      the natural LoRA targets of the attention (named in errors and docs).
+    row_modules       submodules of a decoder layer (dotted names) that act on each row alone and whose outputs at a
+                      row feed only that row's output: a memory row's keys and values do not depend on them, so
+                      CoMeT runs them on the rows whose outputs it uses and nothing else (the query projection,
+                      when it is a module of its own, the attention's output projection and the MLP).
     differs           what differs from Llama, in a few words (for docs and errors).
     """
 
@@ -117,6 +121,7 @@ class Family:
     logit_softcap: Callable[[object], float | None] = no_final_processing
     refuse: Callable[[object], str | None] = refuse_nothing
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    row_modules: tuple[str, ...] = ("self_attn.q_proj", "self_attn.o_proj", "mlp")
     differs: str = ""
 
 
@@ -144,6 +149,7 @@ FAMILIES: dict[str, Family] = {
     "phi3": Family(
         layer_types=every_layer_slides_if_windowed,
         lora_targets=("qkv_proj",),
+        row_modules=("self_attn.o_proj", "mlp"),  # the queries come out of the fused projection with the keys
         differs="fused qkv and gate_up projections, sliding window on every layer if set",
     ),
     "olmo2": Family(differs="norms after attention and MLP instead of before, q/k norms over all heads"),
