@@ -47,11 +47,13 @@ def test_rows_that_are_only_keys_skip_the_row_wise_modules_without_changing_the_
     torch.manual_seed(1)
     hidden = torch.randn(2, 12, backbone.hidden_size) * backbone.embedding_spread()
     inputs = backbone.layer_inputs(hidden, torch.arange(12)[None].expand(2, -1), None)
-    used = torch.arange(5, 12)
     assert len(backbone.row_modules(0)) == (2 if family == "phi3" else 3)  # phi3's queries share a fused projection
-    for index in range(backbone.num_layers):
-        every_row = backbone.run_layer(index, hidden, inputs)
-        torch.testing.assert_close(backbone.run_layer(index, hidden, inputs, used_rows=used)[:, used], every_row[:, used])
+    for keys in (slice(0, 5), slice(2, 7)):  # the memory rows first, or after a sink row
+        used = torch.tensor([i for i in range(12) if not keys.start <= i < keys.stop])
+        for index in range(backbone.num_layers):
+            every_row = backbone.run_layer(index, hidden, inputs)
+            skipping = backbone.run_layer(index, hidden, inputs, key_rows=keys)
+            torch.testing.assert_close(skipping[:, used], every_row[:, used])
 
 
 @torch.no_grad()

@@ -22,18 +22,18 @@ __all__ = ["Backbone", "LayerInputs", "SUPPORTED_FAMILIES"]
 
 
 @contextmanager
-def _only_rows(modules: list[nn.Module], rows: torch.Tensor):
-    """While inside, each of ``modules`` (B, N, d) -> (B, N, d') runs on ``rows`` of its input only; the other rows
-    of its output are zero."""
-    width = []
+def _skipping_rows(modules: list[nn.Module], skip: slice):
+    """While inside, each of ``modules`` (B, N, d) -> (B, N, d') runs on its input without the rows ``skip`` (one
+    block); its output is zero at those rows."""
 
     def before(_, args):
-        width.append(args[0].shape[1])
-        return (args[0][:, rows], *args[1:])
+        x = args[0]
+        kept = x[:, skip.stop :] if skip.start == 0 else torch.cat([x[:, : skip.start], x[:, skip.stop :]], dim=1)
+        return (kept, *args[1:])
 
     def after(_, args, output):
-        full = output.new_zeros(output.shape[0], width.pop(), *output.shape[2:])
-        return full.index_copy(1, rows, output)
+        zeros = output.new_zeros(output.shape[0], skip.stop - skip.start, *output.shape[2:])
+        return torch.cat([output[:, : skip.start], zeros, output[:, skip.start :]], dim=1)
 
     handles = []
     try:
@@ -214,16 +214,15 @@ class Backbone:
         return LayerInputs(position_ids, rope, masks)
 
     def run_layer(
-        self, index: int, hidden: torch.Tensor, inputs: LayerInputs, cache=None, used_rows: torch.Tensor | None = None
+        self, index: int, hidden: torch.Tensor, inputs: LayerInputs, cache=None, key_rows: slice | None = None
     ) -> torch.Tensor:
         """Decoder layer ``index`` on hidden (B, q, d), with the rotary embedding and mask of its layer type.
 
-        ``used_rows`` (r,): the rows whose outputs the caller uses. The other rows are keys and values for them and
-        nothing else (CoMeT's memory rows), so the layer's row-wise parts that keys and values do not depend on (the
-        family's ``row_modules``: the query and output projections and the MLP, most of a layer's work) run on the
-        used rows only; at the other rows their outputs are taken as zero, and those rows' outputs are not
-        meaningful. The layer's own modules run as they are: two hooks on each cut the rows out before it and put
-        them back after it.
+        ``key_rows``: a block of rows that are keys and values for the other rows and nothing else (CoMeT's memory
+        rows), whose outputs the caller does not use. The layer's row-wise parts that keys and values do not depend
+        on (the family's ``row_modules``: the query and output projections and the MLP, most of a layer's work)
+        skip them; their outputs there are taken as zero, so those rows' outputs are not meaningful. The layer's own
+        modules run as they are: two hooks on each cut the rows out before it and put zeros back after it.
         """
         kind = self.layer_types[index]
         layer = self.layers[index]
@@ -235,9 +234,9 @@ class Backbone:
             cache=cache,
             use_cache=cache is not None,
         )
-        if used_rows is None or used_rows.numel() == hidden.shape[1]:
+        if key_rows is None or key_rows.start == key_rows.stop:
             return run()
-        with _only_rows(self.row_modules(index), used_rows):
+        with _skipping_rows(self.row_modules(index), key_rows):
             return run()
 
     def row_modules(self, index: int) -> list[nn.Module]:

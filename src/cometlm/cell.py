@@ -135,7 +135,7 @@ class MemoryCell:
         rows = layer.rows()[:, layout.memory_index]
         k, m = layout.n_sink, rows.shape[1]
         x = torch.cat([hidden[:, :k], rows, hidden[:, k:]], dim=1)  # (B, m + L, d)
-        out = self.backbone.run_layer(index, x, layer_inputs, cache, used_rows=layout.stream_rows)
+        out = self.backbone.run_layer(index, x, layer_inputs, cache, key_rows=layout.memory_rows)
         hidden = torch.cat([out[:, :k], out[:, k + m :]], dim=1)
         if not bool(layout.closing.any()):
             return hidden, layer

@@ -59,12 +59,10 @@ class ChunkLayout:
         return self.memory_index.numel()
 
     @property
-    def stream_rows(self) -> torch.Tensor:
-        """(L,) where the stream rows (sink, text, beacons, readouts) sit in a layer's sequence, in order: every row
-        but the memory rows, whose outputs are never used (they are only keys and values)."""
-        n, k, m = self.valid.shape[1], self.n_sink, self.num_memory_rows
-        rows = torch.arange(n, device=self.valid.device)
-        return torch.cat([rows[:k], rows[k + m :]])
+    def memory_rows(self) -> slice:
+        """Where the memory rows sit in a layer's sequence: one block after the sink. Their outputs are never used
+        (they are only keys and values for the stream rows)."""
+        return slice(self.n_sink, self.n_sink + self.num_memory_rows)
 
     @classmethod
     def build(
