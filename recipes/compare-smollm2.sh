@@ -56,8 +56,8 @@ SHIPPED=$(cd "$HERE/.." && pwd)/src/cometlm/adapters/smollm2-135m-passkey
 
 LENGTHS=(1024 4096 16384 32768)
 FULL_LENGTHS=(1024 4096)  # a prompt and its answer must fit the 8,192-token window
-GRID=(--trials 3 --seed 0 --no-progress)
-PPL=(--corpus bible --documents 2 --seed 0 --no-progress)
+GRID=(--trials 3 --seed 0 --no-progress --dtype float32)  # the reported tables are float32
+PPL=(--corpus bible --documents 2 --seed 0 --no-progress --dtype float32)
 
 run() {  # run NAME TASKS MODEL_ARGS...: the tasks ("passkey niah ppl" or a part) for one method
   local name=$1 tasks=$2; shift 2

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cometlm.config import CometConfig
-from cometlm.loading import ModelOptions, load_model
+from cometlm.loading import ModelOptions, cpu_flags_say_bfloat16, load_model, resolve_dtype
 from conftest import SMALL
 
 
@@ -30,3 +30,35 @@ def test_an_untrained_model_a_saved_adapter_and_dtype_load_as_named(tiny_model_d
         torch.testing.assert_close(again(ids).logits, model(ids).logits)
     half = load_model(ModelOptions(base=tiny_model_dir, config=SMALL, dtype="bfloat16"))
     assert half.backbone.dtype == torch.bfloat16
+
+
+XEON = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile\nmodel name\t: Xeon\n"
+ARM = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
+OLD_X86 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw\nmodel name\t: bf16 in a name is not a flag\n"
+
+
+def test_native_bfloat16_is_read_from_the_flags_lines_of_cpuinfo():
+    assert cpu_flags_say_bfloat16(XEON) and cpu_flags_say_bfloat16(ARM)
+    assert not cpu_flags_say_bfloat16(OLD_X86) and not cpu_flags_say_bfloat16("")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_dtype_is_bfloat16_exactly_where_the_hardware_computes_it(tiny_model_dir, monkeypatch, native):
+    import cometlm.loading as loading
+
+    monkeypatch.setattr(loading, "native_bfloat16", lambda device="cpu": native)
+    want = torch.bfloat16 if native else torch.float32
+    assert resolve_dtype("auto") == str(want).removeprefix("torch.")
+    assert resolve_dtype("float32") == "float32" and resolve_dtype("bfloat16") == "bfloat16"
+    model = load_model(ModelOptions(base=tiny_model_dir, config=SMALL, dtype="auto"))
+    assert model.backbone.dtype == want
+    assert all(p.dtype == torch.float32 for p in model.memory.parameters())  # the gate and the blend stay float32
+
+
+def test_the_reading_commands_default_to_auto_and_training_to_float32():
+    from cometlm.cli import build_parser
+
+    parser = build_parser()
+    for argv in (["generate", "--prompt", "hi"], ["demo"], ["serve"], ["eval", "passkey"]):
+        assert parser.parse_args(argv).dtype == "auto", argv
+    assert parser.parse_args(["train", "--data", "passkey", "--output-dir", "x"]).dtype == "float32"

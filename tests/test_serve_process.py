@@ -25,8 +25,9 @@ WORDS = "tea milk bread parcel order refund card coffee basket receipt voucher r
 
 
 def serve_argv(model_dir: str, state_dir, *more: str) -> list[str]:
-    return ["serve", "--model", model_dir, *TINY_OPTIONS, "--threads", "1", "--state-dir", str(state_dir),
-            "--batch-window-ms", "0", *more]
+    # float32 as the tests' reference readings (the default, auto, is bfloat16 on hardware that computes it natively)
+    return ["serve", "--model", model_dir, *TINY_OPTIONS, "--dtype", "float32", "--threads", "1", "--state-dir",
+            str(state_dir), "--batch-window-ms", "0", *more]
 
 
 def test_acknowledged_appends_survive_sigkill(tiny_model_dir, tmp_path, one_thread):

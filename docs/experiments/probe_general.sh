@@ -16,6 +16,6 @@ if [[ -f $FROM/state.json ]]; then  # a training checkpoint: its trainable tenso
   FROM=$OUT/adapter
 fi
 for task in babilong-qa1 babilong-qa2 ruler-niah-single ruler-niah-multikey ruler-vt user-qa agent-qa; do
-  cometlm eval "$task" --split validation --comet "$FROM" --lengths 2048 --depths 50 --trials 5 --seed 0 \
+  cometlm eval "$task" --split validation --comet "$FROM" --lengths 2048 --depths 50 --trials 5 --seed 0 --dtype float32 \
     --no-progress --out "$OUT/$task" "$@" | tail -n 1 | sed "s/^/$task /"
 done

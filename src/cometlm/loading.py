@@ -9,10 +9,46 @@ untrained CoMeT on that base; plus dtype, device and CPU threads.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .config import CometConfig
 
 DTYPES = ("float32", "bfloat16")
+AUTO = "auto"  # bfloat16 where the device computes it natively, else float32 (``resolve_dtype``)
+# /proc/cpuinfo flags of native bfloat16 arithmetic: Intel AMX and AVX512-BF16, Arm's BF16 extension.
+BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16", "bf16"})
+
+
+def native_bfloat16(device: str = "cpu") -> bool:
+    """Whether ``device`` computes in bfloat16 natively: a CUDA GPU that supports it, or a CPU whose flags in
+    /proc/cpuinfo (Linux) name AMX-BF16, AVX512-BF16 or Arm's BF16. Elsewhere, or when unreadable, False."""
+    import torch
+
+    kind = str(device).split(":")[0]
+    if kind == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if kind != "cpu":
+        return False
+    try:
+        return cpu_flags_say_bfloat16(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return False
+
+
+def cpu_flags_say_bfloat16(cpuinfo: str) -> bool:
+    """Whether a /proc/cpuinfo text lists a native bfloat16 flag (``BF16_CPU_FLAGS``) on a flags or features line."""
+    for line in cpuinfo.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip().lower() in ("flags", "features") and BF16_CPU_FLAGS & set(value.split()):
+            return True
+    return False
+
+
+def resolve_dtype(dtype: str, device: str = "cpu") -> str:
+    """The dtype a model is loaded in: ``"auto"`` is bfloat16 where ``native_bfloat16(device)``, else float32."""
+    if dtype == AUTO:
+        return "bfloat16" if native_bfloat16(device) else "float32"
+    return dtype
 
 
 @dataclass(frozen=True)
@@ -22,7 +58,8 @@ class ModelOptions:
     adapter  a saved CoMeT folder (``save_pretrained``) or the name of an adapter shipped with cometlm
              (``bundled.shipped_adapters()``); its own config is used and ``config`` is ignored.
     config   the CometConfig of an untrained CoMeT (identity adapters) on ``base``, when there is no adapter.
-    dtype    "float32" or "bfloat16": the dtype the weights are held and run in.
+    dtype    "float32", "bfloat16" or "auto" (``resolve_dtype``): the dtype the backbone's weights are held and run
+             in (CoMeT's own parameters, the gate, the blend and the global state stay float32).
     device   where the model runs ("cpu", "cuda", "cuda:1", ...).
     threads  torch's CPU threads (None: torch's choice).
     """
@@ -35,8 +72,8 @@ class ModelOptions:
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)} (got {self.dtype!r})")
+        if self.dtype not in (*DTYPES, AUTO):
+            raise ValueError(f"dtype must be one of {', '.join((*DTYPES, AUTO))} (got {self.dtype!r})")
         if not isinstance(self.config, CometConfig):
             raise TypeError(f"config must be a CometConfig (got {type(self.config).__name__})")
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
@@ -60,7 +97,7 @@ def load_model(options: ModelOptions = ModelOptions()):
 
     if options.threads:
         torch.set_num_threads(options.threads)
-    dtype = getattr(torch, options.dtype)
+    dtype = getattr(torch, resolve_dtype(options.dtype, options.device))
     if options.adapter:
         model = CometForCausalLM.from_pretrained(options.adapter, base_model=options.base, dtype=dtype)
     else:

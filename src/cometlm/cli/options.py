@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """--model, --comet, the CoMeT sizes of an untrained model, --dtype, --threads (see ``model_options``)."""
+def add_model_options(parser: argparse.ArgumentParser, dtype: str = "auto") -> None:
+    """--model, --comet, the CoMeT sizes of an untrained model, --dtype (default ``dtype``), --threads (see
+    ``model_options``)."""
     from cometlm.bundled import shipped_adapters
 
     group = parser.add_argument_group("model")
@@ -38,7 +39,12 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         help="initial gate bias of the first and last layer, linear in between (e.g. 0 6: layers keep their global "
         "memory from ~2 to ~400 chunks at the start of training); default: PyTorch's small random bias",
     )
-    group.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype (default float32)")
+    group.add_argument(
+        "--dtype", choices=("auto", "float32", "bfloat16"), default=dtype,
+        help="the backbone's dtype; auto: bfloat16 where the hardware computes it natively (CPUs with AMX or "
+        "AVX512-BF16, Arm BF16, GPUs), else float32. CoMeT's gate, blend and global state stay float32 "
+        f"(default {dtype})",
+    )
     group.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 

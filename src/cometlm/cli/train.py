@@ -75,7 +75,7 @@ def register(subparsers) -> None:
             text = text if default is None else f"{text} (default {_show(default)})"
             options = {**options, "default": default}
         group.add_argument(f"--{name.replace('_', '-')}", help=text, **options)
-    add_model_options(parser)
+    add_model_options(parser, dtype="float32")  # a recipe's replay does not depend on the machine
     add_parallel_options(parser)
     parser.set_defaults(run=cmd_train)
 

@@ -12,7 +12,8 @@ merged after 0.4.13 (untested here), which would let plain `lm_eval --model come
 `--model_args` (comma-separated key=value): `pretrained` (base model: a local Hugging Face directory or the
 bundled "smollm2-135m-instruct", the default), `comet` (a saved CoMeT model or adapter; without it CoMeT starts
 untrained with `chunk_size`, `global_slots`, `temp_stride`, `temp_capacity`, `adapter_rank`, `gate`,
-`attention_sink`), `dtype` (float32 or bfloat16), `method` (one of `methods.METHODS`: "comet", the default;
+`attention_sink`), `dtype` (float32, the default; bfloat16; or auto, as the command line's `--dtype auto`),
+`method` (one of `methods.METHODS`: "comet", the default;
 "no-memory": both memories off, i.e. plain chunking; the baselines on the same backbone "full", "truncated" and
 "sliding-window", with `window` and `sink_tokens`), `layout` ("primed", the default, or "fixed"), `prime_tokens`
 (context tokens kept in the answer's open chunk with "primed"; default: as many as fit), `max_gen_toks` (256),
