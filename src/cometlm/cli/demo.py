@@ -71,7 +71,8 @@ def _demo_passkey(args) -> int:
     sample = passkey_sample(model.tokenizer, args.tokens, depth, rng)
     print(
         f"CoMeT demo: SmolLM2-135M-Instruct + the CoMeT adapter {args.comet} (C={config.chunk_size}, "
-        f"M={config.global_slots}, s={config.temp_stride}, K={config.queue_size}) reads a {len(sample.prompt_ids):,}-"
+        f"M={config.global_slots}, s={config.temp_stride}, K={config.queue_size}; the backbone in "
+        f"{str(model.backbone.dtype).removeprefix('torch.')}) reads a {len(sample.prompt_ids):,}-"
         f"token passkey prompt chunk by chunk at constant memory, the key at {depth:.0%} depth, and answers "
         f'"{model.tokenizer.decode(sample.question_ids).strip()}"',
         file=sys.stderr, flush=True,
@@ -104,7 +105,8 @@ def _demo_continue(args) -> int:
     ids = corpus_tokens(args.corpus, model.tokenizer, args.tokens).tolist()
     print(
         f"CoMeT demo: SmolLM2-135M-Instruct + CoMeT (C={config.chunk_size}, M={config.global_slots}, "
-        f"s={config.temp_stride}, K={config.queue_size}) reads the first {len(ids):,} tokens of the {args.corpus} "
+        f"s={config.temp_stride}, K={config.queue_size}; the backbone in {str(model.backbone.dtype).removeprefix('torch.')}"
+        f") reads the first {len(ids):,} tokens of the {args.corpus} "
         "corpus chunk by chunk at constant memory, then continues the text.",
         file=sys.stderr,
     )
