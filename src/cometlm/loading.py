@@ -20,13 +20,14 @@ BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16", "bf16"})
 
 
 def native_bfloat16(device: str = "cpu") -> bool:
-    """Whether ``device`` computes in bfloat16 natively: a CUDA GPU that supports it, or a CPU whose flags in
-    /proc/cpuinfo (Linux) name AMX-BF16, AVX512-BF16 or Arm's BF16. Elsewhere, or when unreadable, False."""
+    """Whether ``device`` computes in bfloat16 natively: a CUDA GPU that supports it (not by emulation), or a CPU
+    whose flags in /proc/cpuinfo (Linux) name AMX-BF16, AVX512-BF16 or Arm's BF16. Elsewhere, or when unreadable,
+    False."""
     import torch
 
     kind = str(device).split(":")[0]
     if kind == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     if kind != "cpu":
         return False
     try:
