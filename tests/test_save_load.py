@@ -88,6 +88,10 @@ def test_memory_state_round_trip(tmp_path):
     assert torch.equal(a, b)
     for key, value in state.tensors().items():
         assert torch.equal(value, loaded.tensors()[key]), key
+    # to_bytes is the file's content (the server caches it); safetensors orders the header's keys as it likes
+    data = state.to_bytes({"owner": "x"})
+    assert MemoryState.read_notes(data) == {"owner": "x"}
+    assert all(torch.equal(v, MemoryState.from_bytes(data).tensors()[k]) for k, v in state.tensors().items())
 
 
 def test_corrupted_or_truncated_state_files(tmp_path):

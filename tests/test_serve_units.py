@@ -86,15 +86,15 @@ def test_keys_are_checked_by_hash_and_bad_files_are_explained(tmp_path):
 @torch.no_grad()
 def test_the_state_cache_stays_within_its_budget_and_drops_the_least_recently_used():
     comet = tiny_comet()
-    states = {f"s{i}": comet.ingest(random_ids(1, 3 + i, seed=i)) for i in range(4)}
-    size = max(s.nbytes() for s in states.values())
+    files = {f"s{i}": comet.ingest(random_ids(1, 3 + i, seed=i)).to_bytes({"i": str(i)}) for i in range(4)}
+    size = max(len(data) for data in files.values())
     cache = StateCache(budget_bytes=2 * size + size // 2)
-    for key, state in states.items():
-        cache.put(key, state)
+    for key, data in files.items():
+        cache.put(key, data)
         cache.get("s0")  # keeps being used
         assert cache.nbytes <= cache.budget_bytes
-    assert cache.get("s0") is states["s0"] and cache.get("s3") is states["s3"]
+    assert cache.get("s0") is files["s0"] and cache.get("s3") is files["s3"]
     assert cache.get("s1") is None and cache.get("s2") is None and len(cache) == 2
     cache.drop("s0")
-    assert cache.get("s0") is None and cache.nbytes == states["s3"].nbytes()
-    StateCache(budget_bytes=0).put("big", states["s0"])  # larger than the budget: not kept, no error
+    assert cache.get("s0") is None and cache.nbytes == len(files["s3"])
+    StateCache(budget_bytes=0).put("big", files["s0"])  # larger than the budget: not kept, no error

@@ -17,10 +17,10 @@ from typing import Sequence
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes
-from safetensors.torch import save_file
+from safetensors.torch import save as save_bytes
 
 from .config import CometConfig
-from .files import atomic_path
+from .files import write_bytes
 
 STATE_FORMAT = "cometlm.memory_state/1"
 
@@ -154,13 +154,15 @@ class MemoryState:
         """Writes a safetensors file atomically: a crash never leaves a half-written state behind. `notes`
         (string keys and values) are stored with it and read back by `read_notes`; `durable` flushes the file
         to disk before returning."""
-        path = Path(path)
+        write_bytes(path, self.to_bytes(notes), durable)
+
+    def to_bytes(self, notes: dict[str, str] | None = None) -> bytes:
+        """The bytes of the state file ``save`` writes (``from_bytes`` reads them back)."""
         # cloned: layers may share one tensor (a fresh state does), which safetensors refuses to write
         tensors = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in self.tensors().items()}
         metadata = {"format": STATE_FORMAT, "config": json.dumps(self.config.to_dict()),
                     "notes": json.dumps(dict(notes or {}))}
-        with atomic_path(path, durable) as tmp:
-            save_file(tensors, str(tmp), metadata=metadata)
+        return save_bytes(tensors, metadata=metadata)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device=None) -> "MemoryState":

@@ -15,9 +15,12 @@ from cometlm.serving.store import SessionStore
 mode, marks = sys.argv[1], {int(a) for a in sys.argv[2:]}
 work = Path(tempfile.mkdtemp())
 model = CometForCausalLM.from_backbone(tiny_model(work / "tiny"), CometConfig(chunk_size=64, global_slots=64, temp_stride=8, temp_capacity=128)).eval()
-settings = ServerSettings(state_dir=work / "s", api_keys=None, cache_bytes=8 << 20, max_sessions_per_key=100000)
+settings = ServerSettings(state_dir=work / "s", api_keys=None, cache_bytes=int(os.environ.get("CACHE_BYTES", 8 << 20)),
+                          max_sessions_per_key=100000)
 store = SessionStore(settings.state_dir, model, settings.cache_bytes)
 scheduler = Scheduler(model, settings.batch_window_ms, settings.max_batch)
+if os.environ.get("CACHE_PAGES"):  # SQLite's page cache of the index's connection, in pages (default: 2,000 KiB)
+    store.index._db.execute(f"PRAGMA cache_size={int(os.environ['CACHE_PAGES'])}")  # a lab script may reach in
 if mode.startswith("inline"):  # no threads: the store's calls run in the loop's thread too (inline-NAME: all but NAME)
     import cometlm.serving.service as service_module
     threaded = mode.partition("-")[2]
@@ -27,6 +30,14 @@ if mode.startswith("inline"):  # no threads: the store's calls run in the loop's
             return await asyncio.to_thread(fn, *args, **kwargs)
         return fn(*args, **kwargs)
     service_module.to_thread = inline
+if mode == "single":  # the store's calls on one worker thread instead of asyncio's default pool
+    import concurrent.futures, functools
+    import cometlm.serving.service as service_module
+    one = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+
+    async def single(fn, *args, **kwargs):
+        return await asyncio.get_running_loop().run_in_executor(one, functools.partial(fn, *args, **kwargs))
+    service_module.to_thread = single
 if mode == "direct" or mode.startswith("inline"):
     async def read(state, ids):
         with torch.inference_mode():

@@ -1,48 +1,49 @@
-"""The RAM side of the session store: memory states by session id, least recently used dropped first, within a
-byte budget. Every state in it is also on disk, so dropping one loses nothing; the budget is what keeps a server's
-resident memory flat however many sessions it holds."""
+"""The RAM side of the session store: the bytes of state files by session id, least recently used dropped first,
+within a byte budget. Every state in it is also on disk, so dropping one loses nothing; the budget is what keeps a
+server's resident memory flat however many sessions it holds.
+
+It keeps a state file's bytes, not the decoded state: one block per session instead of a few tensors per layer, so
+entries that come and go in any order leave no holes in the heap (keeping decoded states, a tiny-model server's
+resident memory grew by about 1 KB per append; docs/experiments/serve-rss). Decoding on a hit is one copy."""
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
 
-from ..state import MemoryState
-
 
 class StateCache:
     def __init__(self, budget_bytes: int):
         self.budget_bytes = budget_bytes
-        self._states: OrderedDict[str, MemoryState] = OrderedDict()
-        self._sizes: dict[str, int] = {}
+        self._entries: OrderedDict[str, bytes] = OrderedDict()
         self.nbytes = 0
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._states)
+        return len(self._entries)
 
-    def get(self, key: str) -> MemoryState | None:
+    def get(self, key: str) -> bytes | None:
         with self._lock:
-            state = self._states.get(key)
-            if state is not None:
-                self._states.move_to_end(key)
-            return state
+            data = self._entries.get(key)
+            if data is not None:
+                self._entries.move_to_end(key)
+            return data
 
-    def put(self, key: str, state: MemoryState) -> None:
-        size = state.nbytes()
+    def put(self, key: str, data: bytes) -> None:
         with self._lock:
             self._pop(key)
-            if size > self.budget_bytes:
+            if len(data) > self.budget_bytes:
                 return
-            self._states[key], self._sizes[key] = state, size
-            self.nbytes += size
+            self._entries[key] = data
+            self.nbytes += len(data)
             while self.nbytes > self.budget_bytes:
-                self._pop(next(iter(self._states)))
+                self._pop(next(iter(self._entries)))
 
     def drop(self, key: str) -> None:
         with self._lock:
             self._pop(key)
 
     def _pop(self, key: str) -> None:
-        if self._states.pop(key, None) is not None:
-            self.nbytes -= self._sizes.pop(key)
+        data = self._entries.pop(key, None)
+        if data is not None:
+            self.nbytes -= len(data)

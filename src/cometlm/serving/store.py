@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..files import write_bytes
 from ..state import MemoryState
 from .cache import StateCache
 from .errors import bad_request, conflict, server_error, session_not_found
@@ -81,14 +82,17 @@ class SessionStore:
                 f"{info.fingerprint}; this server's is {self.fingerprint}): serve it with the model that wrote it",
                 code="incompatible_state", param="session_id",
             )
-        state = self.cache.get(info.id)
-        if state is None:
-            try:
-                state = MemoryState.load(self.path(info.id))
-            except (ValueError, FileNotFoundError) as err:
-                log.error("session %s: %s", info.id, err)
-                raise server_error(f"the state file of session {info.id} cannot be read") from err
-            self.cache.put(info.id, state)
+        path = self.path(info.id)
+        data = self.cache.get(info.id)
+        cached = data is not None
+        try:
+            data = data if cached else path.read_bytes()
+            state = MemoryState.from_bytes(data, source=str(path))
+        except (OSError, ValueError) as err:
+            log.error("session %s: %s", info.id, err)
+            raise server_error(f"the state file of session {info.id} cannot be read") from err
+        if not cached:
+            self.cache.put(info.id, data)
         return state
 
     def write(self, session_id: str, owner: str, created: int, state: MemoryState, appends: int) -> SessionInfo:
@@ -96,11 +100,12 @@ class SessionStore:
         path = self.path(session_id)
         notes = {"session": session_id, "owner": owner, "model": self.fingerprint, "appends": str(appends),
                  "created": str(created)}
-        state.save(path, notes=notes, durable=True)
+        data = state.to_bytes(notes)
+        write_bytes(path, data, durable=True)
         info = SessionInfo(session_id, owner, created, int(time.time()), appends, tokens_read(state),
-                           int(state.chunks_closed[0]), path.stat().st_size, self.fingerprint)
+                           int(state.chunks_closed[0]), len(data), self.fingerprint)
         self.index.put(info)
-        self.cache.put(session_id, state)
+        self.cache.put(session_id, data)
         return info
 
     def delete(self, info: SessionInfo) -> None:
