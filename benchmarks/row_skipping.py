@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import os
-import platform
-import shlex
 import sys
 import time
+
+from speed import finish_record, new_record  # the benchmark next to this one
 
 VARIANTS = {"query, output and MLP": None, "MLP only": ("mlp",), "nothing": ()}  # None: the family's own list
 
@@ -94,10 +93,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    record = {"command": shlex.join([sys.executable, *sys.argv]),
-              "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-              "machine": f"{platform.machine()} {platform.processor()}, {os.cpu_count()} cores, {args.threads} threads",
-              "load_average_at_start": os.getloadavg(), "runs": []}
+    record = {**new_record(args.threads), "runs": []}
     for dtype in args.dtypes:
         for name, build in [("shipped adapter", lambda: shipped(dtype)),
                             *((f"random Llama d={d}", lambda d=d: wide(d, dtype)) for d in args.wide)]:
@@ -114,12 +110,7 @@ def main(argv=None) -> int:
                             for v, r in result.items() if v != "bare")
             print(f"[{name}, {dtype}] memory rows skip {row}; bare chunks {result['bare']['tokens_per_s']:.0f} tok/s",
                   flush=True)
-    record["load_average_at_end"] = os.getloadavg()
-    if args.out:
-        from cometlm.files import write_json
-
-        write_json(args.out, record)
-        print(f"results in {args.out}", file=sys.stderr)
+    finish_record(record, args.out)
     return 0
 
 

@@ -156,6 +156,24 @@ def full_attention(model, ids, lengths: list[int]) -> dict:
     return out
 
 
+def new_record(threads: int) -> dict:
+    """What every benchmark record starts with: the command, the date, the machine, the load average."""
+    return {"command": shlex.join([sys.executable, *sys.argv]),
+            "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "machine": f"{platform.machine()} {platform.processor()}, {os.cpu_count()} cores, {threads} threads",
+            "load_average_at_start": os.getloadavg()}
+
+
+def finish_record(record: dict, out: str | None) -> None:
+    """Adds the load average at the end and writes the record as JSON to ``out`` (if given)."""
+    record["load_average_at_end"] = os.getloadavg()
+    if out:
+        from cometlm.files import write_json
+
+        write_json(out, record)
+        print(f"results in {out}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
@@ -171,10 +189,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    record = {"command": shlex.join([sys.executable, *sys.argv]),
-              "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-              "machine": f"{platform.machine()} {platform.processor()}, {os.cpu_count()} cores, {args.threads} threads",
-              "load_average_at_start": os.getloadavg(), "matmul_peak_gflops": {}, "runs": []}
+    record = {**new_record(args.threads), "matmul_peak_gflops": {}, "runs": []}
     for dtype in args.dtypes:
         peak = matmul_peak(getattr(torch, dtype), args.threads)
         record["matmul_peak_gflops"][dtype] = peak / 1e9
@@ -202,12 +217,7 @@ def main(argv=None) -> int:
             for n, full in run.get("full_attention", {}).items():
                 print(f"[full attention, {dtype}] {n} tokens: {full['tokens_per_s']:.0f} tok/s "
                       f"(CoMeT reads {read['comet_tokens_per_s'] / full['tokens_per_s']:.2f}x as fast)", flush=True)
-    record["load_average_at_end"] = os.getloadavg()
-    if args.out:
-        from cometlm.files import write_json
-
-        write_json(args.out, record)
-        print(f"results in {args.out}", file=sys.stderr)
+    finish_record(record, args.out)
     return 0
 
 
