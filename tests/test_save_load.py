@@ -146,12 +146,12 @@ def test_state_from_bytes_equals_the_file_and_refuses_bad_bytes(tmp_path):
             MemoryState.from_bytes(bad)
     from safetensors.torch import save
 
-    wrong = {k: v.double() if v.is_floating_point() else v for k, v in state.tensors().items()}
+    wrong = {k: v.double() if v.is_floating_point() else v.clone() for k, v in state.tensors().items()}
     meta = {"format": "cometlm.memory_state/1", "config": json.dumps(SMALL.to_dict())}
     with pytest.raises(ValueError, match="wrong dtypes"):
         MemoryState.from_bytes(save({**wrong, "layers.0.temp_valid": wrong["layers.0.temp_valid"].long()}, meta))
     with pytest.raises(ValueError, match="not a CoMeT memory state"):
-        MemoryState.from_bytes(save(state.tensors(), {"format": "something else"}))
+        MemoryState.from_bytes(save({k: v.clone() for k, v in state.tensors().items()}, {"format": "something else"}))
 
 
 def test_state_for_another_model_is_refused(tmp_path):

@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 from .backbone import Backbone, LayerInputs
 from .config import CometConfig
 from .layout import ChunkLayout
-from .memory import CometMemory
+from .memory import CometMemory, update_global_memories, update_temporary_memories
 from .state import LayerState, MemoryState
 
 
@@ -64,18 +64,25 @@ class MemoryCell:
         self.backbone, self.memory, self.config, self.checkpointing = backbone, memory, config, checkpointing
 
     def run(self, state: MemoryState, text_ids, text_len, closing, cache=None, keep_beacons: bool = False) -> ChunkOutput:
-        """Runs one chunk of every stream through all layers (arguments as in ``start``)."""
+        """Runs one chunk of every stream through all layers (arguments as in ``start``). The layers' memory
+        updates run together after the last layer (``update_memories``), the same update ``layer`` makes per
+        layer."""
         inputs = self.start(text_ids, text_len, closing, state.layers[0].row_valid())
-        hidden, new_layers, beacons = inputs.hidden, [], []
+        layout, hidden = inputs.layout, inputs.hidden
+        closes = bool(closing.any())
+        readouts, beacons = [], []
         for index, layer in enumerate(state.layers):
-            hidden, layer = self.layer(index, hidden, layer, inputs, cache)
-            new_layers.append(layer)
-            if keep_beacons:
-                beacons.append(hidden[:, inputs.layout.beacon_slot])
-        after = MemoryState(
-            state.config, tuple(new_layers), state.pending, state.pending_len, state.chunks_closed + closing.long()
-        )
-        return ChunkOutput(self.end(hidden, inputs), after, inputs.layout, tuple(beacons) if keep_beacons else None)
+            hidden = self._rows(index, hidden, layer, inputs, cache)
+            if closes or keep_beacons:
+                beacons.append(hidden[:, layout.beacon_slot])
+            if closes:
+                readouts.append(hidden[:, layout.readout_slot])
+        layers = state.layers
+        if closes:
+            layers = self.update_memories(range(len(layers)), layers, torch.stack(readouts), torch.stack(beacons),
+                                          layout.beacon_valid, closing)
+        after = MemoryState(state.config, tuple(layers), state.pending, state.pending_len, state.chunks_closed + closing.long())
+        return ChunkOutput(self.end(hidden, inputs), after, layout, tuple(beacons) if keep_beacons else None)
 
     def start(self, text_ids, text_len, closing, memory_valid: torch.Tensor) -> ChunkInputs:
         """Lays out one chunk of every stream and embeds its stream rows (the input of layer 0).
@@ -91,6 +98,15 @@ class MemoryCell:
         """(layer ``index``, one chunk): the layer's memory rows in front of the stream rows, the backbone's
         decoder layer, then the memory update. Returns the stream rows' outputs and the layer's new memories.
         """
+        hidden = self._rows(index, hidden, layer, inputs, cache)
+        layout = inputs.layout
+        if not bool(layout.closing.any()):
+            return hidden, layer
+        readouts, beacons = hidden[:, layout.readout_slot], hidden[:, layout.beacon_slot]
+        return hidden, self.update_memory(index, layer, readouts, beacons, layout.beacon_valid, layout.closing)
+
+    def _rows(self, index: int, hidden, layer: LayerState, inputs: ChunkInputs, cache=None) -> torch.Tensor:
+        """The stream rows' outputs of layer ``index`` (checkpointed when training asks for it)."""
         step = (index, hidden, layer, inputs.layout, inputs.layer_inputs, cache)
         if self.checkpointing and torch.is_grad_enabled() and cache is None:
             return checkpoint(self._layer, *step, use_reentrant=False)
@@ -136,22 +152,28 @@ class MemoryCell:
         k, m = layout.n_sink, rows.shape[1]
         x = torch.cat([hidden[:, :k], rows, hidden[:, k:]], dim=1)  # (B, m + L, d)
         out = self.backbone.run_layer(index, x, layer_inputs, cache, key_rows=layout.memory_rows)
-        hidden = torch.cat([out[:, :k], out[:, k + m :]], dim=1)
-        if not bool(layout.closing.any()):
-            return hidden, layer
-        readouts, beacons = hidden[:, layout.readout_slot], hidden[:, layout.beacon_slot]
-        return hidden, self.update_memory(index, layer, readouts, beacons, layout.beacon_valid, layout.closing)
+        return torch.cat([out[:, :k], out[:, k + m :]], dim=1)
 
     def update_memory(self, index: int, layer: LayerState, readouts, beacons, beacon_valid, closing) -> LayerState:
         """METHOD.md section 2 for layer ``index`` after a chunk has passed it: the global memory from the layer's
         outputs at the readouts (B, M, d), the temporary memory from its outputs at the beacons (B, nb, d) that are
         valid (B, nb); only the ``closing`` (B,) streams change."""
-        modules = self.memory.layers[index]
-        g, s, has_global = layer.global_memory, layer.global_state, layer.has_global
-        if modules.global_memory is not None:
-            g, s = modules.global_memory.update(readouts, s, has_global, closing)
+        stack = lambda x: None if x is None else x[None]  # noqa: E731
+        return self.update_memories([index], [layer], stack(readouts), stack(beacons), beacon_valid, closing)[0]
+
+    def update_memories(self, indices, layers, readouts, beacons, beacon_valid, closing) -> list[LayerState]:
+        """``update_memory`` of several layers at once (``indices``, their states ``layers``), from their outputs
+        at the readouts (L, B, M, d) and the beacons (L, B, nb, d): one batch of small operations per chunk
+        instead of one per layer."""
+        modules = [self.memory.layers[i] for i in indices]
+        g = torch.stack([layer.global_memory for layer in layers])
+        s = torch.stack([layer.global_state for layer in layers])
+        t = torch.stack([layer.temp for layer in layers])
+        has_global, t_valid = layers[0].has_global, layers[0].temp_valid  # the same for every layer
+        if modules[0].global_memory is not None:
+            g, s = update_global_memories([m.global_memory for m in modules], readouts, s, has_global, closing)
             has_global = has_global | closing
-        t, t_valid = layer.temp, layer.temp_valid
-        if modules.temporary_memory is not None:
-            t, t_valid = modules.temporary_memory.update(beacons, beacon_valid & closing[:, None], t, t_valid)
-        return LayerState(g, s, has_global, t, t_valid)
+        if modules[0].temporary_memory is not None:
+            t, t_valid = update_temporary_memories([m.temporary_memory for m in modules], beacons,
+                                                   beacon_valid & closing[:, None], t, t_valid)
+        return [LayerState(g[i], s[i], has_global, t[i], t_valid) for i in range(len(layers))]

@@ -44,6 +44,34 @@ if mode == "direct" or mode.startswith("inline"):
             ids = torch.tensor([ids])
             return model.ingest(ids, state, attention_mask=torch.ones_like(ids))
     scheduler.read = read
+if mode == "bytes":  # tensors live only in the model thread: the store hands it a state file's bytes and gets bytes back
+    from cometlm.files import write_bytes
+    from cometlm.serving.index import SessionInfo
+    from cometlm.state import MemoryState
+
+    def load_bytes(info):
+        data = store.cache.get(info.id)
+        if data is None:
+            data = store.path(info.id).read_bytes()
+            store.cache.put(info.id, data)
+        return data
+
+    def write_any(session_id, owner, created, state, appends):
+        data = state if isinstance(state, bytes) else state.to_bytes({})
+        write_bytes(store.path(session_id), data, durable=True)
+        info = SessionInfo(session_id, owner, created, 0, appends, 0, 0, len(data), store.fingerprint)
+        store.index.put(info)
+        store.cache.put(session_id, data)
+        return info
+
+    def read_in_model_thread(jobs):
+        for job in jobs:
+            job.state = MemoryState.from_bytes(job.state)
+        state, ids, mask = scheduler._batch(jobs, [job.ids for job in jobs], left=False)
+        after = model.ingest(ids, state, attention_mask=mask)
+        for i, job in enumerate(jobs):
+            job.resolve(after.select(torch.tensor([i])).to_bytes({}))
+    store.load, store.write, scheduler._read = load_bytes, write_any, read_in_model_thread
 libc, rng = ctypes.CDLL("libc.so.6"), random.Random(0)
 
 
