@@ -98,3 +98,12 @@ def test_the_state_cache_stays_within_its_budget_and_drops_the_least_recently_us
     cache.drop("s0")
     assert cache.get("s0") is None and cache.nbytes == len(files["s3"])
     StateCache(budget_bytes=0).put("big", files["s0"])  # larger than the budget: not kept, no error
+
+
+def test_the_server_process_can_bound_its_malloc_arenas_and_mmap_large_blocks():
+    """`cometlm serve` calls this first (docs/experiments/serve-rss): on glibc both mallopt settings take."""
+    import platform
+
+    from cometlm.runtime import limit_heap_fragmentation
+
+    assert limit_heap_fragmentation() is (platform.libc_ver()[0] == "glibc")

@@ -7,8 +7,10 @@ and value head for every query head of its group (``repeat_kv``) before calling
 appends a beacon. PyTorch's CPU kernels take ``enable_gqa=True`` with a mask and give the same result bit for bit
 (tests/test_attention.py), so on a CPU this kernel passes it; everywhere else, and for anything it does not
 handle, it is transformers' own sdpa (where a masked ``enable_gqa`` would fall back to the slow math kernel on
-CUDA). Registered with transformers' ``AttentionInterface`` and ``AttentionMaskInterface`` (the same masks as
-sdpa), as transformers documents for custom kernels.
+CUDA). In bfloat16 and float16 it also pads self-attention to a multiple of ``PAD_ROWS`` rows, where PyTorch's CPU
+flash-attention kernel is fast (``_padded``); that changes the output only by rounding. Registered with transformers'
+``AttentionInterface`` and ``AttentionMaskInterface`` (the same masks as sdpa), as transformers documents for custom
+kernels.
 """
 
 from __future__ import annotations

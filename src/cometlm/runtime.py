@@ -15,14 +15,31 @@ import resource
 
 
 @functools.lru_cache(maxsize=1)
-def _malloc_trim():
+def _libc():
     name = ctypes.util.find_library("c")
-    if name is None:
-        return None
     try:
-        return ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):  # not glibc
+        return ctypes.CDLL(name) if name is not None else None
+    except OSError:
         return None
+
+
+def _malloc_trim():
+    return getattr(_libc(), "malloc_trim", None)  # None: not glibc
+
+
+M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8  # glibc's mallopt parameters (malloc.h)
+
+
+def limit_heap_fragmentation(arenas: int = 2, mmap_threshold: int = 1 << 20) -> bool:
+    """For a process that runs for days, making and freeing blocks of the same few sizes from several threads (a
+    server's state files and states): at most ``arenas`` glibc malloc arenas, and blocks of ``mmap_threshold``
+    bytes or more always mapped on their own, so that freeing one gives it back (glibc otherwise raises that
+    threshold after each such free, and the blocks then fragment the heaps). Call it before the threads start.
+    Measured on the server: docs/experiments/serve-rss. Returns whether it applied (glibc only)."""
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:
+        return False
+    return bool(mallopt(M_ARENA_MAX, arenas)) and bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold))
 
 
 def release_free_memory() -> None:

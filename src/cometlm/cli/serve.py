@@ -48,8 +48,10 @@ def cmd_serve(args) -> int:
     from pathlib import Path
 
     from cometlm.bundled import SHIPPED_ADAPTER
+    from cometlm.runtime import limit_heap_fragmentation
     from cometlm.serving import ServerSettings, build_app, serve
 
+    limit_heap_fragmentation()  # before any thread: a server's resident memory stays flat as it runs
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     if args.comet is None and args.model is None:
