@@ -78,8 +78,9 @@ class TemporaryMemory(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------
 # The updates of several layers at once. A chunk updates every layer's memories from that layer's outputs, and no
 # layer's update depends on another's, so they run as one batch over a leading layer dimension L: about twenty
-# small operations per chunk instead of twenty per layer (per layer they were a fifth of a chunk's reading time in
-# bfloat16; benchmarks/speed.py). The per-layer methods above are these with L = 1, so there is one implementation.
+# small operations per chunk instead of twenty per layer (per layer: 750 us a layer, 5.5% of the shipped adapter's
+# reading time in float32; batched: 2.5%; docs/RESULTS.md, session 19). The per-layer methods above are these with
+# L = 1, so there is one implementation.
 
 
 def _stacked(params: list[torch.Tensor]) -> torch.Tensor:
@@ -147,7 +148,7 @@ def update_temporary_memories(
     rows = torch.cat([queue, pushed.to(queue.dtype)], dim=2)
     valid = torch.cat([queue_valid, beacon_valid], dim=1)
     if bool(valid[:, -capacity:].all()):  # the newest rows are all valid: the queue keeps exactly them
-        return rows[:, :, -capacity:], valid[:, -capacity:]
+        return rows[:, :, -capacity:].contiguous(), valid[:, -capacity:]  # compact: the state keeps K rows
     rank = valid.long() * torch.arange(1, valid.shape[1] + 1, device=valid.device)
     order = torch.argsort(rank, dim=1, stable=True)[:, -capacity:]  # (B, K)
     valid = torch.gather(valid, 1, order)
