@@ -45,7 +45,21 @@ phase() {  # phase NAME FROM ARGS...: one `cometlm train`, skipped once NAME/fin
   "$COMETLM" train --comet "$from" --output-dir "$OUT/$name" "${COMMON[@]}" "$@" ${EXTRA[@]+"${EXTRA[@]}"}
 }
 
+# Phase g2's mixture: single-fact retrieval only (one needle, one fact, one user's or agent's record), the passkey and
+# language modelling. Chosen by a rule fixed before g1's step-400 probe (docs/EXPERIMENTS.md, session 18): if the
+# seven validation probes' mean at step 400 was under 0.30, g1 stops there and g2 narrows the mixture to single facts
+# for 300 steps before the multi-fact tasks come back. It was 0.00 (session 19).
+SINGLE=(
+  passkey@0.10
+  ruler-niah-single@0.15 ruler-niah-single:haystack=bible,values=uuid@0.10
+  ruler-niah-single:haystack=noise,keys=number,values=word@0.05
+  babilong-qa1@0.20 user-qa@0.17 agent-qa@0.17
+  lm:bible@0.03 lm:essays@0.03
+)
+
 mkdir -p "$OUT"
-phase general-g1 "$PASSKEY" --data "${MIXTURE[@]}" --max-length 1024 --max-steps 800 --lr 3e-4 --warmup-steps 20 \
-  --seed 100 "${PLAN[@]}"
-echo "== adapter: $OUT/general-g1/final"
+phase general-g1 "$PASSKEY" --data "${MIXTURE[@]}" --max-length 1024 --max-steps 800 --stop-at 400 --lr 3e-4 \
+  --warmup-steps 20 --seed 100 "${PLAN[@]}"
+phase general-g2 "$OUT/general-g1/final" --data "${SINGLE[@]}" --max-length 1024 --max-steps 300 --lr 3e-4 \
+  --warmup-steps 10 --seed 101 "${PLAN[@]}"
+echo "== adapter: $OUT/general-g2/final"

@@ -150,15 +150,22 @@ def test_the_general_recipe_continues_the_passkey_adapter_on_data_that_loads(tmp
                             text=True, env={**os.environ, "COMETLM": "echo"})
     assert result.returncode == 0, result.stderr
     runs = [parse(shlex.split(line)) for line in result.stdout.splitlines() if line.startswith("train ")]
-    assert len(runs) == 1 and runs[0].threads == 1 and runs[0].dtype == "bfloat16"
-    assert runs[0].comet == str(RECIPE.parents[1] / "src" / "cometlm" / "adapters" / "smollm2-135m-passkey")
-    weights = [float(spec.rpartition("@")[2]) for spec in runs[0].data]
-    assert abs(sum(weights) - 1) < 1e-9
-    # every task source draws from the training split (none asks for split=test), and each builds a sample
-    assert not any("split=" in spec for spec in runs[0].data)
-    mixture = load_mixture(runs[0].data, tokenizer, runs[0].max_length, seed=0)
-    samples = [mixture[i] for i in range(8)]
-    assert all(len(s.input_ids) <= runs[0].max_length and any(t != -100 for t in s.labels) for s in samples)
+    assert len(runs) == 2 and all(r.threads == 1 and r.dtype == "bfloat16" for r in runs)
+    g1, g2 = runs
+    assert g1.comet == str(RECIPE.parents[1] / "src" / "cometlm" / "adapters" / "smollm2-135m-passkey")
+    assert (g1.stop_at, g1.max_steps) == (400, 800)  # stopped at step 400 by the rule fixed before it
+    assert g2.comet == str(tmp_path / "general-g1" / "final") and g2.output_dir == str(tmp_path / "general-g2")
+    for run in runs:
+        weights = [float(spec.rpartition("@")[2]) for spec in run.data]
+        assert abs(sum(weights) - 1) < 1e-9
+        # every task source draws from the training split (none asks for split=test), and each builds a sample
+        assert not any("split=" in spec for spec in run.data)
+        mixture = load_mixture(run.data, tokenizer, run.max_length, seed=0)
+        samples = [mixture[i] for i in range(8)]
+        assert all(len(s.input_ids) <= run.max_length and any(t != -100 for t in s.labels) for s in samples)
+    # g2 keeps to single facts: no multi-key, multi-value, variable-tracking or multi-fact babilong source
+    assert not any(name in spec for spec in g2.data for name in ("multikey", "multivalue", "multiquery", "ruler-vt",
+                                                                   "qa2", "qa3", "qa4", "qa5"))
 
 
 def test_the_suites_comparison_runs_every_method_on_every_task_with_the_same_grid(tmp_path):
