@@ -27,19 +27,18 @@ def _malloc_trim():
     return getattr(_libc(), "malloc_trim", None)  # None: not glibc
 
 
-M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8  # glibc's mallopt parameters (malloc.h)
+M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
 
 
-def limit_heap_fragmentation(arenas: int = 2, mmap_threshold: int = 1 << 20) -> bool:
+def limit_heap_fragmentation(arenas: int = 2) -> bool:
     """For a process that runs for days, making and freeing blocks of the same few sizes from several threads (a
-    server's state files and states): at most ``arenas`` glibc malloc arenas, and blocks of ``mmap_threshold``
-    bytes or more always mapped on their own, so that freeing one gives it back (glibc otherwise raises that
-    threshold after each such free, and the blocks then fragment the heaps). Call it before the threads start.
-    Measured on the server: docs/experiments/serve-rss. Returns whether it applied (glibc only)."""
+    server's state files and states): at most ``arenas`` glibc malloc arenas, so the threads share a few heaps
+    instead of fragmenting one each. Call it before the threads start. (A fixed mmap threshold as well, so that
+    freed state files go back to the system, made batched reading twice as slow: every large activation was then
+    mapped and faulted in anew. Measured on the server: docs/experiments/serve-rss.) Returns whether it applied
+    (glibc only)."""
     mallopt = getattr(_libc(), "mallopt", None)
-    if mallopt is None:
-        return False
-    return bool(mallopt(M_ARENA_MAX, arenas)) and bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold))
+    return mallopt is not None and bool(mallopt(M_ARENA_MAX, arenas))
 
 
 def release_free_memory() -> None:

@@ -51,7 +51,7 @@ def cmd_serve(args) -> int:
     from cometlm.runtime import limit_heap_fragmentation
     from cometlm.serving import ServerSettings, build_app, serve
 
-    limit_heap_fragmentation()  # before any thread: a server's resident memory stays flat as it runs
+    limit_heap_fragmentation()  # before any thread starts
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     if args.comet is None and args.model is None:
