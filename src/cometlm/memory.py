@@ -48,14 +48,6 @@ class GlobalMemory(nn.Module):
         """
         return next_global_states([self], readouts[None], state[None], has_state)[0]
 
-    def update(
-        self, readouts: torch.Tensor, state: torch.Tensor, has_state: torch.Tensor, closing: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns the new (G, S): G in the readouts' dtype, S in float32; samples whose chunk is not closing keep
-        their old state."""
-        g, s = update_global_memories([self], readouts[None], state[None], has_state, closing)
-        return g[0], s[0]
-
 
 class TemporaryMemory(nn.Module):
     """One layer's FIFO queue of compressed recent states, one row per beacon."""
@@ -66,21 +58,13 @@ class TemporaryMemory(nn.Module):
         self.norm = nn.RMSNorm(hidden_size, eps=eps)
         self.adapter = ResidualLowRankAdapter(hidden_size, rank)
 
-    def update(
-        self, beacons: torch.Tensor, beacon_valid: torch.Tensor, queue: torch.Tensor, queue_valid: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pushes the valid beacon rows and keeps the newest ``capacity`` valid rows (``update_temporary_memories``
-        for one layer). beacons: (B, nb, d), beacon_valid: (B, nb); queue: (B, K, d), queue_valid: (B, K)."""
-        rows, valid = update_temporary_memories([self], beacons[None], beacon_valid, queue[None], queue_valid)
-        return rows[0], valid
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # The updates of several layers at once. A chunk updates every layer's memories from that layer's outputs, and no
 # layer's update depends on another's, so they run as one batch over a leading layer dimension L: about twenty
 # small operations per chunk instead of twenty per layer (per layer: 750 us a layer, 5.5% of the shipped adapter's
-# reading time in float32; batched: 2.5%; docs/RESULTS.md, session 19). The per-layer methods above are these with
-# L = 1, so there is one implementation.
+# reading time in float32; batched: 2.5%; docs/RESULTS.md, session 19). One layer's update (``MemoryCell.update_memory``,
+# ``GlobalMemory.next_state``) is these with L = 1, so there is one implementation.
 
 
 def _stacked(params: list[torch.Tensor]) -> torch.Tensor:
