@@ -81,7 +81,9 @@ class MemoryCell:
         if closes:
             layers = self.update_memories(range(len(layers)), layers, torch.stack(readouts), torch.stack(beacons),
                                           layout.beacon_valid, closing)
-        after = MemoryState(state.config, tuple(layers), state.pending, state.pending_len, state.chunks_closed + closing.long())
+        after = MemoryState(
+            state.config, tuple(layers), state.pending, state.pending_len, state.chunks_closed + closing.long()
+        )
         return ChunkOutput(self.end(hidden, inputs), after, layout, tuple(beacons) if keep_beacons else None)
 
     def start(self, text_ids, text_len, closing, memory_valid: torch.Tensor) -> ChunkInputs:

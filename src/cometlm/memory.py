@@ -63,8 +63,8 @@ class TemporaryMemory(nn.Module):
 # The updates of several layers at once. A chunk updates every layer's memories from that layer's outputs, and no
 # layer's update depends on another's, so they run as one batch over a leading layer dimension L: about twenty
 # small operations per chunk instead of twenty per layer (per layer: 750 us a layer, 5.5% of the shipped adapter's
-# reading time in float32; batched: 2.5%; docs/RESULTS.md, session 19). One layer's update (``MemoryCell.update_memory``,
-# ``GlobalMemory.next_state``) is these with L = 1, so there is one implementation.
+# reading time in float32; batched: 2.5%; docs/RESULTS.md, session 19). One layer's update
+# (``MemoryCell.update_memory``, ``GlobalMemory.next_state``) is these with L = 1, so there is one implementation.
 
 
 def _stacked(params: list[torch.Tensor]) -> torch.Tensor:
