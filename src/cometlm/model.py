@@ -22,7 +22,7 @@ from .config import CometConfig
 from .inputs import Batch, Chunk, ChunkedBatch, check_batch, chunk_plan, split_chunks
 from .memory import CometMemory
 from .progress import progress_bar
-from .runtime import release_free_memory
+from .runtime import PeriodicTrim
 from .state import MemoryState
 
 
@@ -327,10 +327,10 @@ class CometForCausalLM(nn.Module):
                 yield Chunk(torch.gather(pending, 1, index), c * closing.long(), closing, index, None)
                 offset = offset + c * closing.long()
 
-        chunks = self.read_chunks(full_chunks(), state)
+        chunks, trim = self.read_chunks(full_chunks(), state), PeriodicTrim()
         for _, out in progress_bar(chunks, total=n_close, desc="reading", unit="chunk", enabled=progress and n_close > 1):
             state = out.state
-            release_free_memory()
+            trim()
         offset = c * closes
         left = total - offset
         keep = int(left.max())

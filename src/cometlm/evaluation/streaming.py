@@ -26,7 +26,7 @@ import torch
 from cometlm.inputs import Chunk
 from cometlm.evaluation.settings import READ_BAR_MIN_STEPS, SNAPSHOT_SECONDS
 from cometlm.progress import progress_bar
-from cometlm.runtime import release_free_memory
+from cometlm.runtime import PeriodicTrim
 from cometlm.state import MemoryState
 
 SCORE_ROWS = 512  # positions per LM-head call when scoring: logits never exceed SCORE_ROWS x vocabulary
@@ -200,6 +200,7 @@ def score_continuations(model, state: MemoryState, continuations: list[list[int]
             n = int(text_len.max())
             yield Chunk(ids[:, start : start + n], text_len, closing, None, None)
 
+    trim = PeriodicTrim()
     bar = progress_bar(zip(starts, model.read_chunks(chunks(), state)), total=len(starts), desc="scoring",
                        unit="chunk", nested=True, enabled=progress and len(starts) >= READ_BAR_MIN_STEPS)
     for start, (chunk, out) in bar:
@@ -213,6 +214,6 @@ def score_continuations(model, state: MemoryState, continuations: list[list[int]
             target = ids[r, start + k + 1]
             logprobs[r.cpu(), start + k.cpu()] = logp.gather(1, target[:, None])[:, 0].cpu()
             greedy[r.cpu(), start + k.cpu()] = (logp.argmax(dim=-1) == target).cpu()
-        release_free_memory()
+        trim()
     return [(logprobs[b, p - 1 : p - 1 + len(cont)], greedy[b, p - 1 : p - 1 + len(cont)])
             for b, cont in enumerate(continuations)]

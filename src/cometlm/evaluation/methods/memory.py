@@ -86,13 +86,13 @@ class MemoryMethod(Method):
     def hidden_blocks(self, tokens, progress):
         """Chunks of C from the start, as `forward` reads them teacher-forced, one chunk's hidden states at a time."""
         from cometlm.evaluation.streaming import read_bar
-        from cometlm.runtime import release_free_memory
+        from cometlm.runtime import PeriodicTrim
 
         model, c, n = self.runner, self.runner.comet_config.chunk_size, tokens.shape[1]
-        start = 0
+        start, trim = 0, PeriodicTrim()
         with read_bar(n, n // c, progress) as bar:
             for chunk, out in model.read_chunks(model.split_chunks(tokens).chunks, model.init_memory(1)):
                 yield start, out.text_hidden
                 start += chunk.text_ids.shape[1]
                 bar.update(chunk.text_ids.shape[1])
-                release_free_memory()
+                trim()
