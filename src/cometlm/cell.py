@@ -153,8 +153,18 @@ class MemoryCell:
         rows = layer.rows()[:, layout.memory_index]
         k, m = layout.n_sink, rows.shape[1]
         x = torch.cat([hidden[:, :k], rows, hidden[:, k:]], dim=1)  # (B, m + L, d)
-        out = self.backbone.run_layer(index, x, layer_inputs, cache, key_rows=layout.memory_rows)
+        cut = layout.memory_rows if self.cuts_memory_rows(x) else None
+        out = self.backbone.run_layer(index, x, layer_inputs, cache, key_rows=cut)
         return torch.cat([out[:, :k], out[:, k + m :]], dim=1)
+
+    @staticmethod
+    def cuts_memory_rows(hidden: torch.Tensor) -> bool:
+        """Whether a layer runs its row-wise modules without the memory rows (``Backbone.run_layer``'s ``key_rows``):
+        in float32, and whenever gradients flow. Reading in bfloat16 or float16 it does not pay on the CPU: a matrix
+        product of 161 rows costs what one of 193 costs (reading the weights dominates), and the cuts cost more
+        than they save (2,048 tokens, one thread, CPU time: 2.41 s with the cuts, 2.36 s without; float32 4.86
+        against 5.19 s; ``docs/experiments/reading-overhead/row_skipping_dtype.py``)."""
+        return hidden.dtype == torch.float32 or torch.is_grad_enabled()
 
     def update_memory(self, index: int, layer: LayerState, readouts, beacons, beacon_valid, closing) -> LayerState:
         """METHOD.md section 2 for layer ``index`` after a chunk has passed it: the global memory from the layer's
