@@ -68,15 +68,14 @@ class MemoryCell:
         updates run together after the last layer (``update_memories``), the same update ``layer`` makes per
         layer."""
         inputs = self.start(text_ids, text_len, closing, state.layers[0].row_valid())
-        layout, hidden = inputs.layout, inputs.hidden
+        layout = inputs.layout
         closes = bool(closing.any())
         readouts, beacons = [], []
-        for index, layer in enumerate(state.layers):
-            hidden = self._rows(index, hidden, layer, inputs, cache)
+        for outputs, shift in self._layer_outputs(state, inputs, cache):
             if closes or keep_beacons:
-                beacons.append(hidden[:, layout.beacon_slot])
+                beacons.append(outputs[:, layout.beacon_slot + shift])
             if closes:
-                readouts.append(hidden[:, layout.readout_slot])
+                readouts.append(outputs[:, layout.readout_slot + shift])
         layers = state.layers
         if closes:
             layers = self.update_memories(range(len(layers)), layers, torch.stack(readouts), torch.stack(beacons),
@@ -84,7 +83,35 @@ class MemoryCell:
         after = MemoryState(
             state.config, tuple(layers), state.pending, state.pending_len, state.chunks_closed + closing.long()
         )
-        return ChunkOutput(self.end(hidden, inputs), after, layout, tuple(beacons) if keep_beacons else None)
+        text_hidden = self.backbone.final_norm(outputs[:, layout.text_slot + shift])  # ``end`` of the last layer
+        return ChunkOutput(text_hidden, after, layout, tuple(beacons) if keep_beacons else None)
+
+    def _layer_outputs(self, state: MemoryState, inputs: ChunkInputs, cache=None):
+        """Yields every layer's outputs in turn as ``(outputs, shift)``: the output at stream slot ``j`` (any slot
+        but the sink's) is ``outputs[:, j + shift]``.
+
+        With gradients on, each layer's step is its own (checkpointed) function, as ``layer`` runs it, and the
+        outputs are the stream rows alone (shift 0). With gradients off, one sequence of all the rows goes from
+        layer to layer (shift: the memory rows ahead of the stream rows) and each layer's memory rows are written
+        over the previous layer's outputs there, which nothing reads: no layer copies the chunk's rows into a new
+        input and out of its output (two copies of about 160 rows a layer)."""
+        hidden = inputs.hidden
+        if torch.is_grad_enabled():
+            for index, layer in enumerate(state.layers):
+                hidden = self._rows(index, hidden, layer, inputs, cache)
+                yield hidden, 0
+            return
+        layout = inputs.layout
+        k, m = layout.n_sink, layout.num_memory_rows
+        sequence = None
+        for index, layer in enumerate(state.layers):
+            rows = layer.rows()[:, layout.memory_index]
+            if sequence is None:
+                sequence = torch.cat([hidden[:, :k], rows, hidden[:, k:]], dim=1)
+            else:
+                sequence[:, k : k + m] = rows
+            sequence = self._run_sequence(index, sequence, layout, inputs.layer_inputs, cache)
+            yield sequence, m
 
     def start(self, text_ids, text_len, closing, memory_valid: torch.Tensor) -> ChunkInputs:
         """Lays out one chunk of every stream and embeds its stream rows (the input of layer 0).
@@ -153,9 +180,13 @@ class MemoryCell:
         rows = layer.rows()[:, layout.memory_index]
         k, m = layout.n_sink, rows.shape[1]
         x = torch.cat([hidden[:, :k], rows, hidden[:, k:]], dim=1)  # (B, m + L, d)
-        cut = layout.memory_rows if self.cuts_memory_rows(x) else None
-        out = self.backbone.run_layer(index, x, layer_inputs, cache, key_rows=cut)
+        out = self._run_sequence(index, x, layout, layer_inputs, cache)
         return torch.cat([out[:, :k], out[:, k + m :]], dim=1)
+
+    def _run_sequence(self, index, x, layout: ChunkLayout, layer_inputs: LayerInputs, cache=None) -> torch.Tensor:
+        """Decoder layer ``index`` on a chunk's whole sequence x (B, m + L, d): sink, memory rows, stream rows."""
+        cut = layout.memory_rows if self.cuts_memory_rows(x) else None
+        return self.backbone.run_layer(index, x, layer_inputs, cache, key_rows=cut)
 
     @staticmethod
     def cuts_memory_rows(hidden: torch.Tensor) -> bool:
