@@ -7,7 +7,7 @@ def test_periodic_trim_trims_first_then_once_per_interval():
     now = [100.0]
     trim = PeriodicTrim(2.0, clock=lambda: now[0])
     done = []
-    for step in range(9):  # one call every 0.5 s: trims at 0, 2, 4 s
+    for _ in range(9):  # one call every 0.5 s: trims at 0, 2, 4 s
         done.append(trim())
         now[0] += 0.5
     assert done == [True, False, False, False, True, False, False, False, True]
