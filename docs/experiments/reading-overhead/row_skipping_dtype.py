@@ -9,12 +9,12 @@ rows). Random token ids; the shipped adapter.
 """
 
 import sys
-import time
 
 import torch
 
 from cometlm.cell import MemoryCell
 from cometlm.loading import ModelOptions, load_model
+from interleaved import interleaved, report
 
 dtype = sys.argv[1]
 repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 4
@@ -39,13 +39,7 @@ def comet(skip):
 
 
 runs = {"skip": comet(True), "no skip": comet(False), "bare 161 rows": bare(161), "bare 193 rows": bare(193)}
-seconds = {name: [] for name in runs}
 with torch.inference_mode():
     model.ingest(ids[:, :300])
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.process_time()
-            run()
-            seconds[name].append(round(time.process_time() - start, 3))
-for name, s in seconds.items():
-    print(f"{dtype} {name}: {s} best {min(s):.3f} s ({min(s) / min(seconds['bare 161 rows']):.3f}x bare 161)")
+    seconds = interleaved(runs, repeats)
+report(dtype, seconds, "bare 161 rows")

@@ -9,12 +9,12 @@ answer True inside ``MemoryCell`` only; gradients stay off either way. Random to
 """
 
 import sys
-import time
 
 import torch
 
 import cometlm.cell as cell_module
 from cometlm.loading import ModelOptions, load_model
+from interleaved import interleaved, report
 
 dtype = sys.argv[1]
 repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 4
@@ -46,13 +46,7 @@ def comet(per_layer):
 
 bare = lambda: [model.backbone.hidden_states(ids[:, a * 161 : (a + 1) * 161]) for a in range(16)]  # noqa: E731
 runs = {"in place": comet(False), "per layer": comet(True), "bare 161 rows": bare}
-seconds = {name: [] for name in runs}
 with torch.no_grad():
     model.ingest(ids[:, :300])
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.process_time()
-            run()
-            seconds[name].append(round(time.process_time() - start, 3))
-for name, s in seconds.items():
-    print(f"{dtype} {name}: {s} best {min(s):.3f} s ({min(s) / min(seconds['bare 161 rows']):.3f}x bare 161)")
+    seconds = interleaved(runs, repeats)
+report(dtype, seconds, "bare 161 rows")
