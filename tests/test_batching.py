@@ -1,4 +1,4 @@
-"""A batch of different lengths computes exactly what each input computes alone."""
+"""A batch of different lengths computes exactly what each input computes alone, its per-row losses included."""
 
 import torch
 
@@ -19,16 +19,22 @@ def test_ragged_batch_equals_one_by_one(family):
         mask = padded(lengths, 29, left)
         with torch.no_grad():
             logits = comet(ids, attention_mask=mask).logits
-        loss = comet(ids, attention_mask=mask, labels=ids).loss
+        out = comet(ids, attention_mask=mask, labels=ids)
+        with torch.no_grad():  # the same losses with the logits computed everywhere
+            with_logits = comet(ids, attention_mask=mask, labels=ids, return_logits=True).row_losses
         total, count = 0.0, 0
         for b, n in enumerate(lengths):
             row = ids[b : b + 1][mask[b : b + 1].bool()][None]
             with torch.no_grad():
                 alone = comet(row).logits
             torch.testing.assert_close(logits[b][mask[b].bool()], alone[0], atol=1e-5, rtol=1e-5)
-            total += comet(row, labels=row).loss * (n - 1)
+            row_loss = comet(row, labels=row).loss * (n - 1)  # its summed loss over its n - 1 targets
+            torch.testing.assert_close(out.row_losses[b], row_loss.detach(), atol=1e-4, rtol=1e-5)
+            torch.testing.assert_close(with_logits[b], row_loss.detach(), atol=1e-4, rtol=1e-5)
+            total += row_loss
             count += n - 1
-        torch.testing.assert_close(loss, total / count, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out.loss, total / count, atol=1e-5, rtol=1e-5)
+        assert not out.row_losses.requires_grad
 
 
 def test_padding_positions_get_zero_logits_and_no_loss():

@@ -484,20 +484,29 @@ def test_a_mixture_logs_the_datasets_of_each_step_and_plots_them_apart(tmp_path,
     drawn = [sorted({mix.source_of(2 * s), mix.source_of(2 * s + 1)}) for s in range(60)]
     assert [r["sources"] for r in steps] == drawn
     assert {len(r["sources"]) for r in steps} == {1, 2}  # steps of one dataset and mixed steps
-    for r in steps:
-        assert r.get("loss_by_source") == ({r["sources"][0]: r["loss"]} if len(r["sources"]) == 1 else None)
+    for r in steps:  # every step, mixed or not, has each dataset's loss per target, and together they are its loss
+        assert sorted(r["loss_by_source"]) == sorted(r["targets_by_source"]) == r["sources"]
+        n = sum(r["targets_by_source"].values())
+        assert sum(r["loss_by_source"][k] * r["targets_by_source"][k] for k in r["sources"]) / n == pytest.approx(
+            r["loss"], rel=1e-5)
+        counts = {}  # each sample's targets: every token but the first (make_data)
+        for i in range(2 * r["step"] - 2, 2 * r["step"]):
+            counts[mix.source_of(i)] = counts.get(mix.source_of(i), 0) + len(mix[i].input_ids) - 1
+        assert r["targets_by_source"] == counts
+    assert {len(r["loss_by_source"]) for r in steps} == {1, 2}
     assert imread(result.loss_plot).shape[1] == 800
 
-    # Logged every 4 steps: each dataset's loss is the mean over the window's steps of that dataset alone.
+    # Logged every 4 steps: each dataset's loss is its summed loss over the window's targets from it.
     windows = read_metrics(train(comet(base), mix, config(tmp_path, "every4", max_steps=60, lr=1e-3,
                                                           log_every=4)).metrics)
     for record in windows:
         window = [r for r in steps if record["step"] - 4 < r["step"] <= record["step"]]
         assert record["sources"] == sorted({s for r in window for s in r["sources"]})
-        alone = {name: [r["loss"] for r in window if r["sources"] == [name]] for name in ("short", "long")}
-        want = {name: sum(v) / len(v) for name, v in alone.items() if v}
-        assert record.get("loss_by_source", {}).keys() == want.keys()
-        assert all(record["loss_by_source"][k] == pytest.approx(v, rel=1e-6) for k, v in want.items())
+        for name in record["sources"]:
+            nats = sum(r["loss_by_source"][name] * r["targets_by_source"][name] for r in window if name in r["sources"])
+            targets = sum(r["targets_by_source"][name] for r in window if name in r["sources"])
+            assert record["targets_by_source"][name] == targets
+            assert record["loss_by_source"][name] == pytest.approx(nats / targets, rel=1e-5)
 
     assert "sources" not in read_metrics(train(comet(base), make_data(), config(tmp_path, "plain")).metrics)[0]
     with pytest.raises(ValueError, match="one name per dataset"):

@@ -48,9 +48,10 @@ class ChunkOutput:
     beacons: tuple[torch.Tensor, ...] | None = None
 
 
-def summed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Summed cross entropy in fp32 of logits (B, n, V) against targets (B, n), -100 ignored."""
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
+def row_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross entropy in fp32 of logits (B, n, V) against targets (B, n), -100 ignored, summed per row: (B,)."""
+    per_token = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="none")
+    return per_token.view(targets.shape).sum(dim=1)
 
 
 class MemoryCell:
@@ -146,8 +147,9 @@ class MemoryCell:
         return self.backbone.final_norm(hidden[:, inputs.layout.text_slot])
 
     def loss(self, text_hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Summed next-token cross entropy (fp32) over a chunk's targets (B, n), -100 ignored. With checkpointing
-        the logits are recomputed in the backward pass, so a long sample keeps no (n, vocab) tensor per chunk."""
+        """Next-token cross entropy (fp32) over a chunk's targets (B, n), -100 ignored, summed per row: (B,). With
+        checkpointing the logits are recomputed in the backward pass, so a long sample keeps no (n, vocab) tensor
+        per chunk."""
         if self.checkpointing and torch.is_grad_enabled():
             return checkpoint(self._loss, text_hidden, targets, use_reentrant=False)
         return self._loss(text_hidden, targets)
@@ -156,7 +158,9 @@ class MemoryCell:
         # Logits only where a target counts: a retrieval sample's loss is on its few answer tokens, and the LM head
         # (vocabulary x hidden) is about a fifth of a small backbone's work per row.
         keep = targets != -100
-        return summed_cross_entropy(self.backbone.logits(text_hidden[keep])[None], targets[keep][None])
+        rows = keep.nonzero()[:, 0]
+        per_token = F.cross_entropy(self.backbone.logits(text_hidden[keep]).float(), targets[keep], reduction="none")
+        return per_token.new_zeros(targets.shape[0]).index_add(0, rows, per_token)
 
     def _stream_inputs(self, layout: ChunkLayout, text_ids: torch.Tensor) -> torch.Tensor:
         """Input hidden states of the stream rows (text embeddings, the beacon, the readouts): (B, L, d)."""

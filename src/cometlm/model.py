@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -17,13 +18,21 @@ from transformers.modeling_outputs import CausalLMOutput
 
 from . import saving
 from .backbone import Backbone
-from .cell import ChunkOutput, MemoryCell, summed_cross_entropy
+from .cell import ChunkOutput, MemoryCell, row_cross_entropy
 from .config import CometConfig
 from .inputs import Batch, Chunk, ChunkedBatch, check_batch, chunk_plan, split_chunks
 from .memory import CometMemory
 from .progress import progress_bar
 from .runtime import PeriodicTrim
 from .state import MemoryState
+
+
+@dataclass
+class CometCausalLMOutput(CausalLMOutput):
+    """``CausalLMOutput`` and ``row_losses`` (B,): each row's next-token cross entropy summed over its targets
+    (detached; ``loss`` is their sum over the denominator), so a caller can tell the rows of a mixed batch apart."""
+
+    row_losses: torch.FloatTensor | None = None
 
 
 def _quiet_token_id(config, tokenizer) -> int:
@@ -212,8 +221,8 @@ class CometForCausalLM(nn.Module):
         return self.cell.end(hidden, inputs)
 
     def chunk_loss(self, text_hidden: torch.Tensor, chunk) -> torch.Tensor:
-        """Summed next-token cross entropy (fp32) over ``chunk.targets`` (``MemoryCell.loss``)."""
-        return self.cell.loss(text_hidden, chunk.targets)
+        """Summed next-token cross entropy (fp32) over ``chunk.targets`` (``MemoryCell.loss``), a scalar."""
+        return self.cell.loss(text_hidden, chunk.targets).sum()
 
     # ----------------------------------------------------------------------------------------------------------
     # Training / scoring
@@ -226,7 +235,7 @@ class CometForCausalLM(nn.Module):
         chunk_sizes: torch.Tensor | None = None,
         return_logits: bool | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
-    ) -> CausalLMOutput:
+    ) -> CometCausalLMOutput:
         """Reads every chunk of a batch with gradients through the memories.
 
         ``loss`` is next-token cross entropy over text positions (``labels`` as in Hugging Face: aligned with
@@ -238,13 +247,15 @@ class CometForCausalLM(nn.Module):
         ``chunk_sizes`` (B, T) optionally gives each stream its own chunk plan (training augmentation): sizes
         1..C that sum to the stream's length, then zeros. By default every stream is cut into fixed chunks of C
         from its start, exactly as ``ingest`` and ``generate`` cut it.
+
+        With labels, ``row_losses`` (B,) holds each row's summed cross entropy (its own targets' nats).
         """
         chunked = self.split_chunks(input_ids, attention_mask, labels, chunk_sizes)
         batch = chunked.batch
         if return_logits is None:
             return_logits = labels is None
         state = self.init_memory(chunked.batch_size)
-        total_loss = batch.ids.new_zeros((), dtype=torch.float32)
+        row_losses = batch.ids.new_zeros(chunked.batch_size, dtype=torch.float32)
         logits = None
         width = batch.ids.shape[1]
         cell = self.cell
@@ -256,14 +267,15 @@ class CometForCausalLM(nn.Module):
                     logits = chunk_logits.new_zeros(batch.ids.shape[0], width + 1, chunk_logits.shape[-1])
                 logits = logits.scatter(1, chunk.index[..., None].expand_as(chunk_logits), chunk_logits)
                 if chunk.targets is not None:
-                    total_loss = total_loss + summed_cross_entropy(chunk_logits, chunk.targets)
+                    row_losses = row_losses + row_cross_entropy(chunk_logits, chunk.targets)
             elif chunk.targets is not None:
-                total_loss = total_loss + cell.loss(text_hidden, chunk.targets)
+                row_losses = row_losses + cell.loss(text_hidden, chunk.targets)
         loss = None
         if labels is not None:
             count = num_items_in_batch if num_items_in_batch is not None else chunked.num_targets.clamp(min=1)
-            loss = total_loss / count
-        return CausalLMOutput(loss=loss, logits=batch.restore(logits[:, :width]) if return_logits else None)
+            loss = row_losses.sum() / count
+        return CometCausalLMOutput(loss=loss, logits=batch.restore(logits[:, :width]) if return_logits else None,
+                                   row_losses=row_losses.detach() if labels is not None else None)
 
     def split_chunks(
         self,

@@ -135,7 +135,8 @@ def _run(model, dataset, config, optimizer, scheduler, planner, progress: Progre
                 sources = _sources(dataset, progress.position, config, replicas) if log is not None else None
                 plans = [_plan(planner, b, config.seed, progress.step, micro * replicas + replica)
                          for micro, b in enumerate(batches)]
-                loss, tokens = _accumulate(model, batches, plans, config, parallel)
+                loss, tokens, rows = _accumulate(model, batches, plans, config, parallel)
+                by_source = _loss_by_source(dataset, progress.position, rows) if log is not None else None
                 if not math.isfinite(loss):
                     raise FloatingPointError(
                         f"the loss is {loss} at step {progress.step + 1}; lower lr, or resume from the last checkpoint"
@@ -151,7 +152,7 @@ def _run(model, dataset, config, optimizer, scheduler, planner, progress: Progre
                 if log is None:
                     continue
                 log.step(progress, lr_factor(progress.step - 1, config) * config.lr, grad_norm, tokens,
-                         time.perf_counter() - step_start, sources)
+                         time.perf_counter() - step_start, sources, by_source)
                 if progress.step % config.save_every == 0:
                     checkpoint = _save(output, model, optimizer, scheduler, progress, config)
         except KeyboardInterrupt:
@@ -241,6 +242,18 @@ def _sources(dataset, position: int, config: TrainConfig, replicas: int = 1) -> 
     return {dataset.source_of((position + i) % len(dataset)) for i in range(samples)}
 
 
+def _loss_by_source(dataset, position: int, rows: list[tuple[float, int]] | None) -> dict | None:
+    """{dataset name: [summed loss, targets]} of one step's samples (``rows``: each sample's, in reading order from
+    ``position``), for a mixture read by one process; None otherwise (a parallel job logs only which datasets)."""
+    if rows is None or not callable(getattr(dataset, "source_of", None)):
+        return None
+    totals: dict[str, list] = {}
+    for i, (nats, targets) in enumerate(rows):
+        total = totals.setdefault(dataset.source_of((position + i) % len(dataset)), [0.0, 0])
+        total[0], total[1] = total[0] + nats, total[1] + targets
+    return totals
+
+
 def _pad_id(config) -> int:
     for value in (getattr(config, "pad_token_id", None), getattr(config, "eos_token_id", None)):
         value = value[0] if isinstance(value, list) and value else value
@@ -249,16 +262,20 @@ def _pad_id(config) -> int:
     return 0
 
 
-def _count_targets(batch: dict) -> int:
-    """Target tokens ``forward`` scores in a batch: labels other than -100 on real tokens, except each row's first
-    token (no token predicts it)."""
+def _row_targets(batch: dict):
+    """Target tokens ``forward`` scores in each row of a batch (B,): labels other than -100 on real tokens, except
+    each row's first token (no token predicts it)."""
     import torch
 
     mask = batch["attention_mask"].bool()
     valid = (batch["labels"] != -100) & mask
     first = mask.int().argmax(dim=1)
     valid[torch.arange(valid.shape[0]), first] = False
-    return int(valid.sum())
+    return valid.sum(dim=1)
+
+
+def _count_targets(batch: dict) -> int:
+    return int(_row_targets(batch).sum())
 
 
 def _chunk_planner(model, config: TrainConfig):
@@ -283,21 +300,27 @@ def _plan(planner, batch: dict, seed: int, step: int, micro: int):
     return planner.plan_batch(batch["attention_mask"].sum(dim=1), rng, batch["boundaries"])
 
 
-def _accumulate(model, batches: list[dict], plans: list, config: TrainConfig, parallel=None) -> tuple[float, int]:
-    """Forward and backward of every micro-batch of a step; returns the step's loss (mean over its targets) and
-    the number of tokens read. In a parallel job the targets and tokens of every data replica count, and the
-    gradients are summed over all ranks before this returns."""
+def _accumulate(model, batches: list[dict], plans: list, config: TrainConfig, parallel=None):
+    """Forward and backward of every micro-batch of a step; returns the step's loss (mean over its targets), the
+    number of tokens read and, in one process, each sample's (summed loss, targets) in reading order (None in a
+    parallel job). In a parallel job the targets and tokens of every data replica count, and the gradients are
+    summed over all ranks before this returns."""
     import torch
 
     device = next(model.parameters()).device
     count = sum(_count_targets(b) for b in batches)
     count = max(count if parallel is None else parallel.global_count(count), 1)
-    loss, tokens = 0.0, 0
+    loss, tokens, rows = 0.0, 0, [] if parallel is None else None
     for batch, plan in zip(batches, plans):
         inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")}
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.bf16):
             if parallel is None:
-                part = model(**inputs, chunk_sizes=plan, num_items_in_batch=count).loss
+                out = model(**inputs, chunk_sizes=plan, num_items_in_batch=count)
+                part = out.loss
+                if rows is not None and getattr(out, "row_losses", None) is not None:
+                    rows += zip(out.row_losses.tolist(), _row_targets(batch).tolist())
+                else:
+                    rows = None
             else:
                 part = parallel.loss(model, **inputs, chunk_sizes=plan, num_items_in_batch=count)
         part.backward()
@@ -305,7 +328,7 @@ def _accumulate(model, batches: list[dict], plans: list, config: TrainConfig, pa
         tokens += int(batch["attention_mask"].sum())
     if parallel is not None:
         loss, tokens = parallel.reduce(model, loss, tokens)
-    return loss, tokens
+    return loss, tokens, rows
 
 
 class _StopSignals:

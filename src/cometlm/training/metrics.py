@@ -26,13 +26,15 @@ class TrainingLog:
         self.window = []
 
     def step(self, progress, lr: float, grad_norm: float, tokens: int, seconds: float,
-             sources: set[str] | None = None) -> None:
-        self.window.append((progress.loss, grad_norm, tokens, seconds, sources))
+             sources: set[str] | None = None, by_source: dict[str, list] | None = None) -> None:
+        """``sources``: the datasets of a mixture the step's samples came from; ``by_source``: {dataset: [summed
+        loss, targets]} of those samples, when the trainer knows each sample's loss (one process)."""
+        self.window.append((progress.loss, grad_norm, tokens, seconds, sources, by_source))
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{progress.loss:.4f}", tok_s=f"{tokens / max(seconds, 1e-9):,.0f}")
         if progress.step % self.config.log_every and progress.step != self.config.last_step:
             return
-        losses, norms, counts, times, sources = zip(*self.window)
+        losses, norms, counts, times, sources, parts = zip(*self.window)
         self.window = []
         record = {
             "step": progress.step,
@@ -45,12 +47,24 @@ class TrainingLog:
         }
         if sources[0] is not None:  # a mixture: which of its datasets the logged steps' samples came from
             record["sources"] = sorted(set().union(*sources))
-            by_source: dict[str, list[float]] = {}
-            for loss, step_sources in zip(losses, sources):
-                if len(step_sources) == 1:  # a step of one dataset's samples only
-                    by_source.setdefault(next(iter(step_sources)), []).append(loss)
-            if by_source:
-                record["loss_by_source"] = {k: sum(v) / len(v) for k, v in sorted(by_source.items())}
+            if all(part is not None for part in parts):
+                # Each dataset's loss per target token over the window's samples from it, mixed steps included:
+                # one dataset's long targets (a book's) would otherwise hide another's few (an answer's).
+                totals: dict[str, list] = {}
+                for part in parts:
+                    for name, (nats, targets) in part.items():
+                        total = totals.setdefault(name, [0.0, 0])
+                        total[0], total[1] = total[0] + nats, total[1] + targets
+                counted = sorted((k, v) for k, v in totals.items() if v[1])
+                record["loss_by_source"] = {k: nats / targets for k, (nats, targets) in counted}
+                record["targets_by_source"] = {k: targets for k, (_, targets) in counted}
+            else:  # a parallel job: only the steps of one dataset's samples tell its loss
+                by_source: dict[str, list[float]] = {}
+                for loss, step_sources in zip(losses, sources):
+                    if len(step_sources) == 1:
+                        by_source.setdefault(next(iter(step_sources)), []).append(loss)
+                if by_source:
+                    record["loss_by_source"] = {k: sum(v) / len(v) for k, v in sorted(by_source.items())}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.writer is not None:
@@ -95,9 +109,10 @@ def plot_loss_curve(metrics: Path, png: Path, smooth: int = 25) -> Path:
     """Loss against step from the metrics file (every run of a resumed training), as a PNG; no pyplot state.
 
     The logged losses are drawn faintly with a moving average of `smooth` of them on top. For a mixture, each
-    dataset gets its own colour, from the logged steps whose samples all came from it (`loss_by_source`; a
-    record whose every step mixed datasets is drawn as "mixed"), since sources with losses as different as a
-    passkey answer's and a book's would otherwise hide each other's trends.
+    dataset gets its own colour, from its samples' loss per target token (`loss_by_source`; in a parallel job, and
+    in runs logged before this existed, from the steps whose samples all came from it, and a record whose every
+    step mixed datasets is drawn as "mixed"), since sources with losses as different as a passkey answer's and a
+    book's would otherwise hide each other's trends.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
