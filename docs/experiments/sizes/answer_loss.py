@@ -1,0 +1,103 @@
+#!/usr/bin/env python
+"""Does a trained adapter use more memory than it was trained with? The answer's loss under other sizes.
+
+The temporary memory's capacity K and the chunk size C have no parameters of their own (the queue holds compressed
+beacon rows; a chunk is a number of text rows), so an adapter trained at one K and C loads at another. This script
+scores the same training-distribution samples (drawn with a seed no training run used, so prompts training never
+saw) under several sizes and prints, per dataset and size, the answer's teacher-forced loss (nats per target token)
+and the share of samples whose every answer token is the argmax. Chunks are right-aligned (a short first chunk,
+then full ones, the last ending with the answer), as the evaluations' primed layout reads a prompt.
+
+    .venv/bin/python docs/experiments/sizes/answer_loss.py ADAPTER --sizes 128:16 128:64 256:16 \
+        --data babilong-qa1:depth=0-70 ruler-niah-single:depth=0-70 --samples 24 --out OUT.json
+
+A size is C:K. Only the training split's generators are read (never the test split).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from cometlm.loading import ModelOptions, load_model
+from cometlm.training.data import IGNORE
+from cometlm.training.specs import load_dataset
+
+
+def resized(adapter: Path, chunk: int, capacity: int, into: Path) -> Path:
+    """A copy of ``adapter`` whose config reads chunks of ``chunk`` tokens with a queue of ``capacity`` rows."""
+    out = into / f"c{chunk}-k{capacity}"
+    shutil.copytree(adapter, out)
+    config = json.loads((out / "comet_config.json").read_text())
+    config["comet"]["chunk_size"], config["comet"]["temp_capacity"] = chunk, capacity
+    (out / "comet_config.json").write_text(json.dumps(config, indent=2))
+    return out
+
+
+def right_aligned(n: int, chunk: int) -> torch.Tensor:
+    sizes = ([n % chunk] if n % chunk else []) + [chunk] * (n // chunk)
+    return torch.tensor([sizes])
+
+
+def score(model, sample) -> tuple[float, bool, int]:
+    ids = torch.tensor([sample.input_ids])
+    labels = torch.tensor([sample.labels])
+    out = model(ids, labels=labels, chunk_sizes=right_aligned(len(sample.input_ids), model.comet_config.chunk_size),
+                return_logits=True)
+    targets = labels[0, 1:]
+    keep = targets != IGNORE
+    guess = out.logits[0, :-1].argmax(-1)
+    n = int(keep.sum())
+    return float(out.row_losses[0]) / n, bool((guess[keep] == targets[keep]).all()), n
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("adapter", type=Path, help="a saved CoMeT adapter folder")
+    parser.add_argument("--sizes", nargs="+", required=True, help="C:K pairs, e.g. 128:16 128:64")
+    parser.add_argument("--data", nargs="+", required=True, help="training data specs, as cometlm train --data")
+    parser.add_argument("--max-length", type=int, default=1024)
+    parser.add_argument("--samples", type=int, default=24, help="samples per dataset")
+    parser.add_argument("--seed", type=int, default=900, help="the datasets' seed (training runs used 0-102)")
+    parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    sizes = []
+    for size in args.sizes:
+        try:
+            c, k = (int(v) for v in size.split(":"))
+        except ValueError:
+            parser.error(f"a size is C:K, two integers (got {size!r})")
+        sizes.append((c, k))
+
+    result = {"command": " ".join(sys.argv), "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "adapter": str(args.adapter), "dtype": args.dtype, "max_length": args.max_length, "seed": args.seed,
+              "samples": args.samples, "rows": []}
+    with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
+        for c, k in sizes:
+            model = load_model(ModelOptions(adapter=str(resized(args.adapter, c, k, Path(tmp))), dtype=args.dtype,
+                                            threads=args.threads)).eval()
+            for spec in args.data:
+                data = load_dataset(spec, model.tokenizer, args.max_length, seed=args.seed)
+                scored = [score(model, data[i]) for i in range(args.samples)]
+                row = {"chunk_size": c, "temp_capacity": k, "data": spec,
+                       "loss": sum(s[0] for s in scored) / len(scored),
+                       "exact": sum(s[1] for s in scored) / len(scored), "per_sample": scored}
+                result["rows"].append(row)
+                print(f"C={c:4d} K={k:3d} {spec:40s} loss {row['loss']:.3f} exact {row['exact']:.2f}", flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
