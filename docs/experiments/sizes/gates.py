@@ -52,7 +52,7 @@ def main(argv=None) -> int:
 
     memory.next_global_states = watched
     result = {"command": " ".join(sys.argv), "adapter": args.adapter, "gate_bias": [], "data": {}}
-    result["gate_bias"] = [round(float(layer.global_memory.gate.bias), 3) for layer in model.memory.layers]
+    result["gate_bias"] = [round(float(layer.global_memory.gate.bias.detach()), 3) for layer in model.memory.layers]
     with torch.inference_mode():
         for spec in args.data:
             data = load_dataset(spec, model.tokenizer, args.max_length, seed=args.seed)
