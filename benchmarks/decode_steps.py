@@ -4,8 +4,9 @@
 Generates ``--new-tokens`` greedy tokens after a prompt of C + 7 random tokens (as `benchmarks/speed.py` does) and
 times every step with a stopping criterion, then sorts the steps by what they did besides choosing a token:
 
-  roll-over  the open chunk was full: it is closed from its cache (the readouts through every layer, the memory
-             update) and a new one opened (the new memory rows through every layer)
+  roll-over  the open chunk was full: it is closed from what it kept (every layer's memory updated from the
+             readouts' and beacons' outputs) and a new one opened (the new memory rows through every layer)
+  fill       the token filled the open chunk, so the last beacon and the M readouts ran with it
   beacon     the token completed an s-block, so the block's beacon row ran with it
   plain      one text row
 
@@ -50,7 +51,7 @@ def main(argv=None) -> int:
         model.generate(prompt, max_new_tokens=args.new_tokens, eos_token_id=[], stopping_criteria=stamp)
     # Gap t runs from the stamp of token t to that of token t + 1: it appends token t (closing the open chunk first
     # when it already holds C tokens), then computes the logits of token t + 1.
-    kinds = {"roll-over": [], "beacon": [], "plain": []}
+    kinds = {"roll-over": [], "fill": [], "beacon": [], "plain": []}
     slow = []
     for t, (a, b) in enumerate(zip(stamps, stamps[1:])):
         ms = (b - a) * 1000
@@ -58,6 +59,8 @@ def main(argv=None) -> int:
         after = 1 if held == c else held + 1
         if held == c:
             kind = "roll-over"
+        elif after == c:
+            kind = "fill"
         elif config.use_temp and after % config.temp_stride == 0:
             kind = "beacon"
         else:

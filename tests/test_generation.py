@@ -9,6 +9,16 @@ from cometlm.state import MemoryState
 from conftest import SMALL, assert_states_equal, random_ids, tiny_comet
 
 
+@pytest.fixture(params=[False, True], ids=["readouts-at-roll-over", "readouts-with-fill"])
+def readouts_with_fill(request, monkeypatch):
+    """Both places a full chunk's readouts can run (``generation.readouts_with_fill``: by dtype), whatever the
+    tiny model's dtype."""
+    from cometlm import generation
+
+    monkeypatch.setattr(generation, "readouts_with_fill", lambda model: request.param and model.comet_config.use_global)
+    return request.param
+
+
 def greedy(comet, prompt, new, **kwargs):
     return comet.generate(
         prompt, max_new_tokens=new, eos_token_id=[], return_dict_in_generate=True, output_logits=True, **kwargs
@@ -16,7 +26,7 @@ def greedy(comet, prompt, new, **kwargs):
 
 
 @pytest.mark.parametrize("prompt_len", [13, 16, 1])  # 16 = an exact multiple of C: the answer starts a chunk
-def test_incremental_decoding_equals_teacher_forcing(family, prompt_len):
+def test_incremental_decoding_equals_teacher_forcing(family, prompt_len, readouts_with_fill):
     comet = tiny_comet(family)
     prompt = random_ids(1, prompt_len)
     out = greedy(comet, prompt, 30)  # 30 new tokens with C=8: at least three roll-overs, beacons every 4
@@ -34,7 +44,7 @@ def test_incremental_decoding_equals_teacher_forcing(family, prompt_len):
     "variant",
     [dict(attention_sink=True), dict(gate=False), dict(global_slots=0), dict(temp_stride=0, temp_capacity=0)],
 )
-def test_incremental_decoding_equals_teacher_forcing_for_every_layout(variant):
+def test_incremental_decoding_equals_teacher_forcing_for_every_layout(variant, readouts_with_fill):
     comet = tiny_comet("qwen3", dataclasses.replace(SMALL, **variant))
     out = greedy(comet, random_ids(2, 13), 22)
     with torch.no_grad():
@@ -76,7 +86,7 @@ def mask_of(lengths, width, left):
     ],
     ids=["left-padded", "right-padded", "qwen3-sink", "mistral-no-gate", "qwen2-temp-only", "global-only"],
 )
-def test_prompts_of_different_lengths_decode_together_as_each_would_alone(left, family, variant):
+def test_prompts_of_different_lengths_decode_together_as_each_would_alone(left, family, variant, readouts_with_fill):
     comet = tiny_comet(family, dataclasses.replace(SMALL, **variant))
     lengths = [11, 7, 2, 16]  # open chunks of 3, 7, 2 and 8 tokens (C=8): they fill and close at different steps
     prompts = random_ids(4, 16)
@@ -249,9 +259,10 @@ def test_bad_generation_options():
 
 
 @torch.inference_mode()
-def test_closing_a_full_chunk_from_its_cache_equals_reading_it_again(family):
-    """A roll-over runs only the readouts on the open chunk's cache and reuses the beacons' outputs kept while
-    decoding: the memory equals what `ingest` gives by running the whole chunk again."""
+def test_closing_a_full_chunk_from_its_cache_equals_reading_it_again(family, readouts_with_fill):
+    """A roll-over runs no layer on the old chunk: it updates the memory from the readouts' and beacons' outputs
+    kept while decoding (the readouts ran with the token that filled the chunk), and the memory equals what `ingest`
+    gives by running the whole chunk again."""
     from cometlm.generation import close_full, extend, open_chunk
 
     comet = tiny_comet(family)
@@ -263,6 +274,7 @@ def test_closing_a_full_chunk_from_its_cache_equals_reading_it_again(family):
         chunk = extend(comet, chunk, ids[:, t])
     full = comet.ingest(ids[:, c + 3 : 2 * c], state)
     assert bool((full.pending_len == c).all()) and bool((chunk.n_text == c).all())
+    assert (chunk.readouts is not None) == readouts_with_fill  # kept by the token that filled the chunk, or not
     closed = close_full(comet, chunk, full, torch.ones(2, dtype=torch.bool))
     reread = comet.ingest(ids[:, 2 * c : 2 * c + 1], full)  # closes the chunk by running it, opens one with the token
     assert torch.equal(closed.chunks_closed, reread.chunks_closed) and bool((closed.pending_len == 0).all())

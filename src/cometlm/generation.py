@@ -3,11 +3,12 @@
 The prompt is read into a ``MemoryState``; only the open chunk keeps a KV cache. Each new token is appended
 to it, with a beacon after every ``s`` text tokens (inside the model, never emitted), and every layer's output at
 each beacon is kept. When the open chunk holds ``C`` text tokens and another token arrives, the chunk is closed
-from its cache: only the readouts run through the layers, as new rows of the cache, and each layer's memory is
-updated from their outputs and the kept beacon outputs (``MemoryCell.update_memory``, the update ``forward`` makes),
-so a roll-over costs ``M`` rows instead of the whole chunk again. A fresh open chunk then starts behind the updated
-memory rows. Because the open chunk is laid out exactly like a chunk in ``forward``, incremental logits equal
-teacher-forced logits token by token.
+without running it again: each layer's memory is updated from its outputs at the chunk's ``M`` readouts and the kept
+beacon outputs (``MemoryCell.update_memories``, the update ``forward`` makes). The readouts run as new rows after the
+chunk, either with the token that fills it (in bfloat16, where the extra rows cost almost nothing) or on their own
+at the roll-over (float32): ``readouts_with_fill``. A fresh open chunk then starts behind the updated memory rows.
+Because the open chunk is laid out exactly like a chunk in ``forward``, incremental logits equal teacher-forced
+logits token by token.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class OpenChunk:
     n_text: torch.Tensor  # (B,) text tokens in each stream's open chunk
     logits: torch.Tensor
     beacons: list[torch.Tensor]  # per layer (B, C/s, d): its output at the open chunk's beacon j in column j
+    readouts: list[torch.Tensor] | None = None  # per layer (B, M, d): its output at the readouts of a full chunk
+    readouts_ready: torch.Tensor | None = None  # (B,) bool: which streams' ``readouts`` are their full chunk's
 
 
 @dataclass
@@ -89,7 +92,9 @@ def _row_inputs(model, chunk: OpenChunk, hidden: torch.Tensor, new_valid: torch.
 
 def extend(model, chunk: OpenChunk, token: torch.Tensor, active: torch.Tensor | None = None) -> OpenChunk:
     """Appends one text token to the open chunk of each ``active`` stream (default: all), and the beacon that
-    completes its s-block. The other streams' new rows are never keys: their open chunks stay as they were."""
+    completes its s-block; a stream whose open chunk this fills also runs its readouts, after the token, and keeps
+    their outputs for ``close_full``. The other streams' new rows are never keys: their open chunks stay as they
+    were."""
     config = model.comet_config
     if active is None:
         active = torch.ones_like(token, dtype=torch.bool)
@@ -106,39 +111,85 @@ def extend(model, chunk: OpenChunk, token: torch.Tensor, active: torch.Tensor | 
             new_valid = torch.cat([new_valid, beacon_due[:, None]], dim=1)
             due = beacon_due.nonzero().squeeze(1)
             column = n_text[due] // config.temp_stride - 1
+    full = active & (n_text == config.chunk_size) if readouts_with_fill(model) else None
+    first_readout = hidden.shape[1]
+    if full is not None and bool(full.any()):
+        # The last s-block of a full chunk is complete (C is a multiple of s), so its beacon is among the rows above
+        # and the readouts follow it, as in the chunk's layout.
+        readouts = model.memory.tokens.readouts[None].to(hidden.dtype).expand(hidden.shape[0], -1, -1)
+        hidden = torch.cat([hidden, readouts], dim=1)
+        new_valid = torch.cat([new_valid, full[:, None].expand(-1, readouts.shape[1])], dim=1)
+    else:
+        full = None
     inputs, key_valid = _row_inputs(model, chunk, hidden, new_valid)
     beacons = list(chunk.beacons)
+    kept = list(chunk.readouts) if chunk.readouts is not None else [None] * backbone.num_layers
     for index in range(backbone.num_layers):
         hidden = backbone.run_layer(index, hidden, inputs, chunk.cache)
         if due is not None:
             beacons[index] = beacons[index].index_put((due, column), hidden[due, 1])
+        if full is not None:
+            out = hidden[:, first_readout:]
+            kept[index] = out if kept[index] is None else torch.where(full[:, None, None], out, kept[index])
+    ready = chunk.readouts_ready
+    if full is not None:
+        ready = full if ready is None else ready | full
     logits = backbone.logits(backbone.final_norm(hidden[:, 0]))
-    return OpenChunk(chunk.cache, key_valid, chunk.next_position + new_valid.sum(dim=1), n_text, logits, beacons)
+    kept = None if kept[0] is None else kept
+    return OpenChunk(chunk.cache, key_valid, chunk.next_position + new_valid.sum(dim=1), n_text, logits, beacons,
+                     kept, ready)
+
+
+def readouts_with_fill(model) -> bool:
+    """Whether the token that fills a chunk runs the chunk's readouts with it (``extend``), or ``close_full`` runs
+    them on their own when the chunk closes. Either gives the same memory; what differs is where the cost falls. In
+    bfloat16 and float16 a pass of 18 rows costs about what a pass of 2 costs, so folding the readouts into the fill
+    saves the roll-over a whole pass (shipped adapter, 2-core Xeon with AMX, medians: fill 61 ms and roll-over 84 ms
+    against 53 and 140). In float32 the 16 extra rows cost as much as the pass they save (fill 81 ms, roll-over 78 ms
+    against 44 and 151), which only makes a second slow step per chunk, so they wait for the roll-over
+    (``benchmarks/decode_steps.py``, docs/EXPERIMENTS.md session 23)."""
+    return model.comet_config.use_global and model.backbone.dtype in (torch.bfloat16, torch.float16)
+
+
+def _readout_outputs(model, chunk: OpenChunk, closing: torch.Tensor) -> list[torch.Tensor]:
+    """Every layer's output at the readouts (R, M, d) of the ``closing`` streams' full open chunks: the ones kept
+    by ``extend``, or, for a chunk that was already full when it was opened, the readouts run now as new rows of a
+    copy of its cache."""
+    backbone = model.backbone
+    ready = chunk.readouts_ready if chunk.readouts_ready is not None else torch.zeros_like(closing)
+    missing = closing & ~ready
+    kept = chunk.readouts
+    if bool(missing.any()):
+        rows = missing.nonzero().squeeze(1)
+        hidden = model.memory.tokens.readouts[None].to(backbone.dtype).expand(rows.numel(), -1, -1)
+        every = torch.ones(rows.numel(), hidden.shape[1], dtype=torch.bool, device=rows.device)
+        inputs, _ = _row_inputs(model, chunk, hidden, every, rows)
+        cache = DynamicCache()
+        for index, layer in enumerate(chunk.cache.layers):
+            cache.update(layer.keys[rows], layer.values[rows], index)
+        batch = closing.shape[0]
+        filled = []
+        for index in range(backbone.num_layers):
+            hidden = backbone.run_layer(index, hidden, inputs, cache)
+            buffer = hidden.new_zeros(batch, *hidden.shape[1:]) if kept is None else kept[index].clone()
+            filled.append(buffer.index_copy(0, rows, hidden))
+        kept = filled
+    rows = closing.nonzero().squeeze(1)
+    return [outputs[rows] for outputs in kept]
 
 
 def close_full(model, chunk: OpenChunk, state: MemoryState, closing: torch.Tensor) -> MemoryState:
-    """The state after the ``closing`` (B,) streams close their full open chunks (``C`` text tokens each), from the
-    open chunks' caches: the readouts run through the layers as new rows of those caches, and every layer's memory
-    is updated from their outputs and the beacon outputs kept while the chunk was open. This is the update ``ingest``
-    would make by running the chunk again. The closed streams' open chunks are left empty."""
+    """The state after the ``closing`` (B,) streams close their full open chunks (``C`` text tokens each), from what
+    their open chunks kept: every layer's memory is updated from its outputs at the readouts and at the beacons. This
+    is the update ``ingest`` would make by running the chunk again. The closed streams' open chunks are left empty."""
     rows = closing.nonzero().squeeze(1)
     cell, backbone, config = model.cell, model.backbone, model.comet_config
     layers = [layer.select(rows) for layer in state.layers]
     every = torch.ones(rows.numel(), dtype=torch.bool, device=rows.device)
     beacon_valid = every[:, None].expand(-1, config.beacons_per_chunk)  # a full chunk: every s-block is complete
-    hidden = inputs = cache = None
-    if config.use_global:
-        readouts = model.memory.tokens.readouts[None].to(backbone.dtype).expand(rows.numel(), -1, -1)
-        inputs, _ = _row_inputs(model, chunk, readouts, every[:, None].expand_as(readouts[..., 0]), rows)
-        cache = DynamicCache()
-        for index, layer in enumerate(chunk.cache.layers):
-            cache.update(layer.keys[rows], layer.values[rows], index)
-        hidden = readouts
-    for index in range(backbone.num_layers):
-        if inputs is not None:
-            hidden = backbone.run_layer(index, hidden, inputs, cache)
-        beacons = chunk.beacons[index][rows] if chunk.beacons else None
-        layers[index] = cell.update_memory(index, layers[index], hidden, beacons, beacon_valid, every)
+    readouts = torch.stack(_readout_outputs(model, chunk, closing)) if config.use_global else None
+    beacons = torch.stack([kept[rows] for kept in chunk.beacons]) if chunk.beacons else None
+    layers = cell.update_memories(list(range(backbone.num_layers)), layers, readouts, beacons, beacon_valid, every)
     merged = [old.scatter(rows, new) for old, new in zip(state.layers, layers)]
     pending, pending_len = state.pending.masked_fill(closing[:, None], 0), state.pending_len.masked_fill(closing, 0)
     return MemoryState(state.config, tuple(merged), pending, pending_len, state.chunks_closed + closing.long())
@@ -322,9 +373,10 @@ def _restart(model, chunk: OpenChunk, state: MemoryState, token, extending, clos
     next_position, n_text, logits = chunk.next_position.clone(), chunk.n_text.clone(), chunk.logits.clone()
     next_position[rows], n_text[rows], logits[rows] = fresh.next_position, fresh.n_text, fresh.logits
     beacons = [old.index_copy(0, rows, new) for old, new in zip(chunk.beacons, fresh.beacons)]
+    ready = None if chunk.readouts_ready is None else chunk.readouts_ready & ~closing  # a fresh chunk is not full
     keep = key_valid.any(dim=0)
     if not bool(keep.all()):
         for layer in chunk.cache.layers:
             layer.keys, layer.values = layer.keys[..., keep, :], layer.values[..., keep, :]
         key_valid = key_valid[:, keep]
-    return OpenChunk(chunk.cache, key_valid, next_position, n_text, logits, beacons)
+    return OpenChunk(chunk.cache, key_valid, next_position, n_text, logits, beacons, chunk.readouts, ready)
