@@ -260,9 +260,9 @@ def test_bad_generation_options():
 
 @torch.inference_mode()
 def test_closing_a_full_chunk_from_its_cache_equals_reading_it_again(family, readouts_with_fill):
-    """A roll-over runs no layer on the old chunk: it updates the memory from the readouts' and beacons' outputs
-    kept while decoding (the readouts ran with the token that filled the chunk), and the memory equals what `ingest`
-    gives by running the whole chunk again."""
+    """A roll-over updates the memory from the beacons' outputs kept while decoding and the readouts' outputs (kept
+    from the token that filled the chunk, or run at the roll-over as new rows of its cache): the memory equals what
+    `ingest` gives by running the whole chunk again."""
     from cometlm.generation import close_full, extend, open_chunk
 
     comet = tiny_comet(family)

@@ -92,8 +92,8 @@ def _row_inputs(model, chunk: OpenChunk, hidden: torch.Tensor, new_valid: torch.
 
 def extend(model, chunk: OpenChunk, token: torch.Tensor, active: torch.Tensor | None = None) -> OpenChunk:
     """Appends one text token to the open chunk of each ``active`` stream (default: all), and the beacon that
-    completes its s-block; a stream whose open chunk this fills also runs its readouts, after the token, and keeps
-    their outputs for ``close_full``. The other streams' new rows are never keys: their open chunks stay as they
+    completes its s-block; where ``readouts_with_fill``, a stream whose open chunk this fills also runs its readouts,
+    after the token, and keeps their outputs for ``close_full``. The other streams' new rows are never keys: their open chunks stay as they
     were."""
     config = model.comet_config
     if active is None:
