@@ -4,9 +4,10 @@
 Generates ``--new-tokens`` greedy tokens after a prompt of C + 7 random tokens (as `benchmarks/speed.py` does) and
 times every step with a stopping criterion, then sorts the steps by what they did besides choosing a token:
 
-  roll-over  the open chunk was full: it is closed from what it kept (every layer's memory updated from the
-             readouts' and beacons' outputs) and a new one opened (the new memory rows through every layer)
-  fill       the token filled the open chunk, so the last beacon and the M readouts ran with it
+  roll-over  the token filled the open chunk: the last beacon and the M readouts ran with it, the chunk was closed
+             from what it kept (every layer's memory updated from the readouts' and beacons' outputs) and a new
+             one opened (the new memory rows through every layer)
+  first      the token opened a chunk (after its memory rows)
   beacon     the token completed an s-block, so the block's beacon row ran with it
   plain      one text row
 
@@ -49,18 +50,18 @@ def main(argv=None) -> int:
 
     with torch.inference_mode():
         model.generate(prompt, max_new_tokens=args.new_tokens, eos_token_id=[], stopping_criteria=stamp)
-    # Gap t runs from the stamp of token t to that of token t + 1: it appends token t (closing the open chunk first
-    # when it already holds C tokens), then computes the logits of token t + 1.
-    kinds = {"roll-over": [], "fill": [], "beacon": [], "plain": []}
+    # Gap t runs from the stamp of token t to that of token t + 1: it appends token t and computes the logits of
+    # token t + 1 (and closes the chunk when token t fills it).
+    kinds = {"roll-over": [], "first": [], "beacon": [], "plain": []}
     slow = []
     for t, (a, b) in enumerate(zip(stamps, stamps[1:])):
         ms = (b - a) * 1000
-        held = (first_open + t - 1) % c + 1  # text tokens in the open chunk before token t is appended: 1..C
-        after = 1 if held == c else held + 1
-        if held == c:
+        held = (first_open + t - 1) % c + 1  # text tokens read into the chunk before token t: 1..C
+        after = 1 if held == c else held + 1  # token t's place in its chunk
+        if after == c:
             kind = "roll-over"
-        elif after == c:
-            kind = "fill"
+        elif after == 1:
+            kind = "first"
         elif config.use_temp and after % config.temp_stride == 0:
             kind = "beacon"
         else:

@@ -9,16 +9,6 @@ from cometlm.state import MemoryState
 from conftest import SMALL, assert_states_equal, random_ids, tiny_comet
 
 
-@pytest.fixture(params=[False, True], ids=["readouts-at-roll-over", "readouts-with-fill"])
-def readouts_with_fill(request, monkeypatch):
-    """Both places a full chunk's readouts can run (``generation.readouts_with_fill``: by dtype), whatever the
-    tiny model's dtype."""
-    from cometlm import generation
-
-    monkeypatch.setattr(generation, "readouts_with_fill", lambda model: request.param and model.comet_config.use_global)
-    return request.param
-
-
 def greedy(comet, prompt, new, **kwargs):
     return comet.generate(
         prompt, max_new_tokens=new, eos_token_id=[], return_dict_in_generate=True, output_logits=True, **kwargs
@@ -26,7 +16,7 @@ def greedy(comet, prompt, new, **kwargs):
 
 
 @pytest.mark.parametrize("prompt_len", [13, 16, 1])  # 16 = an exact multiple of C: the answer starts a chunk
-def test_incremental_decoding_equals_teacher_forcing(family, prompt_len, readouts_with_fill):
+def test_incremental_decoding_equals_teacher_forcing(family, prompt_len):
     comet = tiny_comet(family)
     prompt = random_ids(1, prompt_len)
     out = greedy(comet, prompt, 30)  # 30 new tokens with C=8: at least three roll-overs, beacons every 4
@@ -42,9 +32,10 @@ def test_incremental_decoding_equals_teacher_forcing(family, prompt_len, readout
 
 @pytest.mark.parametrize(
     "variant",
-    [dict(attention_sink=True), dict(gate=False), dict(global_slots=0), dict(temp_stride=0, temp_capacity=0)],
+    [dict(attention_sink=True), dict(gate=False), dict(global_slots=0), dict(temp_stride=0, temp_capacity=0),
+     dict(global_slots=0, temp_stride=0, temp_capacity=0)],  # the last: no memory, a chunk opens with no rows
 )
-def test_incremental_decoding_equals_teacher_forcing_for_every_layout(variant, readouts_with_fill):
+def test_incremental_decoding_equals_teacher_forcing_for_every_layout(variant):
     comet = tiny_comet("qwen3", dataclasses.replace(SMALL, **variant))
     out = greedy(comet, random_ids(2, 13), 22)
     with torch.no_grad():
@@ -86,7 +77,7 @@ def mask_of(lengths, width, left):
     ],
     ids=["left-padded", "right-padded", "qwen3-sink", "mistral-no-gate", "qwen2-temp-only", "global-only"],
 )
-def test_prompts_of_different_lengths_decode_together_as_each_would_alone(left, family, variant, readouts_with_fill):
+def test_prompts_of_different_lengths_decode_together_as_each_would_alone(left, family, variant):
     comet = tiny_comet(family, dataclasses.replace(SMALL, **variant))
     lengths = [11, 7, 2, 16]  # open chunks of 3, 7, 2 and 8 tokens (C=8): they fill and close at different steps
     prompts = random_ids(4, 16)
@@ -123,15 +114,15 @@ def test_the_cache_of_staggered_streams_stays_bounded(monkeypatch):
     import cometlm.generation as generation
 
     comet = tiny_comet()
-    widths, restart = [], generation._restart
+    widths, roll_over = [], generation.roll_over
 
     def recording(*args):
-        chunk = restart(*args)
+        chunk, state = roll_over(*args)
         assert bool(chunk.key_valid.any(dim=0).all())  # a slot that is no stream's key is dropped
         widths.append(chunk.key_valid.shape[1])
-        return chunk
+        return chunk, state
 
-    monkeypatch.setattr(generation, "_restart", recording)
+    monkeypatch.setattr(generation, "roll_over", recording)
     lengths = [11, 7, 2, 16]
     greedy(comet, random_ids(4, 16), 120, attention_mask=mask_of(lengths, 16, left=True))
     assert len(widths) >= 4 * 120 // SMALL.chunk_size - 4  # every stream rolled over, at its own steps
@@ -259,26 +250,35 @@ def test_bad_generation_options():
 
 
 @torch.inference_mode()
-def test_closing_a_full_chunk_from_its_cache_equals_reading_it_again(family, readouts_with_fill):
+@pytest.mark.parametrize("filled_by", ["decoding", "the prompt"])
+def test_closing_a_full_chunk_from_its_cache_equals_reading_it_again(family, filled_by):
     """A roll-over updates the memory from the beacons' outputs kept while decoding and the readouts' outputs (kept
-    from the token that filled the chunk, or run at the roll-over as new rows of its cache): the memory equals what
-    `ingest` gives by running the whole chunk again."""
-    from cometlm.generation import close_full, extend, open_chunk
+    from the token that filled the chunk, or, for a chunk the prompt filled, run as new rows of its cache): the
+    memory equals what `ingest` gives by running the whole chunk again, and the new open chunk holds the new memory
+    rows alone: the next token's logits equal those of the chunk `open_chunk` would run with it."""
+    from cometlm.generation import extend, open_chunk, roll_over
 
     comet = tiny_comet(family)
     c = comet.comet_config.chunk_size
     ids = random_ids(2, 2 * c + 3, seed=5)
-    state = comet.ingest(ids[:, : c + 3])  # one closed chunk, then an open chunk of 3 tokens
-    chunk = open_chunk(comet, state)
-    for t in range(c + 3, 2 * c):  # decode (teacher-forced tokens) until the open chunk is full
-        chunk = extend(comet, chunk, ids[:, t])
-    full = comet.ingest(ids[:, c + 3 : 2 * c], state)
+    if filled_by == "decoding":
+        state = comet.ingest(ids[:, : c + 3])  # one closed chunk, then an open chunk of 3 tokens
+        chunk = open_chunk(comet, state)
+        for t in range(c + 3, 2 * c):  # decode (teacher-forced tokens) until the open chunk is full
+            chunk = extend(comet, chunk, ids[:, t])
+        full = comet.ingest(ids[:, c + 3 : 2 * c], state)
+    else:
+        full = comet.ingest(ids[:, : 2 * c])
+        chunk = open_chunk(comet, full)
     assert bool((full.pending_len == c).all()) and bool((chunk.n_text == c).all())
-    assert (chunk.readouts is not None) == readouts_with_fill  # kept by the token that filled the chunk, or not
-    closed = close_full(comet, chunk, full, torch.ones(2, dtype=torch.bool))
+    assert (chunk.readouts is not None) == (filled_by == "decoding")  # kept by the token that filled the chunk
+    opened, closed = roll_over(comet, chunk, full, torch.ones(2, dtype=torch.bool))
     reread = comet.ingest(ids[:, 2 * c : 2 * c + 1], full)  # closes the chunk by running it, opens one with the token
     assert torch.equal(closed.chunks_closed, reread.chunks_closed) and bool((closed.pending_len == 0).all())
+    assert bool((opened.n_text == 0).all())
     for a, b in zip(closed.layers, reread.layers):
         for name in ("global_memory", "global_state", "temp"):
             torch.testing.assert_close(getattr(a, name), getattr(b, name), atol=1e-5, rtol=1e-5)
         assert torch.equal(a.temp_valid, b.temp_valid) and torch.equal(a.has_global, b.has_global)
+    stepped = extend(comet, opened, ids[:, 2 * c])
+    torch.testing.assert_close(stepped.logits, open_chunk(comet, reread).logits, atol=1e-5, rtol=1e-5)

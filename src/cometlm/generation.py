@@ -2,13 +2,12 @@
 
 The prompt is read into a ``MemoryState``; only the open chunk keeps a KV cache. Each new token is appended
 to it, with a beacon after every ``s`` text tokens (inside the model, never emitted), and every layer's output at
-each beacon is kept. When the open chunk holds ``C`` text tokens and another token arrives, the chunk is closed
-without running it again: each layer's memory is updated from its outputs at the chunk's ``M`` readouts and the kept
-beacon outputs (``MemoryCell.update_memories``, the update ``forward`` makes). The readouts run as new rows after the
-chunk, either with the token that fills it (in bfloat16, where the extra rows cost almost nothing) or on their own
-at the roll-over (float32): ``readouts_with_fill``. A fresh open chunk then starts behind the updated memory rows.
-Because the open chunk is laid out exactly like a chunk in ``forward``, incremental logits equal teacher-forced
-logits token by token.
+each beacon is kept. The token that fills the open chunk (its ``C``-th text token) runs the chunk's ``M`` readouts
+with it, as rows after it that it cannot see, and the chunk is closed in the same step, without running it again
+(``roll_over``): each layer's memory is updated from its outputs at the readouts and the kept beacons
+(``MemoryCell.update_memories``, the update ``forward`` makes), and a fresh open chunk of the new memory rows alone
+is run, ready for the next token. So a chunk costs one slow step, not two. Because the open chunk is laid out
+exactly like a chunk in ``forward``, incremental logits equal teacher-forced logits token by token.
 """
 
 from __future__ import annotations
@@ -43,6 +42,7 @@ class OpenChunk:
     beacons: list[torch.Tensor]  # per layer (B, C/s, d): its output at the open chunk's beacon j in column j
     readouts: list[torch.Tensor] | None = None  # per layer (B, M, d): its output at the readouts of a full chunk
     readouts_ready: torch.Tensor | None = None  # (B,) bool: which streams' ``readouts`` are their full chunk's
+    # (a chunk filled by ``extend`` has them; one that was already full when ``open_chunk`` ran it has not)
 
 
 @dataclass
@@ -59,19 +59,33 @@ def open_chunk(model, state: MemoryState) -> OpenChunk:
     n_text = state.pending_len.clone()
     if bool((n_text == 0).any()):
         raise ValueError("open_chunk needs at least one token in every stream's open chunk")
+    chunk, text_hidden = _run_open(model, state, state.pending, n_text)
+    last = text_hidden[torch.arange(n_text.shape[0], device=n_text.device), n_text - 1]
+    chunk.logits = model.backbone.logits(last)
+    return chunk
+
+
+def _run_open(model, state: MemoryState, text_ids: torch.Tensor, n_text: torch.Tensor):
+    """Runs open chunks holding ``text_ids`` (``n_text`` tokens each, 0 for a chunk of memory rows alone) with a KV
+    cache: the ``OpenChunk`` without logits, and the text rows' final hidden states."""
+    config = model.comet_config
+    if not bool(n_text.any()) and not config.attention_sink and not bool(state.layers[0].row_valid().any()):
+        # No rows at all (both memories off): nothing to run, and the cache gets its rows from the next token.
+        beacons = [text_ids.new_zeros(len(n_text), config.beacons_per_chunk, model.backbone.hidden_size,
+                                      dtype=model.backbone.dtype) for _ in range(model.backbone.num_layers)]
+        empty = n_text.new_zeros(len(n_text), 0, dtype=torch.bool)
+        return OpenChunk(DynamicCache(), empty, n_text.clone(), n_text, None, beacons), None
     closing = torch.zeros_like(n_text, dtype=torch.bool)
     cache = DynamicCache()
-    out = model.run_chunk(state, state.pending, n_text, closing, cache=cache, keep_beacons=True)
-    text_hidden, layout = out.text_hidden, out.layout
-    last = text_hidden[torch.arange(n_text.shape[0], device=n_text.device), n_text - 1]
-    logits = model.backbone.logits(last)
-    config = model.comet_config
+    out = model.run_chunk(state, text_ids, n_text, closing, cache=cache, keep_beacons=True)
+    layout = out.layout
     beacons = []
     for kept in out.beacons:  # only the complete blocks' beacons exist in an open chunk
         buffer = kept.new_zeros(kept.shape[0], config.beacons_per_chunk, kept.shape[-1])
         buffer[:, : kept.shape[1]] = kept * layout.beacon_valid[..., None].to(kept.dtype)
         beacons.append(buffer)
-    return OpenChunk(cache, layout.valid, layout.valid.sum(dim=1), n_text, logits, beacons)
+    chunk = OpenChunk(cache, layout.valid, layout.valid.sum(dim=1), n_text, None, beacons)
+    return chunk, out.text_hidden
 
 
 def _row_inputs(model, chunk: OpenChunk, hidden: torch.Tensor, new_valid: torch.Tensor, rows=None):
@@ -92,8 +106,8 @@ def _row_inputs(model, chunk: OpenChunk, hidden: torch.Tensor, new_valid: torch.
 
 def extend(model, chunk: OpenChunk, token: torch.Tensor, active: torch.Tensor | None = None) -> OpenChunk:
     """Appends one text token to the open chunk of each ``active`` stream (default: all), and the beacon that
-    completes its s-block; where ``readouts_with_fill``, a stream whose open chunk this fills also runs its readouts,
-    after the token, and keeps their outputs for ``close_full``. The other streams' new rows are never keys: their open chunks stay as they
+    completes its s-block; a stream whose open chunk this fills also runs its readouts, after the token, and keeps
+    their outputs for ``close_full``. The other streams' new rows are never keys: their open chunks stay as they
     were."""
     config = model.comet_config
     if active is None:
@@ -111,7 +125,7 @@ def extend(model, chunk: OpenChunk, token: torch.Tensor, active: torch.Tensor | 
             new_valid = torch.cat([new_valid, beacon_due[:, None]], dim=1)
             due = beacon_due.nonzero().squeeze(1)
             column = n_text[due] // config.temp_stride - 1
-    full = active & (n_text == config.chunk_size) if readouts_with_fill(model) else None
+    full = active & (n_text == config.chunk_size) if config.use_global else None
     first_readout = hidden.shape[1]
     if full is not None and bool(full.any()):
         # The last s-block of a full chunk is complete (C is a multiple of s), so its beacon is among the rows above
@@ -138,17 +152,6 @@ def extend(model, chunk: OpenChunk, token: torch.Tensor, active: torch.Tensor | 
     kept = None if kept[0] is None else kept
     return OpenChunk(chunk.cache, key_valid, chunk.next_position + new_valid.sum(dim=1), n_text, logits, beacons,
                      kept, ready)
-
-
-def readouts_with_fill(model) -> bool:
-    """Whether the token that fills a chunk runs the chunk's readouts with it (``extend``), or ``close_full`` runs
-    them on their own when the chunk closes. Either gives the same memory; what differs is where the cost falls. In
-    bfloat16 and float16 a pass of 18 rows costs about what a pass of 2 costs, so folding the readouts into the fill
-    saves the roll-over a whole pass (shipped adapter, 2-core Xeon with AMX, medians: fill 61 ms and roll-over 84 ms
-    against 53 and 140). In float32 the 16 extra rows cost as much as the pass they save (fill 81 ms, roll-over 78 ms
-    against 44 and 151), which only makes a second slow step per chunk, so they wait for the roll-over
-    (``benchmarks/decode_steps.py``, docs/EXPERIMENTS.md session 23)."""
-    return model.comet_config.use_global and model.backbone.dtype in (torch.bfloat16, torch.float16)
 
 
 def _readout_outputs(model, chunk: OpenChunk, closing: torch.Tensor) -> list[torch.Tensor]:
@@ -296,14 +299,19 @@ def _decode(
     stopping_criteria, progress,
 ):
     """The decoding loop. Each step appends one token to every live stream's open chunk; a stream whose open
-    chunk is full closes it first (``close_full``) and starts a new one (``_restart``). Streams that have ended
-    read nothing more."""
+    chunk that fills closes it at once and opens a new one (``roll_over``), since its next token is always
+    appended (a stream that ends at a token still keeps it). Streams that have ended read nothing more."""
     c = model.comet_config.chunk_size
     if streamer is not None:
         streamer.put(prompt.cpu())
     sequences, step_logits = prompt, []
     unfinished = torch.ones(prompt.shape[0], dtype=torch.bool, device=prompt.device)
-    chunk = open_chunk(model, state) if max_new_tokens > 0 else None
+    chunk = None
+    if max_new_tokens > 0:
+        chunk = open_chunk(model, state)
+        full = chunk.n_text == c  # the prompt filled its last chunk
+        if bool(full.any()):
+            chunk, state = roll_over(model, chunk, state, full)
     for step in progress_bar(range(max_new_tokens), desc="generating", unit="tok", enabled=progress):
         step_logits.append(chunk.logits)
         scores = processors(seen, chunk.logits.float())
@@ -320,16 +328,13 @@ def _decode(
         unfinished = live & ~torch.isin(token, eos)
         if stopping_criteria is not None:
             unfinished = unfinished & ~_stopped(stopping_criteria(sequences, scores), unfinished)
-        closing = live & (chunk.n_text == c)
-        if bool(closing.any()):
-            state = close_full(model, chunk, state, closing)  # their token opens the next chunk
         state = _append_pending(state, token, live)
         if not bool(unfinished.any()) or step == max_new_tokens - 1:
             break
-        if bool(closing.any()):
-            chunk = _restart(model, chunk, state, token, unfinished & ~closing, unfinished & closing)
-        else:
-            chunk = extend(model, chunk, token, unfinished)  # a stream that just ended needs no more logits
+        chunk = extend(model, chunk, token, unfinished)  # a stream that just ended needs no more logits
+        full = unfinished & (chunk.n_text == c)
+        if bool(full.any()):
+            chunk, state = roll_over(model, chunk, state, full)
     if streamer is not None:
         streamer.end()
     return sequences, state, step_logits
@@ -346,22 +351,21 @@ def _stopped(done, unfinished: torch.Tensor) -> torch.Tensor:
     return done.expand_as(unfinished)
 
 
-def _restart(model, chunk: OpenChunk, state: MemoryState, token, extending, closing) -> OpenChunk:
-    """The open chunks after a step in which the ``closing`` streams closed their full chunks (``state`` is after
-    that step). The ``extending`` streams append the token as on any step. Each closing stream's new open chunk (its
-    new memory rows and the token) is run for those streams alone; its cache rows are appended to the shared cache
-    as new slots that only it may attend to, and its old slots stop being its keys. Positions are in the keys
-    (RoPE is applied before caching), so where a row sits in the cache does not matter, only which rows are keys.
-    Slots that are no stream's keys any more are dropped, so the cache stays bounded by about two chunks plus one
-    set of memory rows per stream, however long the output."""
-    if bool(extending.any()):
-        chunk = extend(model, chunk, token, extending)
-    if not bool(closing.any()):  # only streams that have just ended closed a chunk: they need no new one
-        return chunk
+def roll_over(model, chunk: OpenChunk, state: MemoryState, closing: torch.Tensor) -> tuple[OpenChunk, MemoryState]:
+    """Closes the ``closing`` streams' full open chunks (``close_full``; ``state`` holds their ``C`` tokens as its
+    open chunks) and gives each a new open chunk of its new memory rows alone, run for those streams alone; its cache
+    rows are appended to the shared cache as new slots that only it may attend to, and its old slots stop being its
+    keys. Positions are in the keys (RoPE is applied before caching), so where a row sits in the cache does not
+    matter, only which rows are keys. Slots that are no stream's keys any more are dropped, so the cache stays
+    bounded by about two chunks plus one set of memory rows per stream, however long the output. Every stream's
+    ``logits`` are kept: a closing stream's predict the token that will open its new chunk."""
+    state = close_full(model, chunk, state, closing)
     rows = closing.nonzero().squeeze(1)
-    fresh = open_chunk(model, state.select(rows))
+    part = state.select(rows)
+    fresh, _ = _run_open(model, part, part.pending[:, :0], torch.zeros_like(part.pending_len))
     batch = closing.shape[0]
-    for layer, new in zip(chunk.cache.layers, fresh.cache.layers):
+    for index, new in enumerate(fresh.cache.layers):
+        layer = chunk.cache.layers[index]
         for name in ("keys", "values"):
             added = getattr(new, name).new_zeros(batch, *getattr(new, name).shape[1:])
             added[rows] = getattr(new, name)
@@ -370,8 +374,8 @@ def _restart(model, chunk: OpenChunk, state: MemoryState, token, extending, clos
     new_valid = fresh.key_valid.new_zeros(batch, fresh.key_valid.shape[1])
     new_valid[rows] = fresh.key_valid
     key_valid = torch.cat([old_valid, new_valid], dim=1)
-    next_position, n_text, logits = chunk.next_position.clone(), chunk.n_text.clone(), chunk.logits.clone()
-    next_position[rows], n_text[rows], logits[rows] = fresh.next_position, fresh.n_text, fresh.logits
+    next_position, n_text = chunk.next_position.clone(), chunk.n_text.clone()
+    next_position[rows], n_text[rows] = fresh.next_position, fresh.n_text
     beacons = [old.index_copy(0, rows, new) for old, new in zip(chunk.beacons, fresh.beacons)]
     ready = None if chunk.readouts_ready is None else chunk.readouts_ready & ~closing  # a fresh chunk is not full
     keep = key_valid.any(dim=0)
@@ -379,4 +383,5 @@ def _restart(model, chunk: OpenChunk, state: MemoryState, token, extending, clos
         for layer in chunk.cache.layers:
             layer.keys, layer.values = layer.keys[..., keep, :], layer.values[..., keep, :]
         key_valid = key_valid[:, keep]
-    return OpenChunk(chunk.cache, key_valid, next_position, n_text, logits, beacons, chunk.readouts, ready)
+    opened = OpenChunk(chunk.cache, key_valid, next_position, n_text, chunk.logits, beacons, chunk.readouts, ready)
+    return opened, state
