@@ -298,9 +298,10 @@ def _decode(
     model, prompt, seen, state, max_new_tokens, processors, do_sample, eos, pad_token_id, streamer, generator,
     stopping_criteria, progress,
 ):
-    """The decoding loop. Each step appends one token to every live stream's open chunk; a stream whose open
-    chunk that fills closes it at once and opens a new one (``roll_over``), since its next token is always
-    appended (a stream that ends at a token still keeps it). Streams that have ended read nothing more."""
+    """The decoding loop. Each step appends one token to every live stream's open chunk; a stream whose open chunk
+    this fills closes it at once and opens a new one (``roll_over``): its next token is always appended (a stream
+    that ends at a token still keeps it), so closing early changes nothing. Streams that have ended read nothing
+    more."""
     c = model.comet_config.chunk_size
     if streamer is not None:
         streamer.put(prompt.cpu())
