@@ -46,6 +46,7 @@ class Case:
     lora: bool = False
     schedule: str = "wavefront"
     checkpointing: bool = False
+    by_sample: bool = False  # each row its own loss denominator (TrainConfig.loss_weighting="sample")
 
     @property
     def replicas(self) -> int:
@@ -72,11 +73,14 @@ def _cases() -> dict[str, Case]:
         }
     cases["P2xD2-ragged-plans"] = Case(2, ((37, 21), (45,)), plan=True)
     cases["P2xD2-lora-naive"] = Case(2, ((29,), (37, 12)), lora=True, schedule="naive")
+    cases["P2xD2-by-sample"] = Case(2, ((37, 21), (45,)), plan=True, by_sample=True)
+    cases["P3-by-sample-naive"] = Case(3, ((37, 26),), schedule="naive", by_sample=True)
     return cases
 
 
 CASES = _cases()
 TRAIN_STEPS = 3
+WEIGHTINGS = ("token", "sample")  # TrainConfig.loss_weighting
 
 
 def _free_port() -> int:
@@ -172,7 +176,10 @@ def _run_case(rank: int, name: str, case: Case, group) -> dict | None:
     model = _model(case)
     replicas, union = _batches(case, name)
     ids, mask, labels, sizes = union
-    reference = model(ids, attention_mask=mask, labels=labels, chunk_sizes=sizes).loss
+    per_row = None
+    if case.by_sample:  # any positive per-row denominators; a replica's rows are a block of the union's
+        per_row = torch.arange(1, ids.shape[0] + 1, dtype=torch.float32) * 7
+    reference = model(ids, attention_mask=mask, labels=labels, chunk_sizes=sizes, num_items_in_batch=per_row).loss
     reference.backward()
     expected = _grads(model)
     model.zero_grad(set_to_none=True)
@@ -183,6 +190,9 @@ def _run_case(rank: int, name: str, case: Case, group) -> dict | None:
     ids, mask, labels, sizes = replicas[replica]
     chunked = model.split_chunks(ids, mask, labels, sizes)
     count = model.split_chunks(*union).num_targets  # every replica's targets count
+    if per_row is not None:
+        first_row = sum(len(lengths) for lengths in case.lengths[:replica])
+        count = per_row[first_row : first_row + len(case.lengths[replica])]
     loss = pipeline.loss(model, chunked, count)
     loss.backward()
     pipeline.wait()
@@ -246,11 +256,11 @@ class _Sample:
     boundaries: tuple = ()
 
 
-def _train_config(output_dir: str, batch_size: int):
+def _train_config(output_dir: str, batch_size: int, weighting: str = "token"):
     from cometlm.training.config import TrainConfig
 
     return TrainConfig(output_dir=output_dir, max_steps=TRAIN_STEPS, batch_size=batch_size, grad_accum=2, lr=1e-2,
-                       warmup_steps=1, log_every=1, save_every=2, mode="lora", lora_rank=2)
+                       warmup_steps=1, log_every=1, save_every=2, mode="lora", lora_rank=2, loss_weighting=weighting)
 
 
 def _trained_comet(base: str):
@@ -272,13 +282,15 @@ def _train_worker(rank: int, out: str, base: str) -> None:
         context_parallel, pipeline_schedule, dist_timeout = 2, "wavefront", TIMEOUT_S
 
     with parallel_job(Args) as parallel:
-        model = _trained_comet(base)
-        result = train(model, _train_data(), _train_config(os.path.join(out, "parallel-run"), 1), parallel=parallel)
-        if parallel.is_main:
-            trained = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-            save_file(trained, os.path.join(out, "parallel-trained.safetensors"))
-            with open(os.path.join(out, "parallel-result.json"), "w") as f:
-                json.dump({"steps": result.steps, "tokens": result.tokens}, f)
+        for weighting in WEIGHTINGS:
+            model = _trained_comet(base)
+            result = train(model, _train_data(), _train_config(os.path.join(out, f"parallel-run-{weighting}"), 1,
+                                                               weighting), parallel=parallel)
+            if parallel.is_main:
+                trained = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+                save_file(trained, os.path.join(out, f"parallel-trained-{weighting}.safetensors"))
+                with open(os.path.join(out, f"parallel-result-{weighting}.json"), "w") as f:
+                    json.dump({"steps": result.steps, "tokens": result.tokens}, f)
 
 
 def _failure_drill(rank: int, port: int, out: str) -> None:
@@ -370,9 +382,11 @@ def test_pipeline_loss_and_every_gradient_equal_one_process(runs, name):
         assert result["chunks"] == 5  # blocks of 3 + 2 and 2 + 2 + 1 chunks
 
 
-def test_data_parallel_training_steps_equal_one_process_on_the_union(runs, tmp_path):
+@pytest.mark.parametrize("weighting", WEIGHTINGS)
+def test_data_parallel_training_steps_equal_one_process_on_the_union(runs, tmp_path, weighting):
     """Two replicas of a two-stage pipeline, one sample each per micro-batch, against one process reading both
-    samples per micro-batch: the same trainable tensors after every optimizer step, and the same logged losses."""
+    samples per micro-batch: the same trainable tensors after every optimizer step, and the same logged losses,
+    with the loss weighted by token and by sample."""
     from safetensors.torch import load_file
 
     from cometlm.training.loop import train
@@ -380,8 +394,8 @@ def test_data_parallel_training_steps_equal_one_process_on_the_union(runs, tmp_p
     from cometlm.training.metrics import read_metrics
 
     model = _trained_comet(str(runs / "base"))
-    result = train(model, _train_data(), _train_config(str(tmp_path / "single"), 2))
-    parallel = load_file(runs / "parallel-trained.safetensors")
+    result = train(model, _train_data(), _train_config(str(tmp_path / "single"), 2, weighting))
+    parallel = load_file(runs / f"parallel-trained-{weighting}.safetensors")
     single = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     assert parallel.keys() == single.keys()
     # Adam divides each gradient element by its own running magnitude, so the rounding of a near-zero element
@@ -392,12 +406,15 @@ def test_data_parallel_training_steps_equal_one_process_on_the_union(runs, tmp_p
     lr = _train_config(str(tmp_path), 2).lr
     for name in single:
         torch.testing.assert_close(parallel[name], single[name], atol=lr / 100, rtol=1e-4, msg=name)
-    assert json.loads((runs / "parallel-result.json").read_text()) == {"steps": TRAIN_STEPS, "tokens": result.tokens}
-    logged = [read_metrics(path / "metrics.jsonl") for path in (runs / "parallel-run", tmp_path / "single")]
+    assert json.loads((runs / f"parallel-result-{weighting}.json").read_text()) == {"steps": TRAIN_STEPS,
+                                                                                    "tokens": result.tokens}
+    logged = [read_metrics(path / "metrics.jsonl") for path in (runs / f"parallel-run-{weighting}",
+                                                                  tmp_path / "single")]
     assert [r["step"] for r in logged[0]] == [r["step"] for r in logged[1]] == list(range(1, TRAIN_STEPS + 1))
     for a, b in zip(*logged):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
-    assert (runs / "parallel-run" / "final").is_dir() and (runs / "parallel-run" / "checkpoint-3").is_dir()
+    assert (runs / f"parallel-run-{weighting}" / "final").is_dir()
+    assert (runs / f"parallel-run-{weighting}" / "checkpoint-3").is_dir()
 
 
 def test_a_killed_or_hung_rank_stops_its_peers_with_an_error(runs):

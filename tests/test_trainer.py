@@ -248,12 +248,14 @@ def test_checkpoints_are_pruned_and_damage_is_reported(tmp_path, base):
 # What trains, and how
 
 
-def test_accumulation_equals_one_big_batch(tmp_path, base):
-    """Rows of 13 and 16 tokens: only dividing by the window's target count makes 2 x 1 equal 1 x 2."""
+@pytest.mark.parametrize("weighting", ["token", "sample"])
+def test_accumulation_equals_one_big_batch(tmp_path, base, weighting):
+    """Rows of 13 and 16 tokens: only dividing by the window's target (or sample) count makes 2 x 1 equal 1 x 2."""
     data = make_data(n=2)
     big, accumulated = comet(base), comet(base)
-    train(big, data, config(tmp_path, "big", max_steps=2, batch_size=2, grad_accum=1))
-    train(accumulated, data, config(tmp_path, "accumulated", max_steps=2, batch_size=1, grad_accum=2))
+    train(big, data, config(tmp_path, "big", max_steps=2, batch_size=2, grad_accum=1, loss_weighting=weighting))
+    train(accumulated, data, config(tmp_path, "accumulated", max_steps=2, batch_size=1, grad_accum=2,
+                                    loss_weighting=weighting))
     metrics = [read_metrics(tmp_path / run / "metrics.jsonl") for run in ("big", "accumulated")]
     for a, b in zip(*metrics):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
@@ -261,6 +263,27 @@ def test_accumulation_equals_one_big_batch(tmp_path, base):
     ta, tb = trainable(big), trainable(accumulated)
     for name in ta:
         torch.testing.assert_close(ta[name], tb[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_weighting_by_sample_gives_each_sample_its_mean_loss(tmp_path, base):
+    """The first step's logged loss, weighted by sample, is the mean of its two samples' own mean losses (each
+    scored alone by the untrained model); weighted by token it is their targets' mean, which differs here (the
+    samples have 12 and 15 targets)."""
+    data = make_data(n=2)
+    reference = comet(base)
+    with torch.no_grad():
+        per_sample = [reference(torch.tensor([s.input_ids]), labels=torch.tensor([s.labels])) for s in data]
+    means = [float(out.loss) for out in per_sample]
+    sums = [float(out.row_losses[0]) for out in per_sample]
+    targets = [len(s.input_ids) - 1 for s in data]
+    logged = {}
+    for weighting in ("token", "sample"):
+        run = train(comet(base), data, config(tmp_path, weighting, max_steps=1, warmup_steps=0,
+                                              loss_weighting=weighting))
+        logged[weighting] = read_metrics(run.metrics)[0]["loss"]
+    assert logged["sample"] == pytest.approx(sum(means) / 2, rel=1e-5)
+    assert logged["token"] == pytest.approx(sum(sums) / sum(targets), rel=1e-5)
+    assert abs(logged["sample"] - logged["token"]) > 1e-4
 
 
 @pytest.mark.parametrize("mode", ["lora", "memory", "full"])
@@ -352,6 +375,7 @@ def test_a_model_without_a_base_path_is_refused_before_training(tmp_path):
         (dict(chunk_augmentation={"p_fixed": -1}), "chunk_augmentation must map ChunkPlanner options"),
         (dict(lora_targets=()), "lora_targets must name at least one"),
         (dict(stop_at=6), "stop_at must be an int in 1..max_steps=5"),
+        (dict(loss_weighting="row"), "loss_weighting must be one of token, sample"),
     ],
 )
 def test_bad_configs_say_what_to_fix(tmp_path, overrides, message):

@@ -35,6 +35,15 @@ class CometCausalLMOutput(CausalLMOutput):
     row_losses: torch.FloatTensor | None = None
 
 
+def mean_loss(row_losses: torch.Tensor, count) -> torch.Tensor:
+    """The loss from each row's summed cross entropy (B,): over ``count`` targets (a number: every target weighs
+    the same), or each row over its own denominator when ``count`` is a (B,) tensor (e.g. its targets times the
+    step's samples: every sample weighs the same, ``TrainConfig.loss_weighting="sample"``)."""
+    if isinstance(count, torch.Tensor) and count.dim() == 1:
+        return (row_losses / count.to(row_losses.dtype)).sum()
+    return row_losses.sum() / count
+
+
 def _quiet_token_id(config, tokenizer) -> int:
     """A single space (else newline) token if the tokenizer has one, else EOS, else 0 (see ``LearnedTokens``).
 
@@ -221,8 +230,8 @@ class CometForCausalLM(nn.Module):
         return self.cell.end(hidden, inputs)
 
     def chunk_loss(self, text_hidden: torch.Tensor, chunk) -> torch.Tensor:
-        """Summed next-token cross entropy (fp32) over ``chunk.targets`` (``MemoryCell.loss``), a scalar."""
-        return self.cell.loss(text_hidden, chunk.targets).sum()
+        """Next-token cross entropy (fp32) over ``chunk.targets`` summed per row (``MemoryCell.loss``): (B,)."""
+        return self.cell.loss(text_hidden, chunk.targets)
 
     # ----------------------------------------------------------------------------------------------------------
     # Training / scoring
@@ -242,7 +251,7 @@ class CometForCausalLM(nn.Module):
         ``input_ids``, -100 to ignore; the last token of chunk t predicts the first of chunk t+1), computed chunk
         by chunk so logits for the whole sequence are never held at once unless ``logits`` are asked for
         (the default when no labels are given). ``num_items_in_batch`` (from Trainer's gradient accumulation)
-        replaces the number of targets as the denominator.
+        replaces the number of targets as the denominator; a (B,) tensor gives each row its own (``mean_loss``).
 
         ``chunk_sizes`` (B, T) optionally gives each stream its own chunk plan (training augmentation): sizes
         1..C that sum to the stream's length, then zeros. By default every stream is cut into fixed chunks of C
@@ -273,7 +282,7 @@ class CometForCausalLM(nn.Module):
         loss = None
         if labels is not None:
             count = num_items_in_batch if num_items_in_batch is not None else chunked.num_targets.clamp(min=1)
-            loss = row_losses.sum() / count
+            loss = mean_loss(row_losses, count)
         return CometCausalLMOutput(loss=loss, logits=batch.restore(logits[:, :width]) if return_logits else None,
                                    row_losses=row_losses.detach() if labels is not None else None)
 

@@ -6,7 +6,7 @@ import dataclasses
 import sys
 
 from cometlm.parallel.options import add_parallel_options
-from cometlm.training.config import MODES, TrainConfig
+from cometlm.training.config import LOSS_WEIGHTINGS, MODES, TrainConfig
 from cometlm.training.specs import DATA_FORMS
 
 from .options import add_model_options, load_model
@@ -41,6 +41,9 @@ _CONFIG_OPTIONS = {
     "chunk_augmentation": ("vary chunk sizes: ChunkPlanner options as NAME=VALUE, e.g. p_fixed=0.6 p_random=0.2 "
                            "p_boundary=0.2 (weights of fixed, right_aligned, uniform, random, boundary; min_chunk)",
                            dict(nargs="+", metavar="NAME=VALUE")),
+    "loss_weighting": ("token: every target token weighs the same (a long language-modelling sample outweighs a "
+                       "short answer); sample: each sample's mean loss, samples weighted equally (a mixture's "
+                       "weights are the gradient's)", dict(choices=LOSS_WEIGHTINGS)),
     "tensorboard": ("also log to TensorBoard in output-dir/tensorboard (if tensorboard is installed)",
                     dict(action="store_true")),
 }

@@ -71,8 +71,8 @@ class ContextParallel:
         return self.pipeline.loss(model, chunked, num_items_in_batch)
 
     def global_count(self, count: int) -> int:
-        """The number of targets over all replicas (the ranks of a pipeline share a micro-batch, so each counts
-        its replica's targets and the world sum counts every replica ``P`` times)."""
+        """The number of targets (or samples) over all replicas (the ranks of a pipeline share a micro-batch, so
+        each counts its replica's and the world sum counts every replica ``P`` times)."""
         total = torch.tensor([count], dtype=torch.int64, device=self.device)
         dist.all_reduce(total)
         return int(total) // self.stages

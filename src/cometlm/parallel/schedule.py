@@ -12,7 +12,8 @@ only memories cross between ranks; hidden states never do.
   comparison mode).
 
 Each rank's loss is the sum of its chunks' token losses divided by the number of targets in the whole batch
-(every rank holds the whole batch, so it counts them itself), plus the zero-valued message token. Summing the
+(every rank holds the whole batch, so it counts them itself; or per row, ``mean_loss``), plus the zero-valued
+message token. Summing the
 ranks' gradients therefore gives exactly the single-process gradient.
 """
 
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..model import ChunkedBatch, CometForCausalLM
+from ..model import ChunkedBatch, CometForCausalLM, mean_loss
 from ..state import LayerState
 from .blocks import active_ranks, chunk_blocks
 from .messages import Link, pack, packed_size, unpack
@@ -63,7 +64,8 @@ class Pipeline:
         """This rank's part of ``model(...).loss`` for the batch ``chunked`` (from ``model.split_chunks``).
 
         ``num_items`` replaces the number of targets in ``chunked`` as the denominator (gradient accumulation,
-        data parallelism). The ranks' losses sum to the single-process loss, and so do their gradients.
+        data parallelism), or gives each row its own as a (B,) tensor (``mean_loss``). The ranks' losses sum to the
+        single-process loss, and so do their gradients.
         """
         if any(chunk.targets is None for chunk in chunked.chunks):
             raise ValueError("the pipeline computes a training loss: give labels to split_chunks")
@@ -79,7 +81,7 @@ class Pipeline:
         run = _wavefront if self.schedule == "wavefront" else _naive
         total = run(model, chunked.batch_size, own, link)
         count = num_items if num_items is not None else chunked.num_targets.clamp(min=1)
-        return total / count + link.token
+        return mean_loss(total, count) + link.token
 
     def wait(self) -> None:
         for link in self._links:
@@ -109,7 +111,7 @@ def _wavefront(model: CometForCausalLM, batch_size: int, chunks, link: Link) -> 
             hidden[i], layer = model.layer_step(index, hidden[i], layer, inputs[i])
         if link.next is not None:
             link.send(index, pack([layer], empty[index].global_state.dtype))
-    total = link.token.new_zeros((), dtype=torch.float32)
+    total = link.token.new_zeros(batch_size, dtype=torch.float32)  # per row
     for chunk, h, x in zip(chunks, hidden, inputs):
         total = total + model.chunk_loss(model.end_chunk(h, x), chunk)
     return total
@@ -119,7 +121,7 @@ def _naive(model: CometForCausalLM, batch_size: int, chunks, link: Link) -> torc
     """Chunk by chunk through all layers, as a single process would, after receiving every layer at once."""
     empty = _empty_layers(model, batch_size)
     layers = _receive(link, 0, empty[0], len(empty)) if link.prev is not None else empty
-    total = link.token.new_zeros((), dtype=torch.float32)
+    total = link.token.new_zeros(batch_size, dtype=torch.float32)  # per row
     for chunk in chunks:
         inputs = model.start_chunk(chunk.text_ids, chunk.text_len, chunk.closing, layers[0].row_valid())
         hidden = inputs.hidden

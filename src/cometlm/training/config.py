@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 
 MODES = ("lora", "full", "memory")
+LOSS_WEIGHTINGS = ("token", "sample")
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT_FILE = "loss.png"
 FINAL_DIR = "final"
@@ -27,6 +28,10 @@ class TrainConfig:
     chunk_augmentation  keyword arguments of ``ChunkPlanner`` (relative weights of its chunk modes and
                         ``min_chunk``, e.g. ``{"p_fixed": 0.6, "p_random": 0.4}``), or None for fixed chunks of C.
     keep_checkpoints    how many ``checkpoint-<step>`` folders to keep in ``output_dir``.
+    loss_weighting      "token": the step's loss is the mean over all its target tokens, so a sample weighs by its
+                        number of targets (a language-modelling sample scores ~1,000 tokens, a question's answer a
+                        few); "sample": each sample's mean over its own targets, the samples weighted equally, so a
+                        mixture's weights are what the gradient sees.
     """
 
     output_dir: str
@@ -53,6 +58,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     chunk_augmentation: dict[str, float] | None = None
     tensorboard: bool = False
+    loss_weighting: str = "token"
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -81,6 +87,8 @@ class TrainConfig:
         need(self.max_grad_norm is None or (_is_number(self.max_grad_norm) and self.max_grad_norm > 0),
              f"max_grad_norm must be > 0, or None to disable clipping (got {self.max_grad_norm!r})")
         need(self.mode in MODES, f"mode must be one of {', '.join(MODES)} (got {self.mode!r})")
+        need(self.loss_weighting in LOSS_WEIGHTINGS,
+             f"loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)} (got {self.loss_weighting!r})")
         need(_is_number(self.lora_alpha) and self.lora_alpha > 0, f"lora_alpha must be > 0 (got {self.lora_alpha!r})")
         need(_is_number(self.lora_dropout) and 0 <= self.lora_dropout < 1,
              f"lora_dropout must lie in [0, 1) (got {self.lora_dropout!r})")

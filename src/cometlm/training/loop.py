@@ -6,7 +6,8 @@ seeded by ``(seed, step, micro-batch)``. Together with the checkpointed paramete
 states, a run that is stopped and resumed ends with exactly the tensors of a run that never stopped.
 
 The loss of each micro-batch is divided by the number of target tokens in the whole accumulation window
-(``num_items_in_batch``), so ``grad_accum`` micro-batches equal one batch of their combined size.
+(``num_items_in_batch``), so ``grad_accum`` micro-batches equal one batch of their combined size. Weighted by
+sample (``TrainConfig.loss_weighting``), each row's loss is divided by its own targets times the window's samples.
 
 """
 
@@ -301,28 +302,32 @@ def _plan(planner, batch: dict, seed: int, step: int, micro: int):
 
 
 def _accumulate(model, batches: list[dict], plans: list, config: TrainConfig, parallel=None):
-    """Forward and backward of every micro-batch of a step; returns the step's loss (mean over its targets), the
-    number of tokens read and, in one process, each sample's (summed loss, targets) in reading order (None in a
-    parallel job). In a parallel job the targets and tokens of every data replica count, and the gradients are
+    """Forward and backward of every micro-batch of a step; returns the step's loss (mean over its targets, or over
+    its samples' means: ``TrainConfig.loss_weighting``), the number of tokens read and, in one process, each
+    sample's (summed loss, targets) in reading order (None in a parallel job). In a parallel job the targets and tokens of every data replica count, and the gradients are
     summed over all ranks before this returns."""
     import torch
 
     device = next(model.parameters()).device
-    count = sum(_count_targets(b) for b in batches)
+    by_sample = config.loss_weighting == "sample"
+    # The denominator: the step's targets, or (by sample) its samples that have targets, each row's loss then
+    # divided by that times its own targets.
+    count = sum(int((_row_targets(b) > 0).sum()) if by_sample else _count_targets(b) for b in batches)
     count = max(count if parallel is None else parallel.global_count(count), 1)
     loss, tokens, rows = 0.0, 0, [] if parallel is None else None
     for batch, plan in zip(batches, plans):
         inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")}
+        denominator = (_row_targets(batch).clamp(min=1) * count).to(device) if by_sample else count
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.bf16):
             if parallel is None:
-                out = model(**inputs, chunk_sizes=plan, num_items_in_batch=count)
+                out = model(**inputs, chunk_sizes=plan, num_items_in_batch=denominator)
                 part = out.loss
                 if rows is not None and getattr(out, "row_losses", None) is not None:
                     rows += zip(out.row_losses.tolist(), _row_targets(batch).tolist())
                 else:
                     rows = None
             else:
-                part = parallel.loss(model, **inputs, chunk_sizes=plan, num_items_in_batch=count)
+                part = parallel.loss(model, **inputs, chunk_sizes=plan, num_items_in_batch=denominator)
         part.backward()
         loss += float(part.detach())
         tokens += int(batch["attention_mask"].sum())
