@@ -3,7 +3,9 @@
 # g3's mixture (seed 103, the same samples for both arms), arm A at g3's sizes (C=128, K=16, a beacon every 8 tokens),
 # arm B a copy whose comet_config.json says a beacon every 4 tokens and K=32 (the queue still one chunk deep; neither
 # size has parameters of its own). Each arm is then scored at its own sizes by the answer's teacher-forced loss on
-# samples of the training split's generators drawn with seed 901 (never a training seed).
+# samples of the training split's generators drawn with seed 901 (never a training seed). Both arms weigh the loss
+# by sample (`--loss-weighting sample`, as every phase from g4 on: the amendment of session 25, fixed before the
+# step-300 probe).
 #
 #   docs/experiments/sizes/ab_stride.sh G3_FINAL OUT ARM [EXTRA TRAIN OPTIONS]     ARM: a or b
 #
@@ -44,7 +46,7 @@ PY
 esac
 if [[ ! -f $OUT/arm-$ARM/final/comet_config.json ]]; then
   "$COMETLM" train --comet "$start" --output-dir "$OUT/arm-$ARM" "${COMMON[@]}" --data "${DIGITS[@]}" \
-    --max-length 1024 --max-steps 40 --lr 3e-4 --warmup-steps 10 --seed 103 "${PLAN[@]}" "$@"
+    --max-length 1024 --max-steps 40 --lr 3e-4 --warmup-steps 10 --seed 103 --loss-weighting sample "${PLAN[@]}" "$@"
 fi
 "$PYTHON" "$HERE/answer_loss.py" "$OUT/arm-$ARM/final" --sizes "$sizes" \
   --data babilong-qa1:depth=0-70 ruler-niah-single:depth=0-70 agent-qa --samples 24 --seed 901 \
