@@ -439,9 +439,27 @@ def test_training_samples_fit_and_learn_the_answer_only(tokenizer, spec):
     assert dataset.split == "train"
 
 
+@pytest.mark.parametrize("spec", ["ruler-niah-single", "babilong-qa1:depth=0-70", "agent-qa"])
+def test_eos_ends_the_target_after_the_answer_and_changes_nothing_else(tokenizer, spec):
+    """eos=1: the same prompt and answer, then the end-of-sequence token, a target too (a model learns to stop)."""
+    plain = load_dataset(spec, tokenizer, max_length=1200, seed=3)
+    ended = load_dataset(f"{spec},eos=1" if ":" in spec else f"{spec}:eos=1", tokenizer, max_length=1200, seed=3)
+    eos = tokenizer.eos_token_id
+    for i in range(4):
+        a, b = plain[i], ended[i]
+        answer_a = [label for label in a.labels if label != -100]
+        answer_b = [label for label in b.labels if label != -100]
+        assert answer_b == answer_a + [eos] and b.input_ids[-1] == eos and eos not in answer_a
+        assert len(b.input_ids) <= 1200
+        if len(a.input_ids) < 1200:  # room for the extra token: the prompt is the same
+            assert b.input_ids[: -len(answer_b)] == a.input_ids[: -len(answer_a)]
+
+
 def test_training_specs_are_checked(tokenizer):
     for spec, message in (("ruler-vt:hopz=3", "ruler-vt's own are haystack, hops, chains"),
                           ("ruler-vt:hops=many", "options are comma-separated"),
+                          ("ruler-vt:eos=yes", "options are comma-separated"),
+                          ("ruler-vt:eos=1,eos=0", "options are comma-separated"),
                           ("user-qa:question=colour", "must be one of"),
                           ("babilong-qa1:depth=80-20", "0 <= LOW <= HIGH <= 100"),
                           ("ruler-fwe", "--max-length 300 is too short for ruler-fwe")):

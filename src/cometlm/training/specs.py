@@ -31,8 +31,8 @@ DATA_FORMS = {
     "user-qa, agent-qa": "QA over a long shop event log or agent tool-call log (events=PATH, trace=PATH: the "
         "user's own JSONL); loss on the answer",
     "TASK:OPTION=VALUE,...": "a task suite's options, as in `cometlm eval TASK --help` (dashes as underscores), "
-        "plus depth=LOW-HIGH in percent and split=train|test (default train), e.g. ruler-niah-multikey:needles=6,"
-        "depth=0-80",
+        "plus depth=LOW-HIGH in percent, split=train|test (default train) and eos=1 (the end-of-sequence token after "
+        "the answer, so the model learns to stop; default 0), e.g. ruler-niah-multikey:needles=6,depth=0-80,eos=1",
 }
 _PASSKEY_ANSWER_EXTRA = 2  # " " and "." around the key's digits: a byte-level tokenizer needs at most a token per byte
 

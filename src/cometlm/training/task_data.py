@@ -4,7 +4,9 @@ A `--data` spec is a task's name (`tasks.suite.SPECS`), optionally followed by c
 `depth=LOW-HIGH` (percent; where the key fact goes, default 0-100), `split=train|test` (default train: the
 templates, names and text regions evaluation never sees) and any option of the task, e.g.
 `ruler-niah-multikey:needles=6,haystack=bible,depth=0-80` or `user-qa:question=rating,events=my_events.jsonl`.
-Samples are the prompt plus the reference answer, with the loss on the answer only.
+Samples are the prompt plus the reference answer, with the loss on the answer only; with `eos=1` the target also
+holds the tokenizer's end-of-sequence token after the answer, so a trained model stops there (generation ends at it)
+instead of running on past the value (default 0: the answer alone, as the general adapter's phases g1-g3 trained).
 """
 
 from __future__ import annotations
@@ -24,10 +26,15 @@ class TaskDataset(RetrievalDataset):
     again with the same draws and a haystack shorter by the overflow."""
 
     def __init__(self, tokenizer, spec: TaskSpec, max_tokens: int, seed: int = 0, size: int = 1_000_000,
-                 depth_range: tuple[float, float] = (0.0, 1.0), split: str = "train", options: dict | None = None):
+                 depth_range: tuple[float, float] = (0.0, 1.0), split: str = "train", options: dict | None = None,
+                 eos: bool = False):
         super().__init__(tokenizer, (max(1, max_tokens // 2), max_tokens), seed, size, depth_range)
         if split not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)} (got {split!r})")
+        if eos:
+            if getattr(tokenizer, "eos_token_id", None) is None:
+                raise ValueError(f"{spec.name}: eos=1 needs a tokenizer with an end-of-sequence token")
+            self.answer_end = [tokenizer.eos_token_id]
         self.spec, self.split, self.max_tokens = spec, split, max_tokens
         self.options = spec.check(dict(options or {}))
 
@@ -37,7 +44,7 @@ class TaskDataset(RetrievalDataset):
         state = rng.getstate()
         for _ in range(_SHRINK_TRIES):
             task = self.spec.build(self.tokenizer, n_tokens, depth, rng, split=self.split, **self.options)
-            over = len(task.prompt_ids) + len(task.answer_ids) - self.max_tokens
+            over = len(task.prompt_ids) + len(task.answer_ids) + len(self.answer_end) - self.max_tokens
             if over <= 0:
                 return self._sample(task)
             n_tokens -= over
@@ -50,26 +57,32 @@ def load_task_dataset(spec: str, tokenizer, max_length: int, seed: int = 0) -> T
     name, _, text = spec.partition(":")
     task = SPECS[name]
     kinds = {o.name: o.kind for o in task.options}
-    options, depth, split = {}, (0.0, 1.0), "train"
-    usage = (f"--data {spec!r}: options are comma-separated name=value, e.g. {name}:depth=0-80,split=train; "
+    options, depth, split, eos, seen = {}, (0.0, 1.0), "train", False, set()
+    usage = (f"--data {spec!r}: options are comma-separated name=value, e.g. {name}:depth=0-80,split=train,eos=1; "
              f"{name}'s own are {', '.join(kinds) or 'none'}")
     for item in filter(None, text.split(",")):
         key, eq, value = item.partition("=")
-        if not eq or key in options or (key not in kinds and key not in ("depth", "split")):
+        if not eq or key in seen or (key not in kinds and key not in ("depth", "split", "eos")):
             raise ValueError(usage)
+        seen.add(key)
         try:
             if key == "depth":
                 low, _, high = value.partition("-")
                 depth = (float(low) / 100, float(high or low) / 100)
             elif key == "split":
                 split = value
+            elif key == "eos":
+                if value not in ("0", "1"):
+                    raise ValueError(usage)
+                eos = value == "1"
             else:
                 options[key] = kinds[key](value)
         except ValueError:
             raise ValueError(usage) from None
     if not 0.0 <= depth[0] <= depth[1] <= 1.0:
         raise ValueError(f"--data {spec!r}: the depths must satisfy 0 <= LOW <= HIGH <= 100")
-    dataset = TaskDataset(tokenizer, task, max_length, seed=seed, depth_range=depth, split=split, options=options)
+    dataset = TaskDataset(tokenizer, task, max_length, seed=seed, depth_range=depth, split=split, options=options,
+                          eos=eos)
     try:
         dataset[0]
         task.build(tokenizer, dataset.lengths[0], 0.5, random.Random(seed), split=split, **dataset.options)
