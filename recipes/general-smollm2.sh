@@ -69,6 +69,18 @@ DIGITS=(
   lm:bible@0.03 lm:essays@0.03
 )
 
+# Phase g4's mixture: g3's, with every task source's target ending in the end-of-sequence token (eos=1), and the loss
+# weighted by sample (--loss-weighting sample). Both fixed in session 25 (docs/EXPERIMENTS.md): weighted by token,
+# language modelling had 91% of g3's targets and QA1 0.2%; and g3 answered needle values right but ran on past them,
+# never having been shown where an answer ends.
+ENDED=(
+  passkey:digits=3-9@0.20
+  ruler-niah-single:eos=1@0.15 ruler-niah-single:haystack=bible,values=uuid,eos=1@0.08
+  ruler-niah-single:haystack=noise,keys=number,values=word,eos=1@0.05
+  babilong-qa1:eos=1@0.15 user-qa:eos=1@0.14 agent-qa:eos=1@0.17
+  lm:bible@0.03 lm:essays@0.03
+)
+
 mkdir -p "$OUT"
 phase general-g1 "$PASSKEY" --data "${MIXTURE[@]}" --max-length 1024 --max-steps 800 --stop-at 400 --lr 3e-4 \
   --warmup-steps 20 --seed 100 "${PLAN[@]}"
@@ -76,4 +88,6 @@ phase general-g2 "$OUT/general-g1/final" --data "${SINGLE[@]}" --max-length 1024
   --warmup-steps 10 --seed 101 "${PLAN[@]}"
 phase general-g3 "$OUT/general-g2/final" --data "${DIGITS[@]}" --max-length 1024 --max-steps 300 --lr 3e-4 \
   --warmup-steps 10 --seed 102 "${PLAN[@]}"
-echo "== adapter: $OUT/general-g3/final"
+phase general-g4 "$OUT/general-g3/final" --data "${ENDED[@]}" --max-length 1024 --max-steps 300 --lr 3e-4 \
+  --warmup-steps 10 --seed 104 --loss-weighting sample "${PLAN[@]}"
+echo "== adapter: $OUT/general-g4/final"

@@ -150,8 +150,8 @@ def test_the_general_recipe_continues_the_passkey_adapter_on_data_that_loads(tmp
                             text=True, env={**os.environ, "COMETLM": "echo"})
     assert result.returncode == 0, result.stderr
     runs = [parse(shlex.split(line)) for line in result.stdout.splitlines() if line.startswith("train ")]
-    assert len(runs) == 3 and all(r.threads == 1 and r.dtype == "bfloat16" for r in runs)
-    g1, g2, g3 = runs
+    assert len(runs) == 4 and all(r.threads == 1 and r.dtype == "bfloat16" for r in runs)
+    g1, g2, g3, g4 = runs
     assert g1.comet == str(RECIPE.parents[1] / "src" / "cometlm" / "adapters" / "smollm2-135m-passkey")
     assert (g1.stop_at, g1.max_steps) == (400, 800)  # stopped at step 400 by the rule fixed before it
     assert g2.comet == str(tmp_path / "general-g1" / "final") and g2.output_dir == str(tmp_path / "general-g2")
@@ -163,13 +163,20 @@ def test_the_general_recipe_continues_the_passkey_adapter_on_data_that_loads(tmp
         mixture = load_mixture(run.data, tokenizer, run.max_length, seed=0)
         samples = [mixture[i] for i in range(8)]
         assert all(len(s.input_ids) <= run.max_length and any(t != -100 for t in s.labels) for s in samples)
-    # g2 and g3 keep to single facts: no multi-key, multi-value, variable-tracking or multi-fact babilong source
-    for run in (g2, g3):
+    # g2, g3 and g4 keep to single facts: no multi-key, multi-value, variable-tracking or multi-fact babilong source
+    for run in (g2, g3, g4):
         assert not any(name in spec for spec in run.data for name in ("multikey", "multivalue", "multiquery",
                                                                         "ruler-vt", "qa2", "qa3", "qa4", "qa5"))
     # g3 continues g2 with keys of 3 to 9 digits (the rule fixed in session 20)
     assert g3.comet == str(tmp_path / "general-g2" / "final") and g3.output_dir == str(tmp_path / "general-g3")
     assert [spec for spec in g3.data if spec.startswith("passkey")] == ["passkey:digits=3-9@0.20"]
+    # g4 continues g3 with g3's sources, every task source's answer ending in EOS, the loss weighted by sample (the
+    # amendments of session 25); the earlier phases keep the token weighting they were trained with
+    assert g4.comet == str(tmp_path / "general-g3" / "final") and g4.output_dir == str(tmp_path / "general-g4")
+    assert [r.loss_weighting for r in runs] == ["token", "token", "token", "sample"]
+    tasks = [spec for spec in g4.data if not spec.startswith(("passkey", "lm:"))]
+    assert tasks and all(",eos=1@" in spec or ":eos=1@" in spec for spec in tasks)
+    assert [spec.replace(",eos=1", "").replace(":eos=1", "") for spec in g4.data] == g3.data
 
 
 def test_the_suites_comparison_runs_every_method_on_every_task_with_the_same_grid(tmp_path):
