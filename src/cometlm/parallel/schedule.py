@@ -13,8 +13,7 @@ only memories cross between ranks; hidden states never do.
 
 Each rank's loss is the sum of its chunks' token losses divided by the number of targets in the whole batch
 (every rank holds the whole batch, so it counts them itself; or per row, ``mean_loss``), plus the zero-valued
-message token. Summing the
-ranks' gradients therefore gives exactly the single-process gradient.
+message token. Summing the ranks' gradients therefore gives exactly the single-process gradient.
 """
 
 from __future__ import annotations

@@ -304,8 +304,8 @@ def _plan(planner, batch: dict, seed: int, step: int, micro: int):
 def _accumulate(model, batches: list[dict], plans: list, config: TrainConfig, parallel=None):
     """Forward and backward of every micro-batch of a step; returns the step's loss (mean over its targets, or over
     its samples' means: ``TrainConfig.loss_weighting``), the number of tokens read and, in one process, each
-    sample's (summed loss, targets) in reading order (None in a parallel job). In a parallel job the targets and tokens of every data replica count, and the gradients are
-    summed over all ranks before this returns."""
+    sample's (summed loss, targets) in reading order (None in a parallel job). In a parallel job the targets and
+    tokens of every data replica count, and the gradients are summed over all ranks before this returns."""
     import torch
 
     device = next(model.parameters()).device
