@@ -334,11 +334,11 @@ class _Vocabulary:
 
     def draw(self, count: int) -> list[str]:
         fresh: list[str] = []
-        seen = set(self.ids)
+        drawn: set[str] = set()  # this call's; earlier calls' words are the keys of self.ids (no copy: O(count))
         while len(fresh) < count:
             word = made_up_word(self.rng, self.split)
-            if word not in seen:
-                seen.add(word)
+            if word not in self.ids and word not in drawn:
+                drawn.add(word)
                 fresh.append(word)
         if fresh:
             encoded = self.tokenizer([" " + w for w in fresh], add_special_tokens=False)["input_ids"]
