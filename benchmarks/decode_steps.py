@@ -11,8 +11,9 @@ times every step with a stopping criterion, then sorts the steps by what they di
   beacon     the token completed an s-block, so the block's beacon row ran with it
   plain      one text row
 
-Prints p50 and p99 over all steps, each kind's count, median and maximum, and the slowest steps with their
-position in the chunk. Run it alone on the machine: other processes' load shows up as slow steps.
+Prints p50 and p99 over all steps, each kind's count, median and maximum, the slowest steps with their
+position in the chunk, and the process's minor page faults while generating (memory the allocator took from the
+operating system and touched for the first time). Run it alone on the machine: other processes' load shows up as slow steps.
 
     .venv/bin/python benchmarks/decode_steps.py --threads 2
 """
@@ -20,6 +21,7 @@ position in the chunk. Run it alone on the machine: other processes' load shows 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import time
 
@@ -48,8 +50,10 @@ def main(argv=None) -> int:
         stamps.append(time.perf_counter())
         return False
 
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     with torch.inference_mode():
         model.generate(prompt, max_new_tokens=args.new_tokens, eos_token_id=[], stopping_criteria=stamp)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     # Gap t runs from the stamp of token t to that of token t + 1: it appends token t and computes the logits of
     # token t + 1 (and closes the chunk when token t fills it).
     kinds = {"roll-over": [], "first": [], "beacon": [], "plain": []}
@@ -71,7 +75,7 @@ def main(argv=None) -> int:
     every = sorted(ms for values in kinds.values() for ms in values)
     p50, p99 = statistics.median(every), every[min(len(every) - 1, int(0.99 * len(every)))]
     print(f"{args.comet} ({args.dtype}, C={c}): {len(every)} steps, p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
-          f"p99/p50 {p99 / p50:.2f}")
+          f"p99/p50 {p99 / p50:.2f}; {faults:,} minor page faults while generating")
     for kind, values in kinds.items():
         if values:
             print(f"  {kind:>9}: {len(values):4d} steps, median {statistics.median(values):6.1f} ms, "

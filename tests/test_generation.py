@@ -129,6 +129,28 @@ def test_the_cache_of_staggered_streams_stays_bounded(monkeypatch):
     assert max(widths) <= len(lengths) * SMALL.max_positions  # each slot is a key of some stream
 
 
+@pytest.mark.parametrize("output_logits", [False, True])
+def test_generation_keeps_each_steps_logits_only_when_asked(output_logits):
+    """Constant memory: a vocabulary-sized tensor per generated token is kept only for ``output_logits``."""
+    import gc
+
+    comet = tiny_comet()
+    vocab, live = comet.backbone.vocab_size, []
+
+    def count(sequences, scores):
+        gc.collect()
+        live.append(sum(1 for o in gc.get_objects() if type(o) is torch.Tensor and o.dim() == 2
+                        and o.shape == (2, vocab)))
+        return False
+
+    comet.generate(random_ids(2, 5), max_new_tokens=40, eos_token_id=[], stopping_criteria=count,
+                   return_dict_in_generate=True, output_logits=output_logits)
+    if output_logits:
+        assert live[-1] >= live[9] + 29  # one more per step
+    else:
+        assert live[-1] <= live[9] <= 4  # the same few, however long the output
+
+
 def test_memories_that_read_different_amounts_decode_together():
     comet = tiny_comet()
     first = comet.ingest(random_ids(2, 13), attention_mask=mask_of([13, 6], 13, left=False))  # open chunks of 5, 6

@@ -277,7 +277,7 @@ def generate(
         max_new_tokens=max_new_tokens,
         processors=_processors(do_sample, temperature, top_k, top_p, repetition_penalty), do_sample=do_sample,
         eos=eos.to(batch.ids.device), pad_token_id=pad_token_id, streamer=streamer, generator=generator,
-        stopping_criteria=stopping_criteria, progress=progress,
+        stopping_criteria=stopping_criteria, progress=progress, keep_logits=return_dict_in_generate and output_logits,
     )
     if return_dict_in_generate:
         return CometGenerateOutput(sequences=sequences, memory=state, logits=tuple(logits) if output_logits else None)
@@ -296,12 +296,13 @@ def _real_only(batch, input_ids: torch.Tensor, attention_mask: torch.Tensor | No
 
 def _decode(
     model, prompt, seen, state, max_new_tokens, processors, do_sample, eos, pad_token_id, streamer, generator,
-    stopping_criteria, progress,
+    stopping_criteria, progress, keep_logits,
 ):
     """The decoding loop. Each step appends one token to every live stream's open chunk; a stream whose open chunk
     this fills closes it at once and opens a new one (``roll_over``): its next token is always appended (a stream
     that ends at a token still keeps it), so closing early changes nothing. Streams that have ended read nothing
-    more."""
+    more. Each step's logits are kept only with ``keep_logits``: otherwise memory would grow with the output by a
+    (B, V) tensor a token (196 KiB for one SmolLM2 stream), and the allocations it takes made roll-overs slower."""
     c = model.comet_config.chunk_size
     if streamer is not None:
         streamer.put(prompt.cpu())
@@ -314,7 +315,8 @@ def _decode(
         if bool(full.any()):
             chunk, state = roll_over(model, chunk, state, full)
     for step in progress_bar(range(max_new_tokens), desc="generating", unit="tok", enabled=progress):
-        step_logits.append(chunk.logits)
+        if keep_logits:
+            step_logits.append(chunk.logits)
         scores = processors(seen, chunk.logits.float())
         if do_sample:
             token = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator).squeeze(1)
