@@ -13,7 +13,8 @@ times every step with a stopping criterion, then sorts the steps by what they di
 
 Prints p50 and p99 over all steps, each kind's count, median and maximum, the slowest steps with their
 position in the chunk, and the process's minor page faults while generating (memory the allocator took from the
-operating system and touched for the first time). Run it alone on the machine: other processes' load shows up as slow steps.
+operating system and touched for the first time). Run it alone on the machine: other processes' load shows up as
+slow steps.
 
     .venv/bin/python benchmarks/decode_steps.py --threads 2
 """
