@@ -1,6 +1,7 @@
 #!/bin/bash
 # Is the shipped float32 decode tail the allocator's? benchmarks/decode_steps.py alternately with glibc's defaults
-# and with the heap kept (no trimming, mmap only above 32 MiB, glibc's largest threshold; 64 MiB top pad), ROUNDS times each.
+# and with the heap kept (no trimming, mmap only above 32 MiB, glibc's largest threshold; 64 MiB top pad),
+# ROUNDS times each.
 # Run it with nothing else on the machine (pause background jobs with SIGSTOP around it).
 #   bash docs/experiments/decode-tail/malloc_ab.sh [ROUNDS] [DTYPE]
 set -euo pipefail
