@@ -17,6 +17,7 @@ from torch import nn
 
 from .attention import register as register_kernel
 from .families import SLIDING, SUPPORTED_FAMILIES, Family, attention_implementation, family_of
+from .linear import prepare_linears
 
 __all__ = ["Backbone", "LayerInputs", "SUPPORTED_FAMILIES"]
 
@@ -146,6 +147,10 @@ class Backbone:
             wanted = register_kernel()
         if current != wanted:
             self.model.set_attn_implementation(wanted)
+
+    def prepare_linears(self) -> None:
+        """The model's linear layers compute a few float32 rows on a CPU with a faster kernel (linear.py)."""
+        prepare_linears(self.model)
 
     def attention_mask(self, mask: torch.Tensor | None, dtype, length: int, device) -> torch.Tensor | None:
         """A boolean (B, 1, q, k) mask in the form the attention kernel takes: as is for sdpa (None means plain

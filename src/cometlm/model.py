@@ -102,6 +102,7 @@ class CometForCausalLM(nn.Module):
         self.base_model = base_model or getattr(backbone_model.config, "_name_or_path", "") or None
         backbone = self.backbone
         backbone.prepare_attention()
+        backbone.prepare_linears()
         text = backbone.config
         eps = getattr(text, "rms_norm_eps", 1e-6)
         with torch.no_grad():

@@ -1,0 +1,71 @@
+"""The few-rows linear kernel (src/cometlm/linear.py): the same products as ``F.linear``, only computed another way."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cometlm.linear import FEW_ROWS, FewRowsLinear, prepare_linears
+from conftest import tiny_backbone, tiny_comet
+
+
+def _layer(in_features, out_features, bias, dtype=torch.float32):
+    torch.manual_seed(0)
+    layer = nn.Linear(in_features, out_features, bias=bias).to(dtype)
+    prepare_linears(layer)
+    assert type(layer) is FewRowsLinear
+    return layer
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 2), (2, 1), (1, 3), (4,), (2, 2), (1, 6), (3, 5, 2)])
+def test_few_rows_equal_f_linear(shape, bias):
+    layer = _layer(48, 80, bias)
+    x = torch.randn(*shape, 48)
+    with torch.inference_mode():
+        got = layer(x)
+    want = F.linear(x, layer.weight, layer.bias)
+    assert got.shape == want.shape and got.dtype == want.dtype and got.is_contiguous()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_non_contiguous_input_gives_the_same_product():
+    layer = _layer(32, 16, bias=True)
+    x = torch.randn(32, 3).T  # (3, 32), column-major
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+
+
+def test_training_bfloat16_and_many_rows_are_f_linear_exactly():
+    layer = _layer(32, 16, bias=True)
+    x = torch.randn(2, 32, requires_grad=True)
+    out = layer(x)  # grad enabled: F.linear itself, so gradients are what they always were
+    assert torch.equal(out, F.linear(x, layer.weight, layer.bias))
+    out.sum().backward()
+    assert x.grad is not None and layer.weight.grad is not None
+    with torch.inference_mode():
+        many = torch.randn(FEW_ROWS + 1, 32)
+        assert torch.equal(layer(many), F.linear(many, layer.weight, layer.bias))
+        half = _layer(32, 16, bias=False, dtype=torch.bfloat16)
+        y = torch.randn(2, 32, dtype=torch.bfloat16)
+        assert torch.equal(half(y), F.linear(y, half.weight))
+
+
+def test_prepare_linears_keeps_weights_names_and_lora():
+    backbone = tiny_backbone()
+    names = list(backbone.state_dict())
+    weights = {name: p.data_ptr() for name, p in backbone.named_parameters()}
+    plain = sum(type(m) is nn.Linear for m in backbone.modules())
+    assert plain and prepare_linears(backbone) == plain
+    assert not any(type(m) is nn.Linear for m in backbone.modules())
+    assert list(backbone.state_dict()) == names
+    assert {name: p.data_ptr() for name, p in backbone.named_parameters()} == weights
+    from peft import LoraConfig, inject_adapter_in_model
+
+    inject_adapter_in_model(LoraConfig(r=2, target_modules=["q_proj"]), backbone)
+    assert any("lora_A" in name for name, _ in backbone.named_parameters())
+
+
+def test_a_comet_model_decodes_with_the_few_rows_kernel():
+    kinds = {type(m) for m in tiny_comet().backbone_model.modules() if isinstance(m, nn.Linear)}
+    assert kinds == {FewRowsLinear}
