@@ -334,6 +334,24 @@ def test_memory_learns_at_five_times_the_rate_without_decay_on_vectors(base):
     assert trainable_ids == {id(p) for g in groups.values() for p in g["params"]}
 
 
+def test_gate_weights_can_learn_slower_than_the_rest_of_the_memory(base):
+    model = comet(base)
+    settings = TrainConfig(output_dir="unused", lr=1e-3, weight_decay=0.1, gate_weight_lr_multiplier=0.01)
+    prepare_model(model, settings)
+    optimizer, _ = build_optimizer(model, settings)
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    assert set(groups) == {"memory", "memory_no_decay", "memory_gate", "backbone"}
+    gates = model.memory.gate_weights()
+    assert len(gates) == model.backbone.num_layers
+    assert {id(p) for p in groups["memory_gate"]["params"]} == {id(p) for p in gates}
+    assert groups["memory_gate"]["lr"] == pytest.approx(5e-5) and groups["memory_gate"]["weight_decay"] == 0.1
+    biases = {id(layer.global_memory.gate.bias) for layer in model.memory.layers}
+    assert biases <= {id(p) for p in groups["memory_no_decay"]["params"]}  # the bias keeps the memory's rate
+    assert groups["memory"]["lr"] == pytest.approx(5e-3)
+    trainable_ids = {id(p) for p in model.parameters() if p.requires_grad}
+    assert trainable_ids == {id(p) for g in groups.values() for p in g["params"]}
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Outputs
 
@@ -376,6 +394,7 @@ def test_a_model_without_a_base_path_is_refused_before_training(tmp_path):
         (dict(lora_targets=()), "lora_targets must name at least one"),
         (dict(stop_at=6), "stop_at must be an int in 1..max_steps=5"),
         (dict(loss_weighting="row"), "loss_weighting must be one of token, sample"),
+        (dict(gate_weight_lr_multiplier=0), "gate_weight_lr_multiplier must be > 0"),
     ],
 )
 def test_bad_configs_say_what_to_fix(tmp_path, overrides, message):

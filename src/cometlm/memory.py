@@ -191,3 +191,8 @@ class CometMemory(nn.Module):
                 for index, layer in enumerate(self.layers):
                     share = index / (num_layers - 1) if num_layers > 1 else 0.0
                     layer.global_memory.gate.bias.fill_(first + (last - first) * share)
+
+    def gate_weights(self) -> list[nn.Parameter]:
+        """Every layer's global-memory gate weight (none without a gated global memory)."""
+        return [layer.global_memory.gate.weight for layer in self.layers
+                if layer.global_memory is not None and layer.global_memory.gate is not None]

@@ -21,6 +21,8 @@ _CONFIG_OPTIONS = {
     "grad_accum": ("micro-batches per optimizer step (equal to one batch of their combined size)", dict(type=int)),
     "lr": ("learning rate of LoRA / the backbone", dict(type=float)),
     "memory_lr_multiplier": ("CoMeT's memory modules train at lr times this", dict(type=float)),
+    "gate_weight_lr_multiplier": ("the global memory's gate weights train at the memory's lr times this (1: as "
+                                  "the rest; 0.01 keeps the gates from saturating, TrainConfig)", dict(type=float)),
     "weight_decay": ("AdamW weight decay on matrices (never on norms, biases or vectors)", dict(type=float)),
     "warmup_steps": ("linear warm-up steps before the cosine decay", dict(type=int)),
     "min_lr_ratio": ("the cosine decay ends at lr times this", dict(type=float)),

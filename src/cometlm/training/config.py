@@ -20,6 +20,12 @@ class TrainConfig:
     mode                "lora": backbone frozen, LoRA on ``lora_targets`` plus all CoMeT parameters (ships as a small
                         adapter); "memory": backbone frozen, CoMeT parameters only; "full": everything trains.
     lr                  learning rate of the backbone/LoRA; CoMeT's memory trains at ``lr * memory_lr_multiplier``.
+    gate_weight_lr_multiplier
+                        the global memory's gate weights train at the memory's learning rate times this (1.0: as the
+                        rest of the memory). Adam moves every weight by about its learning rate a step, so a gate
+                        logit, a sum over 2d inputs that share a large constant part, moves up to 2d times as fast as
+                        the gate's bias: at 1.0 trained gates became a per-layer constant, 0 or 1 in most layers
+                        (docs/EXPERIMENTS.md, session 27); 0.01 slows the weights, not the bias.
     warmup_steps        linear warm-up, then cosine decay to ``lr * min_lr_ratio`` at ``max_steps``.
     stop_at             end the run after this step, with the schedule still shaped by ``max_steps`` (a phase of a
                         recipe that was stopped early replays exactly); None trains to ``max_steps``.
@@ -41,6 +47,7 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 2e-4
     memory_lr_multiplier: float = 5.0
+    gate_weight_lr_multiplier: float = 1.0
     weight_decay: float = 0.0
     warmup_steps: int = 0
     min_lr_ratio: float = 0.1
@@ -80,6 +87,8 @@ class TrainConfig:
         need(_is_number(self.lr) and self.lr > 0, f"lr must be > 0 (got {self.lr!r})")
         need(_is_number(self.memory_lr_multiplier) and self.memory_lr_multiplier > 0,
              f"memory_lr_multiplier must be > 0 (got {self.memory_lr_multiplier!r})")
+        need(_is_number(self.gate_weight_lr_multiplier) and self.gate_weight_lr_multiplier > 0,
+             f"gate_weight_lr_multiplier must be > 0 (got {self.gate_weight_lr_multiplier!r})")
         need(_is_number(self.weight_decay) and self.weight_decay >= 0,
              f"weight_decay must be >= 0 (got {self.weight_decay!r})")
         need(_is_number(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1,

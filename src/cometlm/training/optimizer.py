@@ -8,18 +8,24 @@ import math
 from .config import TrainConfig
 
 
-def trainable_parameter_groups(model, lr: float, memory_lr_multiplier: float = 5.0, weight_decay: float = 0.0):
+def trainable_parameter_groups(model, lr: float, memory_lr_multiplier: float = 5.0, weight_decay: float = 0.0,
+                               gate_weight_lr_multiplier: float = 1.0):
     """AdamW parameter groups: CoMeT's memory at ``lr * memory_lr_multiplier`` (the paper trains it at 5x), the
-    rest at ``lr``; weight decay only on matrices, never on norms, biases or other 1-D parameters.
+    rest at ``lr``; weight decay only on matrices, never on norms, biases or other 1-D parameters. With
+    ``gate_weight_lr_multiplier`` other than 1, the global memory's gate weights form a group of their own at the
+    memory's learning rate times it (``TrainConfig.gate_weight_lr_multiplier``).
 
     Frozen parameters are left out; empty groups are dropped. Each group has a ``name`` for logs and checkpoints.
     """
     memory = {id(p) for p in model.memory.parameters()}
+    gates = {id(p) for p in model.memory.gate_weights()} if gate_weight_lr_multiplier != 1 else set()
+    rates = {"backbone": lr, "memory": lr * memory_lr_multiplier,
+             "memory_gate": lr * memory_lr_multiplier * gate_weight_lr_multiplier}
     groups: dict[str, dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        part = "memory" if id(p) in memory else "backbone"
+        part = "memory_gate" if id(p) in gates else "memory" if id(p) in memory else "backbone"
         decay = p.dim() >= 2 and weight_decay > 0
         key = f"{part}{'' if decay else '_no_decay'}"
         group = groups.setdefault(
@@ -27,7 +33,7 @@ def trainable_parameter_groups(model, lr: float, memory_lr_multiplier: float = 5
             {
                 "name": key,
                 "params": [],
-                "lr": lr * memory_lr_multiplier if part == "memory" else lr,
+                "lr": rates[part],
                 "weight_decay": weight_decay if decay else 0.0,
             },
         )
@@ -41,7 +47,8 @@ def build_optimizer(model, config: TrainConfig):
     """AdamW over the trainable parameter groups, and the warm-up + cosine schedule as a LambdaLR."""
     import torch
 
-    groups = trainable_parameter_groups(model, config.lr, config.memory_lr_multiplier, config.weight_decay)
+    groups = trainable_parameter_groups(model, config.lr, config.memory_lr_multiplier, config.weight_decay,
+                                        config.gate_weight_lr_multiplier)
     optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95))  # beta2 as in LLaMA and nanoGPT
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
     return optimizer, scheduler

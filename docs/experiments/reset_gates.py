@@ -1,0 +1,87 @@
+#!/usr/bin/env python
+"""Take a trained adapter's global-memory gates out of saturation: each layer's gate keeps its mean, not its weights.
+
+Measured in session 27 (docs/EXPERIMENTS.md): after training, every layer's gate logit is dominated by a constant
+``W_g . [cand ; S]`` term (mean 5-10 in size, standard deviation over chunks and slots about 1), so ``g`` is a
+per-layer constant, exactly 0 or 1 in most layers: the layer either never writes its global memory or overwrites
+it every chunk, whatever the chunk says. This script reads ``--samples`` prompts of each ``--tasks`` task (the
+training split's generators with seeds from ``--seed`` on, which no training run draws), records every layer's gate
+logits over all chunks and slots, and writes a copy of the adapter in which each layer's gate weight is zero and
+its bias is that layer's mean logit clipped to [-``--clip``, ``--clip``]: on average each layer keeps and writes
+as before, but no gate is saturated, and what the gate learns next can depend on content. Prints the table.
+
+    .venv/bin/python docs/experiments/reset_gates.py ADAPTER --out NEW_ADAPTER [--clip 3] [--samples 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from pathlib import Path
+
+import torch
+
+import cometlm.memory as memory_module
+from cometlm import CometForCausalLM
+from cometlm.tasks.suite import SPECS
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("adapter", help="the adapter folder (or shipped name) whose gates to reset")
+    parser.add_argument("--out", required=True, type=Path, help="the new adapter folder (must not exist)")
+    parser.add_argument("--clip", type=float, default=3.0, help="largest |bias| written (default 3: g in 0.05-0.95)")
+    parser.add_argument("--tasks", nargs="+", default=["babilong-qa1", "ruler-niah-single"], choices=sorted(SPECS))
+    parser.add_argument("--samples", type=int, default=2, help="prompts per task (default 2)")
+    parser.add_argument("--length", type=int, default=2048, help="tokens per prompt (default 2048)")
+    parser.add_argument("--seed", type=int, default=777000, help="first prompt seed (default 777000)")
+    args = parser.parse_args(argv)
+    if args.out.exists():
+        parser.error(f"{args.out} exists; name a new folder")
+    if args.clip <= 0 or args.samples < 1:
+        parser.error("--clip must be > 0 and --samples at least 1")
+
+    model = CometForCausalLM.from_pretrained(args.adapter).eval()
+    layers = [layer.global_memory for layer in model.memory.layers]
+    if any(g is None or g.gate is None for g in layers):
+        parser.error("this adapter has no gated global memory in every layer")
+    logits = []  # per closed chunk: (L, slots) gate logits
+
+    def record(memories, readouts, state, has_state):
+        candidate = torch.stack([m.norm(r.float()) for m, r in zip(memories, readouts)])  # what the gate sees
+        both = torch.cat([candidate, state.float()], dim=-1)  # (L, B, M, 2d)
+        weight = torch.stack([m.gate.weight[0] for m in memories]).float()  # (L, 2d)
+        bias = torch.stack([m.gate.bias[0] for m in memories]).float()  # (L,)
+        if bool(has_state.all()):  # the first closed chunk writes S without a gate
+            logits.append((torch.einsum("lbmd,ld->lbm", both, weight) + bias[:, None, None]).flatten(1))
+        return original(memories, readouts, state, has_state)
+
+    original = memory_module.next_global_states
+    memory_module.next_global_states = record
+    try:
+        with torch.inference_mode():
+            for task in args.tasks:
+                for i in range(args.samples):
+                    sample = SPECS[task].build(model.tokenizer, args.length, 0.5, random.Random(args.seed + i),
+                                               split="train")
+                    model.ingest(torch.tensor([sample.prompt_ids]), progress=False)
+    finally:
+        memory_module.next_global_states = original
+    every = torch.cat(logits, dim=1)  # (L, chunks * slots)
+    mean, spread = every.mean(dim=1), every.std(dim=1)
+    bias = mean.clamp(-args.clip, args.clip)
+    print("layer  mean logit  std   mean g  ->  new bias  new g")
+    for index, gate in enumerate(layers):
+        print(f"{index:5d} {mean[index]:10.2f} {spread[index]:5.2f}  {torch.sigmoid(every[index]).mean():6.3f}"
+              f"  ->  {bias[index]:8.2f}  {torch.sigmoid(bias[index]):5.3f}")
+        with torch.no_grad():
+            gate.gate.weight.zero_()
+            gate.gate.bias.fill_(float(bias[index]))
+    model.save_pretrained(args.out, adapter=True)
+    print(f"{len(logits)} gated chunk updates read; new adapter in {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
