@@ -90,4 +90,15 @@ phase general-g3 "$OUT/general-g2/final" --data "${DIGITS[@]}" --max-length 1024
   --warmup-steps 10 --seed 102 "${PLAN[@]}"
 phase general-g4 "$OUT/general-g3/final" --data "${ENDED[@]}" --max-length 1024 --max-steps 300 --lr 3e-4 \
   --warmup-steps 10 --seed 104 --loss-weighting sample "${PLAN[@]}"
-echo "== adapter: $OUT/general-g4/final"
+# Phase g5: g4's mixture and sizes, with the global memory's gates taken out of saturation first (each layer's gate
+# weights zero, its bias the layer's mean logit clipped to [-3, 3]: docs/experiments/reset_gates.py) and their
+# weights then trained at a hundredth of the memory's rate (--gate-weight-lr-multiplier 0.01). Fixed in session 27
+# (docs/EXPERIMENTS.md) after g4's step-300 probe (mean 0.14) stopped g4 by its rule: in every trained adapter the gate
+# was a per-layer constant, 0 or 1 in most layers, set by weights that Adam moves a thousand times faster than the bias.
+START_G5=$OUT/general-g5-start
+if [[ ! -f $OUT/general-g5/final/comet_config.json && ! -f $START_G5/comet_config.json ]]; then
+  "${PYTHON:-python}" "$HERE/../docs/experiments/reset_gates.py" "$OUT/general-g4/final" --out "$START_G5"
+fi
+phase general-g5 "$START_G5" --data "${ENDED[@]}" --max-length 1024 --max-steps 300 --lr 3e-4 \
+  --warmup-steps 10 --seed 105 --loss-weighting sample --gate-weight-lr-multiplier 0.01 "${PLAN[@]}"
+echo "== adapter: $OUT/general-g5/final"

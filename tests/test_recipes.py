@@ -147,11 +147,11 @@ def test_the_general_recipe_continues_the_passkey_adapter_on_data_that_loads(tmp
     from cometlm.training.specs import load_mixture
 
     result = subprocess.run(["bash", str(GENERAL), str(tmp_path), "--", "--threads", "1"], capture_output=True,
-                            text=True, env={**os.environ, "COMETLM": "echo"})
+                            text=True, env={**os.environ, "COMETLM": "echo", "PYTHON": "echo"})
     assert result.returncode == 0, result.stderr
     runs = [parse(shlex.split(line)) for line in result.stdout.splitlines() if line.startswith("train ")]
-    assert len(runs) == 4 and all(r.threads == 1 and r.dtype == "bfloat16" for r in runs)
-    g1, g2, g3, g4 = runs
+    assert len(runs) == 5 and all(r.threads == 1 and r.dtype == "bfloat16" for r in runs)
+    g1, g2, g3, g4, g5 = runs
     assert g1.comet == str(RECIPE.parents[1] / "src" / "cometlm" / "adapters" / "smollm2-135m-passkey")
     assert (g1.stop_at, g1.max_steps) == (400, 800)  # stopped at step 400 by the rule fixed before it
     assert g2.comet == str(tmp_path / "general-g1" / "final") and g2.output_dir == str(tmp_path / "general-g2")
@@ -173,10 +173,17 @@ def test_the_general_recipe_continues_the_passkey_adapter_on_data_that_loads(tmp
     # g4 continues g3 with g3's sources, every task source's answer ending in EOS, the loss weighted by sample (the
     # amendments of session 25); the earlier phases keep the token weighting they were trained with
     assert g4.comet == str(tmp_path / "general-g3" / "final") and g4.output_dir == str(tmp_path / "general-g4")
-    assert [r.loss_weighting for r in runs] == ["token", "token", "token", "sample"]
+    assert [r.loss_weighting for r in runs] == ["token", "token", "token", "sample", "sample"]
     tasks = [spec for spec in g4.data if not spec.startswith(("passkey", "lm:"))]
     assert tasks and all(",eos=1@" in spec or ":eos=1@" in spec for spec in tasks)
     assert [spec.replace(",eos=1", "").replace(":eos=1", "") for spec in g4.data] == g3.data
+    # g5: g4's data from g4's adapter with its gates reset (session 27), the gate weights at 0.01 of the memory's rate
+    reset = [line.split() for line in result.stdout.splitlines() if "reset_gates.py" in line]
+    assert len(reset) == 1 and reset[0][1:] == [str(tmp_path / "general-g4" / "final"), "--out",
+                                                str(tmp_path / "general-g5-start")]
+    assert g5.comet == str(tmp_path / "general-g5-start") and g5.output_dir == str(tmp_path / "general-g5")
+    assert g5.data == g4.data and g5.seed != g4.seed
+    assert [r.gate_weight_lr_multiplier for r in runs] == [1.0, 1.0, 1.0, 1.0, 0.01]
 
 
 def test_the_suites_comparison_runs_every_method_on_every_task_with_the_same_grid(tmp_path):
