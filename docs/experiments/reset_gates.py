@@ -10,6 +10,10 @@ logits over all chunks and slots, and writes a copy of the adapter in which each
 its bias is that layer's mean logit clipped to [-``--clip``, ``--clip``]: on average each layer keeps and writes
 as before, but no gate is saturated, and what the gate learns next can depend on content. Prints the table.
 
+Session 22's `sizes/reset_gates.py` reset only the saturated layers, to one fixed bias, from `sizes/gates.py`'s mean
+gates; those gates saturated again within 40 steps, trained with the weights at the memory's full rate. This one
+keeps every layer's average and is meant for a run with `--gate-weight-lr-multiplier` well under 1.
+
     .venv/bin/python docs/experiments/reset_gates.py ADAPTER --out NEW_ADAPTER [--clip 3] [--samples 2]
 """
 

@@ -1,14 +1,14 @@
 """The backbone's linear layers on a CPU in float32 when they see a few rows at a time, as in decoding.
 
-``torch.nn.functional.linear`` on one float32 row (``x @ W.T``) runs PyTorch's matrix-vector kernel, which on
-this project's Xeon uses one thread and reads the weights at about 19 GB/s; on two to four rows it runs a matrix
-product that is slower still (a decoding step that appends a beacon took 1.35x an ordinary one). The same product
-written ``W @ x.T`` with ``x`` in row-major order is a kernel that uses every thread and takes about half the time
-on two threads (30 decoder layers of SmolLM2-135M: 22.3 ms for one row, 29.9 for two with ``F.linear``; 11.0 and
-12.9 this way, ``benchmarks/few_rows_linear.py``). So ``FewRowsLinear`` computes a float32 product of up to
-``FEW_ROWS`` rows on a CPU that way, one row given twice (a single column is the matrix-vector kernel again), and
-everything else (training, bfloat16, where ``F.linear`` is the faster, other devices, more rows) with
-``F.linear``. The result differs from ``F.linear``'s only by the order of the sums' rounding.
+``torch.nn.functional.linear`` on one float32 row (``x @ W.T``) runs PyTorch's matrix-vector kernel, which on a
+2-core AMD EPYC (session 27) used one thread and read the weights at about 19 GB/s; on two to four rows it ran a
+matrix product that was slower still (a decoding step that appends a beacon took 1.35x an ordinary one). The same
+product written ``W @ x.T`` with ``x`` in row-major order is a kernel that used both threads and took about half the
+time (30 decoder layers of SmolLM2-135M: 22.3 ms for one row, 29.9 for two with ``F.linear``; 12.8 and 12.5 this way,
+``benchmarks/few_rows_linear.py``; not yet measured on the project's usual Xeon). So ``FewRowsLinear`` computes a
+float32 product of up to ``FEW_ROWS`` rows on a CPU that way, one row given twice (a single column is the
+matrix-vector kernel again), and everything else (training, bfloat16, where ``F.linear`` is the faster, other
+devices, more rows) with ``F.linear``. The result differs from ``F.linear``'s only by the order of the sums' rounding.
 
 ``prepare_linears`` gives a model's ``nn.Linear`` modules this ``forward`` by changing their class in place: the
 weights, their names in the state dict, LoRA wrapped around them and weight tying are unchanged.
@@ -22,7 +22,7 @@ from torch import nn
 
 __all__ = ["FEW_ROWS", "FewRowsLinear", "prepare_linears"]
 
-FEW_ROWS = 4  # at 8 rows on one thread the matrix product is no longer the faster
+FEW_ROWS = 4  # at 6 and 8 rows the matrix product was no longer the faster (benchmarks/few_rows_linear.py)
 
 
 class FewRowsLinear(nn.Linear):
