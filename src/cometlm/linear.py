@@ -4,7 +4,7 @@
 2-core AMD EPYC (session 27) used one thread and read the weights at about 19 GB/s; on two to four rows it ran a
 matrix product that was slower still (a decoding step that appends a beacon took 1.35x an ordinary one). The same
 product written ``W @ x.T`` with ``x`` in row-major order is a kernel that used both threads and took about half the
-time (30 decoder layers of SmolLM2-135M: 22.3 ms for one row, 29.9 for two with ``F.linear``; 12.8 and 12.5 this way,
+time (30 decoder layers of SmolLM2-135M: 22.4 ms for one row, 30.9 for two with ``F.linear``; 12.8 and 12.5 this way,
 ``benchmarks/few_rows_linear.py``; not yet measured on the project's usual Xeon). So ``FewRowsLinear`` computes a
 float32 product of up to ``FEW_ROWS`` rows on a CPU that way, one row given twice (a single column is the
 matrix-vector kernel again), and everything else (training, bfloat16, where ``F.linear`` is the faster, other
