@@ -15,6 +15,10 @@ gates; those gates saturated again within 40 steps, trained with the weights at 
 keeps every layer's average and is meant for a run with `--gate-weight-lr-multiplier` well under 1.
 
     .venv/bin/python docs/experiments/reset_gates.py ADAPTER --out NEW_ADAPTER [--clip 3] [--samples 2]
+
+``--bias B`` writes B as every layer's bias instead (weights still zero): an ablation of what the gates do. B = 20
+keeps every layer's first closed chunk forever (g = 1), B = -20 overwrites the global memory with each chunk's
+candidate (g = 0); the table still shows the adapter's own gates.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ def main(argv=None) -> int:
     parser.add_argument("--samples", type=int, default=2, help="prompts per task (default 2)")
     parser.add_argument("--length", type=int, default=2048, help="tokens per prompt (default 2048)")
     parser.add_argument("--seed", type=int, default=777000, help="first prompt seed (default 777000)")
+    parser.add_argument("--bias", type=float, help="write this bias in every layer instead of its mean (an ablation)")
     args = parser.parse_args(argv)
     if args.out.exists():
         parser.error(f"{args.out} exists; name a new folder")
@@ -74,7 +79,7 @@ def main(argv=None) -> int:
         memory_module.next_global_states = original
     every = torch.cat(logits, dim=1)  # (L, chunks * slots)
     mean, spread = every.mean(dim=1), every.std(dim=1)
-    bias = mean.clamp(-args.clip, args.clip)
+    bias = mean.clamp(-args.clip, args.clip) if args.bias is None else torch.full_like(mean, args.bias)
     print("layer  mean logit  std   mean g  ->  new bias  new g")
     for index, gate in enumerate(layers):
         print(f"{index:5d} {mean[index]:10.2f} {spread[index]:5.2f}  {torch.sigmoid(every[index]).mean():6.3f}"
