@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from cometlm.config import CometConfig
-from cometlm.loading import ModelOptions, cpu_flags_say_bfloat16, load_model, resolve_dtype
+from cometlm.hardware import cpu_flags, cpu_flags_say_bfloat16
+from cometlm.loading import ModelOptions, load_model, resolve_dtype
 from conftest import SMALL
 
 
@@ -40,6 +41,7 @@ OLD_X86 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw\nmodel name
 def test_native_bfloat16_is_read_from_the_flags_lines_of_cpuinfo():
     assert cpu_flags_say_bfloat16(XEON) and cpu_flags_say_bfloat16(ARM)
     assert not cpu_flags_say_bfloat16(OLD_X86) and not cpu_flags_say_bfloat16("")
+    assert "amx_bf16" in cpu_flags(XEON) and "bf16" not in cpu_flags(OLD_X86) and cpu_flags("") == frozenset()
 
 
 @pytest.mark.parametrize("native", [True, False])

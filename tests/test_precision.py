@@ -51,3 +51,26 @@ def test_training_over_a_bfloat16_backbone_keeps_every_trainable_parameter_and_g
     assert trainable and {p.dtype for p in trainable} == {torch.float32}
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in trainable)
     assert {p.dtype for p in model.backbone_model.parameters() if not p.requires_grad} == {torch.bfloat16}
+
+
+@torch.inference_mode()
+def test_bfloat16_reading_cuts_the_memory_rows_exactly_where_the_cpu_lacks_amx_and_reads_the_same(monkeypatch):
+    import cometlm.cell as cell
+
+    model = tiny_comet("llama", SMALL)
+    model.backbone_model.to(torch.bfloat16)
+    ids = random_ids(2, 40)
+    decisions, states = [], []
+    for amx in (True, False):
+        monkeypatch.setattr(cell, "cpu_has_amx", lambda amx=amx: amx)
+        policy = cell.MemoryCell.cuts_memory_rows
+        seen = []
+        monkeypatch.setattr(cell.MemoryCell, "cuts_memory_rows", staticmethod(lambda h: seen.append(policy(h)) or seen[-1]))
+        states.append(model.ingest(ids))
+        decisions.append(set(seen))
+        monkeypatch.undo()
+    assert decisions == [{False}, {True}]  # every layer of every chunk: whole rows with AMX, cut rows without
+    assert cell.MemoryCell.cuts_memory_rows(torch.zeros(1, 2, dtype=torch.float32))  # float32 always cuts
+    for x, y in zip(*(s.layers for s in states)):
+        torch.testing.assert_close(y.global_state, x.global_state, atol=0.05, rtol=0.02)
+        torch.testing.assert_close(y.temp.float(), x.temp.float(), atol=0.05, rtol=0.02)

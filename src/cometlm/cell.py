@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .backbone import Backbone, LayerInputs
 from .config import CometConfig
+from .hardware import cpu_has_amx
 from .layout import ChunkLayout
 from .memory import CometMemory, update_global_memories, update_temporary_memories
 from .state import LayerState, MemoryState
@@ -195,11 +196,14 @@ class MemoryCell:
     @staticmethod
     def cuts_memory_rows(hidden: torch.Tensor) -> bool:
         """Whether a layer runs its row-wise modules without the memory rows (``Backbone.run_layer``'s ``key_rows``):
-        in float32, and whenever gradients flow. Reading in bfloat16 or float16 it does not pay on the CPU: a matrix
-        product of 161 rows costs what one of 193 costs (reading the weights dominates), and the cuts cost more
-        than they save (2,048 tokens, one thread, CPU time: 2.41 s with the cuts, 2.36 s without; float32 4.86
-        against 5.19 s; ``docs/experiments/reading-overhead/row_skipping_dtype.py``)."""
-        return hidden.dtype == torch.float32 or torch.is_grad_enabled()
+        in float32, whenever gradients flow, and in bfloat16 or float16 unless the CPU has AMX. With AMX a matrix
+        product of 161 rows costs what one of 193 costs (reading the weights dominates) and the cuts cost more than
+        they save (a Xeon, 2,048 tokens, one thread: 2.41 s with the cuts, 2.36 s without); without AMX bfloat16
+        products are compute-bound and the cuts pay as in float32 (an AMD EPYC with AVX512-BF16: 4.51 s against
+        4.84 s; ``docs/experiments/reading-overhead/row_skipping_dtype.py``)."""
+        if hidden.dtype == torch.float32 or torch.is_grad_enabled():
+            return True
+        return hidden.device.type == "cpu" and not cpu_has_amx()  # on a GPU not measured: as before, no cuts
 
     def update_memory(self, index: int, layer: LayerState, readouts, beacons, beacon_valid, closing) -> LayerState:
         """METHOD.md section 2 for layer ``index`` after a chunk has passed it: the global memory from the layer's

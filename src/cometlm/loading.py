@@ -9,40 +9,12 @@ untrained CoMeT on that base; plus dtype, device and CPU threads.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .config import CometConfig
+from .hardware import native_bfloat16
 
 DTYPES = ("float32", "bfloat16")
 AUTO = "auto"  # bfloat16 where the device computes it natively, else float32 (``resolve_dtype``)
-# /proc/cpuinfo flags of native bfloat16 arithmetic: Intel AMX and AVX512-BF16, Arm's BF16 extension.
-BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16", "bf16"})
-
-
-def native_bfloat16(device: str = "cpu") -> bool:
-    """Whether ``device`` computes in bfloat16 natively: a CUDA GPU that supports it (not by emulation), or a CPU
-    whose flags in /proc/cpuinfo (Linux) name AMX-BF16, AVX512-BF16 or Arm's BF16. Elsewhere, or when unreadable,
-    False."""
-    import torch
-
-    kind = str(device).split(":")[0]
-    if kind == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
-    if kind != "cpu":
-        return False
-    try:
-        return cpu_flags_say_bfloat16(Path("/proc/cpuinfo").read_text())
-    except OSError:
-        return False
-
-
-def cpu_flags_say_bfloat16(cpuinfo: str) -> bool:
-    """Whether a /proc/cpuinfo text lists a native bfloat16 flag (``BF16_CPU_FLAGS``) on a flags or features line."""
-    for line in cpuinfo.splitlines():
-        name, _, value = line.partition(":")
-        if name.strip().lower() in ("flags", "features") and BF16_CPU_FLAGS & set(value.split()):
-            return True
-    return False
 
 
 def resolve_dtype(dtype: str, device: str = "cpu") -> str:
