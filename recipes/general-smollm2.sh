@@ -101,4 +101,10 @@ if [[ ! -f $OUT/general-g5/final/comet_config.json && ! -f $START_G5/comet_confi
 fi
 phase general-g5 "$START_G5" --data "${ENDED[@]}" --max-length 1024 --max-steps 300 --lr 3e-4 \
   --warmup-steps 10 --seed 105 --loss-weighting sample --gate-weight-lr-multiplier 0.01 "${PLAN[@]}"
-echo "== adapter: $OUT/general-g5/final"
+# Phase g6: skill first. g5 stopped by its rule (probes 0.23, answer loss 1.299); a diagnostic with full attention
+# (the same mixture, LoRA only, no memory) learned the passkey, the needles and agent-qa to 0.01-0.22 in 100 steps
+# but QA1 no better than CoMeT (1.10), so by the rule fixed in session 28 (docs/EXPERIMENTS.md) QA1's skill comes
+# first: g5's recipe at prompts of 192-384 tokens (user-qa's shortest question needs 186), three chunks at most.
+phase general-g6 "$OUT/general-g5/final" --data "${ENDED[@]}" --max-length 384 --max-steps 300 --lr 3e-4 \
+  --warmup-steps 10 --seed 107 --loss-weighting sample --gate-weight-lr-multiplier 0.01 "${PLAN[@]}"
+echo "== adapter: $OUT/general-g6/final"
