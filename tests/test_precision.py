@@ -65,7 +65,8 @@ def test_bfloat16_reading_cuts_the_memory_rows_exactly_where_the_cpu_lacks_amx_a
         monkeypatch.setattr(cell, "cpu_has_amx", lambda amx=amx: amx)
         policy = cell.MemoryCell.cuts_memory_rows
         seen = []
-        monkeypatch.setattr(cell.MemoryCell, "cuts_memory_rows", staticmethod(lambda h: seen.append(policy(h)) or seen[-1]))
+        recorded = staticmethod(lambda h: seen.append(policy(h)) or seen[-1])
+        monkeypatch.setattr(cell.MemoryCell, "cuts_memory_rows", recorded)
         states.append(model.ingest(ids))
         decisions.append(set(seen))
         monkeypatch.undo()
