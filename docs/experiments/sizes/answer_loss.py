@@ -5,7 +5,8 @@ The temporary memory's capacity K and the chunk size C have no parameters of the
 beacon rows; a chunk is a number of text rows), so an adapter trained at one K and C loads at another. This script
 scores the same training-distribution samples (drawn with a seed no training run used, so prompts training never
 saw) under several sizes and prints, per dataset and size, the answer's teacher-forced loss (nats per target token)
-and the share of samples whose every answer token is the argmax. Chunks are right-aligned (a short first chunk,
+and the share of samples whose every answer token is the argmax, and where the answer's value appears verbatim in
+the prompt (a key, a needle's value), both again by how many chunks back it sits. Chunks are right-aligned (a short first chunk,
 then full ones, the last ending with the answer), as the evaluations' primed layout reads a prompt.
 
     .venv/bin/python docs/experiments/sizes/answer_loss.py ADAPTER --sizes 128:16 128:64 256:16 \
@@ -44,6 +45,40 @@ def resized(adapter: Path, chunk: int, capacity: int, into: Path) -> Path:
 def right_aligned(n: int, chunk: int) -> torch.Tensor:
     sizes = ([n % chunk] if n % chunk else []) + [chunk] * (n // chunk)
     return torch.tensor([sizes])
+
+
+def chunk_of(position: int, n: int, chunk: int) -> int:
+    """The index of the right-aligned chunk (see ``right_aligned``) that holds ``position`` of ``n`` tokens."""
+    first = n % chunk
+    if not first:
+        return position // chunk
+    return 0 if position < first else 1 + (position - first) // chunk
+
+
+def fact_distance(sample, chunk: int) -> int | None:
+    """How many chunks before the answer's own the answer's value last appears in the prompt (0: the open chunk,
+    1: the chunk the temporary queue holds at the shipped sizes, 2 or more: only the global memory), or None
+    where it does not appear verbatim or is too short to place (under 3 tokens, e.g. a QA1 room named many times).
+    The answer's last token (a period or the end of sequence) is left out of the search."""
+    ids, labels = sample.input_ids, sample.labels
+    start = next(i for i, label in enumerate(labels) if label != IGNORE)
+    answer = [t for t, label in zip(ids, labels) if label != IGNORE][:-1]
+    for value in (answer, answer[1:]):  # the value with and without its leading space
+        if len(value) < 3:
+            return None
+        for at in range(start - len(value), -1, -1):
+            if ids[at:at + len(value)] == value:
+                return chunk_of(start, len(ids), chunk) - chunk_of(at + len(value) - 1, len(ids), chunk)
+    return None
+
+
+def by_distance(scored: list, distances: list) -> str:
+    """Loss and exact share per fact distance: 'open 0.12 (0.80, n=10) | queue ... | global ... | unplaced ...'."""
+    groups = {"open": [], "queue": [], "global": [], "unplaced": []}
+    for s, d in zip(scored, distances):
+        groups["unplaced" if d is None else ("open", "queue", "global")[min(d, 2)]].append(s)
+    return " | ".join(f"{name} {sum(s[0] for s in g) / len(g):.3f} ({sum(s[1] for s in g) / len(g):.2f}, n={len(g)})"
+                      for name, g in groups.items() if g)
 
 
 def score(model, sample) -> tuple[float, bool, int]:
@@ -88,11 +123,15 @@ def main(argv=None) -> int:
             for spec in args.data:
                 data = load_dataset(spec, model.tokenizer, args.max_length, seed=args.seed)
                 scored = [score(model, data[i]) for i in range(args.samples)]
+                distances = [fact_distance(data[i], c) for i in range(args.samples)]
                 row = {"chunk_size": c, "temp_capacity": k, "data": spec,
                        "loss": sum(s[0] for s in scored) / len(scored),
-                       "exact": sum(s[1] for s in scored) / len(scored), "per_sample": scored}
+                       "exact": sum(s[1] for s in scored) / len(scored), "per_sample": scored,
+                       "fact_distance": distances}
                 result["rows"].append(row)
                 print(f"C={c:4d} K={k:3d} {spec:40s} loss {row['loss']:.3f} exact {row['exact']:.2f}", flush=True)
+                if any(d is not None for d in distances):
+                    print(f"    by the fact's distance in chunks: {by_distance(scored, distances)}", flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))
