@@ -22,8 +22,7 @@ import torch
 
 from cometlm import CometForCausalLM
 from cometlm.lora import apply_lora, load_lora_state_dict, lora_config, lora_state_dict
-
-LORA_FILE = "lora.safetensors"
+from cometlm.saving import LORA_FILE
 
 
 def main(argv=None) -> int:
