@@ -72,13 +72,28 @@ def fact_distance(sample, chunk: int) -> int | None:
     return None
 
 
-def by_distance(scored: list, distances: list) -> str:
-    """Loss and exact share per fact distance: 'open 0.12 (0.80, n=10) | queue ... | global ... | unplaced ...'."""
+def distance_groups(scored: list, distances: list) -> dict[str, list]:
+    """The scored samples by the fact's distance: open (0), queue (1), global (2 or more), unplaced (None)."""
     groups = {"open": [], "queue": [], "global": [], "unplaced": []}
     for s, d in zip(scored, distances):
         groups["unplaced" if d is None else ("open", "queue", "global")[min(d, 2)]].append(s)
+    return groups
+
+
+def by_distance(scored: list, distances: list) -> str:
+    """Loss and exact share per fact distance: 'open 0.12 (0.80, n=10) | queue ... | global ... | unplaced ...'."""
     return " | ".join(f"{name} {sum(s[0] for s in g) / len(g):.3f} ({sum(s[1] for s in g) / len(g):.2f}, n={len(g)})"
-                      for name, g in groups.items() if g)
+                      for name, g in distance_groups(scored, distances).items() if g)
+
+
+def mean_by_distance(rows: list[dict]) -> dict[str, float]:
+    """Each distance's loss averaged over the datasets with a sample there (each dataset's mean counts once)."""
+    means: dict[str, list[float]] = {}
+    for row in rows:
+        for name, group in distance_groups(row["per_sample"], row["fact_distance"]).items():
+            if group and name != "unplaced":
+                means.setdefault(name, []).append(sum(s[0] for s in group) / len(group))
+    return {name: sum(v) / len(v) for name, v in means.items()}
 
 
 def score(model, sample) -> tuple[float, bool, int]:
@@ -132,6 +147,14 @@ def main(argv=None) -> int:
                 print(f"C={c:4d} K={k:3d} {spec:40s} loss {row['loss']:.3f} exact {row['exact']:.2f}", flush=True)
                 if any(d is not None for d in distances):
                     print(f"    by the fact's distance in chunks: {by_distance(scored, distances)}", flush=True)
+    for c, k in sizes:
+        placed = [row for row in result["rows"] if (row["chunk_size"], row["temp_capacity"]) == (c, k)
+                  and any(d is not None for d in row["fact_distance"])]
+        if placed:
+            means = mean_by_distance(placed)
+            result.setdefault("mean_by_distance", {})[f"{c}:{k}"] = means
+            print(f"C={c:4d} K={k:3d} mean over the {len(placed)} datasets with placed values: "
+                  + " | ".join(f"{name} {value:.3f}" for name, value in means.items()), flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))
