@@ -150,8 +150,8 @@ def test_the_general_recipe_continues_the_passkey_adapter_on_data_that_loads(tmp
                             text=True, env={**os.environ, "COMETLM": "echo", "PYTHON": "echo"})
     assert result.returncode == 0, result.stderr
     runs = [parse(shlex.split(line)) for line in result.stdout.splitlines() if line.startswith("train ")]
-    assert len(runs) == 7 and all(r.threads == 1 and r.dtype == "bfloat16" for r in runs)
-    g1, g2, g3, g4, g5, g6, g7 = runs
+    assert len(runs) == 8 and all(r.threads == 1 and r.dtype == "bfloat16" for r in runs)
+    g1, g2, g3, g4, g5, g6, g7, g8 = runs
     assert g1.comet == str(RECIPE.parents[1] / "src" / "cometlm" / "adapters" / "smollm2-135m-passkey")
     assert (g1.stop_at, g1.max_steps) == (400, 800)  # stopped at step 400 by the rule fixed before it
     assert g2.comet == str(tmp_path / "general-g1" / "final") and g2.output_dir == str(tmp_path / "general-g2")
@@ -173,7 +173,7 @@ def test_the_general_recipe_continues_the_passkey_adapter_on_data_that_loads(tmp
     # g4 continues g3 with g3's sources, every task source's answer ending in EOS, the loss weighted by sample (the
     # amendments of session 25); the earlier phases keep the token weighting they were trained with
     assert g4.comet == str(tmp_path / "general-g3" / "final") and g4.output_dir == str(tmp_path / "general-g4")
-    assert [r.loss_weighting for r in runs] == ["token", "token", "token"] + ["sample"] * 4
+    assert [r.loss_weighting for r in runs] == ["token", "token", "token"] + ["sample"] * 5
     tasks = [spec for spec in g4.data if not spec.startswith(("passkey", "lm:"))]
     assert tasks and all(",eos=1@" in spec or ":eos=1@" in spec for spec in tasks)
     assert [spec.replace(",eos=1", "").replace(":eos=1", "") for spec in g4.data] == g3.data
@@ -183,18 +183,22 @@ def test_the_general_recipe_continues_the_passkey_adapter_on_data_that_loads(tmp
                                                 str(tmp_path / "general-g5-start")]
     assert g5.comet == str(tmp_path / "general-g5-start") and g5.output_dir == str(tmp_path / "general-g5")
     assert g5.data == g4.data and g5.seed != g4.seed
-    assert [r.gate_weight_lr_multiplier for r in runs] == [1.0, 1.0, 1.0, 1.0, 0.01, 0.01, 0.1]
+    assert [r.gate_weight_lr_multiplier for r in runs] == [1.0, 1.0, 1.0, 1.0, 0.01, 0.01, 0.1, 0.1]
     # g6: g5's recipe from g5's adapter on prompts of at most 384 tokens (skill first, session 28)
     assert g6.comet == str(tmp_path / "general-g5" / "final") and g6.output_dir == str(tmp_path / "general-g6")
     assert g6.data == g5.data and g6.max_length == 384 and g5.max_length == 1024 and g6.seed not in (g5.seed, g4.seed)
     # g7: g6's sources but QA1 (its weight spread in proportion), from g6's adapter at 1,024 tokens, the gate weights
     # at 0.1 of the memory's rate (session 29)
     assert g7.comet == str(tmp_path / "general-g6" / "final") and g7.output_dir == str(tmp_path / "general-g7")
-    assert g7.max_length == 1024 and g7.seed not in [r.seed for r in runs[:-1]]
+    assert g7.max_length == 1024 and g7.seed not in [r.seed for r in runs[:-2]]
     names = lambda run: [spec.rpartition("@")[0] for spec in run.data]  # noqa: E731
     assert names(g7) == [n for n in names(g6) if not n.startswith("babilong-qa1")]
     kept = {n: float(spec.rpartition("@")[2]) for n, spec in zip(names(g6), g6.data)}
     assert all(abs(float(spec.rpartition("@")[2]) - kept[n] / 0.85) < 0.006 for n, spec in zip(names(g7), g7.data))
+    # g8: g7's recipe from g7's adapter on prompts of up to 2,048 tokens, 200 steps, a seed of its own (session 30)
+    assert g8.comet == str(tmp_path / "general-g7" / "final") and g8.output_dir == str(tmp_path / "general-g8")
+    assert g8.data == g7.data and (g8.max_length, g8.max_steps) == (2048, 200)
+    assert g8.seed not in [r.seed for r in runs[:-1]]
 
 
 def test_the_suites_comparison_runs_every_method_on_every_task_with_the_same_grid(tmp_path):

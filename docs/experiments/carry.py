@@ -37,7 +37,7 @@ CARRY = ROOT / "docs/experiments/carry"
 # the recipe's phases in order (recipes/passkey-smollm2.sh)
 # the general recipe's phases in order (recipes/general-smollm2.sh)
 GENERAL_PHASES = ("general-g1", "general-g2", "general-g3", "general-g4", "general-g5", "general-g6",
-                  "general-g7")
+                  "general-g7", "general-g8")
 SUITES = ROOT / "docs/results/suites"
 PHASES = ("passkey-v1", "passkey-v2a", "passkey-v2b", "passkey-v2d", "passkey-v2e", "passkey-v2f", "passkey-v2g")
 SMALL_FILES = ("metrics.jsonl", "metrics-sources.jsonl", "latest")
