@@ -53,11 +53,14 @@ def decoding(dtype: str, few_rows: bool, new_tokens: int, threads: int) -> dict:
     import torch
     from torch import nn
 
-    from cometlm.linear import FewRowsLinear
+    from cometlm.linear import FewRowsLinear, prepare_linears
     from cometlm.loading import ModelOptions, load_model
 
     model = load_model(ModelOptions(adapter="smollm2-135m-passkey", dtype=dtype, threads=threads))
-    if not few_rows:
+    chosen = "few-rows" if any(type(m) is FewRowsLinear for m in model.modules()) else "linear"
+    if few_rows:  # whatever the load measured here (linear.few_rows_pays)
+        prepare_linears(model.backbone_model, kernel="few-rows")
+    else:
         for module in model.modules():
             if type(module) is FewRowsLinear:
                 module.__class__ = nn.Linear
@@ -80,7 +83,7 @@ def decoding(dtype: str, few_rows: bool, new_tokens: int, threads: int) -> dict:
         kinds[kind].append((b - a) * 1000)
     every = sorted(ms for values in kinds.values() for ms in values)
     p50, p99 = statistics.median(every), every[min(len(every) - 1, int(0.99 * len(every)))]
-    return {"p50_ms": p50, "p99_ms": p99, "p99_over_p50": p99 / p50,
+    return {"p50_ms": p50, "p99_ms": p99, "p99_over_p50": p99 / p50, "load_chose": chosen,
             **{f"{kind}_median_ms": statistics.median(v) for kind, v in kinds.items() if v}}
 
 
@@ -120,7 +123,8 @@ def main(argv=None) -> int:
                 steps = ", ".join(f"{k.removesuffix('_median_ms')} {v:.1f}" for k, v in result.items()
                                   if k.endswith("_median_ms"))
                 print(f"{dtype:>8} decoding with {name:>13}: p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} "
-                      f"ms (p99/p50 {result['p99_over_p50']:.2f}); median step: {steps}", flush=True)
+                      f"ms (p99/p50 {result['p99_over_p50']:.2f}); median step: {steps}; loading chose "
+                      f"{result['load_chose']}", flush=True)
     finish_record(record, args.out)
     return 0
 

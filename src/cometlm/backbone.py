@@ -149,7 +149,8 @@ class Backbone:
             self.model.set_attn_implementation(wanted)
 
     def prepare_linears(self) -> None:
-        """The model's linear layers compute a few float32 rows on a CPU with a faster kernel (linear.py)."""
+        """The model's linear layers compute a few float32 rows on a CPU with the kernel measured faster here
+        (linear.py)."""
         prepare_linears(self.model)
 
     def attention_mask(self, mask: torch.Tensor | None, dtype, length: int, device) -> torch.Tensor | None:
