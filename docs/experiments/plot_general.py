@@ -1,0 +1,133 @@
+#!/usr/bin/env python
+"""One picture of the general adapter's training so far (issue 23): every phase's validation probes and its
+training loss per source, over the steps of all phases one after another.
+
+Top: each probe task's accuracy at 2,048 tokens (5 trials, validation split, `probe_general.sh`) and their mean, at
+every step a probe was run (`docs/results/general-probes/step-N` for g1, `gK-step-N` for the later phases). Bottom:
+the training loss per source, weighted by each step's targets and averaged over 20 steps, from each phase's
+`metrics.jsonl` (the carried copy in `docs/experiments/carry/general`, or `runs/general` where it is longer; losses per
+source were logged from g2's step 210 on). Phase boundaries are the dotted lines.
+
+    .venv/bin/python docs/experiments/plot_general.py [--out docs/results/general-probes/progress.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PROBES = ROOT / "docs/results/general-probes"
+METRICS = (ROOT / "runs/general", ROOT / "docs/experiments/carry/general")  # the first that has a phase wins
+PHASES = ("g1", "g2", "g3", "g4", "g5", "g6", "g7", "g8")
+PROBE_DIR = re.compile(r"^(?:(g\d+)-)?step-(\d+)$")  # step-N is g1's; suffixed folders are other experiments
+WINDOW = 20
+
+
+def short(source: str) -> str:
+    """A mixture source's name for the legend: the task, the haystack where it is not the default, lm's corpus."""
+    name, _, options = source.partition(":")
+    if name == "lm":
+        return f"lm/{options}"
+    for haystack in ("bible", "noise"):
+        if f"haystack={haystack}" in options:
+            return f"{name}/{haystack}"
+    return name
+
+
+def phase_metrics(phase: str) -> list[dict]:
+    """The phase's metrics rows from the longest of its copies."""
+    copies = [folder / f"general-{phase}" / "metrics.jsonl" for folder in METRICS]
+    rows = [[json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            for path in copies if path.is_file()]
+    return max(rows, key=len, default=[])
+
+
+def probe_points(offsets: dict[str, int]) -> dict[str, list[tuple[int, float]]]:
+    """Accuracy per task (and "mean") at each probed step, on the all-phases step axis."""
+    points = defaultdict(list)
+    for folder in sorted(PROBES.iterdir()):
+        match = PROBE_DIR.match(folder.name)
+        if not folder.is_dir() or not match or (match.group(1) or "g1") not in offsets:
+            continue
+        step = offsets[match.group(1) or "g1"] + int(match.group(2))
+        scores = {}
+        for result in folder.glob("*/*.json"):
+            data = json.loads(result.read_text())
+            if data.get("complete") and "mean_accuracy" in data:
+                scores[data["task"]] = data["mean_accuracy"]
+        if scores:
+            for task, accuracy in scores.items():
+                points[task].append((step, accuracy))
+            points["mean"].append((step, sum(scores.values()) / len(scores)))
+    return {task: sorted(values) for task, values in points.items()}
+
+
+def loss_curves(runs: dict[str, list[dict]], offsets: dict[str, int]) -> dict[str, list[tuple[int, float]]]:
+    """Per source, the target-weighted training loss averaged over WINDOW steps, on the all-phases step axis."""
+    curves = defaultdict(list)
+    for phase, rows in runs.items():
+        buckets = defaultdict(lambda: [0.0, 0])
+        for row in rows:
+            window = (row["step"] - 1) // WINDOW
+            for source, loss in row.get("loss_by_source", {}).items():
+                targets = row.get("targets_by_source", {}).get(source, 0)
+                bucket = buckets[(short(source), window)]
+                bucket[0] += loss * targets
+                bucket[1] += targets
+        for (name, window), (total, targets) in sorted(buckets.items()):
+            if targets:
+                curves[name].append((offsets[phase] + (window + 0.5) * WINDOW, total / targets))
+    return curves
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=PROBES / "progress.png")
+    args = parser.parse_args(argv)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = {phase: rows for phase in PHASES if (rows := phase_metrics(phase))}
+    offsets, start = {}, 0
+    for phase, rows in runs.items():
+        offsets[phase] = start
+        start += max(row["step"] for row in rows)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(13, 8.5), sharex=True, height_ratios=(1, 1.3))
+    for task, values in probe_points(offsets).items():
+        steps, accuracy = zip(*values)
+        mean = dict(color="black", linewidth=2.5, marker="o", zorder=3)
+        style = mean if task == "mean" else dict(marker=".", alpha=0.7)
+        top.plot(steps, accuracy, label=task, **style)
+    top.set_ylabel("probe accuracy at 2,048 tokens\n(validation split, 5 trials)")
+    top.set_ylim(-0.03, 1.03)
+    top.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    for name, values in sorted(loss_curves(runs, offsets).items()):
+        steps, loss = zip(*values)
+        bottom.plot(steps, loss, label=name, linestyle="--" if name.startswith("lm/") else "-")
+    bottom.set_yscale("log")
+    bottom.set_ylabel(f"training loss per source\n(nats per target token, {WINDOW}-step mean)")
+    bottom.set_xlabel("training step, all phases one after another")
+    bottom.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), title="(logged from g2 step 210 on)",
+                  title_fontsize=8)
+    for axis in (top, bottom):
+        for phase, offset in offsets.items():
+            axis.axvline(offset, color="grey", linestyle=":", linewidth=1)
+            if axis is top:
+                axis.text(offset + 5, 0.97, phase, fontsize=9, color="grey", va="top")
+    fig.suptitle("The general adapter, phase by phase (recipes/general-smollm2.sh)")
+    fig.tight_layout()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=110)
+    print(f"wrote {args.out} ({', '.join(f'{p} {len(r)} steps' for p, r in runs.items())})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
