@@ -125,7 +125,9 @@ phase general-g7 "$OUT/general-g6/final" --data "${MEMORY_TASKS[@]}" --max-lengt
 # Phase g8: the same global path on longer samples. g7's rule (its global-memory loss 0.589 at 1,024 tokens, at most
 # 0.65, with content-dependent gates) continues it at prompts of 1,024-2,048 tokens (8-16 chunks: a fact up to 15
 # chunks back, the global memory rewritten up to 14 times before the question), 200 steps (fixed in session 30,
-# docs/EXPERIMENTS.md, with the rule that decides g9).
+# docs/EXPERIMENTS.md, with the rule that decides g9). Its 8 samples a step are read as two micro-batches of 4 (the
+# same step: tests/test_trainer.py): 8 at once ran out of 24 GiB at step 15.
 phase general-g8 "$OUT/general-g7/final" --data "${MEMORY_TASKS[@]}" --max-length 2048 --max-steps 200 --lr 3e-4 \
-  --warmup-steps 10 --seed 110 --loss-weighting sample --gate-weight-lr-multiplier 0.1 "${PLAN[@]}"
+  --warmup-steps 10 --seed 110 --loss-weighting sample --gate-weight-lr-multiplier 0.1 --batch-size 4 --grad-accum 2 \
+  "${PLAN[@]}"
 echo "== adapter: $OUT/general-g8/final"

@@ -198,6 +198,7 @@ def test_the_general_recipe_continues_the_passkey_adapter_on_data_that_loads(tmp
     # g8: g7's recipe from g7's adapter on prompts of up to 2,048 tokens, 200 steps, a seed of its own (session 30)
     assert g8.comet == str(tmp_path / "general-g7" / "final") and g8.output_dir == str(tmp_path / "general-g8")
     assert g8.data == g7.data and (g8.max_length, g8.max_steps) == (2048, 200)
+    assert [r.batch_size * r.grad_accum for r in runs] == [8] * 8 and (g8.batch_size, g8.grad_accum) == (4, 2)
     assert g8.seed not in [r.seed for r in runs[:-1]]
 
 
