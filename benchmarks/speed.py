@@ -31,7 +31,6 @@ import shlex
 import statistics
 import sys
 import time
-from pathlib import Path
 
 CONFIGS = {
     "shipped": None,  # the shipped adapter's own configuration and weights
@@ -181,25 +180,14 @@ def full_attention(model, ids, lengths: list[int]) -> dict:
     return out
 
 
-def cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo where there is one (``platform.processor()`` is empty on Linux)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def new_record(threads: int) -> dict:
     """What every benchmark record starts with: the command, the date, the machine, the load average."""
-    from cometlm.hardware import cpu_has_amx
+    from cometlm.hardware import cpu_has_amx, cpu_model_name
 
+    cpu = (cpu_model_name() or platform.processor()) + (" (AMX)" if cpu_has_amx() else "")
     return {"command": shlex.join([sys.executable, *sys.argv]),
             "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "machine": f"{platform.machine()} {cpu_name()}{' (AMX)' if cpu_has_amx() else ''}, {os.cpu_count()} "
-                       f"cores, {threads} threads",
+            "machine": f"{platform.machine()} {cpu}, {os.cpu_count()} cores, {threads} threads",
             "load_average_at_start": os.getloadavg()}
 
 

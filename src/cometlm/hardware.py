@@ -35,6 +35,20 @@ def this_cpu_flags() -> frozenset[str]:
         return frozenset()
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_model_name() -> str:
+    """This machine's CPU model as /proc/cpuinfo names it ("" where it cannot be read), for benchmark records."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return ""
+    for line in lines:
+        name, _, value = line.partition(":")
+        if name.strip() == "model name":
+            return value.strip()
+    return ""
+
+
 def cpu_flags_say_bfloat16(cpuinfo: str) -> bool:
     """Whether a /proc/cpuinfo text lists a native bfloat16 flag (``BF16_CPU_FLAGS``) on a flags or features line."""
     return bool(BF16_CPU_FLAGS & cpu_flags(cpuinfo))
