@@ -265,6 +265,53 @@ def test_accumulation_equals_one_big_batch(tmp_path, base, weighting):
         torch.testing.assert_close(ta[name], tb[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("weighting", ["token", "sample"])
+def test_grouping_by_length_is_the_same_step_with_less_padding(tmp_path, base, weighting):
+    """Samples of 13-20 tokens, 4 a step in two micro-batches: sorted by length, each micro-batch pads to its own
+    longest, yet every step's loss, gradient norm and per-dataset losses are those of reading order, and so are
+    the trained tensors (no chunk augmentation, which draws per micro-batch)."""
+    from cometlm.training.data import MixtureDataset
+    from cometlm.training.loop import _micro_batches
+
+    mix = MixtureDataset([make_data(6, seed=1), make_data(6, seed=2)], [1, 1], seed=3, size=40, names=["a", "b"])
+    settings = dict(max_steps=3, batch_size=2, grad_accum=2, loss_weighting=weighting)
+    runs = {}
+    for grouped in (False, True):
+        model = comet(base)
+        result = train(model, mix, config(tmp_path, f"grouped-{grouped}", group_by_length=grouped, **settings))
+        runs[grouped] = model, read_metrics(result.metrics)
+    for plain, grouped in zip(runs[False][1], runs[True][1]):
+        assert grouped["loss"] == pytest.approx(plain["loss"], rel=1e-5)
+        assert grouped["grad_norm"] == pytest.approx(plain["grad_norm"], rel=1e-4)
+        assert grouped["targets_by_source"] == plain["targets_by_source"]
+        assert grouped["loss_by_source"] == pytest.approx(plain["loss_by_source"], rel=1e-5)
+    ta, tb = trainable(runs[False][0]), trainable(runs[True][0])
+    for name in ta:
+        torch.testing.assert_close(ta[name], tb[name], atol=1e-5, rtol=1e-4, msg=name)
+
+    padded = {}
+    for grouped in (False, True):
+        settings = TrainConfig(output_dir="unused", batch_size=2, grad_accum=2, group_by_length=grouped)
+        batches, position, read = _micro_batches(mix, 4, settings, 0)
+        assert position == 8 and sorted(read) == [4, 5, 6, 7]
+        rows = [list(b["attention_mask"].sum(dim=1)) for b in batches]
+        assert [int(n) for r in rows for n in r] == [len(mix[i].input_ids) for i in read]
+        padded[grouped] = sum(b["attention_mask"].numel() for b in batches)
+    lengths = [len(mix[i].input_ids) for i in range(4, 8)]
+    assert lengths != sorted(lengths) and len(set(lengths)) == 4  # so grouping has work to do
+    assert padded[True] < padded[False]
+
+
+def test_grouping_by_length_gives_each_data_replica_its_share_of_the_sorted_step():
+    from cometlm.training.loop import _micro_batches
+
+    data = make_data(8)  # lengths 13, 16, 19, 14, 17, 20, 15, 18
+    settings = TrainConfig(output_dir="unused", batch_size=2, grad_accum=2, group_by_length=True)
+    reads = [_micro_batches(data, 0, settings, 0, replica, 2)[2] for replica in range(2)]
+    # the step's 8 samples by length: 0 (13) 3 (14) 6 (15) 1 (16) | 4 (17) 7 (18) 2 (19) 5 (20)
+    assert reads == [[0, 3, 4, 7], [6, 1, 2, 5]]
+
+
 def test_weighting_by_sample_gives_each_sample_its_mean_loss(tmp_path, base):
     """The first step's logged loss, weighted by sample, is the mean of its two samples' own mean losses (each
     scored alone by the untrained model); weighted by token it is their targets' mean, which differs here (the

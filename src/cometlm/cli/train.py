@@ -46,6 +46,8 @@ _CONFIG_OPTIONS = {
     "loss_weighting": ("token: every target token weighs the same (a long language-modelling sample outweighs a "
                        "short answer); sample: each sample's mean loss, samples weighted equally (a mixture's "
                        "weights are the gradient's)", dict(choices=LOSS_WEIGHTINGS)),
+    "group_by_length": ("sort each step's samples by length before cutting them into --grad-accum micro-batches: "
+                        "the same step with less padding", dict(action="store_true")),
     "tensorboard": ("also log to TensorBoard in output-dir/tensorboard (if tensorboard is installed)",
                     dict(action="store_true")),
 }

@@ -38,6 +38,11 @@ class TrainConfig:
                         number of targets (a language-modelling sample scores ~1,000 tokens, a question's answer a
                         few); "sample": each sample's mean over its own targets, the samples weighted equally, so a
                         mixture's weights are what the gradient sees.
+    group_by_length     sort each step's ``batch_size * grad_accum`` samples by length before cutting them into
+                        micro-batches: the step reads the same samples with the same weights (its loss and gradient
+                        are unchanged without chunk augmentation, which draws per micro-batch), but each micro-batch
+                        pads to its own longest sample. For prompts of 1,024-2,048 tokens in two micro-batches of 4,
+                        the padded rows fall from 1.20x the real tokens to 1.11x. Changes nothing at grad_accum 1.
     """
 
     output_dir: str
@@ -66,6 +71,7 @@ class TrainConfig:
     chunk_augmentation: dict[str, float] | None = None
     tensorboard: bool = False
     loss_weighting: str = "token"
+    group_by_length: bool = False
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -103,7 +109,7 @@ class TrainConfig:
              f"lora_dropout must lie in [0, 1) (got {self.lora_dropout!r})")
         need(all(isinstance(t, str) and t for t in self.lora_targets) and (self.lora_targets or self.mode != "lora"),
              f"lora_targets must name at least one linear layer, e.g. ('q_proj', 'v_proj') (got {self.lora_targets!r})")
-        for name in ("bf16", "gradient_checkpointing", "tensorboard"):
+        for name in ("bf16", "gradient_checkpointing", "tensorboard", "group_by_length"):
             need(isinstance(getattr(self, name), bool), f"{name} must be True or False (got {getattr(self, name)!r})")
         if self.chunk_augmentation is not None:
             need(isinstance(self.chunk_augmentation, dict) and all(

@@ -1,7 +1,8 @@
 """Fine-tuning CoMeT (METHOD.md section 3): a small training loop that is deterministic and resumes exactly.
 
 Data order is a pure function of the position in the data: micro-batch ``a`` of step ``s`` reads samples
-``[(s*grad_accum + a)*batch_size, ...)`` modulo the dataset length, and chunk augmentation draws from a generator
+``[(s*grad_accum + a)*batch_size, ...)`` modulo the dataset length (with ``group_by_length``, the step's samples
+sorted by length and then cut into micro-batches), and chunk augmentation draws from a generator
 seeded by ``(seed, step, micro-batch)``. Together with the checkpointed parameters, optimizer, scheduler and RNG
 states, a run that is stopped and resumed ends with exactly the tensors of a run that never stopped.
 
@@ -132,12 +133,13 @@ def _run(model, dataset, config, optimizer, scheduler, planner, progress: Progre
             while progress.step < config.last_step:
                 step_start = time.perf_counter()
                 replica, replicas = (0, 1) if parallel is None else (parallel.replica, parallel.replicas)
-                batches, position = _micro_batches(dataset, progress.position, config, pad_id, replica, replicas)
+                batches, position, read = _micro_batches(dataset, progress.position, config, pad_id, replica,
+                                                         replicas)
                 sources = _sources(dataset, progress.position, config, replicas) if log is not None else None
                 plans = [_plan(planner, b, config.seed, progress.step, micro * replicas + replica)
                          for micro, b in enumerate(batches)]
                 loss, tokens, rows = _accumulate(model, batches, plans, config, parallel)
-                by_source = _loss_by_source(dataset, progress.position, rows) if log is not None else None
+                by_source = _loss_by_source(dataset, read, rows) if log is not None else None
                 if not math.isfinite(loss):
                     raise FloatingPointError(
                         f"the loss is {loss} at step {progress.step + 1}; lower lr, or resume from the last checkpoint"
@@ -219,19 +221,30 @@ def prepare_model(model, config: TrainConfig):
 
 
 def _micro_batches(dataset, position: int, config: TrainConfig, pad_id: int, replica: int = 0, replicas: int = 1):
-    """The ``grad_accum`` collated micro-batches of one step, and the position after them. With data parallelism
-    a micro-batch spans ``replicas * batch_size`` samples, of which data replica ``replica`` reads its slice."""
+    """The ``grad_accum`` collated micro-batches of one step, the position after them, and the dataset index of each
+    of their rows in order. With data parallelism a micro-batch spans ``replicas * batch_size`` samples, of which
+    data replica ``replica`` reads its slice.
+
+    With ``config.group_by_length`` the step's samples (every replica's) are sorted by length, stably, before they
+    are cut into micro-batches: the step reads the same samples with the same weights, but each micro-batch pads to
+    its own longest, which for mixed lengths is less padding (``TrainConfig``)."""
     from .data import collate
 
-    batches = []
-    for _ in range(config.grad_accum):
-        start = position + replica * config.batch_size
-        samples = [dataset[(start + i) % len(dataset)] for i in range(config.batch_size)]
+    step = config.grad_accum * config.batch_size * replicas
+    indices = [(position + i) % len(dataset) for i in range(step)]
+    if config.group_by_length and config.grad_accum > 1:
+        lengths = {i: len(dataset[i].input_ids) for i in set(indices)}
+        indices.sort(key=lengths.__getitem__)
+    batches, read = [], []
+    for micro in range(config.grad_accum):
+        start = (micro * replicas + replica) * config.batch_size
+        mine = indices[start:start + config.batch_size]
+        samples = [dataset[i] for i in mine]
         batch = collate(samples, pad_id)
         batch["boundaries"] = [getattr(s, "boundaries", ()) for s in samples]
         batches.append(batch)
-        position += config.batch_size * replicas
-    return batches, position
+        read += mine
+    return batches, position + step, read
 
 
 def _sources(dataset, position: int, config: TrainConfig, replicas: int = 1) -> set[str] | None:
@@ -243,14 +256,15 @@ def _sources(dataset, position: int, config: TrainConfig, replicas: int = 1) -> 
     return {dataset.source_of((position + i) % len(dataset)) for i in range(samples)}
 
 
-def _loss_by_source(dataset, position: int, rows: list[tuple[float, int]] | None) -> dict | None:
-    """{dataset name: [summed loss, targets]} of one step's samples (``rows``: each sample's, in reading order from
-    ``position``), for a mixture read by one process; None otherwise (a parallel job logs only which datasets)."""
+def _loss_by_source(dataset, indices: list[int], rows: list[tuple[float, int]] | None) -> dict | None:
+    """{dataset name: [summed loss, targets]} of one step's samples (``rows``: each sample's, for the dataset indices
+    ``indices`` in the same order), for a mixture read by one process; None otherwise (a parallel job logs only which
+    datasets)."""
     if rows is None or not callable(getattr(dataset, "source_of", None)):
         return None
     totals: dict[str, list] = {}
-    for i, (nats, targets) in enumerate(rows):
-        total = totals.setdefault(dataset.source_of((position + i) % len(dataset)), [0.0, 0])
+    for index, (nats, targets) in zip(indices, rows, strict=True):
+        total = totals.setdefault(dataset.source_of(index), [0.0, 0])
         total[0], total[1] = total[0] + nats, total[1] + targets
     return totals
 
