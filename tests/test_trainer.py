@@ -407,8 +407,11 @@ def test_outputs_metrics_plot_and_a_reloadable_adapter(tmp_path, base):
     model = comet(base)
     result = train(model, make_data(), config(tmp_path, "run", log_every=2))
     assert [r["step"] for r in read_metrics(result.metrics)] == [2, 4, 5]  # every log_every steps, and the last
-    fields = {"step", "loss", "lr", "grad_norm", "tokens_per_s", "tokens", "elapsed"}
-    assert set(read_metrics(result.metrics)[0]) == fields
+    fields = {"step", "loss", "lr", "grad_norm", "tokens_per_s", "tokens", "elapsed", "peak_rss_mib"}
+    records = read_metrics(result.metrics)
+    assert set(records[0]) == fields
+    peaks = [r["peak_rss_mib"] for r in records]  # the process's peak so far: a model is loaded, and it never falls
+    assert peaks[0] > 50 and peaks == sorted(peaks)
     assert result.loss_plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = make_data()
     assert result.steps == 5 and result.tokens == sum(len(data[i % len(data)].input_ids) for i in range(5 * 2))

@@ -9,13 +9,16 @@ from pathlib import Path
 
 from cometlm.files import atomic_path, write_text
 from cometlm.progress import progress_bar
+from cometlm.runtime import peak_rss_mib
 
 from .config import METRICS_FILE, TrainConfig
 
 
 class TrainingLog:
     """A tqdm bar (loss, tokens/s, ETA) every step; every ``log_every`` steps and at the last step a line in
-    ``metrics.jsonl`` (and TensorBoard when asked and installed)."""
+    ``metrics.jsonl`` (and TensorBoard when asked and installed): the mean loss, learning rate, gradient norm and
+    tokens/s of those steps, the run's tokens and seconds so far, the process's peak resident memory so far, and
+    for a mixture each dataset's loss."""
 
     def __init__(self, config: TrainConfig, start_step: int):
         self.config = config
@@ -44,6 +47,7 @@ class TrainingLog:
             "tokens_per_s": sum(counts) / max(sum(times), 1e-9),
             "tokens": progress.tokens,
             "elapsed": round(progress.elapsed, 3),
+            "peak_rss_mib": round(peak_rss_mib()),  # this process's so far: whether a longer run will fit
         }
         if sources[0] is not None:  # a mixture: which of its datasets the logged steps' samples came from
             record["sources"] = sorted(set().union(*sources))
