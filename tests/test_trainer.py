@@ -140,8 +140,10 @@ def test_resume_equals_a_run_that_never_stopped(tmp_path, base, stop, monkeypatc
 
 
 def test_a_run_stopped_early_continues_the_same_schedule(tmp_path, base):
-    """stop_at ends a run mid-schedule with its model exported; continuing it to max_steps equals never stopping."""
-    data, extra = make_data(), dict(save_every=2, chunk_augmentation=AUGMENT)
+    """stop_at ends a run mid-schedule with its model exported; continuing it to max_steps equals never stopping
+    (two samples a micro-batch, their chunk plans aligned and grouped by length)."""
+    augment = {**AUGMENT, "aligned": 1}
+    data, extra = make_data(), dict(save_every=2, chunk_augmentation=augment, batch_size=2, group_by_length=True)
     straight = comet(base)
     train(straight, data, config(tmp_path, "straight", **extra))
     stopped = comet(base)

@@ -41,7 +41,8 @@ _CONFIG_OPTIONS = {
     "save_every": ("write a checkpoint every this many steps", dict(type=int)),
     "keep_checkpoints": ("how many checkpoints to keep", dict(type=int)),
     "chunk_augmentation": ("vary chunk sizes: ChunkPlanner options as NAME=VALUE, e.g. p_fixed=0.6 p_random=0.2 "
-                           "p_boundary=0.2 (weights of fixed, right_aligned, uniform, random, boundary; min_chunk)",
+                           "p_boundary=0.2 (weights of fixed, right_aligned, uniform, random, boundary; min_chunk; "
+                           "aligned=1: one draw per micro-batch, so its samples' chunks line up and pad less)",
                            dict(nargs="+", metavar="NAME=VALUE")),
     "loss_weighting": ("token: every target token weighs the same (a long language-modelling sample outweighs a "
                        "short answer); sample: each sample's mean loss, samples weighted equally (a mixture's "

@@ -13,6 +13,14 @@ Modes, for a sequence of n tokens:
 - random: sizes drawn uniformly from [min_chunk, C]; the last chunk is whatever remains;
 - boundary: greedy, each chunk ends at the last sentence/turn boundary that leaves it between min_chunk and C
   tokens, or is a full C chunk when no boundary does.
+
+A batch reads chunk t of every stream together, as wide as the widest of them, for as many chunk steps as its
+stream with the most chunks. Independent plans rarely line up (a stream cut at random into chunks of 32-128 tokens
+keeps three streams cut into full chunks waiting), so `aligned` draws once per batch: one mode for every stream, and
+in random mode one sequence of sizes that each stream follows up to its own length. Each stream's plan has exactly
+the distribution it has alone; only the streams of a batch are no longer independent. On the general adapter's
+phase g8 (8 samples of 1,024-2,048 tokens a step as two batches of 4) independent plans ran 1.42 text rows per real
+token, aligned ones 1.20 (1.11 with `group_by_length`): the same steps' forward and backward 1.13x faster.
 """
 
 from __future__ import annotations
@@ -30,7 +38,8 @@ MODES = ("fixed", "right_aligned", "uniform", "random", "boundary")
 
 @dataclass(frozen=True)
 class ChunkPlanner:
-    """Draws one chunk mode per sequence with the given probabilities, then plans its chunks.
+    """Draws one chunk mode per sequence with the given probabilities, then plans its chunks; with `aligned`, one
+    mode (and in random mode one sequence of sizes) per batch (`plan_batch`).
 
     The `p_*` are relative weights: they are normalised to sum to 1, so only their ratios matter.
     """
@@ -42,8 +51,12 @@ class ChunkPlanner:
     p_random: float = 0.1
     p_boundary: float = 0.1
     min_chunk: int = 1
+    aligned: bool = False
 
     def __post_init__(self):
+        if self.aligned not in (0, 1):  # True/False, or 0/1 from `--chunk-augmentation aligned=1`
+            raise ValueError(f"aligned must be 0 or 1 (got {self.aligned!r})")
+        object.__setattr__(self, "aligned", bool(self.aligned))
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1 (got {self.chunk_size})")
         if not 1 <= self.min_chunk <= self.chunk_size:
@@ -92,17 +105,40 @@ class ChunkPlanner:
         self, lengths: Sequence[int] | torch.Tensor, rng: random.Random, boundaries: Sequence[Sequence[int]] | None = None
     ) -> torch.LongTensor:
         """(B, T) chunk plans for a right-padded batch, zero-padded after each stream's last chunk: pass
-        `attention_mask.sum(1)` as `lengths` and the result as `forward(chunk_sizes=...)`."""
+        `attention_mask.sum(1)` as `lengths` and the result as `forward(chunk_sizes=...)`. One draw per stream, or
+        with `aligned` one per batch (a batch of one stream gets the same plan either way)."""
         lengths = [int(n) for n in lengths]
         if boundaries is None:
             boundaries = [()] * len(lengths)
         if len(boundaries) != len(lengths):
             raise ValueError(f"need one boundary list per sequence (got {len(boundaries)} for {len(lengths)} sequences)")
-        plans = [self.plan(n, rng, b) for n, b in zip(lengths, boundaries)]
+        if self.aligned:
+            plans = self._aligned(lengths, rng, boundaries)
+        else:
+            plans = [self.plan(n, rng, b) for n, b in zip(lengths, boundaries)]
         out = torch.zeros((len(plans), max(map(len, plans), default=0)), dtype=torch.long)
         for row, plan in enumerate(plans):
             out[row, : len(plan)] = torch.tensor(plan, dtype=torch.long)
         return out
+
+    def _aligned(self, lengths: list[int], rng: random.Random, boundaries: Sequence[Sequence[int]]) -> list[list[int]]:
+        """One mode for the batch; in random mode one sequence of sizes, each stream's plan its prefix up to the
+        stream's length (the last chunk cut to what remains). The other modes depend only on a stream's own length
+        (and boundaries), so they line up as far as the lengths let them."""
+        mode = rng.choices(MODES, weights=self._weights())[0]
+        if mode != "random":
+            return [self.plan_mode(mode, n, rng, b) for n, b in zip(lengths, boundaries)]
+        sizes = self._random(max(lengths, default=0), rng)
+        plans = []
+        for n in lengths:
+            plan, total = [], 0
+            for size in sizes:
+                if total >= n:
+                    break
+                plan.append(min(size, n - total))
+                total += plan[-1]
+            plans.append(plan)
+        return plans
 
     def _weights(self) -> list[float]:
         return [self.p_fixed, self.p_right_aligned, self.p_uniform, self.p_random, self.p_boundary]

@@ -31,8 +31,10 @@ class TrainConfig:
                         recipe that was stopped early replays exactly); None trains to ``max_steps``.
     max_grad_norm       clip the global gradient norm; None disables clipping (the norm is still logged).
     bf16                run forward passes under ``torch.autocast(dtype=torch.bfloat16)`` (CPU and GPU).
-    chunk_augmentation  keyword arguments of ``ChunkPlanner`` (relative weights of its chunk modes and
-                        ``min_chunk``, e.g. ``{"p_fixed": 0.6, "p_random": 0.4}``), or None for fixed chunks of C.
+    chunk_augmentation  keyword arguments of ``ChunkPlanner`` (relative weights of its chunk modes, ``min_chunk`` and
+                        ``aligned``, e.g. ``{"p_fixed": 0.6, "p_random": 0.4, "aligned": 1}``), or None for fixed
+                        chunks of C. ``aligned`` draws one plan per micro-batch, so its samples' chunks line up
+                        (less padding; ``training.chunking``).
     keep_checkpoints    how many ``checkpoint-<step>`` folders to keep in ``output_dir``.
     loss_weighting      "token": the step's loss is the mean over all its target tokens, so a sample weighs by its
                         number of targets (a language-modelling sample scores ~1,000 tokens, a question's answer a
@@ -115,7 +117,7 @@ class TrainConfig:
             need(isinstance(self.chunk_augmentation, dict) and all(
                 isinstance(k, str) and _is_number(v) and v >= 0 for k, v in self.chunk_augmentation.items()),
                 "chunk_augmentation must map ChunkPlanner options (p_fixed, p_right_aligned, p_uniform, p_random, "
-                f"p_boundary, min_chunk) to numbers >= 0, or be None (got {self.chunk_augmentation!r})")
+                f"p_boundary, min_chunk, aligned) to numbers >= 0, or be None (got {self.chunk_augmentation!r})")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
