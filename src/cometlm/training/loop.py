@@ -232,14 +232,15 @@ def _micro_batches(dataset, position: int, config: TrainConfig, pad_id: int, rep
 
     step = config.grad_accum * config.batch_size * replicas
     indices = [(position + i) % len(dataset) for i in range(step)]
+    loaded = {}  # grouping reads every sample of the step once, to sort them
     if config.group_by_length and config.grad_accum > 1:
-        lengths = {i: len(dataset[i].input_ids) for i in set(indices)}
-        indices.sort(key=lengths.__getitem__)
+        loaded = {i: dataset[i] for i in set(indices)}
+        indices.sort(key=lambda i: len(loaded[i].input_ids))
     batches, read = [], []
     for micro in range(config.grad_accum):
         start = (micro * replicas + replica) * config.batch_size
         mine = indices[start:start + config.batch_size]
-        samples = [dataset[i] for i in mine]
+        samples = [loaded[i] if i in loaded else dataset[i] for i in mine]
         batch = collate(samples, pad_id)
         batch["boundaries"] = [getattr(s, "boundaries", ()) for s in samples]
         batches.append(batch)
