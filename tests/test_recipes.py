@@ -1,9 +1,11 @@
 """The training recipe script: every phase of every variant is a valid `cometlm train` command, chained."""
 
 import argparse
+import json
 import os
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -143,13 +145,30 @@ GENERAL = RECIPE.with_name("general-smollm2.sh")
 SUITES_COMPARE = RECIPE.with_name("suites-compare-smollm2.sh")
 
 
+def general_recipe(out: Path, verdict: str | None = None):
+    """The general recipe's commands with every program echoed; ``verdict`` pre-written as g8's rule's."""
+    rules = out / "rules"
+    if verdict is not None:
+        (rules / "g8-step-200").mkdir(parents=True)
+        (rules / "g8-step-200" / "verdict").write_text(verdict + "\n")
+    return subprocess.run(["bash", str(GENERAL), str(out), "--", "--threads", "1"], capture_output=True, text=True,
+                          env={**os.environ, "COMETLM": "echo", "PYTHON": "echo", "RULE": "echo", "RULES": str(rules)})
+
+
+def train_runs(result):
+    return [parse(shlex.split(line)) for line in result.stdout.splitlines() if line.startswith("train ")]
+
+
 def test_the_general_recipe_continues_the_passkey_adapter_on_data_that_loads(tmp_path, tokenizer):
     from cometlm.training.specs import load_mixture
 
-    result = subprocess.run(["bash", str(GENERAL), str(tmp_path), "--", "--threads", "1"], capture_output=True,
-                            text=True, env={**os.environ, "COMETLM": "echo", "PYTHON": "echo"})
-    assert result.returncode == 0, result.stderr
-    runs = [parse(shlex.split(line)) for line in result.stdout.splitlines() if line.startswith("train ")]
+    # Without a verdict on g8 the recipe measures g8's rule and stops there (the echoed measurement writes none).
+    result = general_recipe(tmp_path)
+    assert result.returncode == 3 and "g8's rule has no verdict" in result.stderr
+    rules = tmp_path / "rules"
+    assert f"{tmp_path}/general-g8/final {rules}/g8-step-200 2048 1024" in result.stdout.splitlines()
+    assert f"{rules}/g8-step-200 --global-at 2048=0.525 1024=0.65" in result.stderr
+    runs = train_runs(result)
     assert len(runs) == 8 and all(r.threads == 1 and r.dtype == "bfloat16" for r in runs)
     g1, g2, g3, g4, g5, g6, g7, g8 = runs
     assert g1.comet == str(RECIPE.parents[1] / "src" / "cometlm" / "adapters" / "smollm2-135m-passkey")
@@ -202,6 +221,57 @@ def test_the_general_recipe_continues_the_passkey_adapter_on_data_that_loads(tmp
     assert g8.seed not in [r.seed for r in runs[:-1]]
 
 
+def source(spec: str) -> tuple[str, tuple[str, ...]]:
+    """A --data spec's name and options without its weight and its depth."""
+    name, _, options = spec.rpartition("@")[0].partition(":")
+    return name, tuple(o for o in options.split(",") if o and not o.startswith("depth="))
+
+
+def weight(spec: str) -> float:
+    return float(spec.rpartition("@")[2])
+
+
+def test_the_general_recipe_follows_g8s_rule(tmp_path, tokenizer):
+    """The branch fixed in session 31 before g8's result: pass -> g9 at 4,096 tokens, fail -> g9m, the memory-focused
+    curriculum at 2,048; both with aligned chunk plans and length grouping, each followed by its rule's measurement."""
+    from cometlm.training.specs import load_mixture
+
+    g8 = train_runs(general_recipe(tmp_path / "none"))[-1]
+    for verdict, name in (("pass", "general-g9"), ("fail", "general-g9m")):
+        out = tmp_path / verdict
+        result = general_recipe(out, verdict)
+        assert result.returncode == 0, result.stderr
+        runs = train_runs(result)
+        assert len(runs) == 9
+        run = runs[-1]
+        assert run.comet == str(out / "general-g8" / "final") and run.output_dir == str(out / name)
+        assert run.seed not in [r.seed for r in runs[:-1]] and run.group_by_length
+        assert run.chunk_augmentation == [*g8.chunk_augmentation, "aligned=1"]
+        assert (run.batch_size * run.grad_accum, run.loss_weighting, run.gate_weight_lr_multiplier) == (8, "sample", 0.1)
+        assert abs(sum(map(weight, run.data)) - 1) < 1e-9
+        assert not any("split=" in spec for spec in run.data)
+        mixture = load_mixture(run.data, tokenizer, run.max_length, seed=0)
+        assert all(len(mixture[i].input_ids) <= run.max_length for i in range(8))
+        measured = [line for line in result.stdout.splitlines() if line.startswith(str(out / "general-g"))]
+        if verdict == "pass":
+            assert run.data == g8.data and (run.max_length, run.max_steps) == (4096, 100)
+            assert (run.batch_size, run.grad_accum) == (2, 4)
+            # g8 at 4,096 first (the rule of g9 compares with it), then g9's own at 4,096 and 2,048
+            assert measured == [f"{out}/general-g8/final {out}/rules/g8-step-200 4096",
+                                f"{out}/general-g9/final {out}/rules/g9-step-100 4096 2048"]
+        else:
+            assert (run.max_length, run.max_steps, run.batch_size, run.grad_accum) == (2048, 200, 4, 2)
+            tasks = [spec for spec in run.data if not spec.startswith("lm:")]
+            assert all(spec.startswith(("passkey:", "ruler-niah-single:")) and "depth=0-75" in spec for spec in tasks)
+            assert [spec for spec in run.data if spec.startswith("lm:")] == ["lm:bible@0.035", "lm:essays@0.035"]
+            # the memory sources with g8's options but the depth, their g8 weights' proportions scaled to 0.93
+            kept = {source(spec): weight(spec) for spec in g8.data if spec.startswith(("passkey", "ruler-niah-single"))}
+            scaled = {source(spec): weight(spec) for spec in tasks}
+            assert scaled.keys() == kept.keys()
+            assert all(abs(scaled[k] - kept[k] * 0.93 / sum(kept.values())) < 0.001 for k in kept)
+            assert measured == [f"{out}/general-g9m/final {out}/rules/g9m-step-200 2048 1024"]
+
+
 def test_the_suites_comparison_runs_every_method_on_every_task_with_the_same_grid(tmp_path):
     from cometlm.cli.eval import register as register_eval
 
@@ -234,3 +304,31 @@ def test_the_suites_comparison_runs_every_method_on_every_task_with_the_same_gri
     result = subprocess.run(["bash", str(SUITES_COMPARE), str(tmp_path), "--only", "rag"], capture_output=True,
                             text=True, env={**os.environ, "COMETLM": "echo"})
     assert result.returncode == 2 and "--only takes one of" in result.stderr
+
+
+def test_the_rule_verdict_reads_the_global_column_at_each_length(tmp_path):
+    verdict = RECIPE.parents[1] / "docs" / "experiments" / "rule_verdict.py"
+
+    def run(*limits):
+        return subprocess.run([sys.executable, str(verdict), str(tmp_path), "--global-at", *limits],
+                              capture_output=True, text=True)
+
+    def measured(length, global_loss):
+        means = {"open": 0.1, "queue": 0.4, "global": global_loss}
+        (tmp_path / f"distance-{length}.json").write_text(json.dumps({"mean_by_distance": {"128:16": means}}))
+
+    measured(2048, 0.50)
+    result = run("2048=0.525", "1024=0.65")  # 1,024 not measured: no verdict, nothing written
+    assert result.returncode == 2 and "distance-1024.json does not exist" in result.stderr
+    assert not (tmp_path / "verdict").exists()
+    measured(1024, 0.66)
+    assert run("2048=0.525", "1024=0.65").stdout.splitlines()[-1] == "fail"
+    assert (tmp_path / "verdict").read_text() == "fail\n"
+    measured(1024, 0.65)  # at the threshold passes
+    assert run("2048=0.525", "1024=0.65").stdout.splitlines()[-1] == "pass"
+    assert (tmp_path / "verdict").read_text() == "pass\n"
+    assert run("2048=0.49").stdout.splitlines()[-1] == "fail"
+    (tmp_path / "distance-4096.json").write_text("{}")
+    result = run("4096=1")
+    assert result.returncode == 2 and "no global mean" in result.stderr
+    assert (tmp_path / "verdict").read_text() == "fail\n"  # the last verdict stays; the recipe reads it only once

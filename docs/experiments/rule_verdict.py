@@ -1,0 +1,74 @@
+#!/usr/bin/env python
+"""A phase's rule, read from its measurements: does the answer's loss with the fact two or more chunks back (the
+global memory's column of ``sizes/answer_loss.py``'s distance diagnostic) meet the thresholds fixed before the phase
+ran (docs/EXPERIMENTS.md)?
+
+    .venv/bin/python docs/experiments/rule_verdict.py DIR --global-at 2048=0.525 1024=0.65 [--sizes 128:16]
+
+reads ``DIR/distance-LENGTH.json`` for each LENGTH (written by ``phase_rule.sh``), prints each length's mean over the
+datasets next to its threshold, and writes ``DIR/verdict``: ``pass`` when every length's mean is at most its
+threshold, ``fail`` otherwise. A missing or unreadable measurement writes nothing and exits with status 2, so a
+recipe that reads the verdict stops instead of guessing. ``--column`` picks another distance (open, queue, global).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+COLUMNS = ("open", "queue", "global")
+
+
+def threshold(text: str) -> tuple[int, float]:
+    length, sep, value = text.partition("=")
+    try:
+        if not sep or int(length) <= 0 or float(value) < 0:
+            raise ValueError
+        return int(length), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LENGTH=MAX_LOSS such as 2048=0.525 (got {text!r})") from None
+
+
+def column_mean(path: Path, sizes: str, column: str) -> float:
+    """The mean over datasets of ``column``'s loss at ``sizes`` (C:K) in one distance diagnostic's JSON."""
+    try:
+        means = json.loads(path.read_text())["mean_by_distance"][sizes]
+        return float(means[column])
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist: run phase_rule.sh first") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{path} has no {column} mean at sizes {sizes} ({type(error).__name__}: {error})") from None
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("dir", type=Path, help="the folder phase_rule.sh wrote (distance-LENGTH.json)")
+    parser.add_argument("--global-at", dest="limits", type=threshold, nargs="+", required=True,
+                        metavar="LENGTH=MAX_LOSS", help="the rule's threshold at each length")
+    parser.add_argument("--sizes", default="128:16", help="chunk size and temporary rows, as the diagnostic keys them")
+    parser.add_argument("--column", choices=COLUMNS, default="global", help="which distance the rule reads")
+    args = parser.parse_args(argv)
+    if len({length for length, _ in args.limits}) != len(args.limits):
+        parser.error("give each length once")
+    try:
+        means = [(length, limit, column_mean(args.dir / f"distance-{length}.json", args.sizes, args.column))
+                 for length, limit in args.limits]
+    except ValueError as error:
+        print(f"rule_verdict: {error}", file=sys.stderr)
+        return 2
+    for length, limit, mean in means:
+        print(f"{args.column} loss at {length:>6,} tokens: {mean:.3f} (at most {limit:.3f}: "
+              f"{'met' if mean <= limit else 'missed'})")
+    verdict = "pass" if all(mean <= limit for _, limit, mean in means) else "fail"
+    print(verdict)
+    partial = args.dir / "verdict.partial"
+    partial.write_text(verdict + "\n")
+    os.replace(partial, args.dir / "verdict")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
