@@ -56,6 +56,30 @@ def test_rows_that_are_only_keys_skip_the_row_wise_modules_without_changing_the_
             torch.testing.assert_close(skipping[:, used], every_row[:, used])
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+@torch.no_grad()
+def test_the_rows_a_cut_module_runs_on_are_laid_out_as_a_tensor_of_their_own(batch):
+    """A row-wise module gets its rows with the strides of a fresh tensor, whether the cut block comes first (a slice
+    of its input) or after a sink row (a concatenation): PyTorch's bfloat16 CPU products are about 3x slower on a
+    slice that keeps its parent's strides (docs/EXPERIMENTS.md, session 32)."""
+    backbone = tiny_comet("llama").backbone
+    hidden = torch.randn(batch, 12, backbone.hidden_size)
+    inputs = backbone.layer_inputs(hidden, torch.arange(12)[None].expand(batch, -1), None)
+    seen = []
+    # a forward hook sees the input the module ran on, after the cut's own pre-hook
+    handles = [m.register_forward_hook(lambda _, args, out: seen.append(args[0])) for m in backbone.row_modules(0)]
+    try:
+        for keys in (slice(0, 5), slice(1, 6)):
+            backbone.run_layer(0, hidden, inputs, key_rows=keys)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(seen) == 6
+    for x in seen:
+        assert x.shape[:2] == (batch, 7)
+        assert x.stride() == torch.empty(x.shape).stride() and x.storage_offset() in (0, 5 * x.shape[-1])
+
+
 @torch.no_grad()
 def test_a_window_shorter_than_the_chunk_sequence_hides_keys_beyond_it():
     """Layer 0 of the tiny Gemma 2 slides (window 6), layer 1 does not: the masks say so, by position."""

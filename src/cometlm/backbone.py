@@ -29,7 +29,14 @@ def _skipping_rows(modules: list[nn.Module], skip: slice):
 
     def before(_, args):
         x = args[0]
-        kept = x[:, skip.stop :] if skip.start == 0 else torch.cat([x[:, : skip.start], x[:, skip.stop :]], dim=1)
+        if skip.start == 0:
+            # The rows after the block, laid out as a tensor of their own (a copy only when the batch has more than
+            # one stream): a view keeps its parent's batch stride, on which PyTorch's bfloat16 CPU products run
+            # about 3x slower (a batch of one as well; docs/EXPERIMENTS.md, session 32).
+            kept = x[:, skip.stop :]
+            kept = kept.reshape(-1, x.shape[-1]).view(kept.shape)
+        else:
+            kept = torch.cat([x[:, : skip.start], x[:, skip.stop :]], dim=1)
         return (kept, *args[1:])
 
     def after(_, args, output):
