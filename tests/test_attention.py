@@ -55,6 +55,33 @@ def test_padding_the_rows_changes_bfloat16_attention_only_by_rounding(monkeypatc
     torch.testing.assert_close(padded.float(), plain.float(), atol=2e-2, rtol=0)
 
 
+@pytest.mark.parametrize("masked", [True, False])
+def test_with_gradients_low_precision_attention_runs_in_float32(masked):
+    """Training: bfloat16 attention on a CPU is computed in float32 and rounded once (PyTorch's bfloat16 flash
+    backward is the slower one); its outputs and input gradients are float32 attention's, rounded to bfloat16. Without
+    gradients it stays in bfloat16, padded (the faster forward)."""
+    generator = torch.Generator().manual_seed(7)
+    query = torch.randn(2, 9, 37, 16, generator=generator).bfloat16()
+    key, value = (torch.randn(2, 3, 37, 16, generator=generator).bfloat16() for _ in range(2))
+    mask = torch.rand(2, 1, 37, 37, generator=generator) > 0.5 if masked else None
+    if mask is not None:
+        mask[..., 0] = True
+    grad = torch.randn(2, 37, 9, 16, generator=generator).bfloat16()
+    low = [t.clone().requires_grad_() for t in (query, key, value)]
+    ours, _ = cpu_gqa_sdpa(Grouped(), *low, mask, scaling=0.25)
+    ours.backward(grad)
+    high = [t.float().requires_grad_() for t in (query, key, value)]
+    want = torch.nn.functional.scaled_dot_product_attention(*high, attn_mask=mask, scale=0.25, is_causal=mask is None,
+                                                            enable_gqa=True).transpose(1, 2)
+    want.backward(grad.float())
+    assert ours.dtype == torch.bfloat16 and torch.equal(ours, want.bfloat16())
+    for mine, theirs in zip(low, high):
+        assert mine.grad.dtype == torch.bfloat16 and torch.equal(mine.grad, theirs.grad.bfloat16())
+    with torch.no_grad():
+        reading, _ = cpu_gqa_sdpa(Grouped(), query, key, value, mask, scaling=0.25)
+    assert not torch.equal(reading, ours)  # 37 rows: bfloat16, padded to 48
+
+
 def test_unmasked_queries_over_a_longer_cache_are_left_to_transformers():
     """sdpa's causal flag aligns to the upper left: without a mask and with more keys than queries, transformers
     crops the keys (its static-cache prefill); the kernel hands that case over instead of computing it wrong."""
