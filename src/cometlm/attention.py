@@ -9,9 +9,9 @@ appends a beacon. PyTorch's CPU kernels take ``enable_gqa=True`` with a mask and
 handle, it is transformers' own sdpa (where a masked ``enable_gqa`` would fall back to the slow math kernel on
 CUDA). In bfloat16 and float16 it also pads self-attention to a multiple of ``PAD_ROWS`` rows, where PyTorch's CPU
 flash-attention kernel is fast (``_padded``); that changes the output only by rounding. When gradients flow
-(training), bfloat16 and float16 attention on a CPU runs in float32 instead: PyTorch's CPU flash-attention backward is
-about twice as slow in bfloat16 as in float32, so the forward and backward together take 0.55-0.85x the time,
-casts included, and are more exact (``_in_float32``). Registered with transformers' ``AttentionInterface`` and
+(training), the attentions this kernel computes itself (grouped keys on a CPU) run in float32 instead of bfloat16
+or float16: PyTorch's CPU flash-attention backward is about twice as slow in bfloat16 as in float32, so forward and
+backward together take 0.53-0.91x the time, casts included, and are more exact (``_in_float32``). Registered with transformers' ``AttentionInterface`` and
 ``AttentionMaskInterface`` (the same masks as sdpa), as transformers documents for custom kernels.
 """
 
