@@ -14,13 +14,14 @@ Modes, for a sequence of n tokens:
 - boundary: greedy, each chunk ends at the last sentence/turn boundary that leaves it between min_chunk and C
   tokens, or is a full C chunk when no boundary does.
 
-A batch reads chunk t of every stream together, as wide as the widest of them, for as many chunk steps as its
-stream with the most chunks. Independent plans rarely line up (a stream cut at random into chunks of 32-128 tokens
-keeps three streams cut into full chunks waiting), so `aligned` draws once per batch: one mode for every stream, and
-in random mode one sequence of sizes that each stream follows up to its own length. Each stream's plan has exactly
-the distribution it has alone; only the streams of a batch are no longer independent. On the general adapter's
-phase g8 (8 samples of 1,024-2,048 tokens a step as two batches of 4) independent plans ran 1.42 text rows per real
-token, aligned ones 1.20 (1.11 with `group_by_length`): the same steps' forward and backward 1.13x faster.
+A batch reads chunk t of every stream that still has text together, as wide as the widest of them, for as many
+chunk steps as its stream with the most chunks. Independent plans rarely line up (a stream cut at random into chunks
+of 32-128 tokens beside three cut into full chunks runs more, narrower steps), so `aligned` draws once per batch: one
+mode for every stream, and in random mode one sequence of sizes that each stream follows up to its own length. Each
+stream's plan has exactly the distribution it has alone; only the streams of a batch are no longer independent. On
+the general adapter's phase g8 (8 samples of 1,024-2,048 tokens a step as two batches of 4, steps 60-89) independent
+plans ran 1.13 text rows per real token, aligned ones 1.03 (1.02 with `group_by_length`), and the same steps'
+forward and backward 1.13x faster (docs/EXPERIMENTS.md, sessions 31-32).
 """
 
 from __future__ import annotations
