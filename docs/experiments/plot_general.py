@@ -9,6 +9,7 @@ the training loss per source, weighted by each step's targets and averaged over 
 source were logged from g2's step 210 on). Phase boundaries are the dotted lines.
 
     .venv/bin/python docs/experiments/plot_general.py [--out docs/results/general-probes/progress.png]
+    .venv/bin/python docs/experiments/plot_general.py --table g8 [--window 30]   # one phase's losses as a table
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PROBES = ROOT / "docs/results/general-probes"
 METRICS = (ROOT / "runs/general", ROOT / "docs/experiments/carry/general")  # the first that has a phase wins
-PHASES = ("g1", "g2", "g3", "g4", "g5", "g6", "g7", "g8")
-PROBE_DIR = re.compile(r"^(?:(g\d+)-)?step-(\d+)$")  # step-N is g1's; suffixed folders are other experiments
+PHASES = ("g1", "g2", "g3", "g4", "g5", "g6", "g7", "g8", "g9", "g9m")  # g8's rule runs g9 or g9m
+PROBE_DIR = re.compile(r"^(?:(g\d+m?)-)?step-(\d+)$")  # step-N is g1's; suffixed folders are other experiments
 WINDOW = 20
 
 
@@ -66,28 +67,58 @@ def probe_points(offsets: dict[str, int]) -> dict[str, list[tuple[int, float]]]:
     return {task: sorted(values) for task, values in points.items()}
 
 
+def windowed_losses(rows: list[dict], window: int) -> dict[tuple[str, int], float]:
+    """{(source, window index): target-weighted training loss} of one phase's metrics rows, in windows of steps."""
+    buckets = defaultdict(lambda: [0.0, 0])
+    for row in rows:
+        for source, loss in row.get("loss_by_source", {}).items():
+            targets = row.get("targets_by_source", {}).get(source, 0)
+            bucket = buckets[(short(source), (row["step"] - 1) // window)]
+            bucket[0] += loss * targets
+            bucket[1] += targets
+    return {key: total / targets for key, (total, targets) in sorted(buckets.items()) if targets}
+
+
 def loss_curves(runs: dict[str, list[dict]], offsets: dict[str, int]) -> dict[str, list[tuple[int, float]]]:
     """Per source, the target-weighted training loss averaged over WINDOW steps, on the all-phases step axis."""
     curves = defaultdict(list)
     for phase, rows in runs.items():
-        buckets = defaultdict(lambda: [0.0, 0])
-        for row in rows:
-            window = (row["step"] - 1) // WINDOW
-            for source, loss in row.get("loss_by_source", {}).items():
-                targets = row.get("targets_by_source", {}).get(source, 0)
-                bucket = buckets[(short(source), window)]
-                bucket[0] += loss * targets
-                bucket[1] += targets
-        for (name, window), (total, targets) in sorted(buckets.items()):
-            if targets:
-                curves[name].append((offsets[phase] + (window + 0.5) * WINDOW, total / targets))
+        for (name, window), loss in windowed_losses(rows, WINDOW).items():
+            curves[name].append((offsets[phase] + (window + 0.5) * WINDOW, loss))
     return curves
+
+
+def print_table(phase: str, rows: list[dict], window: int) -> None:
+    """The phase's training loss per source in windows of ``window`` steps, with each window's seconds a step."""
+    losses = windowed_losses(rows, window)
+    names = sorted({name for name, _ in losses})
+    print(f"general-{phase}: training loss per source (target-weighted), {window}-step windows")
+    width = {name: max(len(name), 5) for name in names}
+    print(f"{'steps':>9} {'s/step':>7} " + " ".join(f"{name:>{width[name]}}" for name in names))
+    for index in sorted({w for _, w in losses}):
+        inside = [row for row in rows if (row["step"] - 1) // window == index]
+        seconds = [b["elapsed"] - a["elapsed"] for a, b in zip(inside, inside[1:]) if b["step"] == a["step"] + 1]
+        pace = f"{sum(seconds) / len(seconds):7.0f}" if seconds else f"{'':>7}"
+        cells = " ".join(f"{losses[(n, index)]:{width[n]}.2f}" if (n, index) in losses else " " * width[n]
+                         for n in names)
+        print(f"{index * window + 1:>4}-{(index + 1) * window:<4} {pace} {cells}")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=PROBES / "progress.png")
+    parser.add_argument("--table", metavar="PHASE", choices=PHASES,
+                        help="print PHASE's training loss per source in windows of --window steps instead of a plot")
+    parser.add_argument("--window", type=int, default=30, help="steps per window of --table (default 30)")
     args = parser.parse_args(argv)
+    if args.table:
+        if args.window < 1:
+            parser.error("--window must be at least 1")
+        rows = phase_metrics(args.table)
+        if not rows:
+            parser.error(f"no metrics of general-{args.table} in {' or '.join(str(m) for m in METRICS)}")
+        print_table(args.table, rows, args.window)
+        return 0
 
     import matplotlib
 
