@@ -93,3 +93,32 @@ def test_checkpointing_gives_the_same_loss_and_gradients():
     assert results[0][1].keys() == results[1][1].keys()
     for name in results[0][1]:
         torch.testing.assert_close(results[0][1][name], results[1][1][name], atol=1e-6, rtol=1e-5)
+
+
+def test_a_loss_on_the_returned_logits_has_the_gradient_of_the_same_loss_computed_chunk_by_chunk():
+    """``forward`` writes each chunk's logits into the (B, N, V) tensor it returns; a loss taken on that tensor
+    trains the model exactly as the loss ``forward`` computes itself (padding rows of a shorter stream included)."""
+    comet = make("both")
+    ids = random_ids(2, 3 * C + 5)
+    mask = torch.ones_like(ids)
+    mask[1, 2 * C + 1 :] = 0  # a shorter second stream: its chunks end earlier
+    labels = ids.masked_fill(mask == 0, -100)
+    params = [p for p in comet.parameters() if p.requires_grad]
+
+    def gradients(from_logits: bool):
+        comet.zero_grad(set_to_none=True)
+        out = comet(ids, attention_mask=mask, labels=labels, return_logits=from_logits)
+        if from_logits:
+            loss = torch.nn.functional.cross_entropy(out.logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                                                     ignore_index=-100)
+        else:
+            loss = out.loss
+        loss.backward()
+        return loss.detach(), [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+
+    loss, want = gradients(False)
+    loss_from_logits, got = gradients(True)
+    torch.testing.assert_close(loss_from_logits, loss)
+    assert any(bool(g.abs().sum() > 0) for g in want)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
