@@ -3,7 +3,12 @@
 # (docs/TASKS.md) over SmolLM2-135M-Instruct, the same prompts for each: the bar the general adapter must clear
 # (issue 22, point 3).
 #
-#   recipes/suites-compare-smollm2.sh OUT [--only NAME ...] [--tasks TASK ...] [-- EXTRA EVAL OPTIONS]
+#   recipes/suites-compare-smollm2.sh OUT [--only NAME ...] [--tasks TASK ...] [--comet DIR] [-- EXTRA EVAL OPTIONS]
+#
+#   --comet DIR  another trained CoMeT adapter for the three methods that use one (comet, no-memory, full-lora),
+#                e.g. the general adapter: `--comet DIR --only comet --only no-memory --only full-lora` into an OUT
+#                of its own; the other methods do not depend on it, and their results stay comparable (the same
+#                prompts). `-- --trials-at 32768=5` gives 5 trials at 32k instead of 3 (the first 3 are the same).
 #
 #   truncated-cache       the base model on the input's last 161 tokens: as many rows as CoMeT attends to
 #                         (128-token chunk + 16 global + 16 temporary rows + the sink), answer included
@@ -24,7 +29,7 @@
 # Every evaluation resumes when the script is rerun; --only and --tasks pick a part, so that several processes can
 # share one OUT. The table is `cometlm eval table OUT/*/*`.
 set -euo pipefail
-USAGE="usage: recipes/suites-compare-smollm2.sh OUT [--only NAME ...] [--tasks TASK ...] [-- EXTRA EVAL OPTIONS]"
+USAGE="usage: recipes/suites-compare-smollm2.sh OUT [--only NAME ...] [--tasks TASK ...] [--comet DIR] [-- EXTRA EVAL OPTIONS]"
 OUT=${1:?$USAGE}
 shift
 METHODS=(truncated-cache full full-lora sliding-window-cache truncated no-memory comet sliding-window)
@@ -32,12 +37,16 @@ TASKS=(ruler-niah-single ruler-niah-multikey ruler-niah-multivalue ruler-niah-mu
        babilong-qa1 babilong-qa2 babilong-qa3 babilong-qa4 babilong-qa5 user-qa agent-qa)
 ONLY=()
 PICKED=()
+ADAPTER=
 while [[ $# -ge 1 && $1 != -- ]]; do
   case $1 in
     --only) [[ " ${METHODS[*]} " == *" ${2:-} "* ]] || { echo "--only takes one of: ${METHODS[*]}" >&2; exit 2; }
             ONLY+=("$2"); shift ;;
     --tasks) [[ " ${TASKS[*]} " == *" ${2:-} "* ]] || { echo "--tasks takes one of: ${TASKS[*]}" >&2; exit 2; }
              PICKED+=("$2"); shift ;;
+    --comet) [[ -f ${2:-}/comet_config.json ]] || { echo "--comet takes a saved CoMeT adapter folder (no" \
+               "comet_config.json in '${2:-}')" >&2; exit 2; }
+             ADAPTER=$(cd "$2" && pwd); shift ;;
     *) echo "$USAGE" >&2; exit 2 ;;
   esac
   shift
@@ -48,7 +57,7 @@ EXTRA=("$@")
 [[ ${#PICKED[@]} -gt 0 ]] && TASKS=("${PICKED[@]}")
 COMETLM=${COMETLM:-cometlm}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-SHIPPED=$(cd "$HERE/.." && pwd)/src/cometlm/adapters/smollm2-135m-passkey
+SHIPPED=${ADAPTER:-$(cd "$HERE/.." && pwd)/src/cometlm/adapters/smollm2-135m-passkey}  # the adapter's methods use
 
 GRID=(--depths 50 --trials 5 --seed 0 --no-progress --dtype float32)  # the reported tables are float32
 LONG=(--lengths 4096 16384 32768 --trials-at 32768=3)

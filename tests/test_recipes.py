@@ -304,6 +304,20 @@ def test_the_suites_comparison_runs_every_method_on_every_task_with_the_same_gri
     result = subprocess.run(["bash", str(SUITES_COMPARE), str(tmp_path), "--only", "rag"], capture_output=True,
                             text=True, env={**os.environ, "COMETLM": "echo"})
     assert result.returncode == 2 and "--only takes one of" in result.stderr
+    # another adapter (the general one) for the methods that use one, 5 trials at 32k
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "comet_config.json").write_text("{}")
+    other = commands("--comet", str(adapter), "--only", "comet", "--only", "no-memory", "--only", "full-lora",
+                     "--tasks", "babilong-qa1", "--", "--trials-at", "32768=5")
+    assert [(Path(a.out).name, a.comet, a.trials_at) for a in other] == [
+        ("comet", str(adapter), [(32768, 5)]), ("no-memory", str(adapter), [(32768, 5)]),
+        ("full-lora", str(adapter), [(32768, 5)])]
+    assert [a.lengths for a in other] == [[4096, 16384, 32768]] * 2 + [[4096]]
+    assert [a.comet for a in runs if Path(a.out).name == "comet"][0].endswith("smollm2-135m-passkey")
+    result = subprocess.run(["bash", str(SUITES_COMPARE), str(tmp_path), "--comet", str(tmp_path / "none")],
+                            capture_output=True, text=True, env={**os.environ, "COMETLM": "echo"})
+    assert result.returncode == 2 and "--comet takes a saved CoMeT adapter folder" in result.stderr
 
 
 def test_the_rule_verdict_reads_the_global_column_at_each_length(tmp_path):
