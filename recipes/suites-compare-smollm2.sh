@@ -57,7 +57,7 @@ EXTRA=("$@")
 [[ ${#PICKED[@]} -gt 0 ]] && TASKS=("${PICKED[@]}")
 COMETLM=${COMETLM:-cometlm}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-SHIPPED=${ADAPTER:-$(cd "$HERE/.." && pwd)/src/cometlm/adapters/smollm2-135m-passkey}  # the adapter's methods use
+SHIPPED=${ADAPTER:-$(cd "$HERE/.." && pwd)/src/cometlm/adapters/smollm2-135m-passkey}  # comet, no-memory and full-lora read it
 
 GRID=(--depths 50 --trials 5 --seed 0 --no-progress --dtype float32)  # the reported tables are float32
 LONG=(--lengths 4096 16384 32768 --trials-at 32768=3)
