@@ -56,6 +56,40 @@ def test_rows_that_are_only_keys_skip_the_row_wise_modules_without_changing_the_
             torch.testing.assert_close(skipping[:, used], every_row[:, used])
 
 
+@pytest.mark.parametrize("lora", [False, True], ids=["plain", "lora"])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@torch.no_grad()
+def test_rows_that_are_only_keys_can_run_apart_as_a_prefix_of_keys_and_values(family, lora):
+    """The keys and values a layer makes of some rows, taken where its attention hands them to a cache
+    (``key_values``), then put before the other rows' own (``run_layer``'s ``prefix``), give the other rows what the
+    whole sequence gives them: the family's norms, fused projections and rotary embedding are its own code's."""
+    model = tiny_comet(family)
+    if lora:
+        apply_lora(model, rank=2, targets=model.backbone.lora_targets)
+        for p in model.backbone_model.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.1)
+    backbone = model.backbone
+    torch.manual_seed(2)
+    hidden = torch.randn(2, 12, backbone.hidden_size) * backbone.embedding_spread()
+    positions = torch.arange(12)[None].expand(2, -1)
+    whole = backbone.layer_inputs(hidden, positions, None)
+    causal = torch.ones(12, 12, dtype=torch.bool).tril()
+    for keys in (slice(0, 5), slice(2, 7)):  # the memory rows first, or after a sink row that must not see them
+        block = torch.arange(keys.start, keys.stop)
+        used = torch.tensor([i for i in range(12) if not keys.start <= i < keys.stop])
+        order = torch.cat([block, used])
+        mask = causal[used][:, order][None, None]
+        key_inputs = backbone.layer_inputs(hidden[:, block], positions[:, block], None)
+        used_inputs = backbone.layer_inputs(hidden[:, used], positions[:, used], mask, positions[:, order])
+        for index in range(backbone.num_layers):
+            every_row = backbone.run_layer(index, hidden, whole)
+            prefix = backbone.key_values(index, hidden[:, block], key_inputs)
+            assert prefix[0].shape[-2] == prefix[1].shape[-2] == len(block)
+            apart = backbone.run_layer(index, hidden[:, used], used_inputs, prefix=prefix)
+            torch.testing.assert_close(apart, every_row[:, used])
+
+
 @pytest.mark.parametrize("batch", [1, 3])
 @torch.no_grad()
 def test_the_rows_a_cut_module_runs_on_are_laid_out_as_a_tensor_of_their_own(batch):

@@ -53,6 +53,33 @@ def _skipping_rows(modules: list[nn.Module], skip: slice):
             handle.remove()
 
 
+class _KeysAndValues(Exception):
+    """Raised by ``_CaptureKeysAndValues.update`` to end a decoder layer's run where its attention has them."""
+
+    def __init__(self, key: torch.Tensor, value: torch.Tensor):
+        super().__init__("keys and values captured")
+        self.key, self.value = key, value
+
+
+class _CaptureKeysAndValues:
+    """Stands in for a transformers ``Cache``: the attention module hands ``update`` its keys and values after the
+    family's norms and rotary embedding, and the run stops there (nothing after it is computed)."""
+
+    def update(self, key, value, *args, **kwargs):
+        raise _KeysAndValues(key, value)
+
+
+class _KeyValuePrefix:
+    """Stands in for a transformers ``Cache`` holding rows before the ones the layer runs: ``update`` returns the
+    given keys and values with the prefix's in front (as a cache does with the rows it holds), and keeps nothing."""
+
+    def __init__(self, key: torch.Tensor, value: torch.Tensor):
+        self.key, self.value = key, value
+
+    def update(self, key, value, *args, **kwargs):
+        return torch.cat([self.key, key], dim=2), torch.cat([self.value, value], dim=2)
+
+
 @dataclass(frozen=True)
 class LayerInputs:
     """What the decoder layers take besides hidden states, for one run of rows: position ids (B, q), and per
@@ -226,8 +253,23 @@ class Backbone:
             masks[t] = self.attention_mask(m, hidden.dtype, length, hidden.device)
         return LayerInputs(position_ids, rope, masks)
 
+    def key_values(self, index: int, rows: torch.Tensor, inputs: LayerInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values (B, H_kv, m, D) decoder layer ``index``'s attention makes of ``rows`` (B, m, d) at
+        ``inputs``' positions, as it makes them: the layer's own forward runs up to the point where it would hand
+        them to a KV cache (its input norm, the projections, the family's query/key norms, the rotary embedding),
+        and no further. ``run_layer``'s ``prefix`` takes them."""
+        kind = self.layer_types[index]
+        try:
+            self.layers[index](rows, attention_mask=None, position_ids=inputs.position_ids,
+                               position_embeddings=inputs.rope[kind], cache=_CaptureKeysAndValues(), use_cache=True)
+        except _KeysAndValues as captured:
+            return captured.key, captured.value
+        raise RuntimeError(f"decoder layer {index} ({type(self.layers[index]).__name__}) never handed its keys and "
+                           "values to the cache; cometlm cannot run its memory rows as a prefix")
+
     def run_layer(
-        self, index: int, hidden: torch.Tensor, inputs: LayerInputs, cache=None, key_rows: slice | None = None
+        self, index: int, hidden: torch.Tensor, inputs: LayerInputs, cache=None, key_rows: slice | None = None,
+        prefix: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Decoder layer ``index`` on hidden (B, q, d), with the rotary embedding and mask of its layer type.
 
@@ -236,7 +278,14 @@ class Backbone:
         on (the family's ``row_modules``: the query and output projections and the MLP, most of a layer's work)
         skip them; their outputs there are taken as zero, so those rows' outputs are not meaningful. The layer's own
         modules run as they are: two hooks on each cut the rows out before it and put zeros back after it.
+
+        ``prefix``: keys and values (``key_values``) of rows before ``hidden`` that the layer's attention sees as if
+        a KV cache held them (``inputs``' mask and key positions cover them first); no ``cache`` then.
         """
+        if prefix is not None:
+            if cache is not None:
+                raise ValueError("run_layer takes a prefix or a cache, not both")
+            cache = _KeyValuePrefix(*prefix)
         kind = self.layer_types[index]
         layer = self.layers[index]
         run = lambda: layer(  # noqa: E731

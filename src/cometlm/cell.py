@@ -28,11 +28,20 @@ from .state import LayerState, MemoryState
 class ChunkInputs:
     """What every layer needs to run one chunk: its layout, and the rotary embeddings and attention masks of each
     layer type (``LayerInputs``); ``hidden`` (B, L, d) holds the stream rows' inputs to layer 0 (text embeddings,
-    beacons, readouts)."""
+    beacons, readouts).
+
+    Two forms of the same computation. In the ``prefix`` form (training), each layer's memory rows are keys and
+    values only, computed apart (``Backbone.key_values`` at ``memory_inputs``' positions) and put before the stream
+    rows' own keys (``Backbone.run_layer``'s ``prefix``); ``layer_inputs`` are the stream rows' (their mask has the
+    memory rows' keys first). Otherwise every layer runs one sequence of sink, memory rows and stream rows, and
+    ``layer_inputs`` are that sequence's (``MemoryCell.start`` says which form runs where and why).
+    """
 
     layout: ChunkLayout
     hidden: torch.Tensor
     layer_inputs: LayerInputs
+    prefix: bool = False
+    memory_inputs: LayerInputs | None = None
 
 
 @dataclass(frozen=True)
@@ -69,7 +78,8 @@ class MemoryCell:
         """Runs one chunk of every stream through all layers (arguments as in ``start``). The layers' memory
         updates run together after the last layer (``update_memories``), the same update ``layer`` makes per
         layer."""
-        inputs = self.start(text_ids, text_len, closing, state.layers[0].row_valid())
+        prefix = None if cache is None else False  # a KV cache must hold the memory rows' keys and values too
+        inputs = self.start(text_ids, text_len, closing, state.layers[0].row_valid(), prefix=prefix)
         layout = inputs.layout
         closes = bool(closing.any())
         readouts, beacons = [], []
@@ -98,7 +108,7 @@ class MemoryCell:
         over the previous layer's outputs there, which nothing reads: no layer copies the chunk's rows into a new
         input and out of its output (two copies of about 160 rows a layer)."""
         hidden = inputs.hidden
-        if torch.is_grad_enabled():
+        if inputs.prefix or torch.is_grad_enabled():
             for index, layer in enumerate(state.layers):
                 hidden = self._rows(index, hidden, layer, inputs, cache)
                 yield hidden, 0
@@ -115,15 +125,32 @@ class MemoryCell:
             sequence = self._run_sequence(index, sequence, layout, inputs.layer_inputs, cache)
             yield sequence, m
 
-    def start(self, text_ids, text_len, closing, memory_valid: torch.Tensor) -> ChunkInputs:
+    def start(self, text_ids, text_len, closing, memory_valid: torch.Tensor, prefix: bool | None = None
+              ) -> ChunkInputs:
         """Lays out one chunk of every stream and embeds its stream rows (the input of layer 0).
 
         text_ids (B, n) left-aligned, text_len (B,) real tokens per stream, closing (B,) which streams close this
         chunk, memory_valid (B, M+K) which memory rows exist before it (``LayerState.row_valid`` of any layer).
+
+        ``prefix``: whether the memory rows run as a prefix of keys and values (``ChunkInputs``); by default when
+        gradients are on. Training a bfloat16 backbone (4 samples of 1,024 tokens, forward and backward) then takes
+        about 0.93x the time of the sequence with its memory rows cut out of the row-wise modules (fewer copies
+        forward and backward); reading without gradients does not gain (float32 the same, bfloat16 1.1x slower: the
+        separate key-value run of a layer's few memory rows costs what it saves; docs/EXPERIMENTS.md, session 33).
         """
+        if prefix is None:
+            prefix = torch.is_grad_enabled()
         layout = ChunkLayout.build(self.config, text_len, text_ids.shape[1], closing, memory_valid)
         hidden = self._stream_inputs(layout, text_ids)
-        return ChunkInputs(layout, hidden, self.backbone.layer_inputs(hidden, layout.position_ids, layout.mask))
+        backbone = self.backbone
+        if not prefix or layout.num_memory_rows == 0:  # no memory rows: the sequence is the stream rows
+            return ChunkInputs(layout, hidden, backbone.layer_inputs(hidden, layout.position_ids, layout.mask), prefix)
+        memory, stream = layout.memory_rows, layout.stream_rows()
+        positions = layout.position_ids
+        keys = torch.cat([positions[:, memory], positions[:, stream]], dim=1)
+        return ChunkInputs(layout, hidden,
+                           backbone.layer_inputs(hidden, positions[:, stream], layout.prefix_mask(), keys), True,
+                           backbone.layer_inputs(hidden, positions[:, memory], None))
 
     def layer(self, index: int, hidden, layer: LayerState, inputs: ChunkInputs, cache=None):
         """(layer ``index``, one chunk): the layer's memory rows in front of the stream rows, the backbone's
@@ -138,7 +165,7 @@ class MemoryCell:
 
     def _rows(self, index: int, hidden, layer: LayerState, inputs: ChunkInputs, cache=None) -> torch.Tensor:
         """The stream rows' outputs of layer ``index`` (checkpointed when training asks for it)."""
-        step = (index, hidden, layer, inputs.layout, inputs.layer_inputs, cache)
+        step = (index, hidden, layer, inputs.layout, inputs, cache)
         if self.checkpointing and torch.is_grad_enabled() and cache is None:
             return checkpoint(self._layer, *step, use_reentrant=False)
         return self._layer(*step)
@@ -181,8 +208,15 @@ class MemoryCell:
             index = torch.where(layout.stream_kind == kind, start + layout.stream_token, index)
         return torch.cat(parts, dim=1)[:, index]
 
-    def _layer(self, index, hidden, layer: LayerState, layout, layer_inputs: LayerInputs, cache=None):
+    def _layer(self, index, hidden, layer: LayerState, layout, inputs: ChunkInputs, cache=None):
         rows = layer.rows()[:, layout.memory_index]
+        if inputs.prefix:
+            if hidden.shape[1] == 0:  # no stream rows (every stream has ended): no query, nothing to compute
+                return hidden
+            prefix = None if inputs.memory_inputs is None else self.backbone.key_values(index, rows,
+                                                                                         inputs.memory_inputs)
+            return self.backbone.run_layer(index, hidden, inputs.layer_inputs, prefix=prefix)
+        layer_inputs = inputs.layer_inputs
         k, m = layout.n_sink, rows.shape[1]
         x = torch.cat([hidden[:, :k], rows, hidden[:, k:]], dim=1)  # (B, m + L, d)
         out = self._run_sequence(index, x, layout, layer_inputs, cache)
@@ -195,8 +229,8 @@ class MemoryCell:
 
     @staticmethod
     def cuts_memory_rows(hidden: torch.Tensor) -> bool:
-        """Whether a layer runs its row-wise modules without the memory rows (``Backbone.run_layer``'s ``key_rows``):
-        in float32, whenever gradients flow, and in bfloat16 or float16 unless the CPU has AMX. With AMX a matrix
+        """Whether a layer of the sequence form (``ChunkInputs``) runs its row-wise modules without the memory rows
+        (``Backbone.run_layer``'s ``key_rows``): in float32, whenever gradients flow, and in bfloat16 or float16 unless the CPU has AMX. With AMX a matrix
         product of 161 rows costs what one of 193 costs (reading the weights dominates) and the cuts cost more than
         they save (a Xeon, 2,048 tokens, one thread: 2.41 s with the cuts, 2.36 s without); without AMX bfloat16
         products are compute-bound and the cuts pay as in float32 (an AMD EPYC with AVX512-BF16: 4.51 s against

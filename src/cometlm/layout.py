@@ -64,6 +64,24 @@ class ChunkLayout:
         (they are only keys and values for the stream rows)."""
         return slice(self.n_sink, self.n_sink + self.num_memory_rows)
 
+    def stream_rows(self) -> torch.Tensor:
+        """Where the stream rows sit in a layer's sequence (every row but the memory rows), in order: (L,)."""
+        n, memory = self.valid.shape[1], self.memory_rows
+        rows = torch.arange(n, device=self.valid.device)
+        return torch.cat([rows[: memory.start], rows[memory.stop :]])
+
+    def prefix_mask(self) -> torch.Tensor:
+        """Which keys each stream row sees when the memory rows are keys and values only, put before the stream
+        rows' own (``Backbone.run_layer``'s ``prefix``): (B or 1, 1, L, m + L) bool, the rows and columns of ``mask``
+        (or of plain causal attention) in that order. The sink sees only itself, as in the sequence."""
+        n, memory = self.valid.shape[1], self.memory_rows
+        mask = self.mask
+        if mask is None:
+            mask = torch.ones(n, n, dtype=torch.bool, device=self.valid.device).tril()[None, None]
+        stream = self.stream_rows()
+        keys = torch.cat([torch.arange(memory.start, memory.stop, device=stream.device), stream])
+        return mask[:, :, stream][..., keys]
+
     @classmethod
     def build(
         cls,
