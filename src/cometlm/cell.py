@@ -102,8 +102,8 @@ class MemoryCell:
         """Yields every layer's outputs in turn as ``(outputs, shift)``: the output at stream slot ``j`` (any slot
         but the sink's) is ``outputs[:, j + shift]``.
 
-        With gradients on, each layer's step is its own (checkpointed) function, as ``layer`` runs it, and the
-        outputs are the stream rows alone (shift 0). With gradients off, one sequence of all the rows goes from
+        In the prefix form, or with gradients on, each layer's step is its own (checkpointed) function, as ``layer``
+        runs it, and the outputs are the stream rows alone (shift 0). With gradients off, one sequence of all the rows goes from
         layer to layer (shift: the memory rows ahead of the stream rows) and each layer's memory rows are written
         over the previous layer's outputs there, which nothing reads: no layer copies the chunk's rows into a new
         input and out of its output (two copies of about 160 rows a layer)."""
@@ -230,8 +230,8 @@ class MemoryCell:
     @staticmethod
     def cuts_memory_rows(hidden: torch.Tensor) -> bool:
         """Whether a layer of the sequence form (``ChunkInputs``) runs its row-wise modules without the memory rows
-        (``Backbone.run_layer``'s ``key_rows``): in float32, whenever gradients flow, and in bfloat16 or float16 unless the CPU has AMX. With AMX a matrix
-        product of 161 rows costs what one of 193 costs (reading the weights dominates) and the cuts cost more than
+        (``Backbone.run_layer``'s ``key_rows``): in float32, whenever gradients flow, and in bfloat16 or float16
+        unless the CPU has AMX. With AMX a matrix product of 161 rows costs what one of 193 costs (reading the weights dominates) and the cuts cost more than
         they save (a Xeon, 2,048 tokens, one thread: 2.41 s with the cuts, 2.36 s without); without AMX bfloat16
         products are compute-bound and the cuts pay as in float32 (an AMD EPYC with AVX512-BF16: 4.51 s against
         4.84 s; ``docs/experiments/reading-overhead/row_skipping_dtype.py``)."""
