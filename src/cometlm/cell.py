@@ -231,8 +231,8 @@ class MemoryCell:
     def cuts_memory_rows(hidden: torch.Tensor) -> bool:
         """Whether a layer of the sequence form (``ChunkInputs``) runs its row-wise modules without the memory rows
         (``Backbone.run_layer``'s ``key_rows``): in float32, whenever gradients flow, and in bfloat16 or float16
-        unless the CPU has AMX. With AMX a matrix product of 161 rows costs what one of 193 costs (reading the weights dominates) and the cuts cost more than
-        they save (a Xeon, 2,048 tokens, one thread: 2.41 s with the cuts, 2.36 s without); without AMX bfloat16
+        unless the CPU has AMX. With AMX a matrix product of 161 rows costs what one of 193 costs (reading the
+        weights dominates) and the cuts cost more than they save (a Xeon, 2,048 tokens, one thread: 2.41 s with the cuts, 2.36 s without); without AMX bfloat16
         products are compute-bound and the cuts pay as in float32 (an AMD EPYC with AVX512-BF16: 4.51 s against
         4.84 s; ``docs/experiments/reading-overhead/row_skipping_dtype.py``)."""
         if hidden.dtype == torch.float32 or torch.is_grad_enabled():
