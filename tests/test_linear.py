@@ -1,5 +1,6 @@
-"""The few-rows linear kernel (src/cometlm/linear.py): the same products as ``F.linear``, only computed another way."""
+"""The CPU linear kernels (src/cometlm/linear.py): the same products as ``F.linear``, only computed another way."""
 
+import copy
 import time
 
 import pytest
@@ -8,8 +9,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import cometlm.linear
-from cometlm.linear import FEW_ROWS, FewRowsLinear, few_rows_pays, prepare_linears
-from conftest import random_ids, tiny_backbone, tiny_comet
+from cometlm.linear import (FEW_ROWS, FewRowsLinear, PackedLinear, few_rows_pays, packing_available, packing_pays,
+                            prepare_linears)
+from cometlm.model import CometForCausalLM
+from conftest import SMALL, random_ids, randomize_memory, tiny_backbone, tiny_comet
+
+needs_packing = pytest.mark.skipif(not packing_available(), reason="this PyTorch build cannot pack bfloat16 weights")
 
 
 def _layer(in_features, out_features, bias, dtype=torch.float32):
@@ -110,3 +115,122 @@ def test_a_comet_model_decodes_the_same_tokens_with_either_kernel(monkeypatch, p
     assert torch.equal(got.sequences, want.sequences) and len(got.logits) == 12
     for a, b in zip(got.logits, want.logits):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def _packed_layer(in_features, out_features, bias):
+    torch.manual_seed(0)
+    layer = nn.Linear(in_features, out_features, bias=bias).to(torch.bfloat16)
+    prepare_linears(layer, kernel="packed")
+    assert type(layer) is PackedLinear
+    return layer
+
+
+@needs_packing
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("shape", [(1,), (1, 1), (2, 3), (1, 161), (2, 5, 7), (0, 4)])
+def test_packed_equals_f_linear_in_bfloat16(shape, bias):
+    layer = _packed_layer(96, 80, bias)
+    x = torch.randn(*shape, 96, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        got = layer(x)
+    want = F.linear(x, layer.weight, layer.bias)
+    assert layer in cometlm.linear._packed  # the packed product ran
+    assert got.shape == want.shape and got.dtype == want.dtype
+    torch.testing.assert_close(got, want)  # bfloat16's tolerances: the order of the sums may round differently
+
+
+@needs_packing
+def test_packed_follows_its_weight_when_it_changes_in_place():
+    layer = _packed_layer(32, 16, bias=False)
+    x = torch.randn(3, 32, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        before = layer(x)
+    with torch.no_grad():
+        layer.weight.mul_(-2)  # as a LoRA merge or load_state_dict changes it: the packed copy must not be stale
+    with torch.inference_mode():
+        after = layer(x)
+    torch.testing.assert_close(after, F.linear(x, layer.weight))
+    torch.testing.assert_close(after, -2 * before)
+
+
+@needs_packing
+def test_packed_runs_f_linear_exactly_where_it_does_not_apply():
+    layer = _packed_layer(32, 16, bias=True)
+    x = torch.randn(2, 32, dtype=torch.bfloat16, requires_grad=True)
+    out = layer(x)  # gradients on: F.linear itself
+    assert torch.equal(out, F.linear(x, layer.weight, layer.bias))
+    out.float().sum().backward()
+    assert x.grad is not None and layer.weight.grad is not None
+    with torch.inference_mode():
+        strided = torch.randn(32, 3, dtype=torch.bfloat16).T
+        assert torch.equal(layer(strided), F.linear(strided, layer.weight, layer.bias))
+        full = layer.float()
+        y = torch.randn(2, 32)
+        assert torch.equal(full(y), F.linear(y, full.weight, full.bias))
+
+
+@needs_packing
+def test_a_model_with_packed_weights_can_still_be_copied():
+    model = nn.Sequential(nn.Linear(16, 8, bias=False)).to(torch.bfloat16)
+    prepare_linears(model, kernel="packed")
+    x = torch.randn(2, 16, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        want = model(x)  # packs the weight
+    twin = copy.deepcopy(model)
+    with torch.inference_mode():
+        assert torch.equal(twin(x), want)
+        made_here = copy.deepcopy(model)  # weights made under inference mode: F.linear (nothing says they changed)
+        assert torch.equal(made_here(x), F.linear(x, made_here[0].weight))
+    assert made_here[0] not in cometlm.linear._packed
+
+
+def test_auto_packs_bfloat16_layers_where_it_pays(monkeypatch):
+    for pays in (True, False):
+        monkeypatch.setattr(cometlm.linear, "packing_pays", lambda linears, pays=pays: pays)
+        monkeypatch.setattr(cometlm.linear, "few_rows_pays", lambda linears: True)
+        backbone = tiny_backbone().to(torch.bfloat16)
+        plain = sum(type(m) is nn.Linear for m in backbone.modules())
+        assert prepare_linears(backbone) == (plain if pays else 0)
+        assert {type(m) for m in backbone.modules() if isinstance(m, nn.Linear)} == {PackedLinear if pays else nn.Linear}
+
+
+def test_the_packing_measurement_times_only_bfloat16_cpu_layers_and_keeps_no_packed_weight(monkeypatch):
+    calls, clock = [], time.perf_counter
+    monkeypatch.setattr(cometlm.linear.time, "perf_counter", lambda: calls.append(1) or clock())
+    assert packing_pays([nn.Linear(24, 40)]) is False and not calls  # float32: nothing to time
+    layers = [nn.Linear(24, 40).to(torch.bfloat16), nn.Linear(40, 24).to(torch.bfloat16)]
+    decision = packing_pays(layers)
+    assert isinstance(decision, bool) and (len(calls) > 0) == packing_available()
+    assert not any(layer in cometlm.linear._packed for layer in layers)
+
+
+@needs_packing
+def test_a_bfloat16_comet_model_reads_and_decodes_the_same_with_packed_weights():
+    def model(kernel):
+        backbone = tiny_backbone().to(torch.bfloat16)
+        prepare_linears(backbone, kernel=kernel)
+        return randomize_memory(CometForCausalLM.from_backbone(backbone, SMALL)).eval()
+
+    packed, plain = model("packed"), model("linear")
+    assert any(type(m) is PackedLinear for m in packed.backbone_model.modules())
+    assert not any(type(m) is PackedLinear for m in plain.backbone_model.modules())
+    prompt = random_ids(1, 45, seed=4)
+    with torch.inference_mode():
+        got = packed.generate(prompt, max_new_tokens=10, return_dict_in_generate=True, output_logits=True)
+        want = plain.generate(prompt, max_new_tokens=10, return_dict_in_generate=True, output_logits=True)
+    assert sum(m in cometlm.linear._packed for m in packed.backbone_model.modules()) > 0
+    assert torch.equal(got.sequences, want.sequences)
+    for a, b in zip(got.logits, want.logits):
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
+
+
+def test_the_environment_chooses_the_kernel_or_says_what_it_takes(monkeypatch):
+    monkeypatch.setenv("COMETLM_LINEAR_KERNEL", "linear")
+    model = CometForCausalLM.from_backbone(tiny_backbone(), SMALL)
+    assert {type(m) for m in model.backbone_model.modules() if isinstance(m, nn.Linear)} == {nn.Linear}
+    monkeypatch.setenv("COMETLM_LINEAR_KERNEL", "packed")
+    model = CometForCausalLM.from_backbone(tiny_backbone(), SMALL)
+    assert PackedLinear in {type(m) for m in model.backbone_model.modules()}
+    monkeypatch.setenv("COMETLM_LINEAR_KERNEL", "fastest")
+    with pytest.raises(ValueError, match="COMETLM_LINEAR_KERNEL must be one of auto, few-rows, packed, linear"):
+        CometForCausalLM.from_backbone(tiny_backbone(), SMALL)

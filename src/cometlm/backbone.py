@@ -9,6 +9,7 @@ of the package goes through its methods and never reaches for the modules direct
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ from torch import nn
 
 from .attention import register as register_kernel
 from .families import SLIDING, SUPPORTED_FAMILIES, Family, attention_implementation, family_of
-from .linear import prepare_linears
+from .linear import KERNELS, prepare_linears
 
 __all__ = ["Backbone", "LayerInputs", "SUPPORTED_FAMILIES"]
 
@@ -183,9 +184,14 @@ class Backbone:
             self.model.set_attn_implementation(wanted)
 
     def prepare_linears(self) -> None:
-        """The model's linear layers compute a few float32 rows on a CPU with the kernel measured faster here
-        (linear.py)."""
-        prepare_linears(self.model)
+        """The model's linear layers compute on a CPU with the kernels measured faster here (linear.py): a few
+        float32 rows as ``W @ x.T``, bfloat16 products without gradients from weights packed once (a second copy
+        of the weights). The environment variable ``COMETLM_LINEAR_KERNEL`` overrides the choice: ``linear`` keeps
+        PyTorch's own (and the memory), ``few-rows`` or ``packed`` forces one, ``auto`` measures (the default)."""
+        kernel = os.environ.get("COMETLM_LINEAR_KERNEL", "auto")
+        if kernel not in KERNELS:
+            raise ValueError(f"COMETLM_LINEAR_KERNEL must be one of {', '.join(KERNELS)} (got {kernel!r})")
+        prepare_linears(self.model, kernel=kernel)
 
     def attention_mask(self, mask: torch.Tensor | None, dtype, length: int, device) -> torch.Tensor | None:
         """A boolean (B, 1, q, k) mask in the form the attention kernel takes: as is for sdpa (None means plain
