@@ -145,12 +145,14 @@ GENERAL = RECIPE.with_name("general-smollm2.sh")
 SUITES_COMPARE = RECIPE.with_name("suites-compare-smollm2.sh")
 
 
-def general_recipe(out: Path, verdict: str | None = None):
-    """The general recipe's commands with every program echoed; ``verdict`` pre-written as g8's rule's."""
+def general_recipe(out: Path, verdict: str | None = None, g9m_verdict: str | None = None):
+    """The general recipe's commands with every program echoed; ``verdict`` pre-written as g8's rule's,
+    ``g9m_verdict`` as g9m's."""
     rules = out / "rules"
-    if verdict is not None:
-        (rules / "g8-step-200").mkdir(parents=True)
-        (rules / "g8-step-200" / "verdict").write_text(verdict + "\n")
+    for phase, said in (("g8-step-200", verdict), ("g9m-step-200", g9m_verdict)):
+        if said is not None:
+            (rules / phase).mkdir(parents=True)
+            (rules / phase / "verdict").write_text(said + "\n")
     return subprocess.run(["bash", str(GENERAL), str(out), "--", "--threads", "1"], capture_output=True, text=True,
                           env={**os.environ, "COMETLM": "echo", "PYTHON": "echo", "RULE": "echo", "RULES": str(rules)})
 
@@ -239,7 +241,7 @@ def test_the_general_recipe_follows_g8s_rule(tmp_path, tokenizer):
     g8 = train_runs(general_recipe(tmp_path / "none"))[-1]
     for verdict, name in (("pass", "general-g9"), ("fail", "general-g9m")):
         out = tmp_path / verdict
-        result = general_recipe(out, verdict)
+        result = general_recipe(out, verdict, g9m_verdict="fail")
         assert result.returncode == 0, result.stderr
         runs = train_runs(result)
         assert len(runs) == 9
@@ -270,6 +272,33 @@ def test_the_general_recipe_follows_g8s_rule(tmp_path, tokenizer):
             assert scaled.keys() == kept.keys()
             assert all(abs(scaled[k] - kept[k] * 0.93 / sum(kept.values())) < 0.001 for k in kept)
             assert measured == [f"{out}/general-g9m/final {out}/rules/g9m-step-200 2048 1024"]
+            assert "the next change is the memory's" in result.stdout  # g9m missed its rule: nothing more trained
+
+
+def test_g9ms_rule_brings_the_tasks_back_or_stops(tmp_path):
+    """The branch fixed in session 34 before g9m's result: pass -> g10, g8's recipe exactly from g9m's adapter, then
+    its rule's measurements; fail -> nothing more trained; no verdict -> stop with status 3."""
+    runs = train_runs(general_recipe(tmp_path / "fail", "fail", "fail"))
+    g8, g9m = runs[-2], runs[-1]
+    result = general_recipe(tmp_path / "none", "fail")
+    assert result.returncode == 3 and "g9m's rule has no verdict" in result.stderr
+    assert f"{tmp_path}/none/rules/g9m-step-200 --global-at 2048=0.446" in result.stderr  # the threshold of session 31
+    assert len(train_runs(result)) == 9
+    out = tmp_path / "pass"
+    result = general_recipe(out, "fail", "pass")
+    assert result.returncode == 0, result.stderr
+    runs = train_runs(result)
+    assert len(runs) == 10
+    g10 = runs[-1]
+    assert g10.comet == str(out / "general-g9m" / "final") and g10.output_dir == str(out / "general-g10")
+    assert g10.data == g8.data and (g10.max_length, g10.max_steps) == (g8.max_length, g8.max_steps) == (2048, 200)
+    assert g10.seed not in [r.seed for r in runs[:-1]] and g10.group_by_length
+    assert g10.chunk_augmentation == g9m.chunk_augmentation and "aligned=1" in g10.chunk_augmentation
+    assert (g10.batch_size, g10.grad_accum, g10.loss_weighting, g10.gate_weight_lr_multiplier, g10.lr) == (
+        g8.batch_size, g8.grad_accum, g8.loss_weighting, g8.gate_weight_lr_multiplier, g8.lr)
+    measured = [line for line in result.stdout.splitlines() if line.startswith(str(out / "general-g"))]
+    assert measured == [f"{out}/general-g9m/final {out}/rules/g9m-step-200 2048 1024",
+                        f"{out}/general-g10/final {out}/rules/g10-step-200 2048 1024"]
 
 
 def test_the_suites_comparison_runs_every_method_on_every_task_with_the_same_grid(tmp_path):
