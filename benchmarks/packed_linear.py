@@ -65,8 +65,9 @@ def products(model, repeats: int) -> dict:
                             PackedLinear.forward(m, x)
                     best[kernel] = min(best[kernel], time.perf_counter() - start)
             out[str(rows)] = {k: v * 1000 for k, v in best.items()}
-            print(f"products, {rows:4d} rows through {len(layers)} linear layers: F.linear {best['F.linear'] * 1000:6.2f} "
-                  f"ms, packed {best['packed'] * 1000:6.2f} ms ({best['F.linear'] / best['packed']:.2f}x)", flush=True)
+            print(f"products, {rows:4d} rows through {len(layers)} linear layers: F.linear "
+                  f"{best['F.linear'] * 1000:6.2f} ms, packed {best['packed'] * 1000:6.2f} ms "
+                  f"({best['F.linear'] / best['packed']:.2f}x)", flush=True)
     return out
 
 

@@ -15,8 +15,8 @@ devices, more rows) with ``F.linear``. The result differs from ``F.linear``'s on
 In bfloat16 on a CPU, ``F.linear`` hands each product to oneDNN with the weight in PyTorch's plain layout, which
 oneDNN reorders into its blocked one on every call. ``PackedLinear`` reorders it once (oneDNN's packed weight, kept
 beside the plain one, which training, saving and LoRA keep using) and computes products without gradients from it:
-on the Xeon with AMX (session 34) one SmolLM2-135M layer's seven products took 1.3-1.45x less time at 1, 2, 161 and
-193 rows, with the same results to the bit at 128 rows; in float32 it gained nothing. It is chosen by measurement
+on the Xeon with AMX (session 34) one SmolLM2-135M layer's seven products ran 1.3-1.45x faster at 1, 2, 161 and 193
+rows, with the same results to the bit at 128 rows; in float32 it gained nothing. It is chosen by measurement
 too (``packing_pays``). The price is memory: a second copy of every packed weight (about 270 MB for SmolLM2-135M).
 
 ``prepare_linears`` gives a model's ``nn.Linear`` modules one of these ``forward``s by changing their class in place:
@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FEW_ROWS", "KERNELS", "FewRowsLinear", "PackedLinear", "few_rows_pays", "packed_bytes", "packing_pays", "prepare_linears"]
+__all__ = ["FEW_ROWS", "KERNELS", "FewRowsLinear", "PackedLinear", "few_rows_pays", "packed_bytes", "packing_available",
+           "packing_pays", "prepare_linears"]
 
 FEW_ROWS = 4  # at 6 and 8 rows the matrix product was no longer the faster (benchmarks/few_rows_linear.py)
 KERNELS = ("auto", "few-rows", "packed", "linear")
