@@ -230,8 +230,15 @@ def test_the_environment_chooses_the_kernel_or_says_what_it_takes(monkeypatch):
     model = CometForCausalLM.from_backbone(tiny_backbone(), SMALL)
     assert {type(m) for m in model.backbone_model.modules() if isinstance(m, nn.Linear)} == {nn.Linear}
     monkeypatch.setenv("COMETLM_LINEAR_KERNEL", "packed")
-    model = CometForCausalLM.from_backbone(tiny_backbone(), SMALL)
-    assert PackedLinear in {type(m) for m in model.backbone_model.modules()}
+    if packing_available():
+        model = CometForCausalLM.from_backbone(tiny_backbone(), SMALL)
+        assert PackedLinear in {type(m) for m in model.backbone_model.modules()}
+    else:
+        with pytest.raises(ValueError, match="cannot pack bfloat16 weights"):
+            CometForCausalLM.from_backbone(tiny_backbone(), SMALL)
+    monkeypatch.setattr(cometlm.linear, "packing_available", lambda: False)
+    with pytest.raises(ValueError, match="cannot pack bfloat16 weights"):
+        prepare_linears(nn.Linear(4, 4), kernel="packed")
     monkeypatch.setenv("COMETLM_LINEAR_KERNEL", "fastest")
     with pytest.raises(ValueError, match="COMETLM_LINEAR_KERNEL must be one of auto, few-rows, packed, linear"):
         CometForCausalLM.from_backbone(tiny_backbone(), SMALL)

@@ -174,6 +174,9 @@ def prepare_linears(model: nn.Module, kernel: str = "auto") -> int:
     linears = [module for module in model.modules() if type(module) is nn.Linear]
     if kernel == "linear":
         return 0
+    if kernel == "packed" and not packing_available():
+        raise ValueError("this PyTorch cannot pack bfloat16 weights (it lacks oneDNN's packed linear operators or "
+                         "their bfloat16 support): use the kernel 'auto' or 'linear'")
     if kernel != "auto":
         chosen = {module: FewRowsLinear if kernel == "few-rows" else PackedLinear for module in linears}
     else:
