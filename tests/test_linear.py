@@ -206,11 +206,10 @@ def test_the_packing_measurement_times_only_bfloat16_cpu_layers_and_keeps_no_pac
 
 
 @needs_packing
-def test_a_bfloat16_comet_model_reads_and_decodes_the_same_with_packed_weights():
-    def model(kernel):
-        backbone = tiny_backbone().to(torch.bfloat16)
-        prepare_linears(backbone, kernel=kernel)
-        return randomize_memory(CometForCausalLM.from_backbone(backbone, SMALL)).eval()
+def test_a_bfloat16_comet_model_reads_and_decodes_the_same_with_packed_weights(monkeypatch):
+    def model(kernel):  # the kernel the model's own preparation takes (not the load's measurement)
+        monkeypatch.setenv("COMETLM_LINEAR_KERNEL", kernel)
+        return randomize_memory(CometForCausalLM.from_backbone(tiny_backbone().to(torch.bfloat16), SMALL)).eval()
 
     packed, plain = model("packed"), model("linear")
     assert any(type(m) is PackedLinear for m in packed.backbone_model.modules())
