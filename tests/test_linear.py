@@ -17,6 +17,12 @@ from conftest import SMALL, random_ids, randomize_memory, tiny_backbone, tiny_co
 needs_packing = pytest.mark.skipif(not packing_available(), reason="this PyTorch build cannot pack bfloat16 weights")
 
 
+@pytest.fixture(autouse=True)
+def _kernels_by_measurement(monkeypatch):
+    """Models prepare their linears as a user's would by default, whatever COMETLM_LINEAR_KERNEL the shell sets."""
+    monkeypatch.delenv("COMETLM_LINEAR_KERNEL", raising=False)
+
+
 def _layer(in_features, out_features, bias, dtype=torch.float32):
     torch.manual_seed(0)
     layer = nn.Linear(in_features, out_features, bias=bias).to(dtype)
