@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import math
 import platform
 import sys
@@ -22,6 +21,7 @@ from tqdm.auto import tqdm
 
 from cometlm import CometForCausalLM
 from cometlm.bundled import BUNDLED_MODEL, load_backbone
+from cometlm.files import write_json
 from cometlm.training.data import CorpusLMDataset
 
 
@@ -66,8 +66,7 @@ def main(argv=None) -> int:
         "comet": args.comet, "windows": args.windows, "length": length, "results": results,
     }
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(record, f, indent=2)
+        write_json(args.out, record)  # atomically: a rerun that finds the file may skip the measurement
     return 0
 
 
