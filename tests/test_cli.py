@@ -45,6 +45,34 @@ def test_demo_finds_a_passkey_with_the_shipped_adapter(monkeypatch, tmp_path, ca
     assert "300-token passkey prompt" in err and "tokens/s" in err and "peak RSS" in err
 
 
+@pytest.mark.parametrize("task", ["user-qa", "babilong-qa1"])
+def test_demo_answers_a_task_suites_prompt_and_scores_it(monkeypatch, tmp_path, capsys, tiny_model_dir, task):
+    """Any task suite through the demo on a tiny random model (it cannot answer; the demo scores what it says and
+    says that the shipped adapter is a passkey specialist)."""
+    import cometlm.bundled
+    from cometlm import CometConfig, CometForCausalLM
+    from cometlm.tasks.suite import SPECS
+
+    adapter = tmp_path / "adapter"
+    config = CometConfig(chunk_size=64, global_slots=2, temp_capacity=8, attention_sink=True)
+    CometForCausalLM.from_backbone(tiny_model_dir, config).save_pretrained(adapter, adapter=True)
+    monkeypatch.setattr(cometlm.bundled, "SHIPPED_ADAPTER", adapter)
+    assert main(["demo", "--task", task, "--model", tiny_model_dir, "--tokens", "400", "--depth", "30"]) == 0
+    out, err = capsys.readouterr()
+    assert "expected" in out and ("correct" in out or "WRONG" in out)
+    assert f"400-token {task} prompt" in err and "at 30% depth" in err and "tokens/s" in err
+    assert "passkey specialist" in err
+    # the answer is scored as the evaluation scores it: the same prompt, the expected values printed
+    from transformers import AutoTokenizer
+    import random
+
+    sample = SPECS[task].build(AutoTokenizer.from_pretrained(tiny_model_dir), 400, 0.3, random.Random(0),
+                               split="test", **SPECS[task].defaults())
+    assert f"expected  {', '.join(sample.answers)}  ->" in out
+    with pytest.raises(SystemExit, match="0 to 100"):
+        main(["demo", "--task", task, "--model", tiny_model_dir, "--depth", "130"])
+
+
 def test_demo_without_the_shipped_adapter_says_what_to_do(monkeypatch, tmp_path, capsys):
     import cometlm.bundled
 

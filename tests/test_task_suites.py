@@ -258,6 +258,19 @@ def test_log_answers_are_what_the_log_says(tokenizer, name, questions, parse):
             assert not set(sample.answers) & set(sample.distractors)
 
 
+@pytest.mark.parametrize("name, question", [("user-qa", "rating"), ("user-qa", "returns"), ("agent-qa", "lines"),
+                                            ("agent-qa", "tests")])
+def test_a_count_is_the_answers_first_number_and_a_date_is_not_a_count(tokenizer, name, question):
+    for seed in range(3):
+        sample = build(tokenizer, name, 1500, 0.5, seed, question=question)
+        (count,) = sample.answers
+        assert matches(f" {count}", sample) and matches(f" {count} in all", sample)
+        assert not matches(f" 2023-08-{count}", sample)  # scored as a whole word, the date's last part was a count
+        assert not matches(f" {int(count) + 1}, not {count}", sample) and not matches(f" {count}0", sample)
+    for other in {"user-qa": ("last-purchase", "date"), "agent-qa": ("config", "search")}[name]:
+        assert build(tokenizer, name, 1500, 0.5, 0, question=other).match == "all"
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Train and test apart
 

@@ -12,7 +12,8 @@ else in the window, is inserted at the grid's depth (`logs.log_prompt`), and the
   `pytest orion/tests/test_db_tamo.py` ran?" Naming the passed count or the seconds as well is wrong.
 - search: `search` with a query, three ranked URLs. "What was the first result of the search for "..."?" Naming the
   second or third as well is wrong.
-Answers are scored by `sample.matches` ("all": whole words, no distractor). With a user's own trace, calls whose
+Answers are scored by `sample.matches`: "all" (whole words, no distractor) for config and search, "number" (the
+answer's first number) for the counts of lines and tests. With a user's own trace, calls whose
 input contains the inserted call's file or query are left out of the window.
 
 Held out (`sample.Pool`): the test split renders calls in the ReAct format ("Action: ... Action input: ...
@@ -33,6 +34,7 @@ from cometlm.tasks.ruler import made_up_word
 from cometlm.tasks.sample import Pool, TaskSample, check_split
 
 QUESTIONS = ("config", "lines", "tests", "search")
+MATCH = {"config": "all", "lines": "number", "tests": "number", "search": "all"}  # a count: the first number
 TRACE_SCHEMA = (
     'one JSON object per line: {"tool": name, "input": a string or a JSON object of arguments, "output": the '
     "string the tool returned}; other keys are ignored; calls are kept in file order"
@@ -150,8 +152,8 @@ def agent_qa_sample(tokenizer, n_tokens: int, depth: float, rng, *, split: str =
     return TaskSample(
         context_ids=log.context_ids, question_ids=log.question_ids, answer_ids=encode(tokenizer, " " + answer),
         answers=(answer,), facts=tuple(t.rstrip("\n") for t in log.fact_texts), fact_starts=tuple(log.fact_starts),
-        depths=(depth,), depth=depth, key=0, distractors=tuple(w for w in wrong if w != answer), match="all", kind=kind,
-        split=split,
+        depths=(depth,), depth=depth, key=0, distractors=tuple(w for w in wrong if w != answer), match=MATCH[kind],
+        kind=kind, split=split,
     )
 
 

@@ -154,8 +154,8 @@ SPECS["user-qa"] = TaskSpec(
                     str, ("mixed", "last-purchase", "rating", "date", "returns")),
              Option("events", "", "a JSONL file of the user's own events to use as the log (default: generated); "
                     "see docs/TASKS.md for the schema")),
-    scoring="every expected item (or number) appears as a whole word or phrase, and no wrong candidate does "
-            "(an earlier item of the category; another number from 0 to 9)",
+    scoring="items: every expected item appears as a whole word or phrase, and no earlier item of the category "
+            "does; counts (rating, returns): the answer's first number is the expected one",
     help="user-behaviour QA over a long shop event log: last purchase, rating, what was bought on a date, returns",
     description="User-behaviour QA: a long event log of one shop user (views, carts, purchases, returns, ratings) "
     "and a question answered by one fact or a small count, the fact at the grid's depth. --events uses the "
@@ -167,7 +167,8 @@ SPECS["agent-qa"] = TaskSpec(
                     ("mixed", "config", "lines", "tests", "search")),
              Option("trace", "", "a JSONL file of the user's own tool calls to use as the log (default: "
                     "generated); see docs/TASKS.md for the schema")),
-    scoring="the expected value appears as a whole word or phrase, and no other value of the same observation does",
+    scoring="the expected value appears as a whole word or phrase, and no other value of the same observation does; "
+            "counts (lines, tests): the answer's first number is the expected one",
     help="agent-trajectory QA over a long log of tool calls: what did an earlier observation say",
     description="Agent-trajectory QA: a long log of tool calls (file reads, shell commands, searches) and their "
     "observations; the question asks what one call, at the grid's depth, returned. --trace uses the user's own "

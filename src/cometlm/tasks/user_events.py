@@ -9,11 +9,12 @@ facts the question needs are events of items that appear nowhere else in the win
   category, the last at the grid's depth and the others before it; the log holds no other purchase in it (the
   background never uses the category). Answer: the item's name; naming an earlier one as well is wrong.
 - rating: "How many stars did the user give to Cobalt kettle?" A purchase of the item, then its rating at the
-  grid's depth. Answer: the number of stars (no other number from 0 to 9 may appear as a word).
+  grid's depth. Answer: the number of stars, as the answer's first number (`sample.matches`' "number": "4 stars"
+  passes for 4, "2024-03-05: 4" does not).
 - date: "What did the user buy on 2024-03-05?" A purchase at the grid's depth, dated like the event before it.
   Answer: every item bought that day that the window shows whole, in log order (all must be named).
 - returns: "How many items from the garden category did the user return?" One to four returns in the category, the
-  first at the grid's depth and the others anywhere. Answer: their number (no other number from 0 to 9).
+  first at the grid's depth and the others anywhere. Answer: their number, as the answer's first number.
 An event inserted between two others takes the time of the one before it, so the log stays in time order.
 
 With a user's own events, events in the asked category (last-purchase, returns) or of the fact's items are left out
@@ -34,6 +35,8 @@ from cometlm.tasks.logs import cycle_from, log_prompt, read_records, split_regio
 from cometlm.tasks.sample import Pool, TaskSample, check_split
 
 QUESTIONS = ("last-purchase", "rating", "date", "returns")
+# A count is scored as the answer's first number: as a whole word anywhere, "1" would be found in "2023-08-1".
+MATCH = {"last-purchase": "all", "rating": "number", "date": "all", "returns": "number"}
 EVENTS = ("view", "cart", "purchase", "return", "rating")
 EVENTS_SCHEMA = (
     'one JSON object per line: {"time": "2024-03-05 14:22" (or ISO 8601 such as "2024-03-05T14:22:00"), "event": '
@@ -191,7 +194,7 @@ def user_qa_sample(tokenizer, n_tokens: int, depth: float, rng, *, split: str = 
         context_ids=log.context_ids, question_ids=log.question_ids,
         answer_ids=encode(tokenizer, " " + ", ".join(answers)), answers=tuple(answers),
         facts=tuple(t.rstrip("\n") for t in log.fact_texts), fact_starts=tuple(log.fact_starts), depths=tuple(depths),
-        depth=depth, key=key, distractors=distractors, match="all", kind=kind, split=split,
+        depth=depth, key=key, distractors=distractors, match=MATCH[kind], kind=kind, split=split,
     )
 
 
