@@ -232,6 +232,53 @@ def test_primed_layout_reads_each_context_once_and_equals_forward_with_that_chun
         assert logprob == pytest.approx(want, abs=1e-4) and greedy == want_greedy
 
 
+@pytest.mark.parametrize("layout", ["primed", "fixed"])
+def test_greedy_generations_read_and_decode_as_batches_with_the_answers_they_get_alone(setup, layout):
+    """Requests of many lengths: the greedy ones with the same stop sequences and limit are answered batch_size at a
+    time and get exactly the text they get one at a time (as `model.generate` gives it, cut at the first stop
+    sequence); a sampled one is answered alone. Each stream stops at its own stop sequence."""
+    root, model, tokenizer = setup
+    contexts = [SENTENCE * k + "Question: what jumps?" for k in (1, 6, 2, 9, 3)] + ["Once upon a time, " * 7]
+    # " micro" is what this tiny random model generates after a few "?" with the fixed layout: it ends the streams
+    # at different steps there (none with the primed layout)
+    kwargs = [{"until": [" micro"], "max_gen_toks": 9, "do_sample": False}] * 4 + [
+        {"until": ["fox"], "max_gen_toks": 5}, {"until": ["."], "max_gen_toks": 9, "do_sample": False}]
+    requests = [Instance("generate_until", {}, (c, k), i) for i, (c, k) in enumerate(zip(contexts, kwargs))]
+    answers = {}
+    for batch_size in (1, 3):
+        lm = get_model("cometlm").create_from_arg_string(f"comet={root / 'model'},layout={layout}",
+                                                         {"device": "cpu", "batch_size": batch_size})
+        calls = []
+        generate = lm.model.generate
+        lm.model.generate = lambda ids, **kw: calls.append(ids.shape[0]) or generate(ids, **kw)
+        answers[batch_size] = lm.generate_until(requests, disable_tqdm=True)
+        if batch_size == 3:
+            assert sorted(calls) == [1, 1, 1, 3]  # 4 alike (3 + 1), the two with other stops or limits alone
+    assert answers[1] == answers[3]
+    # a stream that meets its stop sequence ends on that step (the rest of its row is EOS), the others go on
+    prompts = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in contexts[:4]]
+    with torch.inference_mode():
+        rows = lm._generate_batch(prompts, [" micro"], 9, {}, progress=False)
+    padded = 0
+    for row in rows:
+        steps = [k for k in range(1, len(row) + 1) if " micro" in tokenizer.decode(row[:k])]
+        end = steps[0] if steps else len(row)
+        assert set(row[end:]) <= {tokenizer.eos_token_id} and tokenizer.eos_token_id not in row[:end]
+        padded += len(row) - end
+    assert padded > 0 or layout == "primed"
+    for context, k, got in zip(contexts, kwargs, answers[3]):
+        if layout == "primed":
+            break  # "fixed" reads as `model.generate` does, so the first answers are checked against it there
+        ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            out = model.generate(torch.tensor([ids]), max_new_tokens=k["max_gen_toks"],
+                                 eos_token_id=tokenizer.eos_token_id)
+        text = tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
+        for stop in k["until"]:
+            text = text.split(stop)[0]
+        assert got == text
+
+
 def test_bad_model_args_are_refused(setup):
     root, _, _ = setup
     with pytest.raises(ValueError, match="unknown argument"):

@@ -26,7 +26,10 @@ untrained with `chunk_size`, `global_slots`, `temp_stride`, `temp_capacity`, `ad
 - loglikelihood_rolling: the whole text after the prefix token, chunks of C from the start, no truncation and
   no windows: every token is predicted from everything before it.
 - generate_until: the context read with its tail in the open chunk, then `generate` with the task's stop
-  sequences; the text is cut at the first stop sequence, as the harness's Hugging Face backend does.
+  sequences; the text is cut at the first stop sequence, as the harness's Hugging Face backend does. Greedy
+  requests with the same stop sequences and length limit are read and decoded batch_size at a time (each stream's
+  memory and tokens are those it gets alone, and each ends at its own stop sequence); sampled ones one at a time,
+  so their draws do not depend on what else is in the batch.
 
 The baselines read as they do in `cometlm eval` (`methods.Method`), with the backbone as loaded (with `comet=DIR`,
 the adapter's LoRA included), one request at a time and greedily (they refuse `do_sample` and a repetition
@@ -35,8 +38,8 @@ penalty); every request is checked before the first is answered. loglikelihood s
 full refuses longer inputs). loglikelihood_rolling scores the prefix token + text as `cometlm eval ppl` does
 (`Method.token_losses`): full refuses a text longer than its window (the prefix token is read, the text's last
 token only predicted), and truncated reads windows that overlap by half, so every token sees at least `window / 2`
-before it (the `hf` backend's rolling windows do not overlap, so its numbers are not comparable). generate_until generates greedily
-(`Method.answer`) until a stop sequence appears, and cuts the text at the first one.
+before it (the `hf` backend's rolling windows do not overlap, so its numbers are not comparable). generate_until
+generates greedily (`Method.answer`) until a stop sequence appears, and cuts the text at the first one.
 
 Results record the exact command, cometlm's version, the CoMeT configuration and weights checksum, and the
 layout (`get_model_info`, merged into the harness's results config next to its own versions and seeds). A run
@@ -290,10 +293,7 @@ class CometLM(TemplateLM):
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         import torch
         from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
-        from lm_eval.models.utils_hf import stop_sequences_criteria
         from tqdm.auto import tqdm
-
-        from cometlm.evaluation.streaming import generate_answer
 
         eos = self.tokenizer.decode([self.eot_token_id], skip_special_tokens=False)
         parsed = []  # (context, gen_kwargs, ids, stop sequences, max new tokens, sampling options) per request
@@ -312,28 +312,77 @@ class CometLM(TemplateLM):
             parsed.append((context, gen_kwargs, ids, until, max_new, sampling))
         if self.baseline is not None:
             self._check_all("generate_until", [lambda p=p: self._check_greedy_prompt(*p[2:]) for p in parsed])
-        results = []
-        for context, gen_kwargs, ids, until, max_new, sampling in tqdm(
-            parsed, desc="cometlm generate_until", disable=disable_tqdm, dynamic_ncols=True
-        ):
-            if self.baseline is not None:
-                def stop(new_ids, until=until):  # a stop sequence was generated: the text is cut there below
-                    text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
-                    return any(s and s in text for s in until)
+        results = [None] * len(parsed)
+        bar = tqdm(total=len(parsed), desc="cometlm generate_until", disable=disable_tqdm, dynamic_ncols=True)
+        for batch in self._generation_batches(parsed):
+            _, _, _, until, max_new, sampling = parsed[batch[0]]
+            with torch.inference_mode():
+                if self.baseline is not None:
+                    ((context, gen_kwargs, ids, *_),) = [parsed[i] for i in batch]
 
-                with torch.inference_mode():
-                    new_ids, _ = self.baseline.answer(ids, 0, max_new, self.eot_token_id, not disable_tqdm, stop=stop)
-            else:
-                tail = self._open_tokens(len(ids), max_new)
-                with torch.inference_mode():
-                    new_ids = generate_answer(
-                        self.model, ids, tail, max_new, eos_token_id=self.eot_token_id, progress=not disable_tqdm,
-                        stopping_criteria=stop_sequences_criteria(self.tokenizer, until, tail, 1), **sampling,
-                    )
-            text = postprocess_generated_text(self.tokenizer.decode(new_ids, skip_special_tokens=True), until, None)
-            results.append(text)
-            self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
+                    def stop(new_ids, until=until):  # a stop sequence was generated: the text is cut there below
+                        text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
+                        return any(s and s in text for s in until)
+
+                    answers = [self.baseline.answer(ids, 0, max_new, self.eot_token_id, not disable_tqdm,
+                                                    stop=stop)[0]]
+                else:
+                    answers = self._generate_batch([parsed[i][2] for i in batch], until, max_new, sampling,
+                                                   progress=not disable_tqdm)
+            for i, new_ids in zip(batch, answers):
+                context, gen_kwargs = parsed[i][:2]
+                text = postprocess_generated_text(self.tokenizer.decode(new_ids, skip_special_tokens=True), until,
+                                                  None)
+                results[i] = text
+                self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
+            bar.update(len(batch))
+        bar.close()
         return results
+
+    def _generation_batches(self, parsed) -> list[list[int]]:
+        """Indices of the requests answered together: for the memory methods, greedy requests with the same stop
+        sequences, length limit and repetition penalty, batch_size at a time, in request order; otherwise one."""
+        if self.baseline is not None:
+            return [[i] for i in range(len(parsed))]
+        groups: dict[tuple, list[int]] = {}
+        batches = []
+        for i, (_, _, _, until, max_new, sampling) in enumerate(parsed):
+            if sampling.get("do_sample"):
+                batches.append([i])
+                continue
+            group = groups.setdefault((tuple(until), max_new, tuple(sorted(sampling.items()))), [])
+            group.append(i)
+            if len(group) == self.batch_size:
+                batches.append(group[:])
+                group.clear()
+        batches += [group for group in groups.values() if group]
+        return sorted(batches)
+
+    def _generate_batch(self, prompts: list[list[int]], until: list[str], max_new: int, sampling: dict,
+                        progress: bool) -> list[list[int]]:
+        """Each prompt read with its tail in the open chunk (`streaming.read_contexts`), then the tails decoded
+        together; returns each prompt's new tokens up to its first stop sequence's step or its EOS."""
+        import torch
+
+        from cometlm.evaluation.streaming import read_contexts
+
+        tails = [self._open_tokens(len(ids), max_new) for ids in prompts]
+        state = read_contexts(self.model, prompts, tails, progress=progress)
+        width = max(tails)  # the tails left-padded, so that every stream's new tokens start at one column
+        open_ids = torch.zeros(len(prompts), width, dtype=torch.long, device=self.device)
+        mask = torch.zeros_like(open_ids)
+        for row, (ids, tail) in enumerate(zip(prompts, tails)):
+            open_ids[row, width - tail :] = torch.tensor(ids[-tail:])
+            mask[row, width - tail :] = 1
+        lookback = max([len(self.tok_encode(s)) for s in until if s], default=0) + 2
+
+        def stopped(sequences, scores):  # per stream: a stop sequence in its last new tokens ends it alone
+            texts = self.tokenizer.batch_decode(sequences[:, width:][:, -lookback:])
+            return torch.tensor([any(s and s in text for s in until) for text in texts], device=sequences.device)
+
+        out = self.model.generate(open_ids, attention_mask=mask, memory=state, max_new_tokens=max_new,
+                                  eos_token_id=self.eot_token_id, stopping_criteria=stopped, **sampling)
+        return out[:, width:].tolist()
 
     def _check_greedy_prompt(self, ids, until, max_new, sampling) -> None:
         if sampling.get("do_sample") or sampling.get("repetition_penalty", 1.0) != 1.0:

@@ -141,6 +141,41 @@ def _repeat(state: MemoryState, n: int) -> MemoryState:
     return MemoryState.from_tensors(state.config, {k: v.expand(n, *v.shape[1:]) for k, v in state.tensors().items()})
 
 
+def _padded(pieces: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists as one right-padded batch and its attention mask (B, max length)."""
+    width = max(len(p) for p in pieces)
+    ids = torch.zeros(len(pieces), width, dtype=torch.long, device=device)
+    mask = torch.zeros(len(pieces), width, dtype=torch.long, device=device)
+    for row, piece in enumerate(pieces):
+        ids[row, : len(piece)] = torch.tensor(piece, dtype=torch.long)
+        mask[row, : len(piece)] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def read_contexts(model, prompts: list[list[int]], tails: list[int], progress: bool = False) -> MemoryState:
+    """`read_context` of several prompts of any lengths as one batch: stream i reads all of ``prompts[i]`` but its
+    last ``tails[i]`` tokens, in the chunks `read_context` reads it in alone, so each stream's memory is the one it
+    gets alone. Generating from it takes each prompt's tail (a padded batch: `CometForCausalLM.generate`)."""
+    c = model.comet_config.chunk_size
+    if len(prompts) != len(tails) or not prompts:
+        raise ValueError("read_contexts takes one tail per prompt, and at least one prompt")
+    for n, tail in zip(map(len, prompts), tails):
+        if not 1 <= tail <= min(n, c):
+            raise ValueError(f"the open chunk must hold 1..{min(n, c)} of the {n} context tokens (got {tail})")
+    device = model.backbone.device
+    firsts = [(len(p) - t) % c for p, t in zip(prompts, tails)]  # each stream's short first chunk, closed early
+    state = model.init_memory(len(prompts))
+    if any(firsts):
+        ids, mask = _padded([p[:f] for p, f in zip(prompts, firsts)], device)
+        state = model.close_open_chunk(model.ingest(ids, state, attention_mask=mask))
+    middles = [p[f : len(p) - t] for p, f, t in zip(prompts, firsts, tails)]
+    if any(middles):
+        ids, mask = _padded(middles, device)
+        state = model.ingest(ids, state, attention_mask=mask, progress=progress)
+    return state
+
+
 @torch.no_grad()
 def generate_answers(
     model, prompts: list[list[int]], tail: int, max_new_tokens: list[int], eos_token_id=None, progress: bool = False,
@@ -151,15 +186,9 @@ def generate_answers(
     n, c = len(prompts[0]), model.comet_config.chunk_size
     if any(len(p) != n for p in prompts) or not 1 <= tail <= min(n, c):
         raise ValueError("generate_answers takes prompts of one length, with 1..chunk_size tokens in the open chunk")
-    ids = torch.tensor(prompts, device=model.backbone.device)
-    first = (n - tail) % c
-    state = model.init_memory(len(prompts))
-    if first:
-        state = model.close_open_chunk(model.ingest(ids[:, :first], state))
-    if n - tail > first:
-        state = model.ingest(ids[:, first : n - tail], state, progress=progress)
-    out = model.generate(ids[:, n - tail :], memory=state, max_new_tokens=max(max_new_tokens),
-                         eos_token_id=eos_token_id)
+    state = read_contexts(model, prompts, [tail] * len(prompts), progress)
+    ids = torch.tensor([p[n - tail :] for p in prompts], device=model.backbone.device)
+    out = model.generate(ids, memory=state, max_new_tokens=max(max_new_tokens), eos_token_id=eos_token_id)
     ends = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
     answers = []
     for row, limit in zip(out[:, tail:].tolist(), max_new_tokens):
