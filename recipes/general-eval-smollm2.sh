@@ -2,8 +2,9 @@
 # Every measurement issue 23 (point 2 and 3) asks of a general adapter for SmolLM2-135M-Instruct, on the test split,
 # in float32 (the reported tables' dtype), then the verdict on each target (recipes/general_targets.py):
 #
-#   recipes/general-eval-smollm2.sh ADAPTER OUT [--only PART ...] [-- EXTRA EVAL OPTIONS]
+#   PATH=$PWD/.venv/bin:$PATH recipes/general-eval-smollm2.sh ADAPTER OUT [--only PART ...] [-- EXTRA EVAL OPTIONS]
 #
+#   (COMETLM and PYTHON default to the `cometlm` and `python` on PATH.)
 #   suites   the task suites at 4k / 16k / 32k, 50% depth, 5 trials per cell (32k included): the adapter (comet), its
 #            memories off (no-memory), full attention with its LoRA where the prompt fits the 8k window (full-lora,
 #            4k), and the efficient baselines with CoMeT's cache, truncated-cache and sliding-window-cache
