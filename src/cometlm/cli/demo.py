@@ -12,7 +12,7 @@ from cometlm.runtime import peak_rss_mib
 from cometlm.tasks.suite import SPECS
 
 from .generate import generate_printed, read_timed, report, split_open_chunk
-from .options import add_generation_options, add_model_options, load_model
+from .options import add_generation_options, add_model_options, load_model, use_default_adapter
 
 DEMO_TOKENS = {"passkey": 32768, "continue": 16384}  # a task suite's prompt: as the passkey's
 DEFAULT_DEMO_TASK = "passkey"  # the shipped adapter (src/cometlm/adapters/smollm2-135m-passkey) at 32k tokens
@@ -39,15 +39,16 @@ def register(sub) -> None:
                       "random)")
     demo.add_argument("--corpus", choices=("bible", "essays"), default="bible",
                       help="continue: which bundled text (default bible)")
-    add_model_options(demo)
+    add_model_options(demo, default_adapter=True)
     add_generation_options(demo, max_new_tokens=48)
     demo.set_defaults(run=cmd_demo)
 
 
 def cmd_demo(args) -> int:
-    """The main job: passkey retrieval with the shipped adapter or --comet DIR (default), or reading a long
-    bundled text and going on (--task continue)."""
-    from cometlm.bundled import SHIPPED_ADAPTER
+    """The main job: passkey retrieval with the shipped passkey adapter or --comet DIR (default), one prompt of a
+    task suite, or reading a long bundled text and going on (--task continue); the last two load the default
+    adapter unless a model is named."""
+    from cometlm.bundled import DEFAULT_ADAPTER, SHIPPED_ADAPTER
     from cometlm.saving import CONFIG_FILE
 
     if args.tokens is None:
@@ -55,13 +56,15 @@ def cmd_demo(args) -> int:
     if args.depth is not None and not 0 <= args.depth <= 100:
         raise SystemExit(f"error: --depth is a percentage of the prompt, 0 to 100 (got {args.depth:g})")
     if args.task == "continue":
+        use_default_adapter(args)
         return _demo_continue(args)
     if args.comet is None:
-        if not (SHIPPED_ADAPTER / CONFIG_FILE).is_file():
-            raise SystemExit(f"error: the shipped passkey adapter is missing ({SHIPPED_ADAPTER}); reinstall cometlm, "
+        adapter = SHIPPED_ADAPTER if args.task == "passkey" else DEFAULT_ADAPTER
+        if not (adapter / CONFIG_FILE).is_file():
+            raise SystemExit(f"error: the shipped adapter is missing ({adapter}); reinstall cometlm, "
                              "or pass --comet DIR of a trained adapter")
-        args.comet = str(SHIPPED_ADAPTER)
-        if args.task != "passkey":
+        args.comet = str(adapter)
+        if args.task != "passkey" and adapter == SHIPPED_ADAPTER:
             print(f"note: the shipped adapter is a passkey specialist and does not answer {args.task} yet "
                   "(docs/STATUS.md); pass --comet DIR of an adapter trained on the task suites.", file=sys.stderr)
     return _demo_passkey(args) if args.task == "passkey" else _demo_suite_task(args)

@@ -7,7 +7,7 @@ import time
 
 from cometlm.runtime import peak_rss_mib
 
-from .options import add_generation_options, add_model_options, load_model
+from .options import add_generation_options, add_model_options, load_model, use_default_adapter
 
 
 def register(sub) -> None:
@@ -21,7 +21,7 @@ def register(sub) -> None:
     source.add_argument("--prompt-file", help="a UTF-8 text file holding the prompt (any length)")
     generate.add_argument("--memory-in", metavar="PATH", help="continue from a saved memory state (.safetensors)")
     generate.add_argument("--memory-out", metavar="PATH", help="save the memory state after generation (atomic write)")
-    add_model_options(generate)
+    add_model_options(generate, default_adapter=True)
     add_generation_options(generate, max_new_tokens=64)
     generate.set_defaults(run=cmd_generate)
 
@@ -32,6 +32,11 @@ def cmd_generate(args) -> int:
 
     if args.prompt is None and args.prompt_file is None:
         raise SystemExit("error: give --prompt TEXT or --prompt-file PATH")
+    if use_default_adapter(args):
+        from pathlib import Path
+
+        print(f"CoMeT adapter: {Path(args.comet).name} (the default; --comet DIR|NAME for another, --model for an untrained "
+              "memory)", file=sys.stderr)
     model = load_model(args)
     text = args.prompt if args.prompt is not None else open(args.prompt_file, encoding="utf-8").read()
     ids = encode(model.tokenizer, text)

@@ -6,13 +6,23 @@ Only argparse is imported at module level, so ``cometlm --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 
-def add_model_options(parser: argparse.ArgumentParser, dtype: str = "auto") -> None:
+# The options that describe an untrained CoMeT (CometConfig's fields); an adapter brings its own.
+SIZE_OPTIONS = ("chunk_size", "global_slots", "temp_stride", "temp_capacity", "adapter_rank", "no_gate",
+                "attention_sink", "gate_bias")
+
+
+def add_model_options(parser: argparse.ArgumentParser, dtype: str = "auto", default_adapter: bool = False) -> None:
     """--model, --comet, the CoMeT sizes of an untrained model, --dtype (default ``dtype``), --threads (see
-    ``model_options``)."""
-    from cometlm.bundled import shipped_adapters
+    ``model_options``). ``default_adapter``: the command loads ``bundled.DEFAULT_ADAPTER`` when none of --model,
+    --comet and the sizes is given (``use_default_adapter``); otherwise CoMeT starts untrained without --comet."""
+    from cometlm.bundled import DEFAULT_ADAPTER, shipped_adapters
 
+    without = (f"Without it, --model and the sizes below, the adapter {DEFAULT_ADAPTER.name} is loaded; with "
+               "--model or a size and no --comet, CoMeT starts untrained (identity adapters) on --model"
+               if default_adapter else "Without it, CoMeT starts untrained (identity adapters) on --model")
     group = parser.add_argument_group("model")
     group.add_argument(
         "--model", default=None,
@@ -21,14 +31,17 @@ def add_model_options(parser: argparse.ArgumentParser, dtype: str = "auto") -> N
     group.add_argument(
         "--comet", default=None, metavar="DIR|NAME",
         help="a saved CoMeT model or adapter (from save_pretrained), or the name of an adapter shipped with cometlm "
-        f"({', '.join(shipped_adapters())}); its own config is used and the --chunk-size etc. options below are "
-        "ignored. Without it, CoMeT starts untrained (identity adapters) on --model",
+        f"({', '.join(shipped_adapters())}); it brings its own sizes, so the size options below are refused with "
+        f"it. {without}",
     )
-    group.add_argument("--chunk-size", type=int, default=1024, help="C: text tokens per chunk (default 1024)")
-    group.add_argument("--global-slots", type=int, default=64, help="M: global-memory slots, 0 disables it (default 64)")
-    group.add_argument("--temp-stride", type=int, default=8, help="s: a beacon after every s tokens, 0 disables the temporary memory (default 8)")
-    group.add_argument("--temp-capacity", type=int, default=256, help="K: rows in each layer's temporary queue (default 256)")
-    group.add_argument("--adapter-rank", type=int, default=8, help="r: rank of the memory adapters (default 8)")
+    group.add_argument("--chunk-size", type=int, default=None, help="C: text tokens per chunk (default 1024)")
+    group.add_argument("--global-slots", type=int, default=None,
+                       help="M: global-memory slots, 0 disables it (default 64)")
+    group.add_argument("--temp-stride", type=int, default=None,
+                       help="s: a beacon after every s tokens, 0 disables the temporary memory (default 8)")
+    group.add_argument("--temp-capacity", type=int, default=None,
+                       help="K: rows in each layer's temporary queue (default 256)")
+    group.add_argument("--adapter-rank", type=int, default=None, help="r: rank of the memory adapters (default 8)")
     group.add_argument("--no-gate", action="store_true", help="make the global update a plain overwrite (ablation)")
     group.add_argument(
         "--attention-sink", action="store_true",
@@ -48,17 +61,38 @@ def add_model_options(parser: argparse.ArgumentParser, dtype: str = "auto") -> N
     group.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
+def sizes_given(args: argparse.Namespace) -> list[str]:
+    """The size options of an untrained CoMeT that the command line set, as they are spelled there."""
+    return ["--" + name.replace("_", "-") for name in SIZE_OPTIONS if getattr(args, name) not in (None, False)]
+
+
+def use_default_adapter(args: argparse.Namespace) -> bool:
+    """--comet becomes ``bundled.DEFAULT_ADAPTER`` when none of --model, --comet and the sizes is given (the
+    trained memory, not an untrained one that disturbs the backbone); True when it did."""
+    from cometlm.bundled import DEFAULT_ADAPTER
+
+    if args.comet is not None or args.model is not None or sizes_given(args):
+        return False
+    args.comet = str(DEFAULT_ADAPTER)
+    return True
+
+
 def model_options(args: argparse.Namespace):
     """The ``loading.ModelOptions`` that the model options of ``args`` name."""
     from cometlm.config import CometConfig
     from cometlm.loading import ModelOptions
 
-    config = CometConfig(
-        chunk_size=args.chunk_size, global_slots=args.global_slots, temp_stride=args.temp_stride,
-        temp_capacity=args.temp_capacity if args.temp_stride else 0, adapter_rank=args.adapter_rank,
-        gate=not args.no_gate, attention_sink=args.attention_sink,
-        gate_bias=tuple(args.gate_bias) if args.gate_bias else None,
-    ) if not args.comet else CometConfig()
+    given = sizes_given(args)
+    if args.comet and given:
+        raise SystemExit(f"error: --comet {args.comet} brings its own sizes; drop {', '.join(given)} (the sizes of "
+                         "an untrained CoMeT), or drop --comet to train or run an untrained memory")
+    config = CometConfig()
+    if not args.comet:
+        sizes = {name: getattr(args, name) for name in SIZE_OPTIONS[:5] if getattr(args, name) is not None}
+        config = CometConfig(**sizes, gate=not args.no_gate, attention_sink=args.attention_sink,
+                             gate_bias=tuple(args.gate_bias) if args.gate_bias else None)
+        if config.temp_stride == 0 and args.temp_capacity is None:
+            config = dataclasses.replace(config, temp_capacity=0)
     return ModelOptions(base=args.model, adapter=args.comet, config=config, dtype=args.dtype, threads=args.threads)
 
 

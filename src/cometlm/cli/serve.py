@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .options import add_model_options, load_model, model_options
+from .options import add_model_options, load_model, model_options, use_default_adapter
 
 DEFAULT_STATE_DIR = "cometlm-sessions"
 
@@ -13,8 +13,8 @@ def register(sub) -> None:
     serve = sub.add_parser(
         "serve", help="serve memory sessions and an OpenAI-compatible API over HTTP",
         description="Serves the model over HTTP: OpenAI-compatible /v1/completions and /v1/chat/completions, and "
-        "memory sessions whose states live on disk (/v1/sessions). Without --model and --comet it serves the "
-        "bundled SmolLM2 with the shipped smollm2-135m-passkey adapter. Binds to 127.0.0.1 unless --host says "
+        "memory sessions whose states live on disk (/v1/sessions). Without --model, --comet and a size option "
+        "it serves the bundled SmolLM2 with the default adapter shipped with cometlm (bundled.DEFAULT_ADAPTER). Binds to 127.0.0.1 unless --host says "
         "otherwise; SIGTERM finishes the requests in flight, then stops.",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
@@ -37,7 +37,7 @@ def register(sub) -> None:
     limits.add_argument("--batch-window-ms", type=float, default=5.0,
                         help="how long requests of different sessions are collected into one batch (default 5)")
     limits.add_argument("--max-batch", type=int, default=16, help="requests per batch (default 16)")
-    add_model_options(serve)
+    add_model_options(serve, default_adapter=True)
     serve.set_defaults(run=cmd_serve)
 
 
@@ -47,15 +47,13 @@ def cmd_serve(args) -> int:
     import logging
     from pathlib import Path
 
-    from cometlm.bundled import SHIPPED_ADAPTER
     from cometlm.runtime import limit_heap_fragmentation
     from cometlm.serving import ServerSettings, build_app, serve
 
     limit_heap_fragmentation()  # before any thread starts
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    if args.comet is None and args.model is None:
-        args.comet = SHIPPED_ADAPTER.name
+    use_default_adapter(args)
     settings = ServerSettings(
         state_dir=Path(args.state_dir), api_keys=args.api_keys, cache_bytes=args.cache_mib << 20,
         max_body_bytes=args.max_body_kib << 10, max_append_tokens=args.max_append_tokens,
