@@ -18,6 +18,8 @@ from cometlm import CometConfig
         (dict(gate="yes"), "gate must be True or False"),
         (dict(gate_bias=(1.0,)), "gate_bias must be None or"),
         (dict(gate_bias=(0, 4), gate=False), "gate_bias needs the gated global memory"),
+        (dict(gate_centered=1), "gate_centered must be True or False"),
+        (dict(gate_centered=True, global_slots=0, gate=False), "gate_centered needs the gated global memory"),
     ],
 )
 def test_invalid_combinations_say_what_to_change(kwargs, message):

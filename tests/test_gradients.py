@@ -78,6 +78,33 @@ def test_gate_switch_decides_whether_the_old_state_survives():
     torch.testing.assert_close(first, gated.norm(candidates))  # t == 0: the state is the candidate
 
 
+def test_a_centred_gate_is_the_papers_gate_on_its_input_less_the_center():
+    """g = sigmoid(W ([cand ; S] - c) + b): the state and every gradient as that formula gives them, computed
+    directly; with c = 0 exactly the uncentred gate."""
+    torch.manual_seed(0)
+    d = 16
+    candidates, old = torch.randn(2, 3, d), torch.randn(2, 3, d)
+    has_state = torch.tensor([True, False])
+    plain, centred = GlobalMemory(d, 4, 1e-6, gated=True), GlobalMemory(d, 4, 1e-6, gated=True, centered=True)
+    centred.load_state_dict(plain.state_dict() | {"gate_center": torch.zeros(2 * d)})
+    assert torch.equal(centred.next_state(candidates, old, has_state), plain.next_state(candidates, old, has_state))
+    with torch.no_grad():
+        centred.gate_center.copy_(torch.randn(2 * d) * 3)
+    state = old.clone().requires_grad_()
+    new = centred.next_state(candidates, state, has_state)
+    grads = torch.autograd.grad(new.square().sum(), [state, centred.gate.weight, centred.gate.bias])
+    reference = old.clone().requires_grad_()
+    weight, bias = centred.gate.weight.detach().clone().requires_grad_(), centred.gate.bias.detach().clone().requires_grad_()
+    cand = centred.norm(candidates)
+    g = torch.sigmoid((torch.cat([cand, reference], dim=-1) - centred.gate_center) @ weight.T + bias)
+    expected = torch.where(has_state[:, None, None], g * reference + (1 - g) * cand, cand)
+    torch.testing.assert_close(new, expected)
+    for got, want in zip(grads, torch.autograd.grad(expected.square().sum(), [reference, weight, bias])):
+        torch.testing.assert_close(got, want)
+    assert not torch.allclose(new, plain.next_state(candidates, old, has_state))  # the center matters
+    assert "gate_center" not in plain.state_dict() and "gate_center" in centred.state_dict()
+
+
 def test_checkpointing_gives_the_same_loss_and_gradients():
     ids = random_ids(2, 3 * C + 3)
     results = []

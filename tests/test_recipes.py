@@ -375,3 +375,31 @@ def test_the_rule_verdict_reads_the_global_column_at_each_length(tmp_path):
     result = run("4096=1")
     assert result.returncode == 2 and "no global mean" in result.stderr
     assert (tmp_path / "verdict").read_text() == "fail\n"  # the last verdict stays; the recipe reads it only once
+
+
+def test_centring_an_adapters_gates_keeps_what_it_computes(tmp_path, tiny_model_dir):
+    """`reset_gates.py --center` (session 36): the copy's gates read their input less its mean, the bias raised to
+    match, so the copy reads a prompt as the adapter does; a centred adapter is not centred twice."""
+    import torch
+
+    from cometlm import CometForCausalLM
+    from conftest import randomize_memory
+
+    script = RECIPE.parents[1] / "docs" / "experiments" / "reset_gates.py"
+    config = CometConfig(chunk_size=32, global_slots=2, temp_capacity=8, attention_sink=True)
+    randomize_memory(CometForCausalLM.from_backbone(tiny_model_dir, config)).save_pretrained(tmp_path / "a", adapter=True)
+    run = lambda source, out: subprocess.run(  # noqa: E731
+        [sys.executable, str(script), str(source), "--out", str(out), "--center", "--samples", "1", "--length", "256"],
+        capture_output=True, text=True)
+    result = run(tmp_path / "a", tmp_path / "b")
+    assert result.returncode == 0, result.stderr
+    assert "constant share" in result.stdout
+    a, b = (CometForCausalLM.from_pretrained(tmp_path / name).eval() for name in ("a", "b"))
+    assert b.comet_config.gate_centered and not a.comet_config.gate_centered
+    assert all(bool(layer.global_memory.gate_center.abs().sum() > 0) for layer in b.memory.layers)
+    ids = torch.randint(0, a.backbone.vocab_size, (1, 200), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        for x, y in zip(a.ingest(ids).layers, b.ingest(ids).layers):
+            torch.testing.assert_close(y.global_state, x.global_state, atol=1e-4, rtol=1e-4)
+    again = run(tmp_path / "b", tmp_path / "c")
+    assert again.returncode == 2 and "centred already" in again.stderr and not (tmp_path / "c").exists()

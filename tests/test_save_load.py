@@ -48,6 +48,29 @@ def test_adapter_round_trip_is_small_and_checks_its_base(tmp_path):
         CometForCausalLM.from_pretrained(tmp_path / "adapter", base_model=str(other), dtype=torch.bfloat16)
 
 
+def test_a_centred_gate_saves_and_loads_its_center(tmp_path):
+    """The center is a buffer of the adapter: saved, loaded (in float32 under a bfloat16 backbone too), and part of
+    what the model computes; an adapter without it loads as before."""
+    import dataclasses
+
+    base = saved_base(tmp_path)
+    config = dataclasses.replace(SMALL, gate_centered=True)
+    comet = randomize_memory(CometForCausalLM.from_backbone(str(base), config))
+    with torch.no_grad():
+        for index, layer in enumerate(comet.memory.layers):
+            layer.global_memory.gate_center.copy_(torch.randn(layer.global_memory.gate_center.shape) + index)
+    comet.save_pretrained(tmp_path / "centred", adapter=True)
+    loaded = CometForCausalLM.from_pretrained(tmp_path / "centred")
+    assert loaded.comet_config.gate_centered
+    ids = random_ids(1, 3 * SMALL.chunk_size + 5)
+    assert_states_equal(loaded.ingest(ids), comet.ingest(ids))
+    half = CometForCausalLM.from_pretrained(tmp_path / "centred", dtype=torch.bfloat16)
+    assert {layer.global_memory.gate_center.dtype for layer in half.memory.layers} == {torch.float32}
+    uncentred = CometForCausalLM.from_backbone(str(base), SMALL)
+    uncentred.memory.load_state_dict({k: v for k, v in comet.memory.state_dict().items() if "gate_center" not in k})
+    assert not torch.equal(uncentred.ingest(ids).layers[0].global_state, comet.ingest(ids).layers[0].global_state)
+
+
 @torch.no_grad()
 def test_a_model_with_lora_round_trips_as_adapter_and_as_full_model(tmp_path):
     """LoRA goes to its own file both ways; the full model's backbone is the plain model, LoRA not folded in."""

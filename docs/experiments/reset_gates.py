@@ -16,6 +16,12 @@ keeps every layer's average and is meant for a run with `--gate-weight-lr-multip
 
     .venv/bin/python docs/experiments/reset_gates.py ADAPTER --out NEW_ADAPTER [--clip 3] [--samples 2]
 
+``--center`` keeps the gates as they are and centres their input instead (session 36): the copy's config says
+``gate_centered`` and each layer's ``gate_center`` is the mean of the gate's input ``[cand ; S]`` over the same
+chunks and slots, with the bias raised by ``W_g . center`` so that every gate computes exactly what it computed;
+only how the weights train changes (their updates no longer move every logit through the input's constant part).
+It also prints that constant part's share of the input's square norm per layer.
+
 ``--bias B`` writes B as every layer's bias instead (weights still zero): an ablation of what the gates do. B = 20
 keeps every layer's first closed chunk forever (g = 1), B = -20 overwrites the global memory with each chunk's
 candidate (g = 0); the table still shows the adapter's own gates.
@@ -45,9 +51,13 @@ def main(argv=None) -> int:
     parser.add_argument("--length", type=int, default=2048, help="tokens per prompt (default 2048)")
     parser.add_argument("--seed", type=int, default=777000, help="first prompt seed (default 777000)")
     parser.add_argument("--bias", type=float, help="write this bias in every layer instead of its mean (an ablation)")
+    parser.add_argument("--center", action="store_true",
+                        help="keep the gates; centre their input on its mean, the bias adjusted to match")
     args = parser.parse_args(argv)
     if args.out.exists():
         parser.error(f"{args.out} exists; name a new folder")
+    if args.center and args.bias is not None:
+        parser.error("--center keeps every gate as it is; it takes no --bias")
     if args.clip <= 0 or args.samples < 1:
         parser.error("--clip must be > 0 and --samples at least 1")
 
@@ -55,15 +65,20 @@ def main(argv=None) -> int:
     layers = [layer.global_memory for layer in model.memory.layers]
     if any(g is None or g.gate is None for g in layers):
         parser.error("this adapter has no gated global memory in every layer")
-    logits = []  # per closed chunk: (L, slots) gate logits
+    if args.center and model.comet_config.gate_centered:
+        parser.error("this adapter's gates are centred already")
+    logits, inputs = [], []  # per closed chunk: (L, slots) gate logits, (L, slots, 2d) gate inputs
 
     def record(memories, readouts, state, has_state):
         candidate = torch.stack([m.norm(r.float()) for m, r in zip(memories, readouts)])  # what the gate sees
         both = torch.cat([candidate, state.float()], dim=-1)  # (L, B, M, 2d)
+        if memories[0].gate_center is not None:
+            both = both - torch.stack([m.gate_center for m in memories]).float()[:, None, None]
         weight = torch.stack([m.gate.weight[0] for m in memories]).float()  # (L, 2d)
         bias = torch.stack([m.gate.bias[0] for m in memories]).float()  # (L,)
         if bool(has_state.all()):  # the first closed chunk writes S without a gate
             logits.append((torch.einsum("lbmd,ld->lbm", both, weight) + bias[:, None, None]).flatten(1))
+            inputs.append(both.flatten(1, 2))
         return original(memories, readouts, state, has_state)
 
     original = memory_module.next_global_states
@@ -79,6 +94,8 @@ def main(argv=None) -> int:
         memory_module.next_global_states = original
     every = torch.cat(logits, dim=1)  # (L, chunks * slots)
     mean, spread = every.mean(dim=1), every.std(dim=1)
+    if args.center:
+        return center(model, layers, torch.cat(inputs, dim=1), every, args.out)
     bias = mean.clamp(-args.clip, args.clip) if args.bias is None else torch.full_like(mean, args.bias)
     print("layer  mean logit  std   mean g  ->  new bias  new g")
     for index, gate in enumerate(layers):
@@ -91,6 +108,26 @@ def main(argv=None) -> int:
     print(f"{len(logits)} gated chunk updates read; new adapter in {args.out}", file=sys.stderr)
     return 0
 
+
+def center(model, layers, inputs: torch.Tensor, logits: torch.Tensor, out: Path) -> int:
+    """Writes the copy with centred gates (``--center``): inputs (L, N, 2d), logits (L, N) as recorded."""
+    import dataclasses
+
+    mean = inputs.mean(dim=1)  # (L, 2d)
+    share = (mean ** 2).sum(-1) / (inputs ** 2).sum(-1).mean(dim=1)
+    print("layer  constant share of the input  logit std  mean g   bias -> bias + W.center")
+    with torch.no_grad():
+        for index, gate in enumerate(layers):
+            shift = float(gate.gate.weight[0].float() @ mean[index])
+            print(f"{index:5d} {share[index]:28.3f} {logits[index].std():10.2f} "
+                  f"{torch.sigmoid(logits[index]).mean():7.3f}   {float(gate.gate.bias):6.2f} -> "
+                  f"{float(gate.gate.bias) + shift:6.2f}")
+            gate.gate.bias += shift
+            gate.register_buffer("gate_center", mean[index].to(gate.gate.weight.dtype))
+    model.comet_config = dataclasses.replace(model.comet_config, gate_centered=True)  # what the copy's config says
+    model.save_pretrained(out, adapter=True)
+    print(f"{logits.shape[1]} gate inputs per layer read; the adapter with centred gates in {out}", file=sys.stderr)
+    return 0
 
 if __name__ == "__main__":
     raise SystemExit(main())

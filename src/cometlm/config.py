@@ -27,6 +27,12 @@ class CometConfig:
                    keeping its state (sigmoid(4) = 0.98): spreading it over layers gives them time scales from
                    one chunk to many (the "chrono" initialisation of recurrent gates), a lever for recall far
                    beyond the training length. Only the initialisation: a trained model's gates are weights.
+    gate_centered  the gate reads its input less a fixed per-layer center: ``g = sigmoid(W_g ([cand ; S] - c) + b)``
+                   with ``c`` a buffer (``GlobalMemory.gate_center``), zero until set from data (e.g. the input's
+                   mean, ``docs/experiments/center_gates.py``). The same functions as the paper's gate (``b - W_g c``
+                   is a bias); what changes is how its weights train: SmolLM2's gate inputs share a constant part
+                   (85-93% of their square norm in most layers), so uncentered weight updates move every logit
+                   together instead of learning content (docs/EXPERIMENTS.md, sessions 27 and 36).
     """
 
     chunk_size: int = 1024
@@ -38,6 +44,7 @@ class CometConfig:
     attention_sink: bool = False
     init_seed: int = 0
     gate_bias: tuple[float, float] | None = None
+    gate_centered: bool = False
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -57,6 +64,10 @@ class CometConfig:
             need(ok, f"gate_bias must be None or (first_layer, last_layer) numbers (got {self.gate_bias!r})")
             object.__setattr__(self, "gate_bias", tuple(float(b) for b in self.gate_bias))  # JSON gives lists
             need(self.gate and self.global_slots > 0, "gate_bias needs the gated global memory (gate=True, global_slots > 0)")
+        need(isinstance(self.gate_centered, bool), f"gate_centered must be True or False (got {self.gate_centered!r})")
+        if self.gate_centered:
+            need(self.gate and self.global_slots > 0,
+                 "gate_centered needs the gated global memory (gate=True, global_slots > 0)")
         need(self.chunk_size >= 1, f"chunk_size must be at least 1 (got {self.chunk_size})")
         need(self.global_slots >= 0, f"global_slots must be >= 0; use 0 to disable the global memory (got {self.global_slots})")
         need(self.temp_stride >= 0, f"temp_stride must be >= 0; use 0 to disable the temporary memory (got {self.temp_stride})")

@@ -34,11 +34,13 @@ class ResidualLowRankAdapter(nn.Module):
 class GlobalMemory(nn.Module):
     """One layer's global memory: ``M`` slots updated from the chunk's readout outputs."""
 
-    def __init__(self, hidden_size: int, rank: int, eps: float, gated: bool):
+    def __init__(self, hidden_size: int, rank: int, eps: float, gated: bool, centered: bool = False):
         super().__init__()
         self.norm = nn.RMSNorm(hidden_size, eps=eps)
         # One scalar gate per slot from [candidate ; old state]; absent in the no-gate ablation.
         self.gate = nn.Linear(2 * hidden_size, 1) if gated else None
+        # What the gate subtracts from its input (CometConfig.gate_centered): a fixed buffer, saved with the adapter.
+        self.register_buffer("gate_center", torch.zeros(2 * hidden_size) if gated and centered else None)
         self.adapter = ResidualLowRankAdapter(hidden_size, rank)
 
     def next_state(self, readouts: torch.Tensor, state: torch.Tensor, has_state: torch.Tensor) -> torch.Tensor:
@@ -97,6 +99,9 @@ def next_global_states(
             return candidate
         weight = _stacked([m.gate.weight for m in memories]).float()  # (L, 1, 2d)
         bias = _stacked([m.gate.bias for m in memories]).float()  # (L, 1)
+        if memories[0].gate_center is not None:  # W (x - c) + b, as the bias b - W c
+            center = _stacked([m.gate_center for m in memories]).float()  # (L, 2d)
+            bias = bias - (weight[:, 0] * center).sum(dim=-1, keepdim=True)
         both = torch.cat([candidate, state], dim=-1).flatten(1, 2)  # (L, B*M, 2d)
         logit = torch.baddbmm(bias[:, None], both, weight.transpose(1, 2))  # (L, B*M, 1)
         g = torch.sigmoid(logit).view(*state.shape[:-1], 1)
@@ -146,7 +151,8 @@ class LayerMemory(nn.Module):
     def __init__(self, config: CometConfig, hidden_size: int, eps: float):
         super().__init__()
         self.global_memory = (
-            GlobalMemory(hidden_size, config.adapter_rank, eps, config.gate) if config.use_global else None
+            GlobalMemory(hidden_size, config.adapter_rank, eps, config.gate, config.gate_centered)
+            if config.use_global else None
         )
         self.temporary_memory = (
             TemporaryMemory(hidden_size, config.adapter_rank, eps, config.temp_capacity) if config.use_temp else None
