@@ -10,8 +10,8 @@
 #
 # Sizes: the passkey adapter's (128-token chunks, 16 global slots, 16 temporary rows with stride 8, LoRA r=8), so
 # the first phase starts from a memory that already carries a key across 1M tokens. Prompts are 512 to 1,024
-# tokens (192-384 in g6, 1,024-2,048 in g8, g9m and g10, 4,096 in g9), so the 32k evaluations are at least 8x the
-# longest training prompt. From g8 on, the recipe reads each phase's rule itself (fixed in docs/EXPERIMENTS.md
+# tokens (192-384 in g6, 1,024-2,048 in g8, g9m, g9g, g10 and g10g, 4,096 in g9), so the 32k evaluations are at
+# least 8x the longest training prompt. From g8 on, the recipe reads each phase's rule itself (fixed in docs/EXPERIMENTS.md
 # before the phase ran) and takes the branch it names; RULES (default docs/results/general-probes) is where the rules'
 # measurements and verdicts go, RULE the script that measures them (docs/experiments/phase_rule.sh).
 # The frozen backbone is held in bfloat16; LoRA, the memory modules, the gate, the blend and the global state S stay
@@ -191,9 +191,38 @@ case $(verdict "$G8_RULE" 2048=0.525 1024=0.65) in
         PYTHON=${PYTHON:-python} "$RULE" "$OUT/general-g10/final" "$RULES/g10-step-200" 2048 1024
         echo "== adapter: $OUT/general-g10/final (its rule: docs/EXPERIMENTS.md, session 34)" ;;
       fail)
-        echo "== g9m missed its rule ($G9M_RULE): by the branch fixed in session 31 the next change is the memory's"
-        echo "   readout, argued in docs/EXPERIMENTS.md before it runs; nothing more is trained here."
-        echo "== adapter: $OUT/general-g9m/final" ;;
+        # g9g (fixed in session 36, docs/EXPERIMENTS.md, before g9m's result): the write, not the read. An untrained
+        # bias on the global rows' logits did not lower the answer's loss in any band (read_boost.py), while 25 of 30
+        # layers' gates stayed content-blind, their input 85-93% a constant part that moves every logit alike. So
+        # g9m's recipe from g9m's adapter with its gates' input centred (reset_gates.py --center: the same function)
+        # and the gate weights at the memory's full rate, 100 steps.
+        START_G9G=$OUT/general-g9g-start
+        if [[ ! -f $OUT/general-g9g/final/comet_config.json && ! -f $START_G9G/comet_config.json ]]; then
+          "${PYTHON:-python}" "$HERE/../docs/experiments/reset_gates.py" "$OUT/general-g9m/final" --out "$START_G9G" \
+            --center
+        fi
+        phase general-g9g "$START_G9G" --data "${MEMORY_FOCUS[@]}" --max-length 2048 --max-steps 100 \
+          --lr 3e-4 --warmup-steps 10 --seed 113 --loss-weighting sample --gate-weight-lr-multiplier 1 \
+          --batch-size 4 --grad-accum 2 --group-by-length "${ALIGNED[@]}"
+        G9G_RULE=$RULES/g9g-step-100
+        PYTHON=${PYTHON:-python} "$RULE" "$OUT/general-g9g/final" "$G9G_RULE" 2048 1024
+        # g9g's rule (session 36): g9m's bar, the global-column mean at 2,048 at most 0.446.
+        case $(verdict "$G9G_RULE" 2048=0.446) in
+          pass)
+            # g10g: the tasks come back (g10's recipe) on the centred gates, their weights at the full rate.
+            phase general-g10g "$OUT/general-g9g/final" --data "${MEMORY_TASKS[@]}" --max-length 2048 \
+              --max-steps 200 --lr 3e-4 --warmup-steps 10 --seed 114 --loss-weighting sample \
+              --gate-weight-lr-multiplier 1 --batch-size 4 --grad-accum 2 --group-by-length "${ALIGNED[@]}"
+            PYTHON=${PYTHON:-python} "$RULE" "$OUT/general-g10g/final" "$RULES/g10g-step-200" 2048 1024
+            echo "== adapter: $OUT/general-g10g/final (its rule: docs/EXPERIMENTS.md, session 36)" ;;
+          fail)
+            echo "== g9g missed its rule ($G9G_RULE): the next change is argued in docs/EXPERIMENTS.md before it"
+            echo "   runs; nothing more is trained here."
+            echo "== adapter: $OUT/general-g9g/final" ;;
+          *)
+            echo "g9g's rule has no verdict: see the messages above and $G9G_RULE; rerun the recipe to resume" >&2
+            exit 3 ;;
+        esac ;;
       *)
         echo "g9m's rule has no verdict: see the messages above and $G9M_RULE; rerun the recipe to resume" >&2
         exit 3 ;;

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from cometlm.config import CometConfig
+from cometlm.cli.options import model_options
 from cometlm.cli.train import config_from_args, register
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "passkey-smollm2.sh"
@@ -41,12 +42,8 @@ def test_every_phase_parses_and_continues_from_the_last(tmp_path, variant, switc
     assert len(runs) == 7 and all(args.threads == 2 for args in runs)
     first = runs[0]
     assert first.comet is None
-    model = CometConfig(
-        chunk_size=first.chunk_size, global_slots=first.global_slots, temp_stride=first.temp_stride,
-        temp_capacity=first.temp_capacity if first.temp_stride else 0, adapter_rank=first.adapter_rank,
-        gate=not first.no_gate, attention_sink=first.attention_sink,
-        gate_bias=tuple(first.gate_bias) if first.gate_bias else None,
-    )
+    model = model_options(first).config  # what `cometlm train` builds; a later phase's --comet brings its own
+    assert all(model_options(args).adapter == args.comet for args in runs[1:])  # and none repeats the sizes
     assert model.chunk_size == 128 and model.attention_sink
     for name, value in switches.items():
         assert getattr(model, name) == value, name
@@ -145,11 +142,12 @@ GENERAL = RECIPE.with_name("general-smollm2.sh")
 SUITES_COMPARE = RECIPE.with_name("suites-compare-smollm2.sh")
 
 
-def general_recipe(out: Path, verdict: str | None = None, g9m_verdict: str | None = None):
+def general_recipe(out: Path, verdict: str | None = None, g9m_verdict: str | None = None,
+                   g9g_verdict: str | None = None):
     """The general recipe's commands with every program echoed; ``verdict`` pre-written as g8's rule's,
-    ``g9m_verdict`` as g9m's."""
+    ``g9m_verdict`` as g9m's, ``g9g_verdict`` as g9g's."""
     rules = out / "rules"
-    for phase, said in (("g8-step-200", verdict), ("g9m-step-200", g9m_verdict)):
+    for phase, said in (("g8-step-200", verdict), ("g9m-step-200", g9m_verdict), ("g9g-step-100", g9g_verdict)):
         if said is not None:
             (rules / phase).mkdir(parents=True)
             (rules / phase / "verdict").write_text(said + "\n")
@@ -241,13 +239,13 @@ def test_the_general_recipe_follows_g8s_rule(tmp_path, tokenizer):
     g8 = train_runs(general_recipe(tmp_path / "none"))[-1]
     for verdict, name in (("pass", "general-g9"), ("fail", "general-g9m")):
         out = tmp_path / verdict
-        result = general_recipe(out, verdict, g9m_verdict="fail")
+        result = general_recipe(out, verdict, g9m_verdict="fail", g9g_verdict="fail")
         assert result.returncode == 0, result.stderr
         runs = train_runs(result)
-        assert len(runs) == 9
-        run = runs[-1]
+        assert len(runs) == (9 if verdict == "pass" else 10)  # g9m's failed rule brings g9g (below)
+        run = runs[8]
         assert run.comet == str(out / "general-g8" / "final") and run.output_dir == str(out / name)
-        assert run.seed not in [r.seed for r in runs[:-1]] and run.group_by_length
+        assert run.seed not in [r.seed for r in runs[:8]] and run.group_by_length
         assert run.chunk_augmentation == [*g8.chunk_augmentation, "aligned=1"]
         assert (run.batch_size * run.grad_accum, run.loss_weighting, run.gate_weight_lr_multiplier) == (8, "sample", 0.1)
         assert abs(sum(map(weight, run.data)) - 1) < 1e-9
@@ -271,15 +269,15 @@ def test_the_general_recipe_follows_g8s_rule(tmp_path, tokenizer):
             scaled = {source(spec): weight(spec) for spec in tasks}
             assert scaled.keys() == kept.keys()
             assert all(abs(scaled[k] - kept[k] * 0.93 / sum(kept.values())) < 0.001 for k in kept)
-            assert measured == [f"{out}/general-g9m/final {out}/rules/g9m-step-200 2048 1024"]
-            assert "the next change is the memory's" in result.stdout  # g9m missed its rule: nothing more trained
+            assert measured[0] == f"{out}/general-g9m/final {out}/rules/g9m-step-200 2048 1024"
 
 
-def test_g9ms_rule_brings_the_tasks_back_or_stops(tmp_path):
-    """The branch fixed in session 34 before g9m's result: pass -> g10, g8's recipe exactly from g9m's adapter, then
-    its rule's measurements; fail -> nothing more trained; no verdict -> stop with status 3."""
-    runs = train_runs(general_recipe(tmp_path / "fail", "fail", "fail"))
-    g8, g9m = runs[-2], runs[-1]
+def test_g9ms_rule_brings_the_tasks_back_or_centres_the_gates(tmp_path):
+    """The branches fixed before g9m's result: pass -> g10, g8's recipe exactly from g9m's adapter, then its rule's
+    measurements (session 34); fail -> g9g, g9m's recipe for 100 steps from g9m's adapter with its gates' input
+    centred and the gate weights at the memory's full rate, then g9g's rule (session 36); no verdict -> status 3."""
+    runs = train_runs(general_recipe(tmp_path / "fail", "fail", "fail", "fail"))
+    g8, g9m = runs[-3], runs[-2]
     result = general_recipe(tmp_path / "none", "fail")
     assert result.returncode == 3 and "g9m's rule has no verdict" in result.stderr
     assert f"{tmp_path}/none/rules/g9m-step-200 --global-at 2048=0.446" in result.stderr  # the threshold of session 31
@@ -299,6 +297,36 @@ def test_g9ms_rule_brings_the_tasks_back_or_stops(tmp_path):
     measured = [line for line in result.stdout.splitlines() if line.startswith(str(out / "general-g"))]
     assert measured == [f"{out}/general-g9m/final {out}/rules/g9m-step-200 2048 1024",
                         f"{out}/general-g10/final {out}/rules/g10-step-200 2048 1024"]
+    # fail: g9g from g9m's adapter with centred gates (the same function), g9m's data, 100 steps, gate weights at 1
+    out = tmp_path / "g9g"
+    result = general_recipe(out, "fail", "fail")
+    assert result.returncode == 3 and "g9g's rule has no verdict" in result.stderr
+    assert f"{out}/rules/g9g-step-100 --global-at 2048=0.446" in result.stderr  # g9m's bar
+    centring = [line.split() for line in result.stdout.splitlines() if "reset_gates.py" in line][-1]
+    assert centring[1:] == [str(out / "general-g9m" / "final"), "--out", str(out / "general-g9g-start"), "--center"]
+    runs = train_runs(result)
+    assert len(runs) == 10
+    g9g = runs[-1]
+    assert g9g.comet == str(out / "general-g9g-start") and g9g.output_dir == str(out / "general-g9g")
+    assert g9g.data == g9m.data and (g9g.max_length, g9g.max_steps) == (2048, 100)
+    assert g9g.gate_weight_lr_multiplier == 1 and g9m.gate_weight_lr_multiplier == 0.1
+    assert g9g.seed not in [r.seed for r in runs[:-1]] and g9g.group_by_length
+    assert (g9g.batch_size, g9g.grad_accum, g9g.loss_weighting, g9g.lr, g9g.chunk_augmentation) == (
+        g9m.batch_size, g9m.grad_accum, g9m.loss_weighting, g9m.lr, g9m.chunk_augmentation)
+    measured = [line for line in result.stdout.splitlines() if line.startswith(str(out / "general-g"))]
+    assert measured[-1] == f"{out}/general-g9g/final {out}/rules/g9g-step-100 2048 1024"
+    result = general_recipe(tmp_path / "g9g-fail", "fail", "fail", "fail")
+    assert result.returncode == 0 and len(train_runs(result)) == 10 and "nothing more is trained" in result.stdout
+    out = tmp_path / "g9g-pass"
+    result = general_recipe(out, "fail", "fail", "pass")
+    assert result.returncode == 0, result.stderr
+    runs = train_runs(result)
+    g10g = runs[-1]
+    assert len(runs) == 11 and g10g.comet == str(out / "general-g9g" / "final")
+    assert g10g.data == g8.data and (g10g.max_length, g10g.max_steps) == (2048, 200)
+    assert g10g.gate_weight_lr_multiplier == 1 and g10g.seed not in [r.seed for r in runs[:-1]]
+    measured = [line for line in result.stdout.splitlines() if line.startswith(str(out / "general-g"))]
+    assert measured[-1] == f"{out}/general-g10g/final {out}/rules/g10g-step-200 2048 1024"
 
 
 def test_the_suites_comparison_runs_every_method_on_every_task_with_the_same_grid(tmp_path):
