@@ -34,9 +34,10 @@ ROOT = Path(__file__).resolve().parents[2]
 RUNS = ROOT / "runs"
 RESULTS = ROOT / "docs/results/compare"
 CARRY = ROOT / "docs/experiments/carry"
-# the general recipe's phases in order (recipes/general-smollm2.sh; g8's rule runs one of g9 and g9m)
+# the general recipe's phases in order (recipes/general-smollm2.sh; g8's rule runs one of g9 and g9m, g9m's one of
+# g10 and g9g, which may be followed by g10g)
 GENERAL_PHASES = ("general-g1", "general-g2", "general-g3", "general-g4", "general-g5", "general-g6",
-                  "general-g7", "general-g8", "general-g9", "general-g9m")
+                  "general-g7", "general-g8", "general-g9", "general-g9m", "general-g10", "general-g9g", "general-g10g")
 SUITES = ROOT / "docs/results/suites"
 # the recipe's phases in order (recipes/passkey-smollm2.sh)
 PHASES = ("passkey-v1", "passkey-v2a", "passkey-v2b", "passkey-v2d", "passkey-v2e", "passkey-v2f", "passkey-v2g")
@@ -87,6 +88,10 @@ def save_training(run: Path, carry: Path, phases=PHASES) -> list[str]:
             latest = (source / "latest").read_text().strip()
             shutil.copytree(source / latest, target / latest)
             said.append(f"{phase}: in progress, {latest} kept")
+        start = run / f"{phase}-start"  # the adapter a phase starts from when the recipe made it (reset_gates.py)
+        if phase not in finished and start.is_dir():  # its buffers are not in the checkpoint: resuming needs it
+            shutil.copytree(start, carry / start.name)
+            said.append(f"{phase}: its start adapter kept")
     return said
 
 
