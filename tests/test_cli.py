@@ -121,7 +121,9 @@ def test_untrained_sizes_fill_in_the_config_defaults():
     from cometlm.cli.options import model_options
     from cometlm.config import CometConfig
 
-    parse = lambda *argv: model_options(build_parser().parse_args(["generate", "--prompt", "x", *argv])).config  # noqa: E731
+    def parse(*argv):
+        return model_options(build_parser().parse_args(["generate", "--prompt", "x", *argv])).config
+
     assert parse() == CometConfig()
     assert parse("--chunk-size", "64", "--temp-stride", "0") == CometConfig(chunk_size=64, temp_stride=0,
                                                                             temp_capacity=0)

@@ -415,7 +415,8 @@ def test_centring_an_adapters_gates_keeps_what_it_computes(tmp_path, tiny_model_
 
     script = RECIPE.parents[1] / "docs" / "experiments" / "reset_gates.py"
     config = CometConfig(chunk_size=32, global_slots=2, temp_capacity=8, attention_sink=True)
-    randomize_memory(CometForCausalLM.from_backbone(tiny_model_dir, config)).save_pretrained(tmp_path / "a", adapter=True)
+    adapter = randomize_memory(CometForCausalLM.from_backbone(tiny_model_dir, config))
+    adapter.save_pretrained(tmp_path / "a", adapter=True)
     run = lambda source, out: subprocess.run(  # noqa: E731
         [sys.executable, str(script), str(source), "--out", str(out), "--center", "--samples", "1", "--length", "256"],
         capture_output=True, text=True)

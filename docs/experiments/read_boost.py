@@ -128,7 +128,8 @@ def main(argv=None) -> int:
                 means = {name: sum(s[0] for s in g) / len(g) for name, g in groups.items() if g}
                 per_source = {}
                 for spec in DATA:
-                    g = [s for (sp, _), s, d in zip(samples, scored, distances) if sp == spec and d is not None and d >= 2]
+                    g = [s for (sp, _), s, d in zip(samples, scored, distances)
+                         if sp == spec and d is not None and d >= 2]
                     per_source[spec] = sum(s[0] for s in g) / len(g) if g else float("nan")
                 name = "none" if setting[3] == 0 else f"{setting[0]}:{setting[1]}-{setting[2]}:{setting[3]:g}"
                 rows.append({"setting": name, "by_distance": means, "global_by_source": per_source,
@@ -140,8 +141,8 @@ def main(argv=None) -> int:
     finally:
         boost.close()
     if args.out:
-        result = {"command": " ".join(sys.argv), "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                  "adapter": args.adapter, "data": DATA, "distances": distances, "rows": rows}
+        now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        result = {"command": " ".join(sys.argv), "date_utc": now, "adapter": args.adapter, "data": DATA, "distances": distances, "rows": rows}
         write_text(args.out, json.dumps(result, indent=1))
         write_text(args.out.with_suffix(".txt"), "\n".join(lines) + "\n")
     return 0

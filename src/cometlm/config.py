@@ -29,8 +29,8 @@ class CometConfig:
                    beyond the training length. Only the initialisation: a trained model's gates are weights.
     gate_centered  the gate reads its input less a fixed per-layer center: ``g = sigmoid(W_g ([cand ; S] - c) + b)``
                    with ``c`` a buffer (``GlobalMemory.gate_center``), zero until set from data (e.g. the input's
-                   mean, ``docs/experiments/center_gates.py``). The same functions as the paper's gate (``b - W_g c``
-                   is a bias); what changes is how its weights train: SmolLM2's gate inputs share a constant part
+                   mean: ``docs/experiments/reset_gates.py --center``). The same functions as the paper's gate
+                   (``b - W_g c`` is a bias); what changes is how its weights train: SmolLM2's gate inputs share a constant part
                    (85-93% of their square norm in most layers), so uncentered weight updates move every logit
                    together instead of learning content (docs/EXPERIMENTS.md, sessions 27 and 36).
     """

@@ -35,8 +35,8 @@ def cmd_generate(args) -> int:
     if use_default_adapter(args):
         from pathlib import Path
 
-        print(f"CoMeT adapter: {Path(args.comet).name} (the default; --comet DIR|NAME for another, --model for an untrained "
-              "memory)", file=sys.stderr)
+        print(f"CoMeT adapter: {Path(args.comet).name} (the default; --comet DIR|NAME for another, --model for an "
+              "untrained memory)", file=sys.stderr)
     model = load_model(args)
     text = args.prompt if args.prompt is not None else open(args.prompt_file, encoding="utf-8").read()
     ids = encode(model.tokenizer, text)

@@ -14,8 +14,8 @@ def register(sub) -> None:
         "serve", help="serve memory sessions and an OpenAI-compatible API over HTTP",
         description="Serves the model over HTTP: OpenAI-compatible /v1/completions and /v1/chat/completions, and "
         "memory sessions whose states live on disk (/v1/sessions). Without --model, --comet and a size option "
-        "it serves the bundled SmolLM2 with the default adapter shipped with cometlm (bundled.DEFAULT_ADAPTER). Binds to 127.0.0.1 unless --host says "
-        "otherwise; SIGTERM finishes the requests in flight, then stops.",
+        "it serves the bundled SmolLM2 with the default adapter shipped with cometlm (bundled.DEFAULT_ADAPTER). "
+        "Binds to 127.0.0.1 unless --host says otherwise; SIGTERM finishes the requests in flight, then stops.",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
