@@ -545,12 +545,12 @@ def test_train_command_trains_resumes_and_continues_from_its_output(tmp_path, ca
     data.write_text(f"{line}\nnot json\n{line}\n")
     run = tmp_path / "run"
     common = ["train", "--data", f"jsonl-text:{data}", "--model", tiny_model_dir, "--max-length", "40",
-              "--chunk-size", "16", "--global-slots", "2", "--temp-capacity", "4", "--lora-rank", "2",
-              "--chunk-augmentation", "p_fixed=1", "p_random=1"]
+              "--lora-rank", "2", "--chunk-augmentation", "p_fixed=1", "p_random=1"]
+    sizes = ["--chunk-size", "16", "--global-slots", "2", "--temp-capacity", "4"]  # an adapter brings its own
     parser = train_parser()
-    args = parser.parse_args([*common, "--output-dir", str(run), "--max-steps", "2"])
+    args = parser.parse_args([*common, *sizes, "--output-dir", str(run), "--max-steps", "2"])
     assert args.run(args) == 0
-    args = parser.parse_args([*common, "--output-dir", str(run), "--max-steps", "3"])
+    args = parser.parse_args([*common, *sizes, "--output-dir", str(run), "--max-steps", "3"])
     with pytest.warns(UserWarning, match="differ from the checkpoint's: max_steps"):
         assert args.run(args) == 0
     err = capsys.readouterr().err
