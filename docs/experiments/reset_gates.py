@@ -129,5 +129,6 @@ def center(model, layers, inputs: torch.Tensor, logits: torch.Tensor, out: Path)
     print(f"{logits.shape[1]} gate inputs per layer read; the adapter with centred gates in {out}", file=sys.stderr)
     return 0
 
+
 if __name__ == "__main__":
     raise SystemExit(main())
