@@ -12,8 +12,9 @@
 # the first phase starts from a memory that already carries a key across 1M tokens. Prompts are 512 to 1,024
 # tokens (192-384 in g6, 1,024-2,048 in g8, g9m, g9g, g10 and g10g, 4,096 in g9), so the 32k evaluations are at
 # least 8x the longest training prompt. From g8 on, the recipe reads each phase's rule itself (fixed in
-# docs/EXPERIMENTS.md before the phase ran) and takes the branch it names; RULES (default docs/results/general-probes) is where the rules'
-# measurements and verdicts go, RULE the script that measures them (docs/experiments/phase_rule.sh).
+# docs/EXPERIMENTS.md before the phase ran) and takes the branch it names; RULES (default
+# docs/results/general-probes) is where the rules' measurements and verdicts go, RULE the script that measures them
+# (docs/experiments/phase_rule.sh).
 # The frozen backbone is held in bfloat16; LoRA, the memory modules, the gate, the blend and the global state S stay
 # in float32 (`--dtype bfloat16`, measured as fast as float32 or faster with the same loss: docs/RESULTS.md). Not in
 # the mixture: ruler-cwe and ruler-fwe (aggregation over the whole input, which no target of the issue asks of this
