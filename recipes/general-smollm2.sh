@@ -10,7 +10,7 @@
 #
 # Sizes: the passkey adapter's (128-token chunks, 16 global slots, 16 temporary rows with stride 8, LoRA r=8), so
 # the first phase starts from a memory that already carries a key across 1M tokens. Prompts are 512 to 1,024
-# tokens (192-384 in g6, 1,024-2,048 in g8, g9m, g9g, g10 and g10g, 4,096 in g9), so the 32k evaluations are at
+# tokens (192-384 in g6, 1,024-2,048 in g8, g9m, g9g, g10 and g10g, 4,096 in g9 and g11), so the 32k evaluations are at
 # least 8x the longest training prompt. From g8 on, the recipe reads each phase's rule itself (fixed in
 # docs/EXPERIMENTS.md before the phase ran) and takes the branch it names; RULES (default
 # docs/results/general-probes) is where the rules' measurements and verdicts go, RULE the script that measures them
@@ -189,8 +189,29 @@ case $(verdict "$G8_RULE" 2048=0.525 1024=0.65) in
         phase general-g10 "$OUT/general-g9m/final" --data "${MEMORY_TASKS[@]}" --max-length 2048 --max-steps 200 \
           --lr 3e-4 --warmup-steps 10 --seed 112 --loss-weighting sample --gate-weight-lr-multiplier 0.1 \
           --batch-size 4 --grad-accum 2 --group-by-length "${ALIGNED[@]}"
-        PYTHON=${PYTHON:-python} "$RULE" "$OUT/general-g10/final" "$RULES/g10-step-200" 2048 1024
-        echo "== adapter: $OUT/general-g10/final (its rule: docs/EXPERIMENTS.md, session 34)" ;;
+        G10_RULE=$RULES/g10-step-200
+        PYTHON=${PYTHON:-python} "$RULE" "$OUT/general-g10/final" "$G10_RULE" 2048 1024
+        # g10's rule (session 34): the probes' mean at least 0.36 (g8's 0.26 + 0.10) and the global-column mean at
+        # 2,048 at most 1.1x g9m's 0.420 (the tasks may not undo what g9m gained).
+        case $(verdict "$G10_RULE" 2048=0.462 --probes-at-least 0.36) in
+          pass)
+            # g11 (session 34; its rule fixed in session 37): g9's recipe (MEMORY_TASKS at prompts of up to 4,096
+            # tokens, 100 steps of 4 micro-batches of 2) from g10's adapter. Its rule compares the distance
+            # diagnostic at 4,096 and 2,048 with g10's, so g10's at 4,096 is measured first.
+            PYTHON=${PYTHON:-python} "$RULE" "$OUT/general-g10/final" "$G10_RULE" 4096
+            phase general-g11 "$OUT/general-g10/final" --data "${MEMORY_TASKS[@]}" --max-length 4096 \
+              --max-steps 100 --lr 3e-4 --warmup-steps 10 --seed 115 --loss-weighting sample \
+              --gate-weight-lr-multiplier 0.1 --batch-size 2 --grad-accum 4 --group-by-length "${ALIGNED[@]}"
+            PYTHON=${PYTHON:-python} "$RULE" "$OUT/general-g11/final" "$RULES/g11-step-100" 4096 2048
+            echo "== adapter: $OUT/general-g11/final (its rule: docs/EXPERIMENTS.md, session 37)" ;;
+          fail)
+            echo "== g10 missed its rule ($G10_RULE): the tasks and the memory's sources compete for the same rows;"
+            echo "   how the mixture shares them is argued in docs/EXPERIMENTS.md before anything more is trained."
+            echo "== adapter: $OUT/general-g10/final" ;;
+          *)
+            echo "g10's rule has no verdict: see the messages above and $G10_RULE; rerun the recipe to resume" >&2
+            exit 3 ;;
+        esac ;;
       fail)
         # g9g (fixed in session 36, docs/EXPERIMENTS.md, before g9m's result): the write, not the read. An untrained
         # bias on the global rows' logits did not lower the answer's loss in any band (read_boost.py), while 25 of 30

@@ -143,11 +143,12 @@ SUITES_COMPARE = RECIPE.with_name("suites-compare-smollm2.sh")
 
 
 def general_recipe(out: Path, verdict: str | None = None, g9m_verdict: str | None = None,
-                   g9g_verdict: str | None = None):
+                   g9g_verdict: str | None = None, g10_verdict: str | None = None):
     """The general recipe's commands with every program echoed; ``verdict`` pre-written as g8's rule's,
-    ``g9m_verdict`` as g9m's, ``g9g_verdict`` as g9g's."""
+    ``g9m_verdict`` as g9m's, ``g9g_verdict`` as g9g's, ``g10_verdict`` as g10's."""
     rules = out / "rules"
-    for phase, said in (("g8-step-200", verdict), ("g9m-step-200", g9m_verdict), ("g9g-step-100", g9g_verdict)):
+    for phase, said in (("g8-step-200", verdict), ("g9m-step-200", g9m_verdict), ("g9g-step-100", g9g_verdict),
+                        ("g10-step-200", g10_verdict)):
         if said is not None:
             (rules / phase).mkdir(parents=True)
             (rules / phase / "verdict").write_text(said + "\n")
@@ -284,7 +285,7 @@ def test_g9ms_rule_brings_the_tasks_back_or_centres_the_gates(tmp_path):
     assert len(train_runs(result)) == 9
     out = tmp_path / "pass"
     result = general_recipe(out, "fail", "pass")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 3 and "g10's rule has no verdict" in result.stderr
     runs = train_runs(result)
     assert len(runs) == 10
     g10 = runs[-1]
@@ -327,6 +328,53 @@ def test_g9ms_rule_brings_the_tasks_back_or_centres_the_gates(tmp_path):
     assert g10g.gate_weight_lr_multiplier == 1 and g10g.seed not in [r.seed for r in runs[:-1]]
     measured = [line for line in result.stdout.splitlines() if line.startswith(str(out / "general-g"))]
     assert measured[-1] == f"{out}/general-g10g/final {out}/rules/g10g-step-200 2048 1024"
+
+
+def test_g10s_rule_lengthens_the_prompts_or_stops(tmp_path):
+    """g10's rule (session 34) read by the recipe: the probes' mean at least 0.36 and the global column at 2,048 at
+    most 1.1x g9m's 0.420; pass -> g10 measured at 4,096, then g11, g9's recipe from g10's adapter, then its rule's
+    measurements (session 37); fail -> nothing more trained; no verdict -> status 3."""
+    result = general_recipe(tmp_path / "none", "fail", "pass")
+    assert f"{tmp_path}/none/rules/g10-step-200 --global-at 2048=0.462 --probes-at-least 0.36" in result.stderr
+    result = general_recipe(tmp_path / "fail", "fail", "pass", g10_verdict="fail")
+    assert result.returncode == 0, result.stderr
+    assert len(train_runs(result)) == 10 and "g10 missed its rule" in result.stdout
+    g9 = train_runs(general_recipe(tmp_path / "g9", "pass"))[-1]
+    out = tmp_path / "pass"
+    result = general_recipe(out, "fail", "pass", g10_verdict="pass")
+    assert result.returncode == 0, result.stderr
+    runs = train_runs(result)
+    g10, g11 = runs[-2:]
+    assert len(runs) == 11 and g11.comet == str(out / "general-g10" / "final")
+    assert g11.output_dir == str(out / "general-g11") and g11.seed not in [r.seed for r in runs[:-1]]
+    assert (g11.data, g11.max_length, g11.max_steps, g11.batch_size, g11.grad_accum) == (
+        g9.data, g9.max_length, g9.max_steps, g9.batch_size, g9.grad_accum) == (g10.data, 4096, 100, 2, 4)
+    assert (g11.lr, g11.loss_weighting, g11.gate_weight_lr_multiplier, g11.chunk_augmentation, g11.group_by_length) == (
+        g10.lr, g10.loss_weighting, g10.gate_weight_lr_multiplier, g10.chunk_augmentation, True)
+    measured = [line for line in result.stdout.splitlines() if line.startswith(str(out / "general-g"))]
+    assert measured[-2:] == [f"{out}/general-g10/final {out}/rules/g10-step-200 4096",
+                             f"{out}/general-g11/final {out}/rules/g11-step-100 4096 2048"]
+
+
+def test_the_rule_verdict_reads_the_probes_mean(tmp_path):
+    verdict = RECIPE.parents[1] / "docs" / "experiments" / "rule_verdict.py"
+
+    def run(at_least):
+        return subprocess.run([sys.executable, str(verdict), str(tmp_path), "--global-at", "2048=0.5",
+                               "--probes-at-least", at_least], capture_output=True, text=True)
+
+    means = {"open": 0.1, "queue": 0.4, "global": 0.45}
+    (tmp_path / "distance-2048.json").write_text(json.dumps({"mean_by_distance": {"128:16": means}}))
+    result = run("0.36")  # no probes yet: no verdict, nothing written
+    assert result.returncode == 2 and "probe.txt does not exist" in result.stderr
+    assert not (tmp_path / "verdict").exists()
+    (tmp_path / "probe.txt").write_text("babilong-qa1 mean       0.00\nuser-qa mean       0.80\n")
+    assert run("0.4").stdout.splitlines()[-2:] == ["probes' mean (probe.txt): 0.400 (at least 0.400: met)", "pass"]
+    assert run("0.41").stdout.splitlines()[-1] == "fail"
+    assert (tmp_path / "verdict").read_text() == "fail\n"
+    (tmp_path / "probe.txt").write_text("babilong-qa1 mean       0.00\nuser-qa Traceback\n")  # a broken probe
+    result = run("0.1")
+    assert result.returncode == 2 and "not 'TASK mean SCORE'" in result.stderr
 
 
 def test_the_suites_comparison_runs_every_method_on_every_task_with_the_same_grid(tmp_path):

@@ -4,11 +4,14 @@ global memory's column of ``sizes/answer_loss.py``'s distance diagnostic) meet t
 ran (docs/EXPERIMENTS.md)?
 
     .venv/bin/python docs/experiments/rule_verdict.py DIR --global-at 2048=0.525 1024=0.65 [--sizes 128:16]
+        [--probes-at-least 0.36]
 
 reads ``DIR/distance-LENGTH.json`` for each LENGTH (written by ``phase_rule.sh``), prints each length's mean over the
 datasets next to its threshold, and writes ``DIR/verdict``: ``pass`` when every length's mean is at most its
-threshold, ``fail`` otherwise. A missing or unreadable measurement writes nothing and exits with status 2, so a
-recipe that reads the verdict stops instead of guessing. ``--column`` picks another distance (open, queue, global).
+threshold, ``fail`` otherwise. ``--probes-at-least`` adds a condition: the mean of the probes' scores in
+``DIR/probe.txt`` (``probe_general.sh``'s lines, ``TASK mean SCORE``) at least that. A missing or unreadable
+measurement writes nothing and exits with status 2, so a recipe that reads the verdict stops instead of guessing.
+``--column`` picks another distance (open, queue, global).
 """
 
 from __future__ import annotations
@@ -43,6 +46,26 @@ def column_mean(path: Path, sizes: str, column: str) -> float:
         raise ValueError(f"{path} has no {column} mean at sizes {sizes} ({type(error).__name__}: {error})") from None
 
 
+def probe_mean(path: Path) -> float:
+    """The mean of the task scores in ``probe_general.sh``'s output (one ``TASK mean SCORE`` line per task)."""
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist: run phase_rule.sh first") from None
+    scores = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) != 3 or fields[1] != "mean":
+            raise ValueError(f"{path} has a line that is not 'TASK mean SCORE': {line!r}")
+        try:
+            scores.append(float(fields[2]))
+        except ValueError:
+            raise ValueError(f"{path} has a score that is not a number: {line!r}") from None
+    if not scores:
+        raise ValueError(f"{path} has no probe scores")
+    return sum(scores) / len(scores)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dir", type=Path, help="the folder phase_rule.sh wrote (distance-LENGTH.json)")
@@ -50,19 +73,27 @@ def main(argv=None) -> int:
                         metavar="LENGTH=MAX_LOSS", help="the rule's threshold at each length")
     parser.add_argument("--sizes", default="128:16", help="chunk size and temporary rows, as the diagnostic keys them")
     parser.add_argument("--column", choices=COLUMNS, default="global", help="which distance the rule reads")
+    parser.add_argument("--probes-at-least", type=float, default=None, metavar="MEAN",
+                        help="also require the mean of the probes' scores in DIR/probe.txt to be at least MEAN")
     args = parser.parse_args(argv)
     if len({length for length, _ in args.limits}) != len(args.limits):
         parser.error("give each length once")
     try:
         means = [(length, limit, column_mean(args.dir / f"distance-{length}.json", args.sizes, args.column))
                  for length, limit in args.limits]
+        probes = None if args.probes_at_least is None else probe_mean(args.dir / "probe.txt")
     except ValueError as error:
         print(f"rule_verdict: {error}", file=sys.stderr)
         return 2
     for length, limit, mean in means:
         print(f"{args.column} loss at {length:>6,} tokens: {mean:.3f} (at most {limit:.3f}: "
               f"{'met' if mean <= limit else 'missed'})")
-    verdict = "pass" if all(mean <= limit for _, limit, mean in means) else "fail"
+    met = [mean <= limit for _, limit, mean in means]
+    if probes is not None:
+        met.append(probes >= args.probes_at_least)
+        print(f"probes' mean (probe.txt): {probes:.3f} (at least {args.probes_at_least:.3f}: "
+              f"{'met' if met[-1] else 'missed'})")
+    verdict = "pass" if all(met) else "fail"
     print(verdict)
     partial = args.dir / "verdict.partial"
     partial.write_text(verdict + "\n")
