@@ -23,8 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PROBES = ROOT / "docs/results/general-probes"
 METRICS = (ROOT / "runs/general", ROOT / "docs/experiments/carry/general")  # the first that has a phase wins
-PHASES = ("g1", "g2", "g3", "g4", "g5", "g6", "g7", "g8", "g9", "g9m")  # g8's rule runs g9 or g9m
-PROBE_DIR = re.compile(r"^(?:(g\d+m?)-)?step-(\d+)$")  # step-N is g1's; suffixed folders are other experiments
+# g8's rule runs g9 or g9m; g9m's g10 or g9g (then g10g); g10's g11
+PHASES = ("g1", "g2", "g3", "g4", "g5", "g6", "g7", "g8", "g9", "g9m", "g9g", "g10", "g10g", "g11")
+PROBE_DIR = re.compile(r"^(?:(g\d+[mg]?)-)?step-(\d+)$")  # step-N is g1's; suffixed folders are other experiments
 WINDOW = 20
 
 
