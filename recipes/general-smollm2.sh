@@ -150,6 +150,12 @@ verdict() {  # verdict DIR LIMITS...: the rule's verdict in DIR, measured first 
   [[ -f $dir/verdict ]] || "${VERDICT[@]}" "$dir" --global-at "$@" >&2 || true
   cat "$dir/verdict" 2>/dev/null || true
 }
+no_verdict() {  # no_verdict PHASE DIR: stop, so that a rerun measures what is missing and reads the rule again
+  echo "$1's rule has no verdict: see the messages above and $2; rerun the recipe to resume" >&2
+  exit 3
+}
+# From here the main line is the path the rules took (g8 fail -> g9m pass -> g10 -> g11); a branch the rules did not
+# take ends the script where it is.
 G8_RULE=$RULES/g8-step-200
 if [[ ! -f $G8_RULE/verdict ]]; then
   PYTHON=${PYTHON:-python} "$RULE" "$OUT/general-g8/final" "$G8_RULE" 2048 1024
@@ -164,92 +170,90 @@ case $(verdict "$G8_RULE" 2048=0.525 1024=0.65) in
       --lr 3e-4 --warmup-steps 10 --seed 111 --loss-weighting sample --gate-weight-lr-multiplier 0.1 --batch-size 2 \
       --grad-accum 4 --group-by-length "${ALIGNED[@]}"
     PYTHON=${PYTHON:-python} "$RULE" "$OUT/general-g9/final" "$RULES/g9-step-100" 4096 2048
-    echo "== adapter: $OUT/general-g9/final (its rule: docs/EXPERIMENTS.md, session 31)" ;;
-  fail)
-    # g9m: the memory-focused curriculum at 2,048 tokens: only the passkey and the three needle-like sources (their
-    # MEMORY_TASKS weights scaled to 0.93) and the 7% of language modelling, every fact at 0-75% depth (at least a
-    # quarter of the prompt before the question, never in the open chunk), from g8's adapter, 200 steps.
-    MEMORY_FOCUS=(
-      passkey:digits=3-9,depth=0-75@0.392
-      ruler-niah-single:depth=0-75,eos=1@0.294 ruler-niah-single:haystack=bible,values=uuid,depth=0-75,eos=1@0.147
-      ruler-niah-single:haystack=noise,keys=number,values=word,depth=0-75,eos=1@0.097
-      lm:bible@0.035 lm:essays@0.035
-    )
-    phase general-g9m "$OUT/general-g8/final" --data "${MEMORY_FOCUS[@]}" --max-length 2048 --max-steps 200 \
-      --lr 3e-4 --warmup-steps 10 --seed 111 --loss-weighting sample --gate-weight-lr-multiplier 0.1 --batch-size 4 \
-      --grad-accum 2 --group-by-length "${ALIGNED[@]}"
-    G9M_RULE=$RULES/g9m-step-200
-    PYTHON=${PYTHON:-python} "$RULE" "$OUT/general-g9m/final" "$G9M_RULE" 2048 1024
-    # g9m's rule (session 31): its global-column mean at 2,048 at least 20% below g8's 0.557. Both branches fixed in
-    # session 34 (docs/EXPERIMENTS.md), before g9m's result.
-    case $(verdict "$G9M_RULE" 2048=0.446) in
-      pass)
-        # g10: the tasks come back: g8's recipe exactly (MEMORY_TASKS at 2,048 tokens, 200 steps), from g9m's adapter
-        # instead of g7's, so that g10 against g8 measures what the memory-focused phase gave the whole mixture.
-        phase general-g10 "$OUT/general-g9m/final" --data "${MEMORY_TASKS[@]}" --max-length 2048 --max-steps 200 \
-          --lr 3e-4 --warmup-steps 10 --seed 112 --loss-weighting sample --gate-weight-lr-multiplier 0.1 \
-          --batch-size 4 --grad-accum 2 --group-by-length "${ALIGNED[@]}"
-        G10_RULE=$RULES/g10-step-200
-        PYTHON=${PYTHON:-python} "$RULE" "$OUT/general-g10/final" "$G10_RULE" 2048 1024
-        # g10's rule (session 34): the probes' mean at least 0.36 (g8's 0.26 + 0.10) and the global-column mean at
-        # 2,048 at most 1.1x g9m's 0.420 (the tasks may not undo what g9m gained).
-        case $(verdict "$G10_RULE" 2048=0.462 --probes-at-least 0.36) in
-          pass)
-            # g11 (session 34; its rule fixed in session 37): g9's recipe (MEMORY_TASKS at prompts of up to 4,096
-            # tokens, 100 steps of 4 micro-batches of 2) from g10's adapter. Its rule compares the distance
-            # diagnostic at 4,096 and 2,048 with g10's, so g10's at 4,096 is measured first.
-            PYTHON=${PYTHON:-python} "$RULE" "$OUT/general-g10/final" "$G10_RULE" 4096
-            phase general-g11 "$OUT/general-g10/final" --data "${MEMORY_TASKS[@]}" --max-length 4096 \
-              --max-steps 100 --lr 3e-4 --warmup-steps 10 --seed 115 --loss-weighting sample \
-              --gate-weight-lr-multiplier 0.1 --batch-size 2 --grad-accum 4 --group-by-length "${ALIGNED[@]}"
-            PYTHON=${PYTHON:-python} "$RULE" "$OUT/general-g11/final" "$RULES/g11-step-100" 4096 2048
-            echo "== adapter: $OUT/general-g11/final (its rule: docs/EXPERIMENTS.md, session 37)" ;;
-          fail)
-            echo "== g10 missed its rule ($G10_RULE): the tasks and the memory's sources compete for the same rows;"
-            echo "   how the mixture shares them is argued in docs/EXPERIMENTS.md before anything more is trained."
-            echo "== adapter: $OUT/general-g10/final" ;;
-          *)
-            echo "g10's rule has no verdict: see the messages above and $G10_RULE; rerun the recipe to resume" >&2
-            exit 3 ;;
-        esac ;;
-      fail)
-        # g9g (fixed in session 36, docs/EXPERIMENTS.md, before g9m's result): the write, not the read. An untrained
-        # bias on the global rows' logits did not lower the answer's loss in any band (read_boost.py), while 25 of 30
-        # layers' gates stayed content-blind, their input 85-93% a constant part that moves every logit alike. So
-        # g9m's recipe from g9m's adapter with its gates' input centred (reset_gates.py --center: the same function)
-        # and the gate weights at the memory's full rate, 100 steps.
-        START_G9G=$OUT/general-g9g-start
-        if [[ ! -f $OUT/general-g9g/final/comet_config.json && ! -f $START_G9G/comet_config.json ]]; then
-          "${PYTHON:-python}" "$HERE/../docs/experiments/reset_gates.py" "$OUT/general-g9m/final" --out "$START_G9G" \
-            --center
-        fi
-        phase general-g9g "$START_G9G" --data "${MEMORY_FOCUS[@]}" --max-length 2048 --max-steps 100 \
-          --lr 3e-4 --warmup-steps 10 --seed 113 --loss-weighting sample --gate-weight-lr-multiplier 1 \
-          --batch-size 4 --grad-accum 2 --group-by-length "${ALIGNED[@]}"
-        G9G_RULE=$RULES/g9g-step-100
-        PYTHON=${PYTHON:-python} "$RULE" "$OUT/general-g9g/final" "$G9G_RULE" 2048 1024
-        # g9g's rule (session 36): g9m's bar, the global-column mean at 2,048 at most 0.446.
-        case $(verdict "$G9G_RULE" 2048=0.446) in
-          pass)
-            # g10g: the tasks come back (g10's recipe) on the centred gates, their weights at the full rate.
-            phase general-g10g "$OUT/general-g9g/final" --data "${MEMORY_TASKS[@]}" --max-length 2048 \
-              --max-steps 200 --lr 3e-4 --warmup-steps 10 --seed 114 --loss-weighting sample \
-              --gate-weight-lr-multiplier 1 --batch-size 4 --grad-accum 2 --group-by-length "${ALIGNED[@]}"
-            PYTHON=${PYTHON:-python} "$RULE" "$OUT/general-g10g/final" "$RULES/g10g-step-200" 2048 1024
-            echo "== adapter: $OUT/general-g10g/final (its rule: docs/EXPERIMENTS.md, session 36)" ;;
-          fail)
-            echo "== g9g missed its rule ($G9G_RULE): the next change is argued in docs/EXPERIMENTS.md before it"
-            echo "   runs; nothing more is trained here."
-            echo "== adapter: $OUT/general-g9g/final" ;;
-          *)
-            echo "g9g's rule has no verdict: see the messages above and $G9G_RULE; rerun the recipe to resume" >&2
-            exit 3 ;;
-        esac ;;
-      *)
-        echo "g9m's rule has no verdict: see the messages above and $G9M_RULE; rerun the recipe to resume" >&2
-        exit 3 ;;
-    esac ;;
-  *)
-    echo "g8's rule has no verdict: see the messages above and $G8_RULE; rerun the recipe to resume" >&2
-    exit 3 ;;
+    echo "== adapter: $OUT/general-g9/final (its rule: docs/EXPERIMENTS.md, session 31)"
+    exit 0 ;;
+  fail) ;;
+  *) no_verdict g8 "$G8_RULE" ;;
 esac
+
+# g9m: the memory-focused curriculum at 2,048 tokens: only the passkey and the three needle-like sources (their
+# MEMORY_TASKS weights scaled to 0.93) and the 7% of language modelling, every fact at 0-75% depth (at least a
+# quarter of the prompt before the question, never in the open chunk), from g8's adapter, 200 steps.
+MEMORY_FOCUS=(
+  passkey:digits=3-9,depth=0-75@0.392
+  ruler-niah-single:depth=0-75,eos=1@0.294 ruler-niah-single:haystack=bible,values=uuid,depth=0-75,eos=1@0.147
+  ruler-niah-single:haystack=noise,keys=number,values=word,depth=0-75,eos=1@0.097
+  lm:bible@0.035 lm:essays@0.035
+)
+phase general-g9m "$OUT/general-g8/final" --data "${MEMORY_FOCUS[@]}" --max-length 2048 --max-steps 200 \
+  --lr 3e-4 --warmup-steps 10 --seed 111 --loss-weighting sample --gate-weight-lr-multiplier 0.1 --batch-size 4 \
+  --grad-accum 2 --group-by-length "${ALIGNED[@]}"
+G9M_RULE=$RULES/g9m-step-200
+PYTHON=${PYTHON:-python} "$RULE" "$OUT/general-g9m/final" "$G9M_RULE" 2048 1024
+# g9m's rule (session 31): its global-column mean at 2,048 at least 20% below g8's 0.557. Both branches fixed in
+# session 34 (pass) and 36 (fail; docs/EXPERIMENTS.md), before g9m's result.
+case $(verdict "$G9M_RULE" 2048=0.446) in
+  pass) ;;
+  fail)
+    # g9g (fixed in session 36): the write, not the read. An untrained bias on the global rows' logits did not
+    # lower the answer's loss in any band (read_boost.py), while 25 of 30 layers' gates stayed content-blind, their
+    # input 85-93% a constant part that moves every logit alike. So g9m's recipe from g9m's adapter with its gates'
+    # input centred (reset_gates.py --center: the same function) and the gate weights at the memory's full rate,
+    # 100 steps.
+    START_G9G=$OUT/general-g9g-start
+    if [[ ! -f $OUT/general-g9g/final/comet_config.json && ! -f $START_G9G/comet_config.json ]]; then
+      "${PYTHON:-python}" "$HERE/../docs/experiments/reset_gates.py" "$OUT/general-g9m/final" --out "$START_G9G" \
+        --center
+    fi
+    phase general-g9g "$START_G9G" --data "${MEMORY_FOCUS[@]}" --max-length 2048 --max-steps 100 \
+      --lr 3e-4 --warmup-steps 10 --seed 113 --loss-weighting sample --gate-weight-lr-multiplier 1 \
+      --batch-size 4 --grad-accum 2 --group-by-length "${ALIGNED[@]}"
+    G9G_RULE=$RULES/g9g-step-100
+    PYTHON=${PYTHON:-python} "$RULE" "$OUT/general-g9g/final" "$G9G_RULE" 2048 1024
+    # g9g's rule (session 36): g9m's bar, the global-column mean at 2,048 at most 0.446.
+    case $(verdict "$G9G_RULE" 2048=0.446) in
+      pass)
+        # g10g: the tasks come back (g10's recipe) on the centred gates, their weights at the full rate.
+        phase general-g10g "$OUT/general-g9g/final" --data "${MEMORY_TASKS[@]}" --max-length 2048 \
+          --max-steps 200 --lr 3e-4 --warmup-steps 10 --seed 114 --loss-weighting sample \
+          --gate-weight-lr-multiplier 1 --batch-size 4 --grad-accum 2 --group-by-length "${ALIGNED[@]}"
+        PYTHON=${PYTHON:-python} "$RULE" "$OUT/general-g10g/final" "$RULES/g10g-step-200" 2048 1024
+        echo "== adapter: $OUT/general-g10g/final (its rule: docs/EXPERIMENTS.md, session 36)" ;;
+      fail)
+        echo "== g9g missed its rule ($G9G_RULE): the next change is argued in docs/EXPERIMENTS.md before it"
+        echo "   runs; nothing more is trained here."
+        echo "== adapter: $OUT/general-g9g/final" ;;
+      *) no_verdict g9g "$G9G_RULE" ;;
+    esac
+    exit 0 ;;
+  *) no_verdict g9m "$G9M_RULE" ;;
+esac
+
+# g10: the tasks come back: g8's recipe exactly (MEMORY_TASKS at 2,048 tokens, 200 steps), from g9m's adapter instead
+# of g7's, so that g10 against g8 measures what the memory-focused phase gave the whole mixture.
+phase general-g10 "$OUT/general-g9m/final" --data "${MEMORY_TASKS[@]}" --max-length 2048 --max-steps 200 \
+  --lr 3e-4 --warmup-steps 10 --seed 112 --loss-weighting sample --gate-weight-lr-multiplier 0.1 \
+  --batch-size 4 --grad-accum 2 --group-by-length "${ALIGNED[@]}"
+G10_RULE=$RULES/g10-step-200
+PYTHON=${PYTHON:-python} "$RULE" "$OUT/general-g10/final" "$G10_RULE" 2048 1024
+# g10's rule (session 34): the probes' mean at least 0.36 (g8's 0.26 + 0.10) and the global-column mean at 2,048 at
+# most 1.1x g9m's 0.420 (the tasks may not undo what g9m gained).
+case $(verdict "$G10_RULE" 2048=0.462 --probes-at-least 0.36) in
+  pass) ;;
+  fail)
+    echo "== g10 missed its rule ($G10_RULE): the tasks and the memory's sources compete for the same rows;"
+    echo "   how the mixture shares them is argued in docs/EXPERIMENTS.md before anything more is trained."
+    echo "== adapter: $OUT/general-g10/final"
+    exit 0 ;;
+  *) no_verdict g10 "$G10_RULE" ;;
+esac
+
+# g11 (session 34; its rule fixed in session 37): g9's recipe (MEMORY_TASKS at prompts of up to 4,096 tokens, 100
+# steps of 4 micro-batches of 2) from g10's adapter. Its rule compares the distance diagnostic at 4,096 and 2,048
+# with g10's, so g10's at 4,096 is measured first.
+PYTHON=${PYTHON:-python} "$RULE" "$OUT/general-g10/final" "$G10_RULE" 4096
+phase general-g11 "$OUT/general-g10/final" --data "${MEMORY_TASKS[@]}" --max-length 4096 --max-steps 100 \
+  --lr 3e-4 --warmup-steps 10 --seed 115 --loss-weighting sample --gate-weight-lr-multiplier 0.1 --batch-size 2 \
+  --grad-accum 4 --group-by-length "${ALIGNED[@]}"
+PYTHON=${PYTHON:-python} "$RULE" "$OUT/general-g11/final" "$RULES/g11-step-100" 4096 2048
+echo "== adapter: $OUT/general-g11/final (its rule: docs/EXPERIMENTS.md, session 37)"
