@@ -9,9 +9,10 @@ import argparse
 import dataclasses
 
 
-# The options that describe an untrained CoMeT (CometConfig's fields); an adapter brings its own.
-SIZE_OPTIONS = ("chunk_size", "global_slots", "temp_stride", "temp_capacity", "adapter_rank", "no_gate",
-                "attention_sink", "gate_bias")
+# The options that describe an untrained CoMeT (CometConfig's fields); an adapter brings its own. The integer
+# ones pass to CometConfig under their own names; the others are translated by ``model_options``.
+INTEGER_SIZES = ("chunk_size", "global_slots", "temp_stride", "temp_capacity", "adapter_rank")
+SIZE_OPTIONS = INTEGER_SIZES + ("no_gate", "attention_sink", "gate_bias")
 
 
 def add_model_options(parser: argparse.ArgumentParser, dtype: str = "auto", default_adapter: bool = False) -> None:
@@ -88,7 +89,7 @@ def model_options(args: argparse.Namespace):
                          "an untrained CoMeT), or drop --comet to train or run an untrained memory")
     config = CometConfig()
     if not args.comet:
-        sizes = {name: getattr(args, name) for name in SIZE_OPTIONS[:5] if getattr(args, name) is not None}
+        sizes = {name: getattr(args, name) for name in INTEGER_SIZES if getattr(args, name) is not None}
         config = CometConfig(**sizes, gate=not args.no_gate, attention_sink=args.attention_sink,
                              gate_bias=tuple(args.gate_bias) if args.gate_bias else None)
         if config.temp_stride == 0 and args.temp_capacity is None:
