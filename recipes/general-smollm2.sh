@@ -156,6 +156,11 @@ no_verdict() {  # no_verdict PHASE DIR: stop, so that a rerun measures what is m
 }
 # From here the main line is the path the rules took (g8 fail -> g9m pass -> g10 -> g11); a branch the rules did not
 # take ends the script where it is.
+# g9's recipe, which g11 repeats from g10's adapter: MEMORY_TASKS at prompts of up to 4,096 tokens, 100 steps of 8
+# samples read as 4 micro-batches of 2 (g8's tokens per micro-batch).
+AT_4096=(--data "${MEMORY_TASKS[@]}" --max-length 4096 --max-steps 100 --lr 3e-4 --warmup-steps 10
+  --loss-weighting sample --gate-weight-lr-multiplier 0.1 --batch-size 2 --grad-accum 4 --group-by-length
+  "${ALIGNED[@]}")
 G8_RULE=$RULES/g8-step-200
 if [[ ! -f $G8_RULE/verdict ]]; then
   PYTHON=${PYTHON:-python} "$RULE" "$OUT/general-g8/final" "$G8_RULE" 2048 1024
@@ -166,9 +171,7 @@ case $(verdict "$G8_RULE" 2048=0.525 1024=0.65) in
     # of 8 samples read as 4 micro-batches of 2 (g8's tokens per micro-batch). Its rule compares the distance
     # diagnostic at 4,096 and 2,048 with g8's, so g8's at 4,096 is measured first.
     PYTHON=${PYTHON:-python} "$RULE" "$OUT/general-g8/final" "$G8_RULE" 4096
-    phase general-g9 "$OUT/general-g8/final" --data "${MEMORY_TASKS[@]}" --max-length 4096 --max-steps 100 \
-      --lr 3e-4 --warmup-steps 10 --seed 111 --loss-weighting sample --gate-weight-lr-multiplier 0.1 --batch-size 2 \
-      --grad-accum 4 --group-by-length "${ALIGNED[@]}"
+    phase general-g9 "$OUT/general-g8/final" "${AT_4096[@]}" --seed 111
     PYTHON=${PYTHON:-python} "$RULE" "$OUT/general-g9/final" "$RULES/g9-step-100" 4096 2048
     echo "== adapter: $OUT/general-g9/final (its rule: docs/EXPERIMENTS.md, session 31)"
     exit 0 ;;
@@ -252,8 +255,6 @@ esac
 # steps of 4 micro-batches of 2) from g10's adapter. Its rule compares the distance diagnostic at 4,096 and 2,048
 # with g10's, so g10's at 4,096 is measured first.
 PYTHON=${PYTHON:-python} "$RULE" "$OUT/general-g10/final" "$G10_RULE" 4096
-phase general-g11 "$OUT/general-g10/final" --data "${MEMORY_TASKS[@]}" --max-length 4096 --max-steps 100 \
-  --lr 3e-4 --warmup-steps 10 --seed 115 --loss-weighting sample --gate-weight-lr-multiplier 0.1 --batch-size 2 \
-  --grad-accum 4 --group-by-length "${ALIGNED[@]}"
+phase general-g11 "$OUT/general-g10/final" "${AT_4096[@]}" --seed 115
 PYTHON=${PYTHON:-python} "$RULE" "$OUT/general-g11/final" "$RULES/g11-step-100" 4096 2048
 echo "== adapter: $OUT/general-g11/final (its rule: docs/EXPERIMENTS.md, session 37)"
