@@ -10,7 +10,7 @@
 #
 # Sizes: the passkey adapter's (128-token chunks, 16 global slots, 16 temporary rows with stride 8, LoRA r=8), so
 # the first phase starts from a memory that already carries a key across 1M tokens. Prompts are 512 to 1,024
-# tokens (192-384 in g6, 1,024-2,048 in g8, g9m, g9g, g10 and g10g, 4,096 in g9 and g11), so the 32k evaluations are at
+# tokens (192-384 in g6, 1,024-2,048 in g8 to g10x, 4,096 in g9, g11 and g11c), so the 32k evaluations are at
 # least 8x the longest training prompt. From g8 on, the recipe reads each phase's rule itself (fixed in
 # docs/EXPERIMENTS.md before the phase ran) and takes the branch it names; RULES (default
 # docs/results/general-probes) is where the rules' measurements and verdicts go, RULE the script that measures them
@@ -157,10 +157,9 @@ no_verdict() {  # no_verdict PHASE DIR: stop, so that a rerun measures what is m
 # From here the main line is the path the rules took (g8 fail -> g9m pass -> g10 -> g11); a branch the rules did not
 # take ends the script where it is.
 # g9's recipe, which g11 repeats from g10's adapter: MEMORY_TASKS at prompts of up to 4,096 tokens, 100 steps of 8
-# samples read as 4 micro-batches of 2 (g8's tokens per micro-batch).
+# samples read as 4 micro-batches of 2 (g8's tokens per micro-batch); the gate weights' rate is each phase's own.
 AT_4096=(--data "${MEMORY_TASKS[@]}" --max-length 4096 --max-steps 100 --lr 3e-4 --warmup-steps 10
-  --loss-weighting sample --gate-weight-lr-multiplier 0.1 --batch-size 2 --grad-accum 4 --group-by-length
-  "${ALIGNED[@]}")
+  --loss-weighting sample --batch-size 2 --grad-accum 4 --group-by-length "${ALIGNED[@]}")
 G8_RULE=$RULES/g8-step-200
 if [[ ! -f $G8_RULE/verdict ]]; then
   PYTHON=${PYTHON:-python} "$RULE" "$OUT/general-g8/final" "$G8_RULE" 2048 1024
@@ -171,7 +170,7 @@ case $(verdict "$G8_RULE" 2048=0.525 1024=0.65) in
     # of 8 samples read as 4 micro-batches of 2 (g8's tokens per micro-batch). Its rule compares the distance
     # diagnostic at 4,096 and 2,048 with g8's, so g8's at 4,096 is measured first.
     PYTHON=${PYTHON:-python} "$RULE" "$OUT/general-g8/final" "$G8_RULE" 4096
-    phase general-g9 "$OUT/general-g8/final" "${AT_4096[@]}" --seed 111
+    phase general-g9 "$OUT/general-g8/final" "${AT_4096[@]}" --gate-weight-lr-multiplier 0.1 --seed 111
     PYTHON=${PYTHON:-python} "$RULE" "$OUT/general-g9/final" "$RULES/g9-step-100" 4096 2048
     echo "== adapter: $OUT/general-g9/final (its rule: docs/EXPERIMENTS.md, session 31)"
     exit 0 ;;
@@ -244,9 +243,39 @@ PYTHON=${PYTHON:-python} "$RULE" "$OUT/general-g10/final" "$G10_RULE" 2048 1024
 case $(verdict "$G10_RULE" 2048=0.462 --probes-at-least 0.36) in
   pass) ;;
   fail)
-    echo "== g10 missed its rule ($G10_RULE): the tasks and the memory's sources compete for the same rows;"
-    echo "   how the mixture shares them is argued in docs/EXPERIMENTS.md before anything more is trained."
-    echo "== adapter: $OUT/general-g10/final"
+    # g10c against g10x (fixed in session 38, before g10's result): the write, tested as an A/B. Both continue g10's
+    # adapter on g10's recipe for 100 steps with the same seed, so they read the same batches; g10c has its gates'
+    # input centred (reset_gates.py --center: the same function) and the gate weights at the memory's full rate,
+    # g10x (the control) keeps g10's gates and their tenth of the rate. The rule compares the two, so the confound of
+    # 100 more steps is in both arms.
+    START_G10C=$OUT/general-g10c-start
+    if [[ ! -f $OUT/general-g10c/final/comet_config.json && ! -f $START_G10C/comet_config.json ]]; then
+      "${PYTHON:-python}" "$HERE/../docs/experiments/reset_gates.py" "$OUT/general-g10/final" --out "$START_G10C" \
+        --center
+    fi
+    AT_2048_AB=(--data "${MEMORY_TASKS[@]}" --max-length 2048 --max-steps 100 --lr 3e-4 --warmup-steps 10
+      --seed 116 --loss-weighting sample --batch-size 4 --grad-accum 2 --group-by-length "${ALIGNED[@]}")
+    phase general-g10c "$START_G10C" "${AT_2048_AB[@]}" --gate-weight-lr-multiplier 1
+    phase general-g10x "$OUT/general-g10/final" "${AT_2048_AB[@]}" --gate-weight-lr-multiplier 0.1
+    G10C_RULE=$RULES/g10c-step-100
+    G10X_RULE=$RULES/g10x-step-100
+    PYTHON=${PYTHON:-python} "$RULE" "$OUT/general-g10c/final" "$G10C_RULE" 2048
+    PYTHON=${PYTHON:-python} "$RULE" "$OUT/general-g10x/final" "$G10X_RULE" 2048
+    # g10c's rule (session 38): its global-column mean at 2,048 at most 0.9x g10x's.
+    case $(verdict "$G10C_RULE" 2048=0.9 --relative-to "$G10X_RULE") in
+      pass)
+        # g11c: g11's recipe (prompts of up to 4,096 tokens) from g10c's adapter, the gate weights at the full rate;
+        # its rule (g11's, against g10c) compares with g10c at 4,096, so that is measured first.
+        PYTHON=${PYTHON:-python} "$RULE" "$OUT/general-g10c/final" "$G10C_RULE" 4096
+        phase general-g11c "$OUT/general-g10c/final" "${AT_4096[@]}" --gate-weight-lr-multiplier 1 --seed 117
+        PYTHON=${PYTHON:-python} "$RULE" "$OUT/general-g11c/final" "$RULES/g11c-step-100" 4096 2048
+        echo "== adapter: $OUT/general-g11c/final (its rule: docs/EXPERIMENTS.md, session 38)" ;;
+      fail)
+        echo "== g10c missed its rule ($G10C_RULE against $G10X_RULE): centred gates at the full rate do not"
+        echo "   carry more; the next change is argued in docs/EXPERIMENTS.md before it runs. Nothing more is trained."
+        echo "== adapter: $OUT/general-g10x/final" ;;
+      *) no_verdict g10c "$G10C_RULE" ;;
+    esac
     exit 0 ;;
   *) no_verdict g10 "$G10_RULE" ;;
 esac
@@ -255,6 +284,6 @@ esac
 # steps of 4 micro-batches of 2) from g10's adapter. Its rule compares the distance diagnostic at 4,096 and 2,048
 # with g10's, so g10's at 4,096 is measured first.
 PYTHON=${PYTHON:-python} "$RULE" "$OUT/general-g10/final" "$G10_RULE" 4096
-phase general-g11 "$OUT/general-g10/final" "${AT_4096[@]}" --seed 115
+phase general-g11 "$OUT/general-g10/final" "${AT_4096[@]}" --gate-weight-lr-multiplier 0.1 --seed 115
 PYTHON=${PYTHON:-python} "$RULE" "$OUT/general-g11/final" "$RULES/g11-step-100" 4096 2048
 echo "== adapter: $OUT/general-g11/final (its rule: docs/EXPERIMENTS.md, session 37)"

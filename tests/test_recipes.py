@@ -143,12 +143,12 @@ SUITES_COMPARE = RECIPE.with_name("suites-compare-smollm2.sh")
 
 
 def general_recipe(out: Path, verdict: str | None = None, g9m_verdict: str | None = None,
-                   g9g_verdict: str | None = None, g10_verdict: str | None = None):
+                   g9g_verdict: str | None = None, g10_verdict: str | None = None, g10c_verdict: str | None = None):
     """The general recipe's commands with every program echoed; ``verdict`` pre-written as g8's rule's,
-    ``g9m_verdict`` as g9m's, ``g9g_verdict`` as g9g's, ``g10_verdict`` as g10's."""
+    ``g9m_verdict`` as g9m's, ``g9g_verdict`` as g9g's, ``g10_verdict`` as g10's, ``g10c_verdict`` as g10c's."""
     rules = out / "rules"
     for phase, said in (("g8-step-200", verdict), ("g9m-step-200", g9m_verdict), ("g9g-step-100", g9g_verdict),
-                        ("g10-step-200", g10_verdict)):
+                        ("g10-step-200", g10_verdict), ("g10c-step-100", g10c_verdict)):
         if said is not None:
             (rules / phase).mkdir(parents=True)
             (rules / phase / "verdict").write_text(said + "\n")
@@ -333,12 +333,9 @@ def test_g9ms_rule_brings_the_tasks_back_or_centres_the_gates(tmp_path):
 def test_g10s_rule_lengthens_the_prompts_or_stops(tmp_path):
     """g10's rule (session 34) read by the recipe: the probes' mean at least 0.36 and the global column at 2,048 at
     most 1.1x g9m's 0.420; pass -> g10 measured at 4,096, then g11, g9's recipe from g10's adapter, then its rule's
-    measurements (session 37); fail -> nothing more trained; no verdict -> status 3."""
+    measurements (session 37); fail -> the g10c / g10x A/B (session 38, below); no verdict -> status 3."""
     result = general_recipe(tmp_path / "none", "fail", "pass")
     assert f"{tmp_path}/none/rules/g10-step-200 --global-at 2048=0.462 --probes-at-least 0.36" in result.stderr
-    result = general_recipe(tmp_path / "fail", "fail", "pass", g10_verdict="fail")
-    assert result.returncode == 0, result.stderr
-    assert len(train_runs(result)) == 10 and "g10 missed its rule" in result.stdout
     g9 = train_runs(general_recipe(tmp_path / "g9", "pass"))[-1]
     out = tmp_path / "pass"
     result = general_recipe(out, "fail", "pass", g10_verdict="pass")
@@ -354,6 +351,53 @@ def test_g10s_rule_lengthens_the_prompts_or_stops(tmp_path):
     measured = [line for line in result.stdout.splitlines() if line.startswith(str(out / "general-g"))]
     assert measured[-2:] == [f"{out}/general-g10/final {out}/rules/g10-step-200 4096",
                              f"{out}/general-g11/final {out}/rules/g11-step-100 4096 2048"]
+
+
+def test_g10s_failed_rule_tests_centred_gates_against_a_control(tmp_path):
+    """g10's fail branch (session 38): g10c (g10's adapter with its gates' input centred, the gate weights at the
+    full rate) and g10x (g10's adapter as it is, the rate at a tenth), both g10's recipe for 100 steps with one seed;
+    g10c passes with a global column at 2,048 at most 0.9x g10x's; pass -> g11c, g11's recipe from g10c at the full
+    rate; fail -> nothing more trained; no verdict -> status 3."""
+    out = tmp_path / "none"
+    result = general_recipe(out, "fail", "pass", g10_verdict="fail")
+    assert result.returncode == 3 and "g10c's rule has no verdict" in result.stderr
+    assert f"{out}/rules/g10c-step-100 --global-at 2048=0.9 --relative-to {out}/rules/g10x-step-100" in result.stderr
+    centring = [line.split() for line in result.stdout.splitlines() if "reset_gates.py" in line][-1]
+    assert centring[1:] == [str(out / "general-g10" / "final"), "--out", str(out / "general-g10c-start"), "--center"]
+    runs = train_runs(result)
+    assert len(runs) == 12
+    g10, g10c, g10x = runs[-3:]
+    assert g10c.comet == str(out / "general-g10c-start") and g10c.output_dir == str(out / "general-g10c")
+    assert g10x.comet == str(out / "general-g10" / "final") and g10x.output_dir == str(out / "general-g10x")
+    assert (g10c.gate_weight_lr_multiplier, g10x.gate_weight_lr_multiplier, g10.gate_weight_lr_multiplier) == (
+        1, 0.1, 0.1)
+    assert g10c.seed == g10x.seed and g10c.seed not in [r.seed for r in runs[:-2]]
+    for arm in (g10c, g10x):  # g10's recipe but the steps: the arms differ by their gates alone
+        assert (arm.data, arm.max_length, arm.lr, arm.warmup_steps, arm.loss_weighting, arm.batch_size,
+                arm.grad_accum, arm.chunk_augmentation, arm.group_by_length) == (
+            g10.data, g10.max_length, g10.lr, g10.warmup_steps, g10.loss_weighting, g10.batch_size, g10.grad_accum,
+            g10.chunk_augmentation, g10.group_by_length)
+        assert arm.max_steps == 100
+    measured = [line for line in result.stdout.splitlines() if line.startswith(str(out / "general-g"))]
+    assert measured[-2:] == [f"{out}/general-g10c/final {out}/rules/g10c-step-100 2048",
+                             f"{out}/general-g10x/final {out}/rules/g10x-step-100 2048"]
+    result = general_recipe(tmp_path / "fail", "fail", "pass", g10_verdict="fail", g10c_verdict="fail")
+    assert result.returncode == 0, result.stderr
+    assert len(train_runs(result)) == 12 and "g10c missed its rule" in result.stdout
+    g11 = train_runs(general_recipe(tmp_path / "g11", "fail", "pass", g10_verdict="pass"))[-1]
+    out = tmp_path / "pass"
+    result = general_recipe(out, "fail", "pass", g10_verdict="fail", g10c_verdict="pass")
+    assert result.returncode == 0, result.stderr
+    runs = train_runs(result)
+    g11c = runs[-1]
+    assert len(runs) == 13 and g11c.comet == str(out / "general-g10c" / "final")
+    assert g11c.output_dir == str(out / "general-g11c") and g11c.seed not in [r.seed for r in runs[:-1]]
+    assert (g11c.data, g11c.max_length, g11c.max_steps, g11c.batch_size, g11c.grad_accum, g11c.lr,
+            g11c.chunk_augmentation) == (g11.data, 4096, 100, 2, 4, g11.lr, g11.chunk_augmentation)
+    assert (g11c.gate_weight_lr_multiplier, g11.gate_weight_lr_multiplier) == (1, 0.1)
+    measured = [line for line in result.stdout.splitlines() if line.startswith(str(out / "general-g"))]
+    assert measured[-2:] == [f"{out}/general-g10c/final {out}/rules/g10c-step-100 4096",
+                             f"{out}/general-g11c/final {out}/rules/g11c-step-100 4096 2048"]
 
 
 def test_the_rule_verdict_reads_the_probes_mean(tmp_path):
@@ -452,6 +496,33 @@ def test_the_rule_verdict_reads_the_global_column_at_each_length(tmp_path):
     assert result.returncode == 2 and "no global mean" in result.stderr
     assert (tmp_path / "verdict").read_text() == "fail\n"  # the last verdict stays; the recipe reads it only once
 
+
+
+def test_the_rule_verdict_compares_two_arms(tmp_path):
+    """--relative-to: each threshold is a factor of the other arm's mean at that length (g10's A/B, session 38)."""
+    verdict = RECIPE.parents[1] / "docs" / "experiments" / "rule_verdict.py"
+    arm, control = tmp_path / "arm", tmp_path / "control"
+
+    def measured(folder, global_loss, length=2048):
+        folder.mkdir(exist_ok=True)
+        means = {"open": 0.1, "queue": 0.4, "global": global_loss}
+        (folder / f"distance-{length}.json").write_text(json.dumps({"mean_by_distance": {"128:16": means}}))
+
+    def run(limit="2048=0.9"):
+        return subprocess.run([sys.executable, str(verdict), str(arm), "--global-at", limit, "--relative-to",
+                               str(control)], capture_output=True, text=True)
+
+    measured(arm, 0.45)
+    result = run()  # the control not measured yet: no verdict, nothing written
+    assert result.returncode == 2 and "distance-2048.json does not exist" in result.stderr
+    assert not (arm / "verdict").exists()
+    measured(control, 0.5)
+    result = run()
+    assert result.stdout.splitlines() == ["global loss at  2,048 tokens: 0.450 (at most 0.450 = 0.9x 0.500: met)",
+                                          "pass"]
+    measured(arm, 0.451)
+    assert run().stdout.splitlines()[-1] == "fail" and (arm / "verdict").read_text() == "fail\n"
+    assert run("2048=1").stdout.splitlines()[-1] == "pass"  # the factor is read, not a fixed loss
 
 def test_centring_an_adapters_gates_keeps_what_it_computes(tmp_path, tiny_model_dir):
     """`reset_gates.py --center` (session 36): the copy's gates read their input less its mean, the bias raised to

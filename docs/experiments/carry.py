@@ -14,7 +14,9 @@ Evaluations: `runs/compare/` <-> `docs/results/compare/` (every finished trial a
 comparison table there. Training: `runs/abl-VARIANT/` <-> `docs/experiments/carry/abl-VARIANT/`, keeping only what
 `recipes/passkey-smollm2.sh` needs to resume: each phase's metrics, the model of the last finished phase, and the
 latest checkpoint of the phase in progress. Earlier phases keep their `final/comet_config.json` alone (the recipe
-skips a phase that has one); their weights are not needed any more. An ablation is shipped
+skips a phase that has one); their weights are not needed any more. The general recipe keeps the models of its last
+two finished phases, since the two arms of an A/B (g10c and g10x) start from the same phase's model and the phase
+after them from the first arm's. An ablation is shipped
 (`docs/experiments/ship_ablation.py`) once its evaluation is complete; from then on `save` deletes its carry folder.
 
 The same for the task suites' comparison (issue 22, `recipes/suites-compare-smollm2.sh runs/suites`):
@@ -34,11 +36,11 @@ ROOT = Path(__file__).resolve().parents[2]
 RUNS = ROOT / "runs"
 RESULTS = ROOT / "docs/results/compare"
 CARRY = ROOT / "docs/experiments/carry"
-# the general recipe's phases in order (recipes/general-smollm2.sh; g8's rule runs one of g9 and g9m, g9m's one of
-# g10 and g9g, which may be followed by g10g; g10's rule runs g11)
+# the general recipe's phases in the order they finish (recipes/general-smollm2.sh; g8's rule runs one of g9 and g9m,
+# g9m's one of g10 and g9g, which may be followed by g10g; g10's rule runs g11, or g10c and g10x, then maybe g11c)
 GENERAL_PHASES = ("general-g1", "general-g2", "general-g3", "general-g4", "general-g5", "general-g6",
                   "general-g7", "general-g8", "general-g9", "general-g9m", "general-g10", "general-g9g", "general-g10g",
-                  "general-g11")
+                  "general-g11", "general-g10c", "general-g10x", "general-g11c")
 SUITES = ROOT / "docs/results/suites"
 # the recipe's phases in order (recipes/passkey-smollm2.sh)
 PHASES = ("passkey-v1", "passkey-v2a", "passkey-v2b", "passkey-v2d", "passkey-v2e", "passkey-v2f", "passkey-v2g")
@@ -58,9 +60,9 @@ def copy_missing(source: Path, target: Path) -> int:
     return copied
 
 
-def save_training(run: Path, carry: Path, phases=PHASES) -> list[str]:
+def save_training(run: Path, carry: Path, phases=PHASES, models: int = 1) -> list[str]:
     """Copies the resumable part of one recipe run (``runs/abl-VARIANT``, ``runs/general``) into ``carry``,
-    replacing what was there."""
+    replacing what was there: the model of the last ``models`` finished phases."""
     if carry.exists():
         shutil.rmtree(carry)
     carry.mkdir(parents=True)
@@ -78,7 +80,7 @@ def save_training(run: Path, carry: Path, phases=PHASES) -> list[str]:
             if (source / name).is_file():
                 shutil.copy2(source / name, target / name)
         if phase in finished:
-            if phase == finished[-1]:
+            if phase in finished[-models:]:
                 shutil.copytree(source / "final", target / "final")
                 said.append(f"{phase}: done, model kept")
             else:
@@ -120,7 +122,7 @@ def save() -> None:
                                 str(out / f"table-{family}.md"), "--plot", str(out / f"table-{family}.png")],
                                check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     if (RUNS / "general").is_dir():
-        for line in save_training(RUNS / "general", CARRY / "general", GENERAL_PHASES):
+        for line in save_training(RUNS / "general", CARRY / "general", GENERAL_PHASES, models=2):
             print(f"general {line}")
     for run in sorted(RUNS.glob("abl-*")):
         if not (run / "variant").is_file():

@@ -6,7 +6,8 @@ Top: each probe task's accuracy at 2,048 tokens (5 trials, validation split, `pr
 every step a probe was run (`docs/results/general-probes/step-N` for g1, `gK-step-N` for the later phases). Bottom:
 the training loss per source, weighted by each step's targets and averaged over 20 steps, from each phase's
 `metrics.jsonl` (the carried copy in `docs/experiments/carry/general`, or `runs/general` where it is longer; losses per
-source were logged from g2's step 210 on). Phase boundaries are the dotted lines.
+source were logged from g2's step 210 on). Phase boundaries are the dotted lines. An A/B's control arm (g10x) is
+not on that axis (it starts where its other arm does); `--table g10x` prints its losses.
 
     .venv/bin/python docs/experiments/plot_general.py [--out docs/results/general-probes/progress.png]
     .venv/bin/python docs/experiments/plot_general.py --table g8 [--window 30]   # one phase's losses as a table
@@ -23,9 +24,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PROBES = ROOT / "docs/results/general-probes"
 METRICS = (ROOT / "runs/general", ROOT / "docs/experiments/carry/general")  # the first that has a phase wins
-# g8's rule runs g9 or g9m; g9m's g10 or g9g (then g10g); g10's g11
-PHASES = ("g1", "g2", "g3", "g4", "g5", "g6", "g7", "g8", "g9", "g9m", "g9g", "g10", "g10g", "g11")
-PROBE_DIR = re.compile(r"^(?:(g\d+[mg]?)-)?step-(\d+)$")  # step-N is g1's; suffixed folders are other experiments
+# g8's rule runs g9 or g9m; g9m's g10 or g9g (then g10g); g10's g11, or the A/B g10c against g10x (then maybe g11c)
+PHASES = ("g1", "g2", "g3", "g4", "g5", "g6", "g7", "g8", "g9", "g9m", "g9g", "g10", "g10g", "g11", "g10c", "g10x",
+          "g11c")
+CONTROLS = ("g10x",)  # an A/B's control arm: its own --table, not a stretch of the all-phases step axis
+PROBE_DIR = re.compile(r"^(?:(g\d+[a-z]?)-)?step-(\d+)$")  # step-N is g1's; suffixed folders are other experiments
 WINDOW = 20
 
 
@@ -126,7 +129,7 @@ def main(argv=None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = {phase: rows for phase in PHASES if (rows := phase_metrics(phase))}
+    runs = {phase: rows for phase in PHASES if phase not in CONTROLS and (rows := phase_metrics(phase))}
     offsets, start = {}, 0
     for phase, rows in runs.items():
         offsets[phase] = start

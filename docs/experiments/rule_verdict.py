@@ -4,12 +4,14 @@ global memory's column of ``sizes/answer_loss.py``'s distance diagnostic) meet t
 ran (docs/EXPERIMENTS.md)?
 
     .venv/bin/python docs/experiments/rule_verdict.py DIR --global-at 2048=0.525 1024=0.65 [--sizes 128:16]
-        [--probes-at-least 0.36]
+        [--probes-at-least 0.36] [--relative-to OTHER_DIR]
 
 reads ``DIR/distance-LENGTH.json`` for each LENGTH (written by ``phase_rule.sh``), prints each length's mean over the
 datasets next to its threshold, and writes ``DIR/verdict``: ``pass`` when every length's mean is at most its
 threshold, ``fail`` otherwise. ``--probes-at-least`` adds a condition: the mean of the probes' scores in
-``DIR/probe.txt`` (``probe_general.sh``'s lines, ``TASK mean SCORE``) at least that. A missing or unreadable
+``DIR/probe.txt`` (``probe_general.sh``'s lines, ``TASK mean SCORE``) at least that. With ``--relative-to``
+each threshold is a factor of OTHER_DIR's mean at that length (``2048=0.9``: at most 0.9x the other run's), for a
+rule that compares two arms measured alike. A missing or unreadable
 measurement writes nothing and exits with status 2, so a recipe that reads the verdict stops instead of guessing.
 ``--column`` picks another distance (open, queue, global).
 """
@@ -75,18 +77,26 @@ def main(argv=None) -> int:
     parser.add_argument("--column", choices=COLUMNS, default="global", help="which distance the rule reads")
     parser.add_argument("--probes-at-least", type=float, default=None, metavar="MEAN",
                         help="also require the mean of the probes' scores in DIR/probe.txt to be at least MEAN")
+    parser.add_argument("--relative-to", type=Path, default=None, metavar="OTHER_DIR",
+                        help="read each threshold as a factor of OTHER_DIR's mean at that length")
     args = parser.parse_args(argv)
     if len({length for length, _ in args.limits}) != len(args.limits):
         parser.error("give each length once")
+    def mean_at(folder: Path, length: int) -> float:
+        return column_mean(folder / f"distance-{length}.json", args.sizes, args.column)
+
     try:
-        means = [(length, limit, column_mean(args.dir / f"distance-{length}.json", args.sizes, args.column))
-                 for length, limit in args.limits]
+        if args.relative_to is not None:
+            other = {length: mean_at(args.relative_to, length) for length, _ in args.limits}
+            args.limits = [(length, factor * other[length]) for length, factor in args.limits]
+        means = [(length, limit, mean_at(args.dir, length)) for length, limit in args.limits]
         probes = None if args.probes_at_least is None else probe_mean(args.dir / "probe.txt")
     except ValueError as error:
         print(f"rule_verdict: {error}", file=sys.stderr)
         return 2
     for length, limit, mean in means:
-        print(f"{args.column} loss at {length:>6,} tokens: {mean:.3f} (at most {limit:.3f}: "
+        against = "" if args.relative_to is None else f" = {limit / other[length]:g}x {other[length]:.3f}"
+        print(f"{args.column} loss at {length:>6,} tokens: {mean:.3f} (at most {limit:.3f}{against}: "
               f"{'met' if mean <= limit else 'missed'})")
     met = [mean <= limit for _, limit, mean in means]
     if probes is not None:
