@@ -82,20 +82,22 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if len({length for length, _ in args.limits}) != len(args.limits):
         parser.error("give each length once")
+
     def mean_at(folder: Path, length: int) -> float:
         return column_mean(folder / f"distance-{length}.json", args.sizes, args.column)
 
     try:
-        if args.relative_to is not None:
-            other = {length: mean_at(args.relative_to, length) for length, _ in args.limits}
-            args.limits = [(length, factor * other[length]) for length, factor in args.limits]
-        means = [(length, limit, mean_at(args.dir, length)) for length, limit in args.limits]
+        limits, other = args.limits, {}
+        if args.relative_to is not None:  # thresholds are factors of the other arm's means
+            other = {length: mean_at(args.relative_to, length) for length, _ in limits}
+            limits = [(length, factor * other[length]) for length, factor in limits]
+        means = [(length, limit, mean_at(args.dir, length)) for length, limit in limits]
         probes = None if args.probes_at_least is None else probe_mean(args.dir / "probe.txt")
     except ValueError as error:
         print(f"rule_verdict: {error}", file=sys.stderr)
         return 2
     for length, limit, mean in means:
-        against = "" if args.relative_to is None else f" = {limit / other[length]:g}x {other[length]:.3f}"
+        against = f" = {dict(args.limits)[length]:g}x {other[length]:.3f}" if other else ""
         print(f"{args.column} loss at {length:>6,} tokens: {mean:.3f} (at most {limit:.3f}{against}: "
               f"{'met' if mean <= limit else 'missed'})")
     met = [mean <= limit for _, limit, mean in means]
