@@ -11,6 +11,7 @@ not on that axis (it starts where its other arm does); `--table g10x` prints its
 
     .venv/bin/python docs/experiments/plot_general.py [--out docs/results/general-probes/progress.png]
     .venv/bin/python docs/experiments/plot_general.py --table g8 [--window 30]   # one phase's losses as a table
+    .venv/bin/python docs/experiments/plot_general.py --table g10c --against g10x  # an A/B's arms, cell by cell
 """
 
 from __future__ import annotations
@@ -92,20 +93,33 @@ def loss_curves(runs: dict[str, list[dict]], offsets: dict[str, int]) -> dict[st
     return curves
 
 
-def print_table(phase: str, rows: list[dict], window: int) -> None:
-    """The phase's training loss per source in windows of ``window`` steps, with each window's seconds a step."""
+def print_table(phase: str, rows: list[dict], window: int, against: tuple[str, list[dict]] | None = None) -> None:
+    """The phase's training loss per source in windows of ``window`` steps, with each window's seconds a step;
+    ``against`` (another phase's name and rows, the other arm of an A/B on the same batches) puts its loss over the
+    same steps after each cell, as ``phase's / other's``."""
     losses = windowed_losses(rows, window)
+    others = windowed_losses(against[1], window) if against else {}
     names = sorted({name for name, _ in losses})
-    print(f"general-{phase}: training loss per source (target-weighted), {window}-step windows")
-    width = {name: max(len(name), 5) for name in names}
+    title = f"general-{phase}" + (f" / general-{against[0]}" if against else "")
+    print(f"{title}: training loss per source (target-weighted), {window}-step windows")
+
+    def cell(name: str, index: int) -> str:
+        if (name, index) not in losses:
+            return ""
+        mine = f"{losses[(name, index)]:.2f}"
+        if not against:
+            return mine
+        theirs = others.get((name, index))
+        return f"{mine}/{theirs:.2f}" if theirs is not None else f"{mine}/-"  # "-": no such target there
+
+    width = {name: max(len(name), 11 if against else 5) for name in names}
     print(f"{'steps':>9} {'s/step':>7} " + " ".join(f"{name:>{width[name]}}" for name in names))
     for index in sorted({w for _, w in losses}):
         inside = [row for row in rows if (row["step"] - 1) // window == index]
         seconds = [b["elapsed"] - a["elapsed"] for a, b in zip(inside, inside[1:]) if b["step"] == a["step"] + 1]
         pace = f"{sum(seconds) / len(seconds):7.0f}" if seconds else f"{'':>7}"
-        cells = " ".join(f"{losses[(n, index)]:{width[n]}.2f}" if (n, index) in losses else " " * width[n]
-                         for n in names)
-        print(f"{index * window + 1:>4}-{(index + 1) * window:<4} {pace} {cells}")
+        print(f"{index * window + 1:>4}-{(index + 1) * window:<4} {pace} "
+              + " ".join(f"{cell(n, index):>{width[n]}}" for n in names))
 
 
 def main(argv=None) -> int:
@@ -114,14 +128,21 @@ def main(argv=None) -> int:
     parser.add_argument("--table", metavar="PHASE", choices=PHASES,
                         help="print PHASE's training loss per source in windows of --window steps instead of a plot")
     parser.add_argument("--window", type=int, default=30, help="steps per window of --table (default 30)")
+    parser.add_argument("--against", metavar="PHASE", choices=PHASES,
+                        help="with --table: PHASE's loss over the same steps beside each cell (an A/B's other arm)")
     args = parser.parse_args(argv)
+    if args.against and not args.table:
+        parser.error("--against goes with --table")
     if args.table:
         if args.window < 1:
             parser.error("--window must be at least 1")
-        rows = phase_metrics(args.table)
-        if not rows:
-            parser.error(f"no metrics of general-{args.table} in {' or '.join(str(m) for m in METRICS)}")
-        print_table(args.table, rows, args.window)
+        found = {}
+        for phase in filter(None, (args.table, args.against)):
+            found[phase] = phase_metrics(phase)
+            if not found[phase]:
+                parser.error(f"no metrics of general-{phase} in {' or '.join(str(m) for m in METRICS)}")
+        against = (args.against, found[args.against]) if args.against else None
+        print_table(args.table, found[args.table], args.window, against)
         return 0
 
     import matplotlib
