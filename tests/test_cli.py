@@ -34,15 +34,22 @@ def test_demo_finds_a_passkey_with_the_shipped_adapter(monkeypatch, tmp_path, ca
     find the key; the demo says so)."""
     import cometlm.bundled
     from cometlm import CometConfig, CometForCausalLM
+    from cometlm.cli import demo
+    from cometlm.cli.options import load_model
 
     adapter = tmp_path / "adapter"
     config = CometConfig(chunk_size=64, global_slots=2, temp_capacity=8, attention_sink=True)
     CometForCausalLM.from_backbone(tiny_model_dir, config).save_pretrained(adapter, adapter=True)
     monkeypatch.setattr(cometlm.bundled, "SHIPPED_ADAPTER", adapter)
-    assert main(["demo", "--task", "passkey", "--model", tiny_model_dir, "--tokens", "300", "--depth", "10"]) == 0
+    loaded = []
+    monkeypatch.setattr(demo, "load_model", lambda args: loaded.append(args.comet) or load_model(args))
+    assert main(["demo", "--task", "passkey", "--tokens", "300", "--depth", "10"]) == 0  # the adapter's own base
     out, err = capsys.readouterr()
     assert "truth" in out and ("correct" in out or "WRONG" in out)
     assert "300-token passkey prompt" in err and "tokens/s" in err and "peak RSS" in err
+    # --model without --comet runs an untrained memory on that model, as generate does (not the adapter on it)
+    assert main(["demo", "--task", "passkey", "--model", tiny_model_dir, "--tokens", "300", "--chunk-size", "64"]) == 0
+    assert loaded == [str(adapter), None]
 
 
 @pytest.mark.parametrize("task", ["user-qa", "babilong-qa1"])
@@ -58,7 +65,7 @@ def test_demo_answers_a_task_suites_prompt_and_scores_it(monkeypatch, tmp_path, 
     CometForCausalLM.from_backbone(tiny_model_dir, config).save_pretrained(adapter, adapter=True)
     monkeypatch.setattr(cometlm.bundled, "SHIPPED_ADAPTER", adapter)
     monkeypatch.setattr(cometlm.bundled, "DEFAULT_ADAPTER", adapter)
-    assert main(["demo", "--task", task, "--model", tiny_model_dir, "--tokens", "400", "--depth", "30"]) == 0
+    assert main(["demo", "--task", task, "--tokens", "400", "--depth", "30"]) == 0
     out, err = capsys.readouterr()
     assert "expected" in out and ("correct" in out or "WRONG" in out)
     assert f"400-token {task} prompt" in err and "at 30% depth" in err and "tokens/s" in err

@@ -45,9 +45,9 @@ def register(sub) -> None:
 
 
 def cmd_demo(args) -> int:
-    """The main job: passkey retrieval with the shipped passkey adapter or --comet DIR (default), one prompt of a
-    task suite, or reading a long bundled text and going on (--task continue); the last two load the default
-    adapter unless a model is named."""
+    """The main job: passkey retrieval with the shipped passkey adapter (default), one prompt of a task suite, or
+    reading a long bundled text and going on (--task continue), the last two with the default adapter. --comet DIR
+    picks another adapter; --model or a size without --comet runs an untrained memory, as ``generate`` does."""
     from cometlm.bundled import DEFAULT_ADAPTER, SHIPPED_ADAPTER
     from cometlm.saving import CONFIG_FILE
 
@@ -58,12 +58,11 @@ def cmd_demo(args) -> int:
     if args.task == "continue":
         use_default_adapter(args)
         return _demo_continue(args)
-    if args.comet is None:
-        adapter = SHIPPED_ADAPTER if args.task == "passkey" else DEFAULT_ADAPTER
+    adapter = SHIPPED_ADAPTER if args.task == "passkey" else DEFAULT_ADAPTER
+    if use_default_adapter(args, adapter):  # --model or a size without --comet: an untrained memory, as generate's
         if not (adapter / CONFIG_FILE).is_file():
             raise SystemExit(f"error: the shipped adapter is missing ({adapter}); reinstall cometlm, "
                              "or pass --comet DIR of a trained adapter")
-        args.comet = str(adapter)
         if args.task != "passkey" and adapter == SHIPPED_ADAPTER:
             print(f"note: the shipped adapter is a passkey specialist and does not answer {args.task} yet "
                   "(docs/STATUS.md); pass --comet DIR of an adapter trained on the task suites.", file=sys.stderr)

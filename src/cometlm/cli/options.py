@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 
 
 # The options that describe an untrained CoMeT (CometConfig's fields); an adapter brings its own. The integer
@@ -67,14 +68,14 @@ def sizes_given(args: argparse.Namespace) -> list[str]:
     return ["--" + name.replace("_", "-") for name in SIZE_OPTIONS if getattr(args, name) not in (None, False)]
 
 
-def use_default_adapter(args: argparse.Namespace) -> bool:
-    """--comet becomes ``bundled.DEFAULT_ADAPTER`` when none of --model, --comet and the sizes is given (the
-    trained memory, not an untrained one that disturbs the backbone); True when it did."""
+def use_default_adapter(args: argparse.Namespace, adapter: Path | None = None) -> bool:
+    """--comet becomes ``adapter`` (by default ``bundled.DEFAULT_ADAPTER``) when none of --model, --comet and the
+    sizes is given (the trained memory, not an untrained one that disturbs the backbone); True when it did."""
     from cometlm.bundled import DEFAULT_ADAPTER
 
     if args.comet is not None or args.model is not None or sizes_given(args):
         return False
-    args.comet = str(DEFAULT_ADAPTER)
+    args.comet = str(DEFAULT_ADAPTER if adapter is None else adapter)
     return True
 
 
