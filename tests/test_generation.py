@@ -210,7 +210,15 @@ def test_sampling_options_and_streamer():
     b = comet.generate(prompt, generator=torch.Generator().manual_seed(5), eos_token_id=[], **sample)
     assert torch.equal(a, b)
     top1 = comet.generate(prompt, do_sample=True, top_k=1, max_new_tokens=15, eos_token_id=[])
-    assert torch.equal(top1, comet.generate(prompt, max_new_tokens=15, eos_token_id=[]))
+    greedy = comet.generate(prompt, max_new_tokens=15, eos_token_id=[])
+    assert torch.equal(top1, greedy)
+    # a temperature too small for float32 samples the greedy tokens instead of overflowing the scores to NaN, and a
+    # tiny repetition penalty (scores divided by it, to inf) still samples a token
+    for tiny in (1e-40, 1e-300):
+        assert torch.equal(comet.generate(prompt, do_sample=True, temperature=tiny, max_new_tokens=15,
+                                          eos_token_id=[]), greedy)
+    assert comet.generate(prompt, do_sample=True, repetition_penalty=1e-300, max_new_tokens=5,
+                          eos_token_id=[]).shape == (1, 9 + 5)
 
     class Collect:
         def __init__(self):

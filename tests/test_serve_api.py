@@ -146,6 +146,10 @@ def test_answers_come_from_the_sessions_memory(server):
     stop = continued.split()[1]
     cut = http.post(f"/v1/sessions/{sid}/ask", json={"question": question, "max_tokens": 8, "stop": stop}).json()
     assert cut["answer"] == continued[: continued.index(stop)] and cut["finish_reason"] == "stop"
+    # a tiny temperature samples what greedy decoding picks (unshifted, the scores overflowed to inf: a 500)
+    tiny = http.post(f"/v1/sessions/{sid}/ask", json={"question": question, "max_tokens": 8, "temperature": 1e-300,
+                                                      "seed": 3})
+    assert tiny.status_code == 200 and tiny.json()["answer"] == continued, tiny.text
 
 
 def test_session_lifecycle_fork_export_import_delete(server, caplog):
@@ -218,7 +222,7 @@ def test_each_key_sees_only_its_own_sessions(server):
     assert alice.get(f"/v1/sessions/{sid}").status_code == 200
 
 
-def bad_requests(sid: str, foreign_state: bytes, good_state: bytes):
+def bad_requests(sid: str, foreign_state: bytes, good_state: bytes, endless_state: bytes):
     """(method, path, request keywords, status, error code, param) for each kind of bad request."""
     append, ask = f"/v1/sessions/{sid}/append", f"/v1/sessions/{sid}/ask"
     json_type = {"Content-Type": "application/json"}
@@ -226,6 +230,7 @@ def bad_requests(sid: str, foreign_state: bytes, good_state: bytes):
     return [
         ("POST", append, dict(content=b'{"text": "a"', headers=json_type), 400, "invalid_json", None),
         ("POST", append, dict(content=b'{"text": NaN}', headers=json_type), 400, "invalid_json", None),
+        ("POST", append, dict(content=b"[" * 20_000, headers=json_type), 400, "invalid_json", None),
         ("POST", append, dict(content=b'{"text": "a", "expect_appends": 1e999}', headers=json_type), 400,
          "invalid_json", None),
         ("POST", append, dict(content=b'{"text": "caf\xe9"}', headers=json_type), 400, "invalid_utf8", None),
@@ -273,6 +278,7 @@ def bad_requests(sid: str, foreign_state: bytes, good_state: bytes):
         ("POST", "/v1/sessions/import", dict(content=good_state[: len(good_state) // 2]), 400, "invalid_state", None),
         ("POST", "/v1/sessions/import", dict(content=b"\x80\x04\x95pickle"), 400, "invalid_state", None),
         ("POST", "/v1/sessions/import", dict(content=foreign_state), 400, "incompatible_state", None),
+        ("POST", "/v1/sessions/import", dict(content=endless_state), 400, "invalid_state", None),
         ("POST", "/v1/sessions/import", dict(content=good_state + b"\0" * (4 << 20)), 413, "request_too_large", None),
         ("GET", "/v1/nothing-here", {}, 404, "not_found", None),
         ("DELETE", "/v1/models", {}, 405, "method_not_allowed", None),
@@ -286,8 +292,12 @@ def test_every_bad_request_gets_an_openai_error_and_changes_nothing(server):
     other = dataclasses.replace(SMALL, chunk_size=16)  # a state of another configuration, as our server writes one
     foreign = server.state_dir.parent / "foreign.safetensors"
     MemoryState.empty(other, 1, 2, 32, torch.float32, "cpu").save(foreign, notes={"model": "0123456789abcdef"})
+    # our own state, saying it has read more than SQLite's integers hold (2**62 chunks)
+    endless = MemoryState.from_bytes(good)
+    endless = dataclasses.replace(endless, chunks_closed=torch.full_like(endless.chunks_closed, 2**62))
+    endless = endless.to_bytes(MemoryState.read_notes(good))
     before = disk(server.state_dir)
-    for method, path, kwargs, status, code, param in bad_requests(sid, foreign.read_bytes(), good):
+    for method, path, kwargs, status, code, param in bad_requests(sid, foreign.read_bytes(), good, endless):
         response = http.request(method, path, **kwargs)
         body = response.json()
         assert response.status_code == status, (path, kwargs, body)

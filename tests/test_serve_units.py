@@ -107,3 +107,31 @@ def test_the_server_process_can_bound_its_malloc_arenas():
     from cometlm.runtime import limit_heap_fragmentation
 
     assert limit_heap_fragmentation() is (platform.libc_ver()[0] == "glibc")
+
+
+def test_a_write_whose_index_row_fails_is_read_from_its_file(tmp_path, monkeypatch):
+    """The state file is written before the index row: when the row fails, the session must not go on being
+    served from an older cached copy while its file holds the newer state (which a restart would count)."""
+    from cometlm.serving.store import SessionStore
+
+    model = tiny_comet()
+    store = SessionStore(tmp_path, model, cache_bytes=1 << 20)
+    try:
+        empty = model.init_memory(1)
+        info = store.write("sess_" + "a" * 32, "alice", 0, empty, appends=0)
+        store.load(info)  # now cached
+        with torch.inference_mode():
+            read = model.ingest(random_ids(1, 40), empty)
+
+        def broken(row):
+            raise OSError("disk full")
+
+        monkeypatch.setattr(store.index, "put", broken)
+        with pytest.raises(OSError, match="disk full"):
+            store.write(info.id, "alice", 0, read, appends=1)
+        monkeypatch.undo()
+        assert int(store.load(info).pending_len[0]) == int(read.pending_len[0]) > 0  # the file's, not the cache's
+        assert store.recover()["caught_up"] == 1  # and a restart counts it
+        assert store.index.get(info.id).appends == 1
+    finally:
+        store.close()

@@ -208,13 +208,24 @@ def _append_pending(state: MemoryState, token: torch.Tensor, active: torch.Tenso
     return MemoryState(state.config, state.layers, pending, pending_len, state.chunks_closed)
 
 
+class _ScaledFromTop(TemperatureLogitsWarper):
+    """transformers' temperature (which checks it), applied to scores shifted so that each row's largest is 0: the
+    same distribution (softmax, top-k and top-p do not see a shift). Unshifted, a tiny temperature, or a tiny
+    repetition penalty before it, overflows the scores to inf, and the softmax then gives NaN for every token; a
+    temperature below the dtype's smallest normal number divides as that number (greedy either way)."""
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        limits = torch.finfo(scores.dtype)
+        scores = scores.clamp(-limits.max, limits.max)
+        return (scores - scores.amax(dim=-1, keepdim=True)) / max(self.temperature, limits.tiny)
+
+
 def _processors(do_sample, temperature, top_k, top_p, repetition_penalty) -> LogitsProcessorList:
     processors = LogitsProcessorList()
     if repetition_penalty is not None and repetition_penalty != 1.0:
         processors.append(RepetitionPenaltyLogitsProcessor(repetition_penalty))
     if do_sample:
-        if temperature is not None and temperature != 1.0:
-            processors.append(TemperatureLogitsWarper(temperature))
+        processors.append(_ScaledFromTop(1.0 if temperature is None else float(temperature)))
         if top_k:
             processors.append(TopKLogitsWarper(top_k))
         if top_p is not None and top_p < 1.0:

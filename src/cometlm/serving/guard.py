@@ -42,8 +42,12 @@ def check_json(body: bytes) -> None:
         value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
     except ValueError as err:
         raise bad_request(f"the request body is not valid JSON: {err}", code="invalid_json") from err
+    except RecursionError as err:  # no request of this API nests more than a few levels
+        raise bad_request("the request body's JSON is nested too deeply", code="invalid_json") from err
     try:
         json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except RecursionError as err:
+        raise bad_request("the request body's JSON is nested too deeply", code="invalid_json") from err
     except UnicodeEncodeError as err:
         raise bad_request("the request body holds a lone surrogate (\\ud800-\\udfff): not valid Unicode text",
                           code="invalid_utf8") from err

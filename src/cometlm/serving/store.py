@@ -32,6 +32,7 @@ STATES_DIR = "states"
 INDEX_FILE = "index.sqlite"
 LOCK_FILE = "lock"
 SESSION_ID = re.compile(r"^sess_[0-9a-f]{32}$")
+MAX_TOKENS_READ = 2**53  # what a session may have read: an exact integer in JSON and far inside SQLite's int64
 
 
 def model_fingerprint(model) -> str:
@@ -105,7 +106,13 @@ class SessionStore:
         write_bytes(path, data, durable=True)
         info = SessionInfo(session_id, owner, created, int(time.time()), appends, tokens_read(state),
                            int(state.chunks_closed[0]), len(data), self.fingerprint)
-        self.index.put(info)
+        try:
+            self.index.put(info)
+        except Exception:
+            # The file is new, the row old: as after a crash here, the write may or may not count (``recover``
+            # counts it at the next start). Until then reads come from the file, never from an older cached copy.
+            self.cache.drop(session_id)
+            raise
         self.cache.put(session_id, data)
         release_free_memory()  # the heap's holes go back to the system, so a server that runs for days stays flat
         return info
@@ -143,6 +150,9 @@ class SessionStore:
         if state.layers[0].global_memory.dtype != want.layers[0].global_memory.dtype:
             raise bad_request(f"the state is {state.layers[0].global_memory.dtype}, this server's model "
                               f"{want.layers[0].global_memory.dtype}", code="invalid_state")
+        if tokens_read(state) > MAX_TOKENS_READ:
+            raise bad_request(f"the state says it has read {tokens_read(state):,} tokens; a session reads at most "
+                              f"{MAX_TOKENS_READ:,}", code="invalid_state")
         real = state.pending[0, : int(state.pending_len[0])]
         if bool(((real < 0) | (real >= self.vocab_size)).any()):
             raise bad_request("the state's open chunk holds token ids outside the vocabulary", code="invalid_state")
