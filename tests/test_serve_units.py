@@ -135,3 +135,23 @@ def test_a_write_whose_index_row_fails_is_read_from_its_file(tmp_path, monkeypat
         assert store.index.get(info.id).appends == 1
     finally:
         store.close()
+
+
+def test_a_state_file_without_an_index_row_is_set_aside_not_deleted(tmp_path):
+    """A creation that was never answered leaves a file with no row; so would a lost index, for every session: the
+    files go to orphans/, out of service but kept."""
+    from cometlm.serving.store import SessionStore
+
+    model = tiny_comet()
+    store = SessionStore(tmp_path, model, cache_bytes=1 << 20)
+    try:
+        kept = store.write("sess_" + "b" * 32, "alice", 0, model.init_memory(1), appends=0)
+        lost = store.write("sess_" + "c" * 32, "bob", 0, model.init_memory(1), appends=0)
+        data = store.path(lost.id).read_bytes()
+        store.index.delete(lost.id)
+        assert store.recover()["unacknowledged"] == 1
+        assert [info.id for info in store.index.list()] == [kept.id] and store.path(kept.id).is_file()
+        assert not store.path(lost.id).exists()
+        assert (tmp_path / "orphans" / f"{lost.id}.safetensors").read_bytes() == data
+    finally:
+        store.close()

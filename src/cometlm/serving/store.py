@@ -4,7 +4,9 @@ them, and a RAM cache in front.
 A write is: the new state file replaces the old one (fsync, rename, fsync of the folder), then the index row is
 updated, then the caller may acknowledge. So an acknowledged write is on disk, and a crash leaves at worst a state
 file one write ahead of its index row, or a state file with no row (a session whose creation was never
-acknowledged); ``recover`` settles both at start-up. The state file's notes carry the session's owner, its write
+acknowledged); ``recover`` settles both at start-up, the second by moving the file to ``orphans/`` beside
+``states/`` (never deleting it: an index lost or restored from an old copy would otherwise take every session
+with it). The state file's notes carry the session's owner, its write
 count and the fingerprint of the model that wrote it, so a state from another model or configuration is refused.
 """
 
@@ -29,6 +31,7 @@ from .index import SessionIndex, SessionInfo
 log = logging.getLogger("cometlm.serve")
 
 STATES_DIR = "states"
+ORPHANS_DIR = "orphans"  # state files with no index row, set aside at start-up
 INDEX_FILE = "index.sqlite"
 LOCK_FILE = "lock"
 SESSION_ID = re.compile(r"^sess_[0-9a-f]{32}$")
@@ -188,8 +191,13 @@ class SessionStore:
                 int(state.chunks_closed[0]), path.stat().st_size, notes.get("model", info.fingerprint),
             ))
             caught_up += 1
-        for path in files.values():  # written for a creation that was never acknowledged
-            path.unlink()
+        if files:  # written for a creation that was never acknowledged, or the index has lost their rows
+            orphans = self.directory / ORPHANS_DIR
+            orphans.mkdir(exist_ok=True)
+            for path in files.values():
+                path.rename(orphans / path.name)
+            log.warning("%d state files had no index row (sessions whose creation was never answered, or an index "
+                        "that lost rows): moved to %s", len(files), orphans)
         return {"sessions": len(self.index.list()), "caught_up": caught_up, "dropped": dropped,
                 "unacknowledged": len(files), "temporary": len(temporary)}
 
