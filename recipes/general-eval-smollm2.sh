@@ -66,7 +66,7 @@ if wanted suites; then
   for task in "${TASKS[@]}"; do picks+=(--tasks "$task"); done
   COMETLM=$COMETLM bash "$HERE/suites-compare-smollm2.sh" "$OUT/suites" --comet "$ADAPTER" \
     --only truncated-cache --only sliding-window-cache --only full-lora --only no-memory --only comet \
-    "${picks[@]}" -- --trials-at 32768=5 ${EXTRA[@]+"${EXTRA[@]}"}
+    "${picks[@]}" --trials-32k 5 ${EXTRA[@]+"--" "${EXTRA[@]}"}
 fi
 if wanted passkey; then
   say "comet passkey"

@@ -3,12 +3,15 @@
 # (docs/TASKS.md) over SmolLM2-135M-Instruct, the same prompts for each: the bar the general adapter must clear
 # (issue 22, point 3).
 #
-#   recipes/suites-compare-smollm2.sh OUT [--only NAME ...] [--tasks TASK ...] [--comet DIR] [-- EXTRA EVAL OPTIONS]
+#   recipes/suites-compare-smollm2.sh OUT [--only NAME ...] [--tasks TASK ...] [--comet DIR] [--trials-32k N]
+#                                     [-- EXTRA EVAL OPTIONS]
 #
 #   --comet DIR  another trained CoMeT adapter for the three methods that use one (comet, no-memory, full-lora),
 #                e.g. the general adapter: `--comet DIR --only comet --only no-memory --only full-lora` into an OUT
 #                of its own; the other methods do not depend on it, and their results stay comparable (the same
-#                prompts). `-- --trials-at 32768=5` gives 5 trials at 32k instead of 3 (the first 3 are the same).
+#                prompts).
+#   --trials-32k N  N trials per cell at 32k instead of 3 (the first 3 are the same) for the methods that read 32k
+#                (not the 8k sliding window, which runs 1 there, below).
 #
 #   truncated-cache       the base model on the input's last 161 tokens: as many rows as CoMeT attends to
 #                         (128-token chunk + 16 global + 16 temporary rows + the sink), answer included
@@ -29,7 +32,7 @@
 # Every evaluation resumes when the script is rerun; --only and --tasks pick a part, so that several processes can
 # share one OUT. The table is `cometlm eval table OUT/*/*`.
 set -euo pipefail
-USAGE="usage: recipes/suites-compare-smollm2.sh OUT [--only NAME ...] [--tasks TASK ...] [--comet DIR] [-- EXTRA EVAL OPTIONS]"
+USAGE="usage: recipes/suites-compare-smollm2.sh OUT [--only NAME ...] [--tasks TASK ...] [--comet DIR] [--trials-32k N] [-- EXTRA EVAL OPTIONS]"
 OUT=${1:?$USAGE}
 shift
 METHODS=(truncated-cache full full-lora sliding-window-cache truncated no-memory comet sliding-window)
@@ -38,6 +41,7 @@ TASKS=(ruler-niah-single ruler-niah-multikey ruler-niah-multivalue ruler-niah-mu
 ONLY=()
 PICKED=()
 ADAPTER=
+TRIALS_32K=3
 while [[ $# -ge 1 && $1 != -- ]]; do
   case $1 in
     --only) [[ " ${METHODS[*]} " == *" ${2:-} "* ]] || { echo "--only takes one of: ${METHODS[*]}" >&2; exit 2; }
@@ -47,6 +51,9 @@ while [[ $# -ge 1 && $1 != -- ]]; do
     --comet) [[ -f ${2:-}/comet_config.json ]] || { echo "--comet takes a saved CoMeT adapter folder (no" \
                "comet_config.json in '${2:-}')" >&2; exit 2; }
              ADAPTER=$(cd "$2" && pwd); shift ;;
+    --trials-32k) [[ ${2:-} =~ ^[1-9][0-9]*$ ]] || { echo "--trials-32k takes a number of trials (got '${2:-}')" >&2
+                                                      exit 2; }
+                  TRIALS_32K=$2; shift ;;
     *) echo "$USAGE" >&2; exit 2 ;;
   esac
   shift
@@ -60,7 +67,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SHIPPED=${ADAPTER:-$(cd "$HERE/.." && pwd)/src/cometlm/adapters/smollm2-135m-passkey}  # comet, no-memory and full-lora read it
 
 GRID=(--depths 50 --trials 5 --seed 0 --no-progress --dtype float32)  # the reported tables are float32
-LONG=(--lengths 4096 16384 32768 --trials-at 32768=3)
+LONG=(--lengths 4096 16384 32768 --trials-at "32768=$TRIALS_32K")
 SHORT=(--lengths 4096)  # a prompt and its answer must fit the 8,192-token window
 
 method_args() {  # the options of one method

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from cometlm.cli.eval import register as register_eval
+from cometlm.evaluation.grid import check_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "general-eval-smollm2.sh"
@@ -49,8 +50,13 @@ def test_the_recipe_measures_every_target_on_the_test_split_in_float32(tmp_path)
     suites = [a for a in runs if Path(a.out).parts[-3] == "suites"]
     assert len(suites) == 5 * 12 and {a.task for a in suites}.isdisjoint({"ruler-cwe", "ruler-fwe"})
     for a in suites:  # 5 trials per cell, 32k included; full attention at 4k only
-        assert a.trials == 5 and a.trials_at == [(32768, 5)] and a.depths == [50]
+        assert a.trials == 5 and a.depths == [50]
         assert a.lengths == ([4096] if a.method == "full" else [4096, 16384, 32768])
+        assert a.trials_at == ([] if a.method == "full" else [(32768, 5)])
+    grids = [a for a in runs if hasattr(a, "lengths")]  # every grid the command accepts (a 32k trial count
+    assert len(grids) > len(suites)                       # beside 4k alone stopped the recipe at full-lora)
+    for a in grids:
+        check_grid(a.lengths, a.depths, a.trials, dict(a.trials_at))
         assert a.comet == (None if Path(a.out).name.endswith("-cache") else str(adapter))
     assert {Path(a.out).name for a in suites} == {"comet", "no-memory", "full-lora", "truncated-cache",
                                                   "sliding-window-cache"}
