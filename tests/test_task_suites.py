@@ -372,6 +372,10 @@ def test_haystack_regions_of_train_and_test_are_apart(tokenizer, tmp_path):
     (" zulo, mebo", ["zulo", "mebo"], ("rafu", "tiki"), True),
     (" zulo, mebo, tiki", ["zulo", "mebo"], ("rafu", "tiki"), False),
     ("", ["1"], (), False),
+    # one expected value inside another: each is found, whichever order the answers list them in
+    (" Cobalt kettle, Cobalt kettle A42", ["Cobalt kettle", "Cobalt kettle A42"], (), True),
+    (" Cobalt kettle A42", ["Cobalt kettle", "Cobalt kettle A42"], (), False),
+    (" Cobalt kettle A42, Cobalt kettle", ["Cobalt kettle A42", "Cobalt kettle"], (), True),
 ])
 def test_answer_matching(generated, answers, distractors, expected):
     assert answer_matches(generated, answers, distractors) is expected

@@ -107,7 +107,9 @@ def answer_matches(generated: str, answers: Sequence[str], distractors: Sequence
     if match != "all":
         raise ValueError(f"match must be one of {MATCHES} (got {match!r})")
     text = _normalise(generated)
-    for answer in answers:
+    # longest first: a value inside another ("Cobalt kettle" in "Cobalt kettle A42") is looked for after the longer
+    # one's mention is gone, so the longer one's mention never counts for it, nor its removal hides the longer one
+    for answer in sorted(answers, key=lambda value: len(_normalise(value.strip())), reverse=True):
         pattern = _phrase(answer)
         if not pattern.search(text):
             return False
