@@ -81,15 +81,18 @@ def test_sliding_window_keeps_sinks_and_recent_tokens_at_positions_within_the_ca
         # (Without re-rotating the kept keys the error is ~1e-3 on this tiny model; with it, ~5e-7.)
         assert abs(float(losses[i]) - target_losses(model.backbone_model, kept, ids[i + 1])) < 2e-5, i
 
-    # Decoding: each new token sees the sinks, the last `window` tokens before it, and itself.
-    prompt = ids[:100]
-    answer, _ = sliding.answer(prompt, 5, 6, None, False)
-    sequence = prompt + answer
-    for k in range(1, len(answer)):
-        at = len(prompt) + k - 1  # the position that predicts answer[k]
-        context = sequence[:sinks] + sequence[max(sinks, at - window) : at + 1]
-        logits = model.backbone_model(torch.tensor([context])).logits[0, -1]
-        assert int(logits.argmax()) == answer[k]
+    # Decoding continues the blocks: a new token sees what it would see had the prompt and the answer so far been
+    # read (the sinks, `window` tokens before its block, its block up to itself), across a block boundary too.
+    for prompt in (ids[:100], ids[:90]):  # the answer crosses into a new block after 12 tokens, or after 6
+        answer, _ = sliding.answer(prompt, 5, 14, None, False)
+        sequence = prompt + answer
+        assert len(answer) == 14
+        for k in range(1, len(answer)):
+            at = len(prompt) + k - 1  # the position that predicts answer[k]
+            start = at // block * block
+            context = sequence[:sinks] + sequence[max(sinks, start - window) : at + 1]
+            logits = model.backbone_model(torch.tensor([context])).logits[0, -1]
+            assert int(logits.argmax()) == answer[k], (len(prompt), k)
 
 
 @torch.inference_mode()
@@ -214,7 +217,7 @@ def test_every_method_reads_with_the_models_backbone_and_records_one_schema():
         method = build_method(name, model)
         runner = getattr(method, "runner", model)
         assert runner.backbone_model is model.backbone_model and method.settings().keys() == {
-            "layout", "prime_tokens", "window", "sink_tokens"}
+            "layout", "prime_tokens", "window", "sink_tokens", "block"}
 
 
 @pytest.mark.parametrize("name", settings.METHODS)

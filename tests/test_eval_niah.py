@@ -111,7 +111,7 @@ def test_command_line_and_help_of_every_eval_task(tmp_path, tokenizer, capsys):
     args = parser.parse_args(argv)
     assert args.run(args) == 0
     shown = capsys.readouterr()
-    assert "niah accuracy, sliding-window (2 sink + 64 recent tokens)" in shown.out and "niah.json" in shown.err
+    assert "niah accuracy, sliding-window (2 sink + 64 recent tokens + a 128-token block)" in shown.out and "niah.json" in shown.err
     summary = json.loads((out / "niah.json").read_text())
     assert summary["config"]["window"] == 64 and summary["environment"]["command"]
     with pytest.raises(SystemExit):

@@ -130,7 +130,7 @@ def test_methods_side_by_side_and_what_cannot_be_compared(tmp_path, model, token
     args = parser.parse_args(argv + ["--comet", str(saved)])
     assert args.run(args) == 0
     table = capsys.readouterr().out.splitlines()
-    assert "sliding-window (4 sink + 40 recent tokens)" in table[1] and "no-memory (fixed layout)" in table[1]
+    assert "sliding-window (4 sink + 40 recent tokens + a 128-token block)" in table[1] and "no-memory (fixed layout)" in table[1]
     assert len(table) == 2 + 3 + 1  # title, header, three buckets, ppl
     result = json.loads((tmp_path / "sliding" / SUMMARY_FILE).read_text())
-    assert result["method"] == "sliding-window" and result["config"]["reads"] == "4 sink + 40 recent tokens"
+    assert result["method"] == "sliding-window" and result["config"]["reads"] == "4 sink + 40 recent tokens + a 128-token block"

@@ -13,6 +13,7 @@ import pytest
 
 from cometlm.cli.eval import register as register_eval
 from cometlm.evaluation.grid import check_grid
+from cometlm.evaluation.settings import READ_BLOCK
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "general-eval-smollm2.sh"
@@ -72,7 +73,8 @@ def test_the_recipe_measures_every_target_on_the_test_split_in_float32(tmp_path)
                         "truncated"}
     assert all((a.corpus, a.length, a.documents, a.seed, a.dtype) == ("bible", 32768, 2, 0, "float32")
                for a in ppl.values())
-    assert (ppl["sliding-window-cache"].window, ppl["sliding-window-cache"].sink_tokens) == (157, 4)
+    cache = ppl["sliding-window-cache"]  # at most CoMeT's 161 keys a token: 4 sinks + 29 older + a 128-token block
+    assert (cache.window, cache.sink_tokens, cache.window + cache.sink_tokens + READ_BLOCK) == (29, 4, 161)
     assert ppl["sliding-window-cache"].comet is None and ppl["sliding-window-cache-lora"].comet == str(adapter)
     (million,) = [a for a in runs if getattr(a, "lengths", None) == [1000000]]
     assert (million.task, million.depths, million.trials) == ("babilong-qa1", [0, 50, 100], 1)

@@ -13,6 +13,7 @@ import pytest
 from cometlm.config import CometConfig
 from cometlm.cli.options import model_options
 from cometlm.cli.train import config_from_args, register
+from cometlm.evaluation.settings import READ_BLOCK
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "passkey-smollm2.sh"
 
@@ -439,7 +440,10 @@ def test_the_suites_comparison_runs_every_method_on_every_task_with_the_same_gri
         by_method.setdefault(Path(args.out).name, []).append(args)
     assert all(len({a.task for a in group}) == 14 for group in by_method.values())
     windows = {name: (group[0].method, group[0].window) for name, group in by_method.items()}
-    assert windows == {"truncated-cache": ("truncated", 161), "sliding-window-cache": ("sliding-window", 157),
+    # CoMeT's budget, 161 keys a token at most: the last 161 tokens, or 4 sinks + 29 older tokens + a 128-token block
+    cache = by_method["sliding-window-cache"][0]
+    assert cache.sink_tokens + cache.window + READ_BLOCK == 161
+    assert windows == {"truncated-cache": ("truncated", 161), "sliding-window-cache": ("sliding-window", 29),
                        "full": ("full", None), "full-lora": ("full", None), "truncated": ("truncated", None),
                        "no-memory": ("no-memory", None), "comet": ("comet", None),
                        "sliding-window": ("sliding-window", None)}

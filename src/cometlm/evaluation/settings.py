@@ -17,6 +17,7 @@ METHOD_HELP = (
     "no-memory: the same model with both memories off (plain chunking); full: the backbone over the whole input, "
     "refusing inputs longer than its window; truncated: the backbone over the input's last --window tokens; "
     "sliding-window: StreamingLLM, the backbone with a KV cache of --sink-tokens first tokens plus the --window most "
-    "recent ones, positions counted within the cache. full, truncated and sliding-window read with the backbone as "
+    "recent ones, positions counted within the cache, trimmed before each block of 128 tokens read or generated (a "
+    "token sees the sinks, --window older tokens and its block up to itself). full, truncated and sliding-window read with the backbone as "
     "loaded (with --comet, including the adapter's LoRA if it has one)"
 )

@@ -53,7 +53,7 @@ class Method:
 
     def settings(self) -> dict:
         """The options that change results (recorded with every result; a resumed run must match them)."""
-        return {"layout": None, "prime_tokens": None, "window": None, "sink_tokens": None}
+        return {"layout": None, "prime_tokens": None, "window": None, "sink_tokens": None, "block": None}
 
     def describe(self) -> str:
         """A few words for titles and tables."""

@@ -8,7 +8,14 @@ from .base import Method, backbone_window
 
 
 class SlidingWindowMethod(Method):
-    """sliding-window: StreamingLLM's bounded cache of attention sinks and recent tokens."""
+    """sliding-window: StreamingLLM's bounded cache of attention sinks and recent tokens, kept in blocks.
+
+    Text is read, and answers are generated, in blocks of ``READ_BLOCK`` tokens; before each block the cache is
+    trimmed to the ``sink_tokens`` first tokens and the ``window`` most recent ones. So a token attends to the sinks,
+    ``window`` older tokens and its own block up to itself: at most ``sink_tokens + window + READ_BLOCK`` keys, as a
+    CoMeT token attends to its memory rows and its own chunk (with CoMeT's 128-token chunks, 16 global and 16
+    temporary rows and a sink, ``--sink-tokens 4 --window 29`` is the same 161 keys at most).
+    """
 
     name = "sliding-window"
 
@@ -26,10 +33,12 @@ class SlidingWindowMethod(Method):
             )
 
     def settings(self) -> dict:
-        return {**super().settings(), "window": self.window, "sink_tokens": self.sink_tokens}
+        # the block is recorded since answers are generated in blocks too (before 2026-12-07 the cache was trimmed
+        # before every generated token): a run of the earlier kind is not resumed with this one
+        return {**super().settings(), "window": self.window, "sink_tokens": self.sink_tokens, "block": READ_BLOCK}
 
     def describe(self) -> str:
-        return f"{self.sink_tokens} sink + {self.window} recent tokens"
+        return f"{self.sink_tokens} sink + {self.window} recent tokens + a {READ_BLOCK}-token block"
 
     def new_cache(self):
         from .attention_sinks import AttentionSinkCache
@@ -52,7 +61,8 @@ class SlidingWindowMethod(Method):
 
     def answer(self, prompt, question_tokens, max_new_tokens, eos, progress, answer_room=None, snapshot=None,
                stop=None):
-        """Reads the prompt through the cache, then decodes greedily one token at a time, trimming before each."""
+        """Reads the prompt through the cache, then decodes greedily one token at a time, trimming where a new
+        block begins (the answer's tokens continue the prompt's last block, as they would be read)."""
         import torch
 
         cache, backbone = self.new_cache(), self.model.backbone
@@ -65,6 +75,7 @@ class SlidingWindowMethod(Method):
             new_ids.append(int(token))
             if new_ids[-1] in ends or step == max_new_tokens - 1 or (stop is not None and stop(new_ids)):
                 break
-            cache.trim()
+            if (len(prompt) + step) % READ_BLOCK == 0:  # the token about to be read starts a block
+                cache.trim()
             hidden = backbone.hidden_states(token[:, None], cache)
         return new_ids, {"read_tokens": len(prompt), "first_chunk_tokens": None, "open_chunk_tokens": None}
