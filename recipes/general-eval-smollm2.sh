@@ -14,7 +14,7 @@
 #            passkey filler (held-out regions: the test split) and a text file no training source reads (NEVER_SEEN,
 #            by default Python's own reference-manual text, pydoc_data/topics.py); the essays are the suites' own
 #   ppl      perplexity on the 2 held-out 32k-token Bible windows (seed 0, as docs/results/compare): the adapter, its
-#            memories off, the sliding window with CoMeT's budget (4 sinks + 29 older tokens + a 128-token block,
+#            memories off, the sliding window with CoMeT's budget (4 sinks + 44 older tokens + a 128-token block,
 #            with and without the adapter's LoRA) and the base model truncated to its last 8k (with and without the LoRA)
 #   short    held-out one-chunk text against the base model (benchmarks/short_ppl.py)
 #   million  BABILong-style QA1 at 1,000,000 tokens at depths 0, 50 and 100%, one trial each, with time and peak
@@ -54,9 +54,9 @@ mkdir -p "$OUT"
 LENGTHS=(--lengths 4096 16384 32768)
 GRID=(--trials 5 --seed 0 --no-progress --dtype float32)
 PPL=(--corpus bible --length 32768 --documents 2 --seed 0 --no-progress --dtype float32)
-# CoMeT's 161 keys a token at most (16 global + 16 temporary rows + the sink + its 128-token chunk), as the sliding
-# window's 4 sinks + 29 older tokens + its 128-token block
-CACHE=(--window 29 --sink-tokens 4)
+# CoMeT's 176 keys a token at most (16 global + 16 temporary rows, the sink, its chunk's 128 tokens and the 15 beacons
+# before its last), as the sliding window's 4 sinks + 44 older tokens + its 128-token block
+CACHE=(--window 44 --sink-tokens 4)
 TASKS=(ruler-niah-single ruler-niah-multikey ruler-niah-multivalue ruler-niah-multiquery ruler-vt
        babilong-qa1 babilong-qa2 babilong-qa3 babilong-qa4 babilong-qa5 user-qa agent-qa)
 

@@ -13,10 +13,11 @@
 #   --trials-32k N  N trials per cell at 32k instead of 3 (the first 3 are the same) for the methods that read 32k
 #                (not the 8k sliding window, which runs 1 there, below).
 #
-#   truncated-cache       the base model on the input's last 161 tokens: as many rows as CoMeT attends to
-#                         (128-token chunk + 16 global + 16 temporary rows + the sink), answer included
-#   sliding-window-cache  StreamingLLM with CoMeT's budget: 4 sinks + 29 older tokens + the 128-token block being
-#                         read, at most 161 keys a token as CoMeT (until 2026-12-07: --window 157, up to 288 keys)
+#   truncated-cache       the base model on the input's last 176 tokens, answer included: as many keys as a CoMeT
+#                         token attends to at most (16 global + 16 temporary rows, the sink, the 128 tokens of its
+#                         chunk and the chunk's 15 beacons before its last token; until 2026-12-07: 161)
+#   sliding-window-cache  StreamingLLM with CoMeT's budget: 4 sinks + 44 older tokens + the 128-token block being
+#                         read, at most 176 keys a token (until 2026-12-07: --window 157, up to 288 keys)
 #   full, full-lora       full attention, without and with the passkey adapter's LoRA, where the prompt fits the
 #                         8k window (4k only)
 #   truncated             the base model on the last 8,192 tokens
@@ -73,8 +74,8 @@ SHORT=(--lengths 4096)  # a prompt and its answer must fit the 8,192-token windo
 
 method_args() {  # the options of one method
   case $1 in
-    truncated-cache)      echo "--method truncated --window 161" ;;
-    sliding-window-cache) echo "--method sliding-window --window 29 --sink-tokens 4" ;;
+    truncated-cache)      echo "--method truncated --window 176" ;;
+    sliding-window-cache) echo "--method sliding-window --window 44 --sink-tokens 4" ;;
     full)                 echo "--method full" ;;
     full-lora)            echo "--comet $SHIPPED --method full" ;;
     truncated)            echo "--method truncated" ;;

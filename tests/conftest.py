@@ -89,6 +89,26 @@ def random_ids(*shape, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, VOCAB, shape, generator=torch.Generator().manual_seed(seed))
 
 
+def shipped_key_budget() -> int:
+    """The most keys a text token of the shipped passkey adapter attends to (its memory rows, the sink, its chunk's
+    text and beacons up to itself), from the layout of a full closing chunk: what the cache baselines are given."""
+    import json
+
+    from cometlm.bundled import SHIPPED_ADAPTER
+    from cometlm.layout import ChunkLayout
+
+    sizes = json.loads((SHIPPED_ADAPTER / "comet_config.json").read_text())["comet"]
+    config = CometConfig(**{**sizes, "gate_bias": tuple(sizes["gate_bias"])})
+    memory = config.global_slots + config.queue_size
+    c = config.chunk_size
+    full = torch.ones(1, memory, dtype=torch.bool)
+    layout = ChunkLayout.build(config, torch.tensor([c]), c, torch.tensor([True]), full)
+    m, n = layout.num_memory_rows, layout.num_memory_rows + layout.stream_kind.shape[0]
+    mask = layout.mask[0, 0] if layout.mask is not None else torch.ones(n, n, dtype=torch.bool).tril()
+    rows = torch.where(layout.text_slot >= layout.n_sink, layout.text_slot + m, layout.text_slot)
+    return int(mask[rows].sum(dim=1).max())
+
+
 def assert_states_equal(a, b, atol: float = 1e-5) -> None:
     ta, tb = a.tensors(), b.tensors()
     assert ta.keys() == tb.keys()

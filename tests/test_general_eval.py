@@ -73,8 +73,8 @@ def test_the_recipe_measures_every_target_on_the_test_split_in_float32(tmp_path)
                         "truncated"}
     assert all((a.corpus, a.length, a.documents, a.seed, a.dtype) == ("bible", 32768, 2, 0, "float32")
                for a in ppl.values())
-    cache = ppl["sliding-window-cache"]  # at most CoMeT's 161 keys a token: 4 sinks + 29 older + a 128-token block
-    assert (cache.window, cache.sink_tokens, cache.window + cache.sink_tokens + READ_BLOCK) == (29, 4, 161)
+    cache = ppl["sliding-window-cache"]  # at most CoMeT's 176 keys a token: 4 sinks + 44 older + a 128-token block
+    assert (cache.window, cache.sink_tokens, cache.window + cache.sink_tokens + READ_BLOCK) == (44, 4, 176)
     assert ppl["sliding-window-cache"].comet is None and ppl["sliding-window-cache-lora"].comet == str(adapter)
     (million,) = [a for a in runs if getattr(a, "lengths", None) == [1000000]]
     assert (million.task, million.depths, million.trials) == ("babilong-qa1", [0, 50, 100], 1)

@@ -14,6 +14,7 @@ from cometlm.config import CometConfig
 from cometlm.cli.options import model_options
 from cometlm.cli.train import config_from_args, register
 from cometlm.evaluation.settings import READ_BLOCK
+from conftest import shipped_key_budget
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "passkey-smollm2.sh"
 
@@ -440,10 +441,11 @@ def test_the_suites_comparison_runs_every_method_on_every_task_with_the_same_gri
         by_method.setdefault(Path(args.out).name, []).append(args)
     assert all(len({a.task for a in group}) == 14 for group in by_method.values())
     windows = {name: (group[0].method, group[0].window) for name, group in by_method.items()}
-    # CoMeT's budget, 161 keys a token at most: the last 161 tokens, or 4 sinks + 29 older tokens + a 128-token block
+    # CoMeT's budget, 176 keys a token at most: the last 176 tokens, or 4 sinks + 44 older tokens + a 128-token block
     cache = by_method["sliding-window-cache"][0]
-    assert cache.sink_tokens + cache.window + READ_BLOCK == 161
-    assert windows == {"truncated-cache": ("truncated", 161), "sliding-window-cache": ("sliding-window", 29),
+    assert cache.sink_tokens + cache.window + READ_BLOCK == by_method["truncated-cache"][0].window == 176
+    assert shipped_key_budget() == 176
+    assert windows == {"truncated-cache": ("truncated", 176), "sliding-window-cache": ("sliding-window", 44),
                        "full": ("full", None), "full-lora": ("full", None), "truncated": ("truncated", None),
                        "no-memory": ("no-memory", None), "comet": ("comet", None),
                        "sliding-window": ("sliding-window", None)}

@@ -13,8 +13,8 @@ class SlidingWindowMethod(Method):
     Text is read, and answers are generated, in blocks of ``READ_BLOCK`` tokens; before each block the cache is
     trimmed to the ``sink_tokens`` first tokens and the ``window`` most recent ones. So a token attends to the sinks,
     ``window`` older tokens and its own block up to itself: at most ``sink_tokens + window + READ_BLOCK`` keys, as a
-    CoMeT token attends to its memory rows and its own chunk (with CoMeT's 128-token chunks, 16 global and 16
-    temporary rows and a sink, ``--sink-tokens 4 --window 29`` is the same 161 keys at most).
+    CoMeT token attends to its memory rows and its own chunk (with CoMeT's 128-token chunks, a beacon every 8 tokens,
+    16 global and 16 temporary rows and a sink, ``--sink-tokens 4 --window 44`` is the same 176 keys at most).
     """
 
     name = "sliding-window"
