@@ -704,3 +704,36 @@ def test_passkey_without_the_period_reads_the_same_prompts_with_the_key_alone_as
     for bad in ("passkey:period=2", "passkey:period=", "needle:period=0"):
         with pytest.raises(ValueError, match="period=0 or 1|options are"):
             load_dataset(bad, tokenizer, 512)
+
+
+def test_a_resume_with_other_weights_data_or_rates_is_refused_before_anything_changes(tmp_path, base):
+    """Checkpoints record what the model and the data were; a rerun that differs in either, or in what the
+    checkpoint's optimizer fixes (rates, decay, LoRA), is refused and leaves the model as it was. A checkpoint
+    written before the record existed still resumes."""
+    data = {"data": ["passkey@1"], "max_length": 40, "on_error": "raise"}
+    out = tmp_path / "run"
+    train(comet(base), make_data(), config(tmp_path, "run", max_steps=2, save_every=1), data=data)
+    state = json.loads((out / "checkpoint-2" / "state.json").read_text())
+    assert state["run"]["data"] == data and set(state["run"]["model"]) == {"comet", "base", "dtype", "fixed"}
+
+    def refused(model, error, match, given=data, **changes):
+        before = {name: p.detach().clone() for name, p in model.memory.named_parameters()}
+        with pytest.raises(error, match=match):
+            train(model, make_data(), config(tmp_path, "run", max_steps=3, **changes), data=given)
+        assert all(torch.equal(p, before[name]) for name, p in model.memory.named_parameters())  # not restored
+
+    refused(comet(base), CheckpointError, "another data", given={**data, "max_length": 60})
+    other = CometForCausalLM.from_backbone(base, dataclasses.replace(SMALL, chunk_size=SMALL.chunk_size * 2))
+    torch.manual_seed(0)
+    refused(randomize_memory(other), CheckpointError, "another model")  # the same shapes, another chunk size
+    centred = comet(base)
+    for layer in centred.memory.layers:  # a buffer the checkpoint does not hold, as a centred gate's centre
+        layer.register_buffer("probe", torch.ones(3))
+    refused(centred, CheckpointError, "another model")
+    refused(comet(base), ValueError, "lr 0.01 there, 0.02 now", lr=2e-2)
+    refused(comet(base), ValueError, "lora_rank", lora_rank=2)
+
+    # a checkpoint without the record (written before it existed) resumes as before
+    del state["run"]
+    (out / "checkpoint-2" / "state.json").write_text(json.dumps(state))
+    assert train(comet(base), make_data(), config(tmp_path, "run", max_steps=3), data=data).steps == 3

@@ -104,7 +104,8 @@ def cmd_train(args) -> int:
             model.to(parallel.device)
         dataset = load_mixture(args.data, model.tokenizer, args.max_length, args.on_error, config.seed)
         try:
-            result = train(model, dataset, config, resume=not args.no_resume, parallel=parallel)
+            data = {"data": list(args.data), "max_length": args.max_length, "on_error": args.on_error}
+            result = train(model, dataset, config, resume=not args.no_resume, parallel=parallel, data=data)
         except KeyboardInterrupt:
             print("stopped; run the same command again to resume", file=sys.stderr)
             return 130

@@ -56,6 +56,7 @@ class CheckpointInfo:
     data_position: int
     config: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    run: dict | None = None  # what the model and data were (``save_checkpoint``'s ``run``); None in older checkpoints
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -106,9 +107,10 @@ def trainable_state_dict(model) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(
     directory, model, optimizer, scheduler, step: int, data_position: int, rng_state: dict, extra: dict | None = None,
-    config: dict | None = None, keep: int = 2,
+    config: dict | None = None, keep: int = 2, run: dict | None = None,
 ) -> Path:
-    """Writes ``checkpoint-<step>`` under ``directory``, points ``latest`` at it, and keeps the newest ``keep``."""
+    """Writes ``checkpoint-<step>`` under ``directory``, points ``latest`` at it, and keeps the newest ``keep``.
+    ``run`` (JSON) says what the model and data were; ``load_checkpoint`` refuses to resume another."""
     if keep < 1:
         raise ValueError(f"keep must be at least 1 so that a checkpoint survives (got {keep})")
     root = Path(directory)
@@ -130,6 +132,7 @@ def save_checkpoint(
             "extra": extra or {},
             "files": files,
             "rng": {"python": rng_state["python"], "numpy": rng_state["numpy"]},
+            **({"run": run} if run is not None else {}),
         }
         write_bytes(tmp / STATE_FILE, json.dumps(state, indent=1).encode(), durable=True)
     write_bytes(root / LATEST, f"{name}\n".encode(), durable=True)
@@ -187,20 +190,39 @@ def latest_checkpoint(directory) -> Path | None:
     return root / name
 
 
-def load_checkpoint(directory_or_checkpoint, model, optimizer=None, scheduler=None) -> CheckpointInfo:
+def load_checkpoint(directory_or_checkpoint, model, optimizer=None, scheduler=None, run: dict | None = None
+                    ) -> CheckpointInfo:
     """Restores parameters, optimizer, scheduler and every RNG from a checkpoint folder, or from the one ``latest``
-    names when given a run's folder; returns the step, data position, config and extra saved with it."""
+    names when given a run's folder; returns the step, data position, config and extra saved with it.
+
+    ``run``: what the model and data are now (as ``save_checkpoint`` takes it); a checkpoint that recorded another
+    is refused before anything is restored, naming what differs (a checkpoint without a record is not checked)."""
     path = Path(directory_or_checkpoint)
     if not (path / STATE_FILE).exists():
         path = latest_checkpoint(path) or path
     state = _read_state(path)
+    saved = state.get("run")
+    if run is not None and saved is not None:
+        now = json.loads(json.dumps(run))
+        changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+        if changed:
+            raise CheckpointError(
+                f"{path} was written by a run with another {', '.join(changed)}: resuming it would continue that "
+                "run on other weights or data without a word. Rerun the command that started it, or train into "
+                "another --output-dir (--comet a checkpoint's model to continue from it)"
+            )
     _load_parameters(path, model)
     if optimizer is not None:
         optimizer.load_state_dict(_torch_load(path / OPTIMIZER_FILE))
     if scheduler is not None:
         scheduler.load_state_dict(_torch_load(path / SCHEDULER_FILE))
     restore_rng_state(_rng_from_files(load_file(path / RNG_FILE), state["rng"]))
-    return CheckpointInfo(path, state["step"], state["data_position"], state["config"], state["extra"])
+    return CheckpointInfo(path, state["step"], state["data_position"], state["config"], state["extra"], saved)
+
+
+def read_checkpoint_config(checkpoint) -> dict:
+    """The training config a checkpoint folder was saved with, restoring nothing."""
+    return _read_state(Path(checkpoint))["config"]
 
 
 def _read_state(path: Path) -> dict:

@@ -58,18 +58,22 @@ class Progress:
     rng: dict
 
 
-def train(model, dataset, config: TrainConfig, resume: bool = True, parallel=None) -> TrainResult:
+def train(model, dataset, config: TrainConfig, resume: bool = True, parallel=None, data: dict | None = None
+          ) -> TrainResult:
     """Trains ``model`` in place on ``dataset`` (random access: ``len(dataset)``, ``dataset[i]`` -> a Sample with
     ``input_ids``, ``labels`` and ``boundaries``) and exports it to ``output_dir/final``.
 
     With ``resume`` the run continues from the latest checkpoint in ``output_dir``. Ctrl-C or SIGTERM writes a
     checkpoint of the last complete step before the KeyboardInterrupt propagates, so rerunning loses nothing.
+    Checkpoints record what the model is (``model_identity``) and ``data`` (JSON: what the dataset was made from, as
+    the command line gives it); a resume with another of either is refused, as is one with learning rates, weight
+    decay or LoRA settings other than the checkpoint's (its optimizer would keep the old ones).
 
     ``parallel`` (a ``cometlm.parallel.distributed.ContextParallel``) makes this process one rank of a pipeline x
     data-parallel job: each step runs the pipeline schedule and sums gradients over all ranks; only its main rank
     writes checkpoints, metrics, the plot and the final model (on the others ``checkpoint`` is None).
     """
-    from .checkpoint import capture_rng_state, latest_checkpoint, load_checkpoint
+    from .checkpoint import capture_rng_state, latest_checkpoint, load_checkpoint, read_checkpoint_config
 
     if len(dataset) == 0:
         raise ValueError("the dataset is empty; give at least one sample")
@@ -81,12 +85,14 @@ def train(model, dataset, config: TrainConfig, resume: bool = True, parallel=Non
     _seed_everything(config.seed)
     prepare_model(model, config)
     optimizer, scheduler = build_optimizer(model, config)
+    run = {"model": model_identity(model), **({"data": data} if data is not None else {})}
 
     found = latest_checkpoint(output) if resume else None
     if found is None:
         progress = Progress(0, 0, 0, 0.0, None, capture_rng_state())
     else:
-        info = load_checkpoint(found, model, optimizer, scheduler)
+        _refuse_fixed_changes(read_checkpoint_config(found), config, found)
+        info = load_checkpoint(found, model, optimizer, scheduler, run=run)
         if info.step > config.last_step:
             raise ValueError(f"{found} holds step {info.step}, past stop_at={config.stop_at}: the run cannot stop "
                              "there any more; use another output folder, or a later or no stop_at")
@@ -100,14 +106,14 @@ def train(model, dataset, config: TrainConfig, resume: bool = True, parallel=Non
     log = TrainingLog(config, progress.step) if writes else None
     try:
         progress, checkpoint = _run(model, dataset, config, optimizer, scheduler, planner, progress, log, found,
-                                    parallel)
+                                    parallel, run)
     finally:
         if log is not None:
             log.close()
     final_dir, plot = output / FINAL_DIR, output / LOSS_PLOT_FILE
     if writes:
         if checkpoint is None:
-            checkpoint = _save(output, model, optimizer, scheduler, progress, config)
+            checkpoint = _save(output, model, optimizer, scheduler, progress, config, run)
         export_model(model, final_dir, config.mode)
         plot_loss_curve(output / METRICS_FILE, plot)
     model.train(was_training)
@@ -115,12 +121,14 @@ def train(model, dataset, config: TrainConfig, resume: bool = True, parallel=Non
                        output / METRICS_FILE, plot)
 
 
-def _run(model, dataset, config, optimizer, scheduler, planner, progress: Progress, log, checkpoint, parallel=None):
+def _run(model, dataset, config, optimizer, scheduler, planner, progress: Progress, log, checkpoint, parallel=None,
+         run: dict | None = None):
     """The loop. Parameters, optimizer and scheduler only change inside ``signals.hold()``, together with
     ``progress``; so whenever an interrupt arrives, ``progress`` describes the tensors and can be checkpointed.
 
     ``checkpoint`` is the checkpoint of the current step, if one is on disk; returns the final progress and that.
-    ``log`` is None on the ranks of a parallel job that do not write (see ``train``).
+    ``log`` is None on the ranks of a parallel job that do not write (see ``train``); ``run`` is recorded in each
+    checkpoint (``save_checkpoint``).
     """
     from .checkpoint import capture_rng_state
 
@@ -157,24 +165,56 @@ def _run(model, dataset, config, optimizer, scheduler, planner, progress: Progre
                 log.step(progress, lr_factor(progress.step - 1, config) * config.lr, grad_norm, tokens,
                          time.perf_counter() - step_start, sources, by_source)
                 if progress.step % config.save_every == 0:
-                    checkpoint = _save(output, model, optimizer, scheduler, progress, config)
+                    checkpoint = _save(output, model, optimizer, scheduler, progress, config, run)
         except KeyboardInterrupt:
             optimizer.zero_grad(set_to_none=True)
             if log is None:
                 raise
             if checkpoint is None:
-                checkpoint = _save(output, model, optimizer, scheduler, progress, config)
+                checkpoint = _save(output, model, optimizer, scheduler, progress, config, run)
             print(f"\ninterrupted: {checkpoint} holds step {progress.step}; run again to resume", file=sys.stderr)
             raise
     return progress, checkpoint
 
 
-def _save(output: Path, model, optimizer, scheduler, progress: Progress, config: TrainConfig) -> Path:
+def _save(output: Path, model, optimizer, scheduler, progress: Progress, config: TrainConfig,
+          run: dict | None = None) -> Path:
     from .checkpoint import save_checkpoint
 
     extra = {"tokens": progress.tokens, "elapsed": progress.elapsed, "loss": progress.loss}
     return save_checkpoint(output, model, optimizer, scheduler, progress.step, progress.position, progress.rng,
-                           extra=extra, config=config.to_dict(), keep=config.keep_checkpoints)
+                           extra=extra, config=config.to_dict(), keep=config.keep_checkpoints, run=run)
+
+
+# Settings the checkpoint's optimizer and model hold (its param groups' rates and decay, its LoRA): a resume cannot
+# change them, so one that asks to is refused rather than silently ignored.
+FIXED_ON_RESUME = ("lr", "memory_lr_multiplier", "gate_weight_lr_multiplier", "weight_decay", "mode", "lora_rank",
+                   "lora_alpha", "lora_dropout", "lora_targets")
+
+
+def _refuse_fixed_changes(saved: dict, config: TrainConfig, found: Path) -> None:
+    current = config.to_dict()
+    changed = [k for k in FIXED_ON_RESUME if k in saved and _jsonable(current[k]) != saved[k]]
+    if changed:
+        was = ", ".join(f"{k} {saved[k]!r} there, {_jsonable(current[k])!r} now" for k in changed)
+        raise ValueError(f"{found} was trained with other settings that a resume cannot change ({was}): rerun "
+                         "with the checkpoint's, or train into another --output-dir from its model (--comet)")
+
+
+def model_identity(model) -> dict:
+    """What a run's checkpoints only fit (JSON): CoMeT's configuration, the base model's shape and fingerprint,
+    its dtype, and a digest of what the model holds that training does not change or save (buffers such as a
+    centred gate's centre, frozen LoRA), taken before training."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    fixed = [(name, t) for name, t in model.memory.named_buffers()]
+    fixed += [(name, p) for name, p in model.named_parameters() if "lora_" in name and not p.requires_grad]
+    for name, tensor in sorted(fixed, key=lambda item: item[0]):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return {"comet": model.comet_config.to_dict(), "base": model.backbone.describe(),
+            "dtype": str(model.backbone.embed_tokens.weight.dtype), "fixed": digest.hexdigest()[:16]}
 
 
 def _warn_about_changes(saved: dict, config: TrainConfig) -> None:
