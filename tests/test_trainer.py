@@ -207,6 +207,8 @@ def test_interrupted_run_saves_and_resumes_exactly(tmp_path, base, how):
     resumed = comet(base)
     assert train(resumed, data, interrupted).steps == 5
     assert_same_run(straight, resumed, tmp_path / "straight", out)
+    # every step logged once, the interrupted one included (a signal in the update once lost its line)
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3, 4, 5]
 
 
 def comet_with_lora(base):

@@ -152,7 +152,7 @@ def _run(model, dataset, config, optimizer, scheduler, planner, progress: Progre
                     raise FloatingPointError(
                         f"the loss is {loss} at step {progress.step + 1}; lower lr, or resume from the last checkpoint"
                     )
-                with signals.hold():
+                with signals.hold():  # the step and its metrics line, whole or not at all
                     grad_norm = clip_gradients(params, config.max_grad_norm)
                     optimizer.step()
                     scheduler.step()
@@ -160,10 +160,11 @@ def _run(model, dataset, config, optimizer, scheduler, planner, progress: Progre
                     progress = Progress(progress.step + 1, position, progress.tokens + tokens,
                                         time.perf_counter() - started, loss, capture_rng_state())
                     checkpoint = None
+                    if log is not None:
+                        log.step(progress, lr_factor(progress.step - 1, config) * config.lr, grad_norm, tokens,
+                                 time.perf_counter() - step_start, sources, by_source)
                 if log is None:
                     continue
-                log.step(progress, lr_factor(progress.step - 1, config) * config.lr, grad_norm, tokens,
-                         time.perf_counter() - step_start, sources, by_source)
                 if progress.step % config.save_every == 0:
                     checkpoint = _save(output, model, optimizer, scheduler, progress, config, run)
         except KeyboardInterrupt:
