@@ -5,7 +5,9 @@ import sys
 
 import pytest
 
+from cometlm import CometForCausalLM
 from cometlm.cli import build_parser, main
+from conftest import SMALL, tiny_comet
 
 
 def _subparsers(parser):
@@ -177,3 +179,49 @@ def test_cli_errors_are_clean(tmp_path, capsys):
     assert "not a readable CoMeT memory state" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["generate"])
+
+
+def test_bad_input_fails_before_the_model_loads_and_writes_nothing(monkeypatch, tmp_path, capsys, tiny_model_dir):
+    """A bad generation number, an unreadable prompt file or memory path, or a file where a folder belongs: one
+    line, no traceback, before the model loads (a slow step on a real model), and no folder or file left."""
+    import cometlm.cli.generate as generate
+    from cometlm.training import loop
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(generate, "load_model", no_load)
+    for option, value, said in (("--max-new-tokens", "-1", "at least 0"), ("--temperature", "0", "above 0"),
+                                ("--top-p", "1.5", "at most 1"), ("--repetition-penalty", "nan", "above 0"),
+                                ("--top-k", "two", "an integer")):
+        with pytest.raises(SystemExit) as exit:
+            main(["generate", "--prompt", "hi", option, value])
+        assert exit.value.code == 2 and said in capsys.readouterr().err
+    assert main(["generate", "--prompt-file", str(tmp_path)]) == 2  # a folder
+    assert "Is a directory" in capsys.readouterr().err
+    for out in (tmp_path, tmp_path / "missing" / "memory.safetensors"):
+        with pytest.raises(SystemExit, match="give a file in an existing folder"):
+            main(["generate", "--prompt", "hi", "--memory-out", str(out)])
+    assert sorted(tmp_path.iterdir()) == []
+
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    monkeypatch.setattr(loop, "prepare_model", no_load)
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        loop.train(tiny_comet(), [1], loop.TrainConfig(output_dir=str(taken)))
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="cannot put LoRA on"):  # a refused run makes no output folder
+        loop.train(CometForCausalLM.from_backbone(tiny_model_dir, SMALL), [1],
+                   loop.TrainConfig(output_dir=str(tmp_path / "new"), lora_targets=("q_prj",)))
+    assert not (tmp_path / "new").exists()
+
+
+def test_ctrl_c_ends_a_command_with_one_line(monkeypatch, capsys):
+    import cometlm.cli.generate as generate
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(generate, "load_model", interrupted)
+    assert main(["generate", "--prompt", "hi"]) == 130
+    assert capsys.readouterr().err.strip().endswith("interrupted")

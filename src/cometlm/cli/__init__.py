@@ -25,12 +25,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs one command. Bad input (a ValueError, a file that cannot be read or written, a loss that is no longer a
+    number) and Ctrl-C end with one line instead of a traceback; COMETLM_DEBUG=1 shows the traceback."""
+    import os
+
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, OSError, RuntimeError, ArithmeticError) as err:
+        if os.environ.get("COMETLM_DEBUG"):
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if os.environ.get("COMETLM_DEBUG"):
+            raise
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

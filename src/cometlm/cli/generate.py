@@ -30,19 +30,27 @@ def cmd_generate(args) -> int:
     from cometlm.bundled import encode
     from cometlm.state import MemoryState
 
+    from pathlib import Path
+
     if args.prompt is None and args.prompt_file is None:
         raise SystemExit("error: give --prompt TEXT or --prompt-file PATH")
+    # everything that can be checked before the model loads and reads the prompt
+    text = args.prompt if args.prompt is not None else Path(args.prompt_file).read_text(encoding="utf-8")
+    if not text:
+        raise SystemExit("error: the prompt is empty")
+    memory_in = MemoryState.load(args.memory_in) if args.memory_in else None
+    if args.memory_out:
+        out_path = Path(args.memory_out)
+        if out_path.is_dir() or not out_path.parent.is_dir():
+            raise SystemExit(f"error: --memory-out {args.memory_out}: give a file in an existing folder")
     if use_default_adapter(args):
-        from pathlib import Path
-
         print(f"CoMeT adapter: {Path(args.comet).name} (the default; --comet DIR|NAME for another, --model for an "
               "untrained memory)", file=sys.stderr)
     model = load_model(args)
-    text = args.prompt if args.prompt is not None else open(args.prompt_file, encoding="utf-8").read()
     ids = encode(model.tokenizer, text)
     if not ids:
         raise SystemExit("error: the prompt is empty")
-    state = MemoryState.load(args.memory_in) if args.memory_in else model.init_memory(1)
+    state = memory_in if memory_in is not None else model.init_memory(1)
     model.check_memory(state, 1)
     context, prompt = split_open_chunk(ids, model.comet_config.chunk_size)
     state, read_seconds = read_timed(model, context, state)

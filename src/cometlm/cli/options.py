@@ -108,12 +108,36 @@ def load_model(args: argparse.Namespace):
     return model
 
 
+def _number(kind, low: float, high: float | None = None, low_open: bool = False):
+    """An argparse type: ``kind`` (int or float) within [low, high] (``low_open``: above low), so that a bad
+    generation setting fails when the command line is read, not after the model has loaded and read the prompt."""
+    import math
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+        if (not math.isfinite(value) or value < low or (low_open and value == low)
+                or (high is not None and value > high)):
+            bounds = f"{'above' if low_open else 'at least'} {low:g}" + ("" if high is None else f" and at most {high:g}")
+            raise argparse.ArgumentTypeError(f"must be {bounds} (got {text})")
+        return value
+
+    return parse
+
+
 def add_generation_options(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
     group = parser.add_argument_group("generation")
-    group.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help=f"tokens to generate (default {max_new_tokens})")
+    group.add_argument("--max-new-tokens", type=_number(int, 0), default=max_new_tokens,
+                       help=f"tokens to generate (default {max_new_tokens})")
     group.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    group.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (with --do-sample)")
-    group.add_argument("--top-k", type=int, default=None, help="keep only the k most likely tokens (with --do-sample)")
-    group.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass (with --do-sample)")
-    group.add_argument("--repetition-penalty", type=float, default=None, help="HF repetition penalty (>1 discourages repeats)")
+    group.add_argument("--temperature", type=_number(float, 0, low_open=True), default=1.0,
+                       help="sampling temperature (with --do-sample)")
+    group.add_argument("--top-k", type=_number(int, 0), default=None,
+                       help="keep only the k most likely tokens (with --do-sample; 0 keeps all)")
+    group.add_argument("--top-p", type=_number(float, 0, 1, low_open=True), default=None,
+                       help="nucleus sampling mass (with --do-sample)")
+    group.add_argument("--repetition-penalty", type=_number(float, 0, low_open=True), default=None,
+                       help="HF repetition penalty (>1 discourages repeats)")
     group.add_argument("--seed", type=int, default=0, help="random seed for sampling, and for the demo's key and depth (default 0)")

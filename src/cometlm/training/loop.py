@@ -77,14 +77,16 @@ def train(model, dataset, config: TrainConfig, resume: bool = True, parallel=Non
 
     if len(dataset) == 0:
         raise ValueError("the dataset is empty; give at least one sample")
+    output = Path(config.output_dir)
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"output_dir {output} is a file, not a folder")
     _check_exportable(model, config)
     planner = _chunk_planner(model, config)
-    output = Path(config.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
     was_training = model.training
     _seed_everything(config.seed)
     prepare_model(model, config)
     optimizer, scheduler = build_optimizer(model, config)
+    output.mkdir(parents=True, exist_ok=True)  # once the settings have proved sound: a refused run leaves nothing
     run = {"model": model_identity(model), **({"data": data} if data is not None else {})}
 
     found = latest_checkpoint(output) if resume else None
