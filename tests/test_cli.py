@@ -216,6 +216,23 @@ def test_bad_input_fails_before_the_model_loads_and_writes_nothing(monkeypatch, 
     assert not (tmp_path / "new").exists()
 
 
+def test_evaluation_options_a_method_would_ignore_are_refused_before_the_model_loads(monkeypatch, capsys):
+    import cometlm.cli.eval as eval_command
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(eval_command, "load_model", no_load)
+    for argv, said in ((["--method", "comet", "--window", "100"], "--window applies to the methods full"),
+                       (["--method", "truncated", "--sink-tokens", "2"], "--sink-tokens applies to the method sliding"),
+                       (["--method", "full", "--prime-tokens", "9"], "--prime-tokens applies to the methods comet")):
+        assert main(["eval", "passkey", "--lengths", "1024", *argv]) == 2
+        assert said in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["eval", "ppl", "--method", "sliding-window", "--window", "0"])
+    assert "must be at least 1" in capsys.readouterr().err
+
+
 def test_ctrl_c_ends_a_command_with_one_line(monkeypatch, capsys):
     import cometlm.cli.generate as generate
 

@@ -27,7 +27,7 @@ from cometlm.evaluation.settings import (
 )
 from cometlm.files import write_json
 
-from .options import add_model_options, load_model, model_options
+from .options import add_model_options, load_model, model_options, number_type
 
 GRID_TASKS = (passkey.PASSKEY, niah.NIAH, *suites.SUITE_TASKS)
 
@@ -54,23 +54,34 @@ def default_out_dir(task: str, method: str, layout: str | None) -> Path:
     return Path("runs") / task / name
 
 
+def check_method_options(args) -> None:
+    """Options the method would ignore are refused (as the lm-eval backend refuses them): --window and
+    --sink-tokens are the baselines', --layout and --prime-tokens the memory methods'."""
+    if args.method in MEMORY_METHODS and args.window is not None:
+        raise ValueError(f"--window applies to the methods full, truncated and sliding-window, not {args.method}")
+    if args.method != "sliding-window" and args.sink_tokens != DEFAULT_SINK_TOKENS:
+        raise ValueError(f"--sink-tokens applies to the method sliding-window, not {args.method}")
+    if args.method not in MEMORY_METHODS and getattr(args, "prime_tokens", DEFAULT_PRIME_TOKENS) != DEFAULT_PRIME_TOKENS:
+        raise ValueError(f"--prime-tokens applies to the methods comet and no-memory, not {args.method}")
+
+
 def add_common_options(parser, task: str, layouts: bool) -> None:
     """The method, output and model options every task takes."""
     group = parser.add_argument_group("method")
     group.add_argument("--method", choices=METHODS, default="comet", help=METHOD_HELP)
-    group.add_argument("--window", type=int, default=None,
+    group.add_argument("--window", type=number_type(int, 1), default=None,
                        help="tokens the backbone attends to: for full and truncated (answer included) the default "
                        f"is the backbone's max_position_embeddings (else {DEFAULT_WINDOW}); for sliding-window, the "
                        f"recent tokens kept after the sinks, default that window less the sinks and one {READ_BLOCK}-"
                        "token read block")
-    group.add_argument("--sink-tokens", type=int, default=DEFAULT_SINK_TOKENS,
+    group.add_argument("--sink-tokens", type=number_type(int, 0), default=DEFAULT_SINK_TOKENS,
                        help=f"first tokens sliding-window always keeps as attention sinks (default {DEFAULT_SINK_TOKENS})")
     if layouts:
         group.add_argument("--layout", choices=LAYOUTS, default="primed",
                            help="chunking of the prompt for comet and no-memory. primed (default): the open chunk the "
                            "answer is generated in holds the question, up to --prime-tokens context tokens before it "
                            "and room for the answer; fixed: chunks of --chunk-size from the start, as generate does")
-        group.add_argument("--prime-tokens", type=int, default=DEFAULT_PRIME_TOKENS,
+        group.add_argument("--prime-tokens", type=number_type(int, 0), default=DEFAULT_PRIME_TOKENS,
                            help=f"context tokens before the question in the open chunk with --layout primed "
                            f"(default {DEFAULT_PRIME_TOKENS})")
     where = "runs/{task}/METHOD-LAYOUT for comet and no-memory, else runs/{task}/METHOD" if layouts else "runs/{task}/METHOD"
@@ -140,6 +151,7 @@ def run_grid_command(task, args) -> int:
     if task.options:
         task = task.bind(**{option.name: getattr(args, option.name) for option in task.options})
     out = Path(args.out) if args.out else default_out_dir(task.name, args.method, args.layout)
+    check_method_options(args)  # before the model loads
     model = load_model(args)
     try:
         summary = evaluate_grid(
@@ -188,6 +200,7 @@ def cmd_eval_ppl(args) -> int:
     ppl.check_settings(args.corpus, args.length, args.documents, args.bucket, args.seed)  # before the model loads
     others = [ppl.load_summary(p) for p in args.compare]
     out = Path(args.out) if args.out else default_out_dir("ppl", args.method, None)
+    check_method_options(args)  # before the model loads
     model = load_model(args)
     try:
         summary = ppl.evaluate_ppl(
@@ -242,6 +255,7 @@ def cmd_eval_scrolls(args) -> int:
         raise ValueError(f"--limit must be at least 1 (got {args.limit})")
     data = {task: scrolls.load_examples(args.data_dir, task, args.split)[: args.limit] for task in args.tasks}  # before loading
     out = (Path(args.out) if args.out else default_out_dir("scrolls", args.method, args.layout)) / args.split
+    check_method_options(args)  # before the model loads
     model = load_model(args)
     name = model_options(args).name
     summaries = {}

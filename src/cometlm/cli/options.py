@@ -108,9 +108,9 @@ def load_model(args: argparse.Namespace):
     return model
 
 
-def _number(kind, low: float, high: float | None = None, low_open: bool = False):
+def number_type(kind, low: float, high: float | None = None, low_open: bool = False):
     """An argparse type: ``kind`` (int or float) within [low, high] (``low_open``: above low), so that a bad
-    generation setting fails when the command line is read, not after the model has loaded and read the prompt."""
+    setting fails when the command line is read, not after the model has loaded and read the prompt."""
     import math
 
     def parse(text: str):
@@ -129,15 +129,15 @@ def _number(kind, low: float, high: float | None = None, low_open: bool = False)
 
 def add_generation_options(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
     group = parser.add_argument_group("generation")
-    group.add_argument("--max-new-tokens", type=_number(int, 0), default=max_new_tokens,
+    group.add_argument("--max-new-tokens", type=number_type(int, 0), default=max_new_tokens,
                        help=f"tokens to generate (default {max_new_tokens})")
     group.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    group.add_argument("--temperature", type=_number(float, 0, low_open=True), default=1.0,
+    group.add_argument("--temperature", type=number_type(float, 0, low_open=True), default=1.0,
                        help="sampling temperature (with --do-sample)")
-    group.add_argument("--top-k", type=_number(int, 0), default=None,
+    group.add_argument("--top-k", type=number_type(int, 0), default=None,
                        help="keep only the k most likely tokens (with --do-sample; 0 keeps all)")
-    group.add_argument("--top-p", type=_number(float, 0, 1, low_open=True), default=None,
+    group.add_argument("--top-p", type=number_type(float, 0, 1, low_open=True), default=None,
                        help="nucleus sampling mass (with --do-sample)")
-    group.add_argument("--repetition-penalty", type=_number(float, 0, low_open=True), default=None,
+    group.add_argument("--repetition-penalty", type=number_type(float, 0, low_open=True), default=None,
                        help="HF repetition penalty (>1 discourages repeats)")
     group.add_argument("--seed", type=int, default=0, help="random seed for sampling, and for the demo's key and depth (default 0)")
