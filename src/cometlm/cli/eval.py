@@ -56,13 +56,14 @@ def default_out_dir(task: str, method: str, layout: str | None) -> Path:
 
 def check_method_options(args) -> None:
     """Options the method would ignore are refused (as the lm-eval backend refuses them): --window and
-    --sink-tokens are the baselines', --layout and --prime-tokens the memory methods'."""
-    if args.method in MEMORY_METHODS and args.window is not None:
-        raise ValueError(f"--window applies to the methods full, truncated and sliding-window, not {args.method}")
-    if args.method != "sliding-window" and args.sink_tokens != DEFAULT_SINK_TOKENS:
-        raise ValueError(f"--sink-tokens applies to the method sliding-window, not {args.method}")
-    if args.method not in MEMORY_METHODS and getattr(args, "prime_tokens", DEFAULT_PRIME_TOKENS) != DEFAULT_PRIME_TOKENS:
-        raise ValueError(f"--prime-tokens applies to the methods comet and no-memory, not {args.method}")
+    --sink-tokens are the baselines', --prime-tokens the memory methods' (a default value cannot be told apart)."""
+    method = args.method
+    if method in MEMORY_METHODS and args.window is not None:
+        raise ValueError(f"--window applies to the methods full, truncated and sliding-window, not {method}")
+    if method != "sliding-window" and args.sink_tokens != DEFAULT_SINK_TOKENS:
+        raise ValueError(f"--sink-tokens applies to the method sliding-window, not {method}")
+    if method not in MEMORY_METHODS and getattr(args, "prime_tokens", DEFAULT_PRIME_TOKENS) != DEFAULT_PRIME_TOKENS:
+        raise ValueError(f"--prime-tokens applies to the methods comet and no-memory, not {method}")
 
 
 def add_common_options(parser, task: str, layouts: bool) -> None:

@@ -120,7 +120,8 @@ def number_type(kind, low: float, high: float | None = None, low_open: bool = Fa
             raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
         if (not math.isfinite(value) or value < low or (low_open and value == low)
                 or (high is not None and value > high)):
-            bounds = f"{'above' if low_open else 'at least'} {low:g}" + ("" if high is None else f" and at most {high:g}")
+            bounds = f"{'above' if low_open else 'at least'} {low:g}"
+            bounds += "" if high is None else f" and at most {high:g}"
             raise argparse.ArgumentTypeError(f"must be {bounds} (got {text})")
         return value
 
