@@ -3,6 +3,7 @@ official openai client, memory sessions, keys, limits, every kind of bad request
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -340,6 +341,31 @@ def test_appends_to_one_session_are_serialised(server):
         codes = sorted(pool.map(lambda _: server.client().post(f"/v1/sessions/{sid}/append", json={
             "text": " once", "expect_appends": len(texts)}).status_code, range(2)))
     assert codes == [200, 409]
+
+
+def test_concurrent_first_chat_turns_carry_the_default_prompt_once(server, monkeypatch):
+    """Two chat turns sent together to a session that has read nothing: only the one read first carries the
+    template's default system prompt (the rendering is chosen under the session's lock, not before it)."""
+    http = server.client()
+    sid = server.session(http)
+    scheduler = server.app.state.scheduler
+    read = scheduler.read
+
+    async def slow_read(state, ids):  # holds the session's lock long enough for the other request to arrive
+        await asyncio.sleep(0.5)
+        return await read(state, ids)
+
+    monkeypatch.setattr(scheduler, "read", slow_read)
+    turns = [[{"role": "user", "content": f"My order number is {n}."}] for n in (4471, 9023)]
+    with ThreadPoolExecutor(2) as pool:
+        replies = list(pool.map(lambda m: server.client().post(f"/v1/sessions/{sid}/append", json={"messages": m}),
+                                turns))
+    assert all(r.status_code == 200 for r in replies)
+    first, second = sorted(range(2), key=lambda i: replies[i].json()["appends"])
+    texts = [render_messages(server.tokenizer, turns[first], False, continuing=False),
+             render_messages(server.tokenizer, turns[second], False, continuing=True)]
+    assert "You are a helpful" in texts[0] and "You are a helpful" not in texts[1]
+    assert equal_states(server.exported(http, sid), server.reference(*texts))
 
 
 def test_requests_to_different_sessions_are_batched(server):

@@ -86,9 +86,10 @@ async def chat_completions(body: ChatRequest, request: Request, owner: str = Dep
     turn = new_turn(messages) if info is not None else messages
     if not turn:
         raise bad_request("the last message is the assistant's: there is no new turn to answer", param="messages")
-    text = render_messages(service.tokenizer, turn, add_generation_prompt=True, continuing=service.continuing(info))
-    generation = Generation(await service.tokenize(text, "messages"), body.sampling(1.0),
-                            body.new_tokens(settings.max_new_tokens, settings.max_new_tokens), body.stops())
+    ids, later = await service.tokenize_turn(
+        lambda continuing: render_messages(service.tokenizer, turn, True, continuing), "messages")
+    generation = Generation(ids, body.sampling(1.0), body.new_tokens(settings.max_new_tokens, settings.max_new_tokens),
+                            body.stops(), later_prompt=later)
     remember = body.remember if body.remember is not None else info is not None
     head = {"id": "chatcmpl-" + secrets.token_hex(12), "object": "chat.completion", "created": int(time.time()),
             "model": body.model}

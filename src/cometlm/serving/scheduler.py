@@ -53,7 +53,8 @@ class Sampling:
 @dataclass
 class Generation:
     """One request's generation. ``on_text`` (called on the event loop) receives the text as it is decided;
-    setting ``cancelled`` stops the stream at its next token."""
+    setting ``cancelled`` stops the stream at its next token. ``later_prompt``: the prompt to read instead into a
+    session that has read something (a chat turn rendered without the template's default system prompt)."""
 
     prompt: list[int]
     sampling: Sampling
@@ -61,6 +62,7 @@ class Generation:
     stop: tuple[str, ...] = ()
     on_text: Callable[[str], None] | None = None
     cancelled: bool = False
+    later_prompt: list[int] | None = None
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 from ..bundled import encode
@@ -63,6 +64,14 @@ class MemoryService:
                               f"{self.settings.max_append_tokens:,} per request", param=param, code="too_many_tokens")
         return ids
 
+    async def tokenize_turn(self, render: Callable[[bool], str], param: str) -> tuple[list[int], list[int] | None]:
+        """A chat turn's token ids as rendered into a session that has read nothing (``render(False)``: a template
+        adds its default system prompt) and, where it differs, into one that has (``render(True)``). Which one is
+        read is decided under the session's lock (``later_ids`` of ``append``, ``Generation.later_prompt``), so two
+        concurrent first turns cannot both carry the default prompt."""
+        first, later = render(False), render(True)
+        return await self.tokenize(first, param), None if later == first else await self.tokenize(later, param)
+
     # ---------------------------------------------------------------------------------------------------------
     # Sessions
 
@@ -77,7 +86,9 @@ class MemoryService:
     async def create(self, owner: str) -> SessionInfo:
         return await self._new_session(owner, self.store.template, 0)
 
-    async def append(self, owner: str, session_id: str, ids: list[int], expect_appends: int | None) -> SessionInfo:
+    async def append(self, owner: str, session_id: str, ids: list[int], expect_appends: int | None,
+                     later_ids: list[int] | None = None) -> SessionInfo:
+        """Reads ``ids`` into the session (``later_ids`` instead if given and the session has read something)."""
         if not ids:
             raise bad_request("there is nothing to append (the text is empty)", code="empty_append")
         async with self._session(owner, session_id) as info:
@@ -85,6 +96,8 @@ class MemoryService:
                 raise conflict(f"session {session_id} has {info.appends} appends, not {expect_appends}: another "
                                "write landed first (or this one already did)", code="appends_mismatch",
                                param="expect_appends")
+            if later_ids is not None and self.continuing(info):
+                ids = later_ids
             state = await to_thread(self.store.load, info)
             state = await self.scheduler.read(state, ids)
             return await to_thread(self.store.write, info.id, owner, info.created, state, info.appends + 1)
@@ -111,8 +124,9 @@ class MemoryService:
 
     async def generate(self, owner: str, session_id: str | None, generation: Generation,
                        remember: bool) -> tuple[Answer, SessionInfo | None]:
-        """The answer to ``generation.prompt`` read after the session's memory (a fresh one without a session).
-        With ``remember`` the prompt and the answer stay in the session's memory (acknowledged once durable)."""
+        """The answer to ``generation.prompt`` read after the session's memory (a fresh one without a session;
+        ``generation.later_prompt`` instead, where given, after a memory that has read something). With ``remember``
+        the prompt and the answer stay in the session's memory (acknowledged once durable)."""
         if not generation.prompt:
             raise bad_request("the prompt is empty", param="prompt", code="empty_prompt")
         if session_id is None:
@@ -120,6 +134,8 @@ class MemoryService:
                 raise bad_request("remember needs a session", param="remember")
             return await self.scheduler.generate(self.store.template, generation), None
         async with self._session(owner, session_id) as info:
+            if generation.later_prompt is not None and self.continuing(info):
+                generation.prompt = generation.later_prompt
             state = await to_thread(self.store.load, info)
             answer = await self.scheduler.generate(state, generation)
             if answer.finish_reason == "cancelled":

@@ -63,33 +63,33 @@ async def delete_session(session_id: str, request: Request, owner: str = Depends
 @router.post("/{session_id}/append")
 async def append(session_id: str, body: AppendRequest, request: Request, owner: str = Depends(request_owner)):
     service = request.app.state.service
-    info = await service.info(owner, session_id)
+    await service.info(owner, session_id)
+    later = None
     if body.text is not None:
-        text, param = body.text, "text"
+        ids = await service.tokenize(body.text, "text")
     elif body.events is not None:
-        text, param = render_events(body.events), "events"
+        ids = await service.tokenize(render_events(body.events), "events")
     else:
         messages = [m.as_dict() for m in body.messages]
-        text = render_messages(service.tokenizer, messages, add_generation_prompt=False,
-                               continuing=service.continuing(info))
-        param = "messages"
-    ids = await service.tokenize(text, param)
-    return session_body(await service.append(owner, session_id, ids, body.expect_appends), request)
+        ids, later = await service.tokenize_turn(
+            lambda continuing: render_messages(service.tokenizer, messages, False, continuing), "messages")
+    return session_body(await service.append(owner, session_id, ids, body.expect_appends, later), request)
 
 
 @router.post("/{session_id}/ask")
 async def ask(session_id: str, body: AskRequest, request: Request, owner: str = Depends(request_owner)):
     """Generates from the session's memory (greedy unless a temperature is given)."""
     service, settings = request.app.state.service, request.app.state.settings
-    info = await service.info(owner, session_id)
+    await service.info(owner, session_id)
+    later = None
     if body.question is not None:
-        text, param = body.question, "question"
+        ids = await service.tokenize(body.question, "question")
     else:
-        text = render_messages(service.tokenizer, [m.as_dict() for m in body.messages], add_generation_prompt=True,
-                               continuing=service.continuing(info))
-        param = "messages"
-    generation = Generation(await service.tokenize(text, param), body.sampling(0.0),
-                            body.new_tokens(settings.max_new_tokens, settings.max_new_tokens), body.stops())
+        messages = [m.as_dict() for m in body.messages]
+        ids, later = await service.tokenize_turn(
+            lambda continuing: render_messages(service.tokenizer, messages, True, continuing), "messages")
+    generation = Generation(ids, body.sampling(0.0), body.new_tokens(settings.max_new_tokens, settings.max_new_tokens),
+                            body.stops(), later_prompt=later)
     head = {"id": "ask-" + secrets.token_hex(12), "object": "session.answer", "created": int(time.time()),
             "session_id": session_id}
 
