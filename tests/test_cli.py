@@ -216,7 +216,7 @@ def test_bad_input_fails_before_the_model_loads_and_writes_nothing(monkeypatch, 
     assert not (tmp_path / "new").exists()
 
 
-def test_evaluation_options_a_method_would_ignore_are_refused_before_the_model_loads(monkeypatch, capsys):
+def test_evaluation_options_are_checked_before_the_model_loads(monkeypatch, capsys):
     import cometlm.cli.eval as eval_command
 
     def no_load(*args, **kwargs):
@@ -228,6 +228,8 @@ def test_evaluation_options_a_method_would_ignore_are_refused_before_the_model_l
                        (["--method", "full", "--prime-tokens", "9"], "--prime-tokens applies to the methods comet")):
         assert main(["eval", "passkey", "--lengths", "1024", *argv]) == 2
         assert said in capsys.readouterr().err
+    assert main(["eval", "ruler-niah-single", "--lengths", "1024", "--haystack", "file:/no/such.txt"]) != 0
+    assert "no such file '/no/such.txt'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["eval", "ppl", "--method", "sliding-window", "--window", "0"])
     assert "must be at least 1" in capsys.readouterr().err

@@ -62,15 +62,17 @@ class RetrievalTask:
     options: tuple = ()  # `tasks.suite.Option`s: keywords of `build` that `bind` sets, --flags of the command
     settings: dict = field(default_factory=dict)  # the options bound into `build`: part of what makes trials comparable
     depths: tuple = (0, 25, 50, 75, 100)  # the command's default depths
+    check: Callable = lambda values: values  # raises on option values `build` would refuse (before any model loads)
 
     def bind(self, **values) -> "RetrievalTask":
         """The task with option values fixed in `build`, recorded in the summary's config and with every trial (a
-        results folder of other values is refused)."""
+        results folder of other values is refused). Values `check` refuses raise here."""
         known = [o.name for o in self.options]
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise ValueError(f"{self.name} has no option {', '.join(unknown)}; its options are "
                              f"{', '.join(known) or 'none'}")
+        self.check(values)
         settings = {**self.settings, **values}
         return replace(self, build=functools.partial(self.build, **values), settings=settings,
                        config={**self.config, "options": settings})

@@ -41,7 +41,7 @@ def grid_task(spec: TaskSpec, split: str = "test") -> RetrievalTask:
     return RetrievalTask(
         name=spec.name, title=spec.title, needle=spec.needle, build=build, matches=_matches,
         extra_tokens=spec.extra_tokens, scoring=spec.scoring, help=spec.help, description=spec.description,
-        record=_record, config={"split": split}, options=spec.options, depths=spec.depths,
+        record=_record, config={"split": split}, options=spec.options, depths=spec.depths, check=spec.check,
     ).bind(**spec.defaults())
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 GRID_DEPTHS = (0, 25, 50, 75, 100)
@@ -55,6 +56,9 @@ class TaskSpec:
             if option.choices and value not in option.choices:
                 raise ValueError(f"{self.name} option {name} must be one of {', '.join(map(str, option.choices))} "
                                  f"(got {value!r})")
+        haystack = values.get("haystack", "")
+        if haystack.startswith("file:") and not Path(haystack[5:]).is_file():
+            raise FileNotFoundError(f"{self.name} option haystack: no such file {haystack[5:]!r}")
         return values
 
     def build(self, tokenizer, n_tokens: int, depth: float, rng, split: str = "test", **options):
