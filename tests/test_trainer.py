@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -215,6 +216,19 @@ def comet_with_lora(base):
     model = comet(base)
     prepare_model(model, TrainConfig(output_dir="unused"))
     return model
+
+
+def test_training_on_an_adapter_keeps_its_lora_and_refuses_other_settings(tmp_path, base):
+    """A model that has LoRA trains with it; LoRA settings other than its own are refused (they would be recorded
+    in the run while another LoRA trains), before anything is written."""
+    model = comet(base)
+    apply_lora(model, rank=4, alpha=8, targets=("q_proj",))
+    for changed, said in (({}, "rank 4 (asked: 8)"), ({"lora_rank": 4, "lora_alpha": 8}, "targets ['q_proj']")):
+        with pytest.raises(ValueError, match=re.escape(said)):
+            train(model, make_data(), config(tmp_path, "other", **changed))
+    assert not (tmp_path / "other").exists()
+    same = dict(lora_rank=4, lora_alpha=8, lora_targets=("q_proj",), max_steps=1)
+    assert train(model, make_data(), config(tmp_path, "same", **same)).steps == 1
 
 
 def test_checkpoints_are_pruned_and_damage_is_reported(tmp_path, base):

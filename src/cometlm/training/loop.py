@@ -243,8 +243,9 @@ def _seed_everything(seed: int) -> None:
 
 
 def prepare_model(model, config: TrainConfig):
-    """Sets which parameters train for ``config.mode`` (adding LoRA if the model has none yet) and train mode."""
-    from cometlm.lora import apply_lora, freeze_backbone, has_lora
+    """Sets which parameters train for ``config.mode`` (adding LoRA if the model has none yet) and train mode. A
+    model that has LoRA already (an adapter trained on) keeps it, so the config's LoRA settings must be the same."""
+    from cometlm.lora import apply_lora, freeze_backbone, has_lora, lora_config
 
     if config.mode == "full":
         if has_lora(model):
@@ -255,6 +256,14 @@ def prepare_model(model, config: TrainConfig):
         freeze_backbone(model)
     elif not has_lora(model):
         apply_lora(model, config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_targets)
+    else:
+        have = lora_config(model)
+        want = {"rank": config.lora_rank, "alpha": float(config.lora_alpha), "dropout": float(config.lora_dropout),
+                "targets": sorted(config.lora_targets)}
+        differ = [f"{name} {have[name]} (asked: {want[name]})" for name in have if have[name] != want[name]]
+        if differ:
+            raise ValueError(f"the model's LoRA has {', '.join(differ)}; training goes on with the model's LoRA, so "
+                             "give its settings (--lora-rank, --lora-alpha, --lora-dropout, --lora-targets)")
     for p in model.memory.parameters():
         p.requires_grad_(True)
     if config.gradient_checkpointing:
