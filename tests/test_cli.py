@@ -204,6 +204,19 @@ def test_bad_input_fails_before_the_model_loads_and_writes_nothing(monkeypatch, 
             main(["generate", "--prompt", "hi", "--memory-out", str(out)])
     assert sorted(tmp_path.iterdir()) == []
 
+    import cometlm.cli.train as train_command
+
+    monkeypatch.setattr(train_command, "load_model", no_load)
+    for spec, said in (("passkey@most", "must be a number"), ("passkeys", "is not a data source"),
+                       ("text:/no/such.txt", "no such file"), ("jsonl-chat:/no/such.jsonl", "no such file"),
+                       ("passkey:digits=0", "1 <= LOW <= HIGH"), ("ruler-niah-single:needles=3", "options are"),
+                       ("babilong-qa1:split=tests", "split must be one of"),
+                       ("ruler-niah-single:haystack=file:/no/such.txt", "no such file"),
+                       ("user-qa:depth=0-120", "0 <= LOW <= HIGH <= 100")):
+        assert main(["train", "--data", "lm:bible", spec, "--output-dir", str(tmp_path / "run")]) != 0, spec
+        assert said in capsys.readouterr().err, spec
+    assert sorted(tmp_path.iterdir()) == []
+
     taken = tmp_path / "taken"
     taken.write_text("a file")
     monkeypatch.setattr(loop, "prepare_model", no_load)

@@ -95,9 +95,10 @@ def _show(value) -> str:
 def cmd_train(args) -> int:
     from cometlm.parallel.options import parallel_job
     from cometlm.training.loop import train
-    from cometlm.training.specs import load_mixture
+    from cometlm.training.specs import check_mixture, load_mixture
 
-    config = config_from_args(args)  # bad settings fail before a model is loaded
+    config = config_from_args(args)  # bad settings and data sources fail before a model is loaded
+    check_mixture(args.data)
     with parallel_job(args) as parallel:  # None unless --context-parallel / torchrun
         model = load_model(args)  # with --comet, also the LoRA weights it was trained with
         if parallel is not None:

@@ -34,7 +34,36 @@ DATA_FORMS = {
         "plus depth=LOW-HIGH in percent, split=train|test (default train) and eos=1 (the end-of-sequence token after "
         "the answer, so the model learns to stop; default 0), e.g. ruler-niah-multikey:needles=6,depth=0-80,eos=1",
 }
+_FILE_KINDS = ("jsonl-text", "jsonl-chat", "text")
 _PASSKEY_ANSWER_EXTRA = 2  # " " and "." around the key's digits: a byte-level tokenizer needs at most a token per byte
+
+
+def check_mixture(specs: list[str]) -> list[tuple[str, float]]:
+    """``--data`` SPEC[@WEIGHT] arguments as (spec, weight) pairs, checked as far as they can be without a tokenizer
+    (names, options, weights, that named files exist), so `cometlm train` refuses a bad one before loading a model."""
+    parsed = []
+    for spec in specs:
+        name, at, weight = spec.rpartition("@") if "@" in spec else (spec, "", "1")
+        try:
+            parsed.append((name, float(weight)))
+        except ValueError:
+            raise ValueError(f"--data {spec!r}: the weight after '@' must be a number, e.g. passkey@0.8") from None
+        kind, _, path = name.partition(":")
+        if kind in _FILE_KINDS and path:
+            if kind == "text":
+                _text_files(path)  # a folder must hold .txt files
+            if not Path(path).exists():
+                raise FileNotFoundError(f"--data {name!r}: no such file {path!r}")
+        elif kind in ("passkey", "needle"):
+            _task_options(name, path, kind)
+        elif kind in SPECS:
+            from .task_data import parse_task_spec
+
+            parse_task_spec(name)
+        elif not (kind == "lm" and path in ("bible", "essays")):
+            forms = "\n  ".join(DATA_FORMS)
+            raise ValueError(f"--data {name!r} is not a data source; use one of:\n  {forms}")
+    return parsed
 
 
 def load_mixture(specs: list[str], tokenizer, max_length: int, on_error: str = "skip", seed: int = 0):
@@ -42,13 +71,9 @@ def load_mixture(specs: list[str], tokenizer, max_length: int, on_error: str = "
     from .data import MixtureDataset
 
     datasets, weights, names = [], [], []
-    for spec in specs:
-        name, at, weight = spec.rpartition("@") if "@" in spec else (spec, "", "1")
+    for name, weight in check_mixture(specs):
         names.append(name)
-        try:
-            weights.append(float(weight))
-        except ValueError:
-            raise ValueError(f"--data {spec!r}: the weight after '@' must be a number, e.g. passkey@0.8") from None
+        weights.append(weight)
         datasets.append(load_dataset(name, tokenizer, max_length, on_error, seed))
     if len(datasets) == 1:
         return datasets[0]

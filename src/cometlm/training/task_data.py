@@ -52,8 +52,10 @@ class TaskDataset(RetrievalDataset):
         raise RuntimeError(f"{self.spec.name}: no prompt with its answer fits in {self.max_tokens} tokens")
 
 
-def load_task_dataset(spec: str, tokenizer, max_length: int, seed: int = 0) -> TaskDataset:
-    """The dataset of a `--data` spec that names a task suite (module docstring)."""
+def parse_task_spec(spec: str) -> dict:
+    """A `--data` spec that names a task suite, checked without a tokenizer: the `TaskDataset` keywords it gives
+    (``spec``, ``options``, ``depth_range``, ``split``, ``eos``). Bad names, values and missing haystack files raise
+    here, so `cometlm train` refuses them before it loads a model."""
     name, _, text = spec.partition(":")
     task = SPECS[name]
     kinds = {o.name: o.kind for o in task.options}
@@ -81,8 +83,16 @@ def load_task_dataset(spec: str, tokenizer, max_length: int, seed: int = 0) -> T
             raise ValueError(usage) from None
     if not 0.0 <= depth[0] <= depth[1] <= 1.0:
         raise ValueError(f"--data {spec!r}: the depths must satisfy 0 <= LOW <= HIGH <= 100")
-    dataset = TaskDataset(tokenizer, task, max_length, seed=seed, depth_range=depth, split=split, options=options,
-                          eos=eos)
+    if split not in SPLITS:
+        raise ValueError(f"--data {spec!r}: split must be one of {', '.join(SPLITS)} (got {split!r})")
+    return dict(spec=task, options=task.check(options), depth_range=depth, split=split, eos=eos)
+
+
+def load_task_dataset(spec: str, tokenizer, max_length: int, seed: int = 0) -> TaskDataset:
+    """The dataset of a `--data` spec that names a task suite (module docstring)."""
+    parsed = parse_task_spec(spec)
+    task, split = parsed["spec"], parsed["split"]
+    dataset = TaskDataset(tokenizer, max_tokens=max_length, seed=seed, **parsed)
     try:
         dataset[0]
         task.build(tokenizer, dataset.lengths[0], 0.5, random.Random(seed), split=split, **dataset.options)
