@@ -11,6 +11,7 @@ from transformers import AutoTokenizer
 
 from cometlm.bundled import bundled_model_dir, encode
 from cometlm.tasks.corpora import corpus_tokens
+from cometlm.tasks.haystack import load_haystack
 from cometlm.training.data import (
     IGNORE,
     CorpusLMDataset,
@@ -293,6 +294,17 @@ def test_needle_dataset(tokenizer):
     sample = ds[3]
     assert tokenizer.decode(labelled_runs(sample)[0]) == " " + NEEDLE_ANSWER
     assert ds[3] == NeedleDataset(tokenizer, lengths=(200, 400), seed=1, size=10, depth_range=(0.2, 0.8))[3]
+
+
+def test_needle_training_never_reads_the_held_out_essays(tokenizer):
+    """The essays' last 5% are the evaluations' essays haystack and `eval ppl`'s text: no training needle prompt
+    holds any 12 tokens in a row of it (400 prompts, which before the fix read it in 17)."""
+    held_out = load_haystack("essays", tokenizer, "test").ids.tolist()
+    grams = {tuple(held_out[i : i + 12]) for i in range(len(held_out) - 11)}
+    ds = NeedleDataset(tokenizer, lengths=(1024, 2048), seed=0, size=400)
+    for i in range(len(ds)):
+        ids = ds[i].input_ids
+        assert not any(tuple(ids[j : j + 12]) in grams for j in range(len(ids) - 11)), i
 
 
 @pytest.mark.parametrize(

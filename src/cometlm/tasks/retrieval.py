@@ -163,21 +163,26 @@ def _passkey_pieces(tokenizer) -> _PasskeyPieces:
 # Needle in a haystack
 
 
-def needle_sample(tokenizer, n_tokens: int, depth: float, rng: random.Random) -> RetrievalSample:
+def needle_sample(tokenizer, n_tokens: int, depth: float, rng: random.Random, text=None) -> RetrievalSample:
     """The needle in a haystack (Kamradt 2023) over the bundled Paul Graham essays, with `len(prompt_ids) ==
     n_tokens` exactly.
 
     The haystack starts at a random sentence of the essays (chosen by `rng`) and wraps around to the first essay
-    when it runs out; the needle goes in at the sentence boundary nearest `depth`.
+    when it runs out; the needle goes in at the sentence boundary nearest `depth`. ``text``: a split of the essays
+    to read instead of all of them (`tasks.haystack.Haystack`, whose ``window`` draws the start), as training does
+    so that it never reads the part evaluation holds out.
     """
     check_depth(depth)
     pieces = _haystack_pieces(tokenizer)
     size = n_tokens - len(pieces.needle) - len(pieces.question)
     if size < 0:
         raise ValueError(f"n_tokens={n_tokens} is too short for a needle prompt; use at least {n_tokens - size}")
-    start = int(pieces.corpus_starts[rng.randrange(len(pieces.corpus_starts))])
-    haystack = corpus_tokens(NEEDLE_CORPUS, tokenizer, start + size)[start:].tolist()
-    cuts = [0, *sentence_starts(tokenizer, haystack, line_breaks=False), size]
+    if text is not None:
+        haystack, cuts = text.window(size, rng)
+    else:
+        start = int(pieces.corpus_starts[rng.randrange(len(pieces.corpus_starts))])
+        haystack = corpus_tokens(NEEDLE_CORPUS, tokenizer, start + size)[start:].tolist()
+        cuts = [0, *sentence_starts(tokenizer, haystack, line_breaks=False), size]
     cut = nearest(cuts, depth * size)
     return RetrievalSample(
         context_ids=haystack[:cut] + pieces.needle + haystack[cut:],

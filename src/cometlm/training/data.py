@@ -21,8 +21,9 @@ import torch
 
 from cometlm.bundled import encode
 from cometlm.tasks.corpora import CorpusWindows
+from cometlm.tasks.haystack import load_haystack
 from cometlm.tasks.sample import sample_rng
-from cometlm.tasks.retrieval import RetrievalSample, needle_sample, passkey_sample, sentence_starts
+from cometlm.tasks.retrieval import NEEDLE_CORPUS, RetrievalSample, needle_sample, passkey_sample, sentence_starts
 
 IGNORE = -100
 
@@ -165,10 +166,12 @@ class PasskeyDataset(RetrievalDataset):
 
 
 class NeedleDataset(RetrievalDataset):
-    """Needle-in-a-haystack prompts over the essays (`tasks.needle_sample`); see `RetrievalDataset`."""
+    """Needle-in-a-haystack prompts over the training part of the essays (`tasks.needle_sample`; the last 5%, which
+    the evaluations' essays haystack and `eval ppl` read, never); see `RetrievalDataset`."""
 
     def _build(self, n_tokens: int, depth: float, rng: random.Random) -> RetrievalSample:
-        return needle_sample(self.tokenizer, n_tokens, depth, rng)
+        text = load_haystack(NEEDLE_CORPUS, self.tokenizer, "train")
+        return needle_sample(self.tokenizer, n_tokens, depth, rng, text=text)
 
 
 class CorpusLMDataset(_GeneratedDataset):
