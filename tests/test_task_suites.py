@@ -265,6 +265,7 @@ def test_a_count_is_the_answers_first_number_and_a_date_is_not_a_count(tokenizer
         sample = build(tokenizer, name, 1500, 0.5, seed, question=question)
         (count,) = sample.answers
         assert matches(f" {count}", sample) and matches(f" {count} in all", sample)
+        assert matches(f" Pine frying pan B74: {count}", sample)  # an item's model number named before the count
         assert not matches(f" 2023-08-{count}", sample)  # scored as a whole word, the date's last part was a count
         assert not matches(f" {int(count) + 1}, not {count}", sample) and not matches(f" {count}0", sample)
     for other in {"user-qa": ("last-purchase", "date"), "agent-qa": ("config", "search")}[name]:

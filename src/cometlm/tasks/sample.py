@@ -8,8 +8,8 @@ Scoring is exact and the same for every task (`matches`):
 - "all": every expected value occurs in the generated text as a whole word or phrase (case-insensitive, runs of
   white space equal), and no distractor does (a wrong value that the prompt also holds: another key's value, a
   variable of another chain, a room the person left). Whole words: "1234567" is not found in "12345678".
-- "number": the first run of digits in the generated text equals the expected number ("3 returns" passes for 3;
-  "13" and "three" do not).
+- "number": the first run of digits in the generated text that does not follow a letter equals the expected number
+  ("3 returns" and "Pine frying pan B74: 3 stars" pass for 3; "13" and "three" do not).
 
 Train and test differ by seed and, where a generator has them, by `Pool`s: each pool lists the templates or
 names that only the training split uses and those only the test split uses; they never overlap (checked when
@@ -102,7 +102,7 @@ def matches(generated: str, sample: TaskSample) -> bool:
 
 def answer_matches(generated: str, answers: Sequence[str], distractors: Sequence[str] = (), match: str = "all") -> bool:
     if match == "number":
-        run = re.search(r"\d+", generated)
+        run = re.search(r"(?<![0-9A-Za-z])\d+", generated)  # not a model number's ("frying pan B74: 4 stars")
         return run is not None and run.group() == answers[0].strip()
     if match != "all":
         raise ValueError(f"match must be one of {MATCHES} (got {match!r})")
