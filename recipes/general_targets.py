@@ -19,6 +19,8 @@ from pathlib import Path
 
 LENGTHS = (4096, 16384, 32768)
 MIN_TRIALS = 5
+DEPTHS = (50,)  # the suites' and the needles' grid (recipes/general-eval-smollm2.sh)
+PASSKEY_DEPTHS = (0, 25, 50, 75, 100)
 NEEDLE = 0.95  # passkey grid and single needles
 QA1 = 0.9
 MARGIN = 0.2  # over every efficient baseline, at 16k and 32k
@@ -54,11 +56,17 @@ def grid(out: Path, task: str, method: str, folder: Path | None = None) -> dict:
     return summary((folder or out / "suites" / task / method) / f"{task}.json")
 
 
-def accuracy(result: dict, length: int, trials: int = MIN_TRIALS) -> float:
-    """Accuracy over every depth at ``length``; each depth's cell must have at least ``trials`` trials."""
-    cells = [c for c in result["cells"] if c["length"] == length]
-    if not cells:
-        raise Missing(f"{result['task']} ({result['method']}) has no cell at {label(length)}")
+def accuracy(result: dict, length: int, trials: int = MIN_TRIALS, depths=DEPTHS) -> float:
+    """Accuracy over the ``depths`` at ``length`` (the recipe's grid: each must have a cell, of at least ``trials``
+    trials), of a run on the test split."""
+    split = result.get("config", {}).get("split", "test")
+    if split != "test":
+        raise Missing(f"{result['task']} ({result['method']}) ran on the {split} split, not the test split")
+    cells = [c for c in result["cells"] if c["length"] == length and c["depth"] in depths]
+    absent = sorted(set(depths) - {c["depth"] for c in cells})
+    if absent:
+        raise Missing(f"{result['task']} ({result['method']}) has no cell at {label(length)} and depth "
+                      f"{', '.join(f'{d:g}%' for d in absent)}")
     short = [c for c in cells if c["done"] < trials]
     if short:
         raise Missing(f"{result['task']} ({result['method']}) at {label(length)}: {short[0]['done']} trials in a "
@@ -78,8 +86,8 @@ def row(target: str, needed: str, check) -> dict:
             "counted": needed != REPORTED}
 
 
-def at_least(result: dict, floor: float, lengths=LENGTHS):
-    values = [accuracy(result, n) for n in lengths]
+def at_least(result: dict, floor: float, lengths=LENGTHS, depths=DEPTHS):
+    values = [accuracy(result, n, depths=depths) for n in lengths]
     text = " / ".join(f"{v:.2f}" for v in values) + f" at {' / '.join(label(n) for n in lengths)}"
     return text, all(v >= floor for v in values)
 
@@ -117,7 +125,17 @@ def short_inputs(out: Path):
     path = out / "short-ppl.json"
     if not path.is_file():
         raise Missing(f"no {path}")
-    results = json.loads(path.read_text())["results"]
+    data = json.loads(path.read_text())
+    results = data.get("results") or {}
+    if not results:
+        raise Missing(f"{path} holds no results")
+    measured = data.get("comet")
+    try:
+        graded = summary(out / "passkey" / "comet" / "passkey.json").get("model", {}).get("name")
+    except Missing:
+        graded = None
+    if measured is not None and graded is not None and measured != graded:
+        raise Missing(f"{path} measured {measured}, the grids {graded}: delete it and rerun the recipe")
     text = ", ".join(f"{corpus} {r['comet_ppl']:.2f} / {r['base_ppl']:.2f} = {r['ratio']:.3f}"
                      for corpus, r in results.items())
     return text, all(r["ratio"] <= SHORT for r in results.values())
@@ -136,7 +154,7 @@ def million(out: Path):
 
 def targets(out: Path) -> list[dict]:
     rows = [row("passkey grid", f">= {NEEDLE} at each length", lambda: at_least(summary(
-        out / "passkey" / "comet" / "passkey.json"), NEEDLE))]
+        out / "passkey" / "comet" / "passkey.json"), NEEDLE, depths=PASSKEY_DEPTHS))]
     haystacks = {"essays": out / "suites" / "ruler-niah-single" / "comet", "bible": out / "needles" / "bible",
                  "noise": out / "needles" / "noise", "a file never read": out / "needles" / "file"}
     for name, folder in haystacks.items():

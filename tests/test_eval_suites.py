@@ -69,10 +69,13 @@ def test_the_validation_split_reads_the_training_templates_and_is_kept_apart(tmp
     assert json.loads((out / "babilong-qa1.json").read_text())["config"]["split"] == "validation"
     with pytest.raises(ValueError, match="different run"):  # test results never land in a validation folder
         cometlm_eval("babilong-qa1", "--model", tiny_model_dir, *TINY, *GRID, "--out", str(out))
+    with pytest.raises(ValueError, match="different run .*task: 'babilong-qa1' there, 'babilong-qa2' now"):
+        cometlm_eval("babilong-qa2", "--model", tiny_model_dir, *TINY, *GRID, "--split", "validation", "--out",
+                     str(out))  # nor another task's, whose options may be the same
     old = tmp_path / "old"  # trials written before records named their split are the test split's
     assert cometlm_eval("babilong-qa1", "--model", tiny_model_dir, *TINY, *GRID, "--out", str(old)) == 0
     records = read_jsonl(old / TRIALS_FILE)
-    assert {r.pop("split") for r in records} == {"test"}
+    assert {r.pop("split") for r in records} == {"test"} and {r.pop("task") for r in records} == {"babilong-qa1"}
     (old / TRIALS_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
     assert cometlm_eval("babilong-qa1", "--model", tiny_model_dir, *TINY, *GRID, "--out", str(old)) == 0
     with pytest.raises(ValueError, match="different run .*split: 'test' there, 'validation' now"):

@@ -103,13 +103,15 @@ def test_the_recipe_runs_the_short_inputs_and_the_checker_and_refuses_bad_input(
 # The checker, on results written here
 
 
-def grid(folder: Path, task: str, method: str, accuracy: dict, trials: int = 5, depths=(50,), complete=True):
+def grid(folder: Path, task: str, method: str, accuracy: dict, trials: int = 5, depths=(50,), complete=True,
+         split="test"):
     """A `cometlm eval` grid summary: ``accuracy`` per length (the same at every depth)."""
     cells = [{"length": n, "depth": d, "done": trials, "correct": round(a * trials), "seconds": 60.0,
               "peak_rss_mib": 1000.0} for n, a in accuracy.items() for d in depths]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{task}.json").write_text(json.dumps({"task": task, "method": method, "complete": complete,
-                                                     "cells": cells}))
+                                                     "cells": cells, "config": {"split": split},
+                                                     "model": {"name": "runs/adapter"}}))
 
 
 def everything_met(out: Path) -> None:
@@ -128,7 +130,7 @@ def everything_met(out: Path) -> None:
                         "sliding-window-cache-lora": 16.4, "truncated": 15.3, "truncated-lora": 14.7}.items():
         (out / "ppl" / name).mkdir(parents=True)
         (out / "ppl" / name / "ppl.json").write_text(json.dumps({"complete": True, "ppl": value}))
-    (out / "short-ppl.json").write_text(json.dumps({"results": {
+    (out / "short-ppl.json").write_text(json.dumps({"comet": "runs/adapter", "results": {
         "bible": {"base_ppl": 30.0, "comet_ppl": 31.0, "ratio": 31 / 30},
         "essays": {"base_ppl": 40.0, "comet_ppl": 40.0, "ratio": 1.0}}}))
     grid(out / "qa1-1m", "babilong-qa1", "comet", {1000000: 1.0}, trials=1, depths=(0, 50, 100))
@@ -184,6 +186,16 @@ def test_the_checker_says_met_when_every_target_is(tmp_path):
      "NOT MET"),
     (lambda out: grid(out / "qa1-1m", "babilong-qa1", "comet", {1000000: 1.0}, trials=1, depths=(0, 50)),
      MILLION, "missing"),
+    # a grid of fewer depths than the recipe's, the validation split, short inputs of another adapter or of none
+    (lambda out: grid(out / "passkey" / "comet", "passkey", "comet", dict.fromkeys(LENGTHS, 1.0), depths=(50,)),
+     "passkey grid", "missing"),
+    (lambda out: grid(out / "suites" / "babilong-qa1" / "comet", "babilong-qa1", "comet", dict.fromkeys(LENGTHS, 1.0),
+                      split="validation"), "babilong-qa1", "missing"),
+    (lambda out: (out / "short-ppl.json").write_text(json.dumps({"comet": "runs/other", "results": {
+        "bible": {"base_ppl": 30.0, "comet_ppl": 30.0, "ratio": 1.0}}})), "short inputs (one chunk, held out)",
+     "missing"),
+    (lambda out: (out / "short-ppl.json").write_text(json.dumps({"comet": "runs/adapter", "results": {}})),
+     "short inputs (one chunk, held out)", "missing"),
 ])
 def test_the_checker_catches_each_shortfall(tmp_path, change, target, verdict):
     everything_met(tmp_path)

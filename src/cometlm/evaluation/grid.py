@@ -308,7 +308,7 @@ def evaluate_grid(
     reader.check_prompt(lengths[0], len(probe[lengths[0]].question_ids), answer_room)
     info = model_info(model, reader, model_name)
     # What makes two trials comparable: a trials.jsonl that holds trials with other values belongs to another run.
-    run = {"method": method, **reader.settings(), "seed": seed, "model_id": info["id"],
+    run = {"task": task.name, "method": method, **reader.settings(), "seed": seed, "model_id": info["id"],
            **({"task_options": task.settings} if task.settings else {}),
            **({"split": task.config["split"]} if "split" in task.config else {})}
     config = {"lengths": lengths, "depths": depths, "trials": trials, "seed": seed, "method": method,
@@ -321,7 +321,8 @@ def evaluate_grid(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     trials_path = out_dir / TRIALS_FILE
-    done = load_records(trials_path, run, TRIAL_KEY, f"{task.name} trial", implied={"split": "test"})
+    # Records from before a field existed: the test split; the task asked now (they cannot tell which wrote them).
+    done = load_records(trials_path, run, TRIAL_KEY, f"{task.name} trial", implied={"split": "test", "task": task.name})
     for length, depth, trial in done:  # snapshots of trials recorded just before an interrupt
         _forget(_snapshot_path(out_dir, length, depth, trial))
 
