@@ -61,6 +61,11 @@ def test_sliding_window_with_a_window_larger_than_the_input_is_full_attention(fa
     torch.testing.assert_close(full.token_losses(ids).mean(), want, atol=1e-5, rtol=1e-5)
     answer, facts = sliding.answer(ids, 5, 12, None, False)
     assert answer == full.answer(ids, 5, 12, None, False)[0] and len(answer) == 12 and facts["read_tokens"] == 300
+    narrow = build_method("full", model, window=310)  # an answer that would push the prompt's start out of view
+    with pytest.raises(ValueError, match="exceeds the backbone's window"):
+        narrow.answer(ids, 5, 12, None, False)
+    with pytest.raises(ValueError, match="window must exceed the answer"):
+        build_method("truncated", model, window=12).answer(ids, 5, 12, None, False)
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen3", "gemma3_text", "phi3"])

@@ -57,9 +57,11 @@ class BackboneMethod(Method):
 
     def answer(self, prompt, question_tokens, max_new_tokens, eos, progress, answer_room=None, snapshot=None,
                stop=None):
-        """Full attention over the prompt's last `window - max_new_tokens` tokens, so prompt and answer fit."""
+        """Full attention over the prompt's last `window - max_new_tokens` tokens, so prompt and answer fit (full
+        refuses a prompt that does not fit whole: a grid checks one trial's answer room, not each trial's)."""
         import torch
 
+        self.check_prompt(len(prompt), question_tokens, max_new_tokens)
         kept = prompt[-(self.window - max_new_tokens) :]
         ids = torch.tensor([kept], device=self.device)
         out = self.model.backbone_model.generate(
