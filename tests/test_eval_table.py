@@ -203,3 +203,19 @@ def test_the_plot_tells_apart_models_whose_folders_share_a_name(results):
     (alone,) = load_results([root / "passkey-comet"])
     label = comparison_figure([alone]).get_axes()[0].get_lines()[0].get_label()
     assert label == f"comet, {Path(alone['model']['name']).name}"
+
+
+def test_validation_results_are_a_row_of_their_own_and_say_so(results):
+    """A task suite's validation-split result never shares a row with, or passes for, a test-split result."""
+    import copy
+
+    root, out = results
+    test = load_results([root / "passkey-comet"])
+    validation = copy.deepcopy(test)
+    for summary in validation:
+        summary["config"]["split"] = "validation"  # as a suite's `--split validation` records it
+        summary["_file"] = "validation/" + str(summary["_file"])
+    text = format_table(test + validation)
+    rows = [line.split("|")[1].strip() for line in text.splitlines()[2:4]]
+    assert sorted(rows) == ["comet", "comet [validation split]"]
+    assert sum(", validation split" in line for line in text.splitlines() if line.startswith("- ")) == 1

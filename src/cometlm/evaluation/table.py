@@ -59,8 +59,15 @@ def _title(task: str) -> str:
 
 
 def _row_key(summary: dict) -> tuple:
+    """(method, window, sinks, split, model name): a task suite's validation results are a row of their own (the
+    split is "" for what evaluation holds out: a suite's test split, perplexity's held-out text)."""
     config = summary["config"]
-    return summary["method"], config.get("window"), config.get("sink_tokens"), summary["model"]["name"]
+    split = "validation" if config.get("split") == "validation" else ""
+    return summary["method"], config.get("window"), config.get("sink_tokens"), split, summary["model"]["name"]
+
+
+def _split_cell(split: str) -> str:
+    return f" [{split} split]" if split else ""
 
 
 def _with_lora(summaries) -> str:
@@ -164,8 +171,8 @@ def format_table(summaries: list[dict]) -> str:
         header += ["ppl", "ppl tok/s"]
     header.append("peak RSS (MiB)")
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for (method, window, sinks, name), row in rows.items():
-        cells = [_method_cell(method, window, sinks) + _with_lora(row.values()), _model_cell(name)]
+    for (method, window, sinks, split, name), row in rows.items():
+        cells = [_method_cell(method, window, sinks) + _with_lora(row.values()) + _split_cell(split), _model_cell(name)]
         for task in grids:
             cells += [_accuracy_cell(row.get(task), lengths[task], mixed_trials[task]),
                       _seconds_cell(row.get(task), lengths[task], label)]
@@ -194,8 +201,8 @@ def _legend_names(keys) -> dict:
 
 def _row_label(summary: dict, names: dict) -> str:
     key = _row_key(summary)
-    method, window, sinks, _ = key
-    return f"{_method_cell(method, window, sinks)}{_with_lora([summary])}, {names[key]}"
+    method, window, sinks, split, _ = key
+    return f"{_method_cell(method, window, sinks)}{_with_lora([summary])}{_split_cell(split)}, {names[key]}"
 
 
 MARKERS = "osD^vP<X>*dh"  # one per row, with the colours C0-C9: rows stay distinct past ten
@@ -263,6 +270,8 @@ def _note(summary: dict) -> str:
     else:
         what = (f"{_title(summary['task'])}: lengths {', '.join(length_label(n) for n in config['lengths'])} x depths "
                 f"{', '.join(f'{d:g}' for d in config['depths'])} x {trials_label(config)}, seed {config['seed']}")
+        if config.get("split") == "validation":
+            what += ", validation split"
         if config.get("options"):  # a task suite's options, e.g. needles 4, haystack essays
             what += " (" + ", ".join(f"{k} {v!r}" if v == "" else f"{k} {v}" for k, v in config["options"].items()) + ")"
     unit = "document" if summary["task"] == "ppl" else "trial"
