@@ -15,7 +15,8 @@ DATA_FORMS = {
     "jsonl-chat:PATH": 'JSONL with one {"messages": [{"role", "content"}, ...]} per line; loss on assistant turns',
     "text:PATH": "a UTF-8 text file, or a folder of .txt files, split into --max-length windows",
     "passkey": "generated passkey prompts of --max-length/2 to --max-length tokens; loss on the key and the period after it",
-    "needle": "generated needle-in-a-haystack prompts over the bundled essays; loss on the answer",
+    "needle": "generated needle-in-a-haystack prompts over the bundled essays' training part, with `eval niah`'s "
+              "needle and answer (measure with ruler-niah-single instead); loss on the answer",
     "passkey:depth=LOW-HIGH": "passkey (or needle) prompts with the key's depth drawn from LOW..HIGH percent, e.g. "
                               "depth=0-80 to keep keys out of the last chunk",
     "passkey:digits=N": "passkey keys of N digits (default 5), or digits=LOW-HIGH drawn per prompt; options "
