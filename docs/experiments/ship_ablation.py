@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import sys
 import tempfile
@@ -75,7 +76,7 @@ def card(variant: str, args, config: dict, size: float, training: str, mine: dic
         rows.append(f"| **{label}, this ablation** | " + " | ".join(accuracy(mine.get(task))) + " |")
         rows.append(f"| {label}, shipped CoMeT adapter | " + " | ".join(accuracy(shipped.get(task))) + " |")
     ppl = [f"{s['ppl']:.2f}" if (s := d.get("ppl")) else "not run" for d in (mine, shipped)]
-    commands = "\n".join(f"    {c}" for s in mine.values() for c in s["environment"].get("commands", {})
+    commands = "\n".join(f"    {shown(c, s)}" for s in mine.values() for c in s["environment"].get("commands", {})
                          if c != "unknown") or "    (none yet)"
     costs = "; ".join(f"{task}: {cost(s)}" for task, s in mine.items() if task != "ppl") or "not measured yet"
     complete = all(s["complete"] for s in mine.values()) and len(mine) == 3
@@ -119,10 +120,24 @@ tokens.{'' if complete else ' **Not complete yet**: the missing cells are marked
 
 Held-out perplexity: {ppl[0]} (the shipped adapter: {ppl[1]}). Cost: {costs}.
 
-The commands (each result's JSON keeps them with the versions and seeds):
+The commands (each result's JSON keeps them with the versions and seeds). They ran in float32; `cometlm eval` now
+defaults to `--dtype auto` (bfloat16 on CPUs that compute it natively), so `--dtype float32` is added here to
+reproduce them:
 
 {commands}
 """
+
+
+def shown(command: str, summary: dict) -> str:
+    """A result's command as a reader reruns it: ``cometlm`` from PATH, and ``--dtype float32`` where the command
+    predates the ``auto`` default and the result is float32 (its model id names no other dtype)."""
+    words = shlex.split(command)
+    if words and words[0].endswith("/cometlm"):
+        words[0] = "cometlm"
+    if "--dtype" not in words and "dtype" not in summary.get("model", {}):
+        at = words.index("--out") if "--out" in words else len(words)
+        words[at:at] = ["--dtype", "float32"]
+    return shlex.join(words)
 
 
 def main(argv=None) -> int:
