@@ -229,6 +229,35 @@ def test_bad_input_fails_before_the_model_loads_and_writes_nothing(monkeypatch, 
     assert not (tmp_path / "new").exists()
 
 
+def test_serve_checks_its_keys_folder_and_address_before_the_model_loads(monkeypatch, tmp_path, capsys):
+    import socket
+
+    import cometlm.cli.serve as serve_command
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the server's settings were checked")
+
+    monkeypatch.setattr(serve_command, "load_model", no_load)
+    bad_keys = tmp_path / "keys.txt"
+    bad_keys.write_text("alice secret\n")
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        for argv, said in ((["--api-keys", str(tmp_path / "none.txt")], "no API keys file"),
+                           (["--api-keys", str(bad_keys)], "expected 'name:sha256'"),
+                           (["--state-dir", str(a_file)], "is a file, not a folder"),
+                           (["--port", port], f"cannot listen on 127.0.0.1:{port}")):
+            assert main(["serve", "--state-dir", str(tmp_path / "sessions"), *argv]) != 0, argv
+            assert said in capsys.readouterr().err, argv
+    with pytest.raises(SystemExit):
+        main(["serve", "--port", "70000"])
+    assert "at most 65535" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "keys.txt"]
+
+
 def test_evaluation_options_are_checked_before_the_model_loads(monkeypatch, capsys):
     import cometlm.cli.eval as eval_command
 

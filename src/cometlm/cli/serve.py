@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .options import add_model_options, load_model, model_options, use_default_adapter
+from .options import add_model_options, load_model, model_options, number_type, use_default_adapter
 
 DEFAULT_STATE_DIR = "cometlm-sessions"
 
@@ -18,7 +18,7 @@ def register(sub) -> None:
         "Binds to 127.0.0.1 unless --host says otherwise; SIGTERM finishes the requests in flight, then stops.",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
-    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--port", type=number_type(int, 1, 65535), default=8000, help="port (default 8000)")
     serve.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
                        help=f"where sessions live: index.sqlite and states/ (default ./{DEFAULT_STATE_DIR})")
     serve.add_argument("--api-keys", metavar="FILE",
@@ -64,10 +64,31 @@ def cmd_serve(args) -> int:
         logging.getLogger("cometlm.serve").warning(
             "binding to %s without --api-keys: anyone who can reach this port reads and writes every session",
             args.host)
+    check_before_loading(settings, args.host, args.port)
     model = load_model(args)
     app = build_app(model, settings, model_id=Path(model_options(args).name).name)
     serve(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
+
+
+def check_before_loading(settings, host: str, port: int) -> None:
+    """What would stop the server after the model has loaded (a slow step) fails first: the keys file, a file where
+    the state folder belongs, an address that cannot be listened on (taken, or not this machine's)."""
+    import socket
+
+    from cometlm.serving.auth import KeyRing
+
+    if settings.api_keys is not None:
+        KeyRing.load(settings.api_keys)
+    if settings.state_dir.exists() and not settings.state_dir.is_dir():
+        raise NotADirectoryError(f"--state-dir {settings.state_dir} is a file, not a folder")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise OSError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
 
 
 def hash_key_line(name: str) -> int:
