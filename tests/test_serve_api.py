@@ -309,6 +309,31 @@ def test_every_bad_request_gets_an_openai_error_and_changes_nothing(server):
     assert disk(server.state_dir) == before
 
 
+def test_crafted_state_files_are_refused_with_a_400(server):
+    """Uploads that pass as state files but are not what a server writes: an open chunk wider than what it holds
+    (it broke every request batched with it), a tensor a state does not have, scalars, JSON nested past Python's
+    recursion limit. Each is a 400 and nothing is written; the server goes on serving."""
+    import safetensors.torch
+
+    http = server.client()
+    sid = server.session(http, TEXT)
+    good = http.get(f"/v1/sessions/{sid}/state").content
+    metadata = json.loads(good[8 : 8 + int.from_bytes(good[:8], "little")])["__metadata__"]
+    tensors = MemoryState.from_bytes(good).tensors()
+    padded = dict(tensors, pending=torch.cat([tensors["pending"], torch.full((1, 1), 6)], dim=1))
+    crafted = [safetensors.torch.save(padded, metadata),
+               safetensors.torch.save({**tensors, "evil": torch.ones(1)}, metadata),
+               safetensors.torch.save(dict(tensors, pending=torch.tensor(5)), metadata),
+               safetensors.torch.save(tensors, {**metadata, "notes": "[" * 100_000}),
+               safetensors.torch.save(tensors, {**metadata, "config": "[" * 100_000})]
+    before = disk(server.state_dir)
+    for data in crafted:
+        response = http.post("/v1/sessions/import", content=data)
+        assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_state", response.json()
+    assert disk(server.state_dir) == before
+    assert http.post(f"/v1/sessions/{sid}/append", json={"text": " More."}).status_code == 200
+
+
 def test_sessions_per_key_are_limited(server):
     service = server.app.state.service
     carol = server.client("carol")

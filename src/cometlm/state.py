@@ -198,7 +198,7 @@ class MemoryState:
     def _from_file(cls, metadata: dict, tensors: dict[str, torch.Tensor], source: str) -> "MemoryState":
         try:
             config = CometConfig.from_dict(json.loads(metadata["config"]))
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, RecursionError) as err:
             raise ValueError(f"{source} is not a CoMeT memory state: its config is missing or invalid ({err})") from err
         return cls.from_tensors(config, tensors, source=source)
 
@@ -211,7 +211,7 @@ class MemoryState:
             metadata = _read_metadata(Path(path_or_bytes))
         try:
             notes = json.loads(metadata.get("notes", "{}"))
-        except ValueError as err:
+        except (ValueError, TypeError, RecursionError) as err:
             raise ValueError(f"the notes of a memory state are not valid JSON: {err}") from err
         if not isinstance(notes, dict):
             raise ValueError("the notes of a memory state are not a JSON object")
@@ -227,6 +227,11 @@ class MemoryState:
         num_layers = 1 + max((int(k.split(".")[1]) for k in tensors if k.startswith("layers.")), default=-1)
         if num_layers == 0:
             raise ValueError(f"{source}: memory state has no layers")
+        known = {"pending", "pending_len", "chunks_closed",
+                 *(f"layers.{i}.{n}" for i in range(num_layers) for n in _LAYER_FIELDS)}
+        unknown = sorted(set(tensors) - known)
+        if unknown:
+            raise ValueError(f"{source}: memory state holds tensors it does not have: {', '.join(unknown[:4])}")
         layers = tuple(LayerState(*(take(f"layers.{i}.{n}") for n in _LAYER_FIELDS)) for i in range(num_layers))
         state = cls(config, layers, take("pending"), take("pending_len"), take("chunks_closed"))
         state.check(num_layers=num_layers)
@@ -234,6 +239,10 @@ class MemoryState:
 
     def check(self, num_layers: int, hidden_size: int | None = None) -> None:
         """Raises ValueError when the tensors do not fit this configuration and model."""
+        every = [self.pending, self.pending_len, self.chunks_closed,
+                 *(getattr(layer, name) for layer in self.layers for name in _LAYER_FIELDS)]
+        if any(t.dim() == 0 for t in every) or self.batch_size < 1:
+            raise ValueError("memory state tensors must hold at least one stream (a scalar or an empty batch found)")
         b, m, k = self.batch_size, self.config.global_slots, self.config.queue_size
         if len(self.layers) != num_layers:
             raise ValueError(f"memory state has {len(self.layers)} layers but the model has {num_layers}")
@@ -296,7 +305,7 @@ def _metadata_of_bytes(data: bytes, source: str) -> dict:
         raise ValueError(f"{source} is not a readable CoMeT memory state (truncated header)")
     try:
         header = json.loads(data[8 : 8 + size].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as err:
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
         raise ValueError(f"{source} is not a readable CoMeT memory state (bad header: {err})") from err
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
     return _check_format(metadata if isinstance(metadata, dict) else {}, source)

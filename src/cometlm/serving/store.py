@@ -156,8 +156,10 @@ class SessionStore:
         if tokens_read(state) > MAX_TOKENS_READ:
             raise bad_request(f"the state says it has read {tokens_read(state):,} tokens; a session reads at most "
                               f"{MAX_TOKENS_READ:,}", code="invalid_state")
-        real = state.pending[0, : int(state.pending_len[0])]
-        if bool(((real < 0) | (real >= self.vocab_size)).any()):
+        if state.pending.shape[1] != int(state.pending_len[0]):  # one stream's open chunk has no padding
+            raise bad_request(f"the state's open chunk is {state.pending.shape[1]} ids wide but holds "
+                              f"{int(state.pending_len[0])}", code="invalid_state")
+        if bool(((state.pending < 0) | (state.pending >= self.vocab_size)).any()):
             raise bad_request("the state's open chunk holds token ids outside the vocabulary", code="invalid_state")
         floats = [t for layer in state.layers for t in (layer.global_memory, layer.global_state, layer.temp)]
         if not all(bool(torch.isfinite(t).all()) for t in floats):
