@@ -98,6 +98,58 @@ def test_a_model_with_lora_round_trips_as_adapter_and_as_full_model(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), original.state_dict().values()))
 
 
+def test_a_crafted_adapter_is_refused_before_its_sizes_are_built(tmp_path):
+    """Sizes an adapter's files claim are checked against each other before anything of those sizes is made (a
+    million memory slots, a LoRA of rank 10^6: gigabytes); a bad config, a tensor of another shape and weights that
+    are not finite numbers are ValueErrors."""
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from cometlm.lora import apply_lora
+    from cometlm.saving import CONFIG_FILE, LORA_FILE, WEIGHTS_FILE
+
+    base = saved_base(tmp_path)
+    comet = apply_lora(randomize_memory(CometForCausalLM.from_backbone(str(base), SMALL)))
+    comet.save_pretrained(tmp_path / "good", adapter=True)
+
+    def crafted(name, config=None, weights=None, lora_layout=None):
+        folder = tmp_path / name
+        shutil.copytree(tmp_path / "good", folder)
+        if config is not None:
+            meta = json.loads((folder / CONFIG_FILE).read_text())
+            (folder / CONFIG_FILE).write_text(json.dumps(config(meta)))
+        if weights is not None:
+            save_file(weights(load_file(folder / WEIGHTS_FILE)), folder / WEIGHTS_FILE)
+        if lora_layout is not None:
+            with safe_open(str(folder / LORA_FILE), "pt") as f:
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+            save_file(tensors, folder / LORA_FILE, metadata={"lora": lora_layout})
+        return folder
+
+    def first(tensors, change):
+        key = next(k for k in tensors if k.endswith("gate.weight"))
+        return {**tensors, key: change(tensors[key])}
+
+    cases = [
+        (crafted("slots", config=lambda m: {**m, "comet": {**m["comet"], "global_slots": 10**6}}), "tokens.readouts"),
+        (crafted("rank", config=lambda m: {**m, "comet": {**m["comet"], "adapter_rank": 10**6}}), "adapter.down"),
+        (crafted("kind", config=lambda m: {**m, "kind": "bogus"}), "kind 'bogus'"),
+        (crafted("list", config=lambda m: [m]), "has format 'list'"),
+        (crafted("nobase", config=lambda m: {k: v for k, v in m.items() if k != "base"}), "without the description"),
+        (crafted("nan", weights=lambda t: first(t, lambda w: w * float("nan"))), "not finite"),
+        (crafted("shape", weights=lambda t: first(t, lambda w: torch.cat([w, w], dim=-1))), "does not fit"),
+        (crafted("lorarank", lora_layout=json.dumps({"rank": 10**6, "alpha": 16.0, "dropout": 0.0,
+                                                     "targets": ["q_proj", "v_proj"]})), "rank 1000000"),
+        (crafted("loratext", lora_layout='{"rank": 8}'), "not what save_lora writes"),
+    ]
+    for folder, said in cases:
+        with pytest.raises(ValueError, match=said):
+            CometForCausalLM.from_pretrained(folder)
+    CometForCausalLM.from_pretrained(tmp_path / "good")  # the untouched copy loads
+
+
 @torch.no_grad()
 def test_memory_state_round_trip(tmp_path):
     comet = tiny_comet()

@@ -99,12 +99,33 @@ def save_lora(model, path: str | Path) -> None:
 
 
 def load_lora(model, path: str | Path):
-    """Adds the LoRA layout recorded in ``path`` to the model and loads its weights."""
+    """Adds the LoRA layout recorded in ``path`` to the model and loads its weights. The layout is checked against
+    the file's own tensor shapes first, so a file that claims a huge rank is refused before any layer is built."""
     with safe_open(str(path), framework="pt", device=str(next(model.parameters()).device)) as f:
         metadata = f.metadata() or {}
         if "lora" not in metadata:
             raise ValueError(f"{path} has no LoRA layout in its metadata; it was not written by save_lora")
+        layout = _checked_layout(metadata["lora"], path)
+        ranks = {f.get_slice(key).get_shape()[0] for key in f.keys() if ".lora_A." in key}
+        if ranks != {layout["rank"]}:
+            raise ValueError(f"{path}: its LoRA layout says rank {layout['rank']}, its weights have rank "
+                             f"{sorted(ranks) or 'none'}")
         state = {key: f.get_tensor(key) for key in f.keys()}
-    apply_lora(model, **json.loads(metadata["lora"]))
+    apply_lora(model, **layout)
     load_lora_state_dict(model, state)
     return model
+
+
+def _checked_layout(text: str, path) -> dict:
+    """``lora_config``'s dict as ``save_lora`` stored it, or a ValueError."""
+    try:
+        layout = json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise ValueError(f"{path}: its LoRA layout is not JSON ({err})") from None
+    kinds = {"rank": int, "alpha": (int, float), "dropout": (int, float), "targets": list}
+    if (not isinstance(layout, dict) or set(layout) != set(kinds)
+            or any(isinstance(layout[k], bool) or not isinstance(layout[k], kind) for k, kind in kinds.items())
+            or layout["rank"] < 1 or not 0 <= layout["dropout"] < 1
+            or not all(isinstance(t, str) and t for t in layout["targets"])):
+        raise ValueError(f"{path}: its LoRA layout is not what save_lora writes: {text[:200]}")
+    return layout

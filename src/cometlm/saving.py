@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .config import CometConfig
@@ -73,16 +74,45 @@ def read_meta(directory: Path) -> dict:
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
         raise FileNotFoundError(f"{directory} is not a saved CoMeT model (no {CONFIG_FILE})")
-    meta = json.loads(config_path.read_text())
-    if meta.get("format") != SAVE_FORMAT:
-        raise ValueError(f"{config_path} has format {meta.get('format')!r}, expected {SAVE_FORMAT!r}")
+    try:
+        meta = json.loads(config_path.read_text())
+    except (ValueError, RecursionError) as err:
+        raise ValueError(f"{config_path} is not valid JSON ({err})") from None
+    if not isinstance(meta, dict) or meta.get("format") != SAVE_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ValueError(f"{config_path} has format {found!r}, expected {SAVE_FORMAT!r}")
+    if meta.get("kind") not in ("adapter", "full") or not isinstance(meta.get("comet"), dict):
+        raise ValueError(f"{config_path} is not a saved CoMeT model (kind {meta.get('kind')!r}, comet config "
+                         f"{type(meta.get('comet')).__name__})")
+    if meta["kind"] == "adapter" and not isinstance(meta.get("base"), dict):
+        raise ValueError(f"{config_path} is an adapter without the description of its base model ('base')")
     return meta
+
+
+def _check_weight_sizes(path: Path, config: CometConfig) -> None:
+    """The config's sizes that set parameter shapes agree with the weights file's header, read before any tensor of
+    those sizes is made (a config claiming a million memory slots would allocate gigabytes first)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    with safe_open(str(path), framework="pt") as f:
+        shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+    want = {}
+    if config.use_global:
+        want["tokens.readouts"] = config.global_slots
+        want["layers.0.global_memory.adapter.down.weight"] = config.adapter_rank
+    if config.use_temp:
+        want["layers.0.temporary_memory.adapter.down.weight"] = config.adapter_rank
+    for key, size in want.items():
+        if key not in shapes or not shapes[key] or shapes[key][0] != size:
+            raise ValueError(f"{path} does not fit its CoMeT config: {key} has shape {shapes.get(key)}, its first "
+                             f"size should be {size}")
 
 
 def load(cls, directory: Path, base_model=None, dtype=None):
     """Builds a ``cls`` (``CometForCausalLM``) from a saved folder; see ``CometForCausalLM.from_pretrained``."""
     meta = read_meta(directory)
     config = CometConfig.from_dict(meta["comet"])
+    _check_weight_sizes(directory / WEIGHTS_FILE, config)
     if meta["kind"] == "full":
         model = cls.from_backbone(str(directory / BACKBONE_DIR), config, dtype=dtype)
         model.base_model = meta.get("base_model")
@@ -96,7 +126,13 @@ def load(cls, directory: Path, base_model=None, dtype=None):
                 f"but the given base is {got}; load it onto the base it was trained on"
             )
     weights = load_file(directory / WEIGHTS_FILE, device=str(model.backbone.device))
-    missing, unexpected = model.memory.load_state_dict(weights, strict=False)
+    broken = [key for key, value in weights.items() if value.is_floating_point() and not bool(value.isfinite().all())]
+    if broken:
+        raise ValueError(f"{directory / WEIGHTS_FILE} holds values that are not finite numbers in {broken[:4]}")
+    try:
+        missing, unexpected = model.memory.load_state_dict(weights, strict=False)
+    except RuntimeError as err:  # a tensor of another shape
+        raise ValueError(f"{directory / WEIGHTS_FILE} does not fit this CoMeT config: {err}") from None
     if missing or unexpected:
         raise ValueError(f"{directory / WEIGHTS_FILE} does not fit this CoMeT config: missing {missing}, unexpected {unexpected}")
     if (directory / LORA_FILE).is_file():  # an adapter trained with LoRA on the backbone
