@@ -60,3 +60,19 @@ def test_eager_attention_gets_the_same_masks_as_sdpa():
     a, b = sdpa.generate(prompt, **kwargs), eager.generate(prompt, **kwargs)
     assert torch.equal(a.sequences, b.sequences)
     torch.testing.assert_close(torch.stack(b.logits), torch.stack(a.logits), atol=1e-5, rtol=1e-5)
+
+
+def test_a_batch_padded_chunks_wider_than_every_row(family):
+    """Padding that fills whole chunks before any memory exists (every row ends in the first chunk, e.g. padding to
+    a fixed width): those chunks have no row at all to run, and each row still gets what it gets alone."""
+    comet = tiny_comet(family)
+    chunk = comet.comet_config.chunk_size
+    lengths = [chunk - 3, chunk - 5, 1]
+    ids = random_ids(3, 3 * chunk)
+    for left in (False, True):
+        mask = padded(lengths, 3 * chunk, left)
+        with torch.no_grad():
+            logits = comet(ids, attention_mask=mask).logits
+            for b in range(len(lengths)):
+                alone = comet(ids[b : b + 1][mask[b : b + 1].bool()][None]).logits
+                torch.testing.assert_close(logits[b][mask[b].bool()], alone[0], atol=1e-5, rtol=1e-5)

@@ -275,6 +275,9 @@ def test_bad_generation_options():
         comet.generate(random_ids(1, 4), max_new_tokens=-1)
     with pytest.raises(ValueError, match="temperature"):
         comet.generate(random_ids(1, 4), do_sample=True, temperature=0.0)
+    for top_p in (1.5, float("nan"), -0.1):  # a top_p above 1 or NaN was silently no top-p at all
+        with pytest.raises(ValueError, match="top_p"):
+            comet.generate(random_ids(1, 4), do_sample=True, top_p=top_p)
     with pytest.raises(TypeError):
         comet.generate(random_ids(1, 4), num_beams=4)
 

@@ -246,3 +246,25 @@ def test_failed_save_leaves_nothing(tmp_path):
         comet.base_model = None
         comet.save_pretrained(target, adapter=True)
     assert list(tmp_path.iterdir()) == []
+
+
+@torch.no_grad()
+def test_a_memory_the_model_cannot_read_is_refused_before_it_is_read():
+    """A state of another dtype, with an open chunk wider than what it holds, or with token ids outside the
+    vocabulary: a ValueError saying so, not an error deep inside a layer."""
+    import dataclasses
+
+    comet = tiny_comet()
+    state = comet.ingest(random_ids(1, 11), comet.init_memory(1))  # an open chunk of 3 ids (chunks of 8)
+    ids = random_ids(1, 2, seed=1)
+    comet.ingest(ids, state)  # as it is, it reads
+    wider = dataclasses.replace(state, pending=torch.cat([state.pending, state.pending[:, :2]], dim=1))
+    outside = dataclasses.replace(state, pending=torch.full_like(state.pending, 10**6))
+    half = tiny_comet().to(torch.bfloat16)
+    for model, memory, said in ((comet, wider, "ids wide but its longest stream holds 3"),
+                                (comet, outside, "outside the vocabulary"),
+                                (half, state, "holds torch.float32 rows but the model runs in torch.bfloat16")):
+        with pytest.raises(ValueError, match=said):
+            model.ingest(ids, memory)
+        with pytest.raises(ValueError, match=said):
+            model.generate(ids, memory=memory, max_new_tokens=2)

@@ -249,7 +249,7 @@ class Backbone:
         masks = {}
         for t in types:
             window, m = self.window(t), mask
-            if window is not None and int(position_ids.max()) >= window:
+            if window is not None and q > 0 and int(position_ids.max()) >= window:
                 if m is None:
                     m = torch.ones(q, q, dtype=torch.bool, device=hidden.device).tril()[None, None]
                 keys = position_ids if key_positions is None else key_positions

@@ -224,6 +224,8 @@ class MemoryCell:
 
     def _run_sequence(self, index, x, layout: ChunkLayout, layer_inputs: LayerInputs, cache=None) -> torch.Tensor:
         """Decoder layer ``index`` on a chunk's whole sequence x (B, m + L, d): sink, memory rows, stream rows."""
+        if x.shape[1] == 0:  # a chunk no stream has text in (padding), before any memory exists: nothing to run
+            return x
         cut = layout.memory_rows if self.cuts_memory_rows(x) else None
         return self.backbone.run_layer(index, x, layer_inputs, cache, key_rows=cut)
 

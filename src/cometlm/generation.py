@@ -228,6 +228,8 @@ def _processors(do_sample, temperature, top_k, top_p, repetition_penalty) -> Log
         processors.append(_ScaledFromTop(1.0 if temperature is None else float(temperature)))
         if top_k:
             processors.append(TopKLogitsWarper(top_k))
+        if top_p is not None and not 0.0 <= top_p <= 1.0:  # NaN included
+            raise ValueError(f"top_p must lie in [0, 1] (got {top_p})")
         if top_p is not None and top_p < 1.0:
             processors.append(TopPLogitsWarper(top_p))
     return processors

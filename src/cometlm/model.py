@@ -389,6 +389,16 @@ class CometForCausalLM(nn.Module):
         state.check(self.backbone.num_layers, self.backbone.hidden_size)
         if batch_size is not None and state.batch_size != batch_size:
             raise ValueError(f"memory state holds {state.batch_size} streams but the input has {batch_size} rows")
+        rows, backbone = state.layers[0].global_memory.dtype, self.backbone
+        if rows != backbone.dtype:
+            raise ValueError(f"memory state holds {rows} rows but the model runs in {backbone.dtype}; read it with a "
+                             "model of that dtype (a state keeps the dtype of the model that wrote it)")
+        if state.pending.shape[1] != int(state.pending_len.max()):
+            raise ValueError(f"memory state's open chunk is {state.pending.shape[1]} ids wide but its longest stream "
+                             f"holds {int(state.pending_len.max())}")
+        if bool(((state.pending < 0) | (state.pending >= backbone.vocab_size)).any()):
+            raise ValueError(f"memory state's open chunk holds token ids outside the vocabulary [0, "
+                             f"{backbone.vocab_size})")
 
     # ----------------------------------------------------------------------------------------------------------
     # Generation (see generation.py)
