@@ -249,6 +249,11 @@ def test_checkpoints_are_pruned_and_damage_is_reported(tmp_path, base):
     params.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
     with pytest.raises(CheckpointError, match="corrupted: trainable.safetensors fails its sha256"):
         load_checkpoint(out, comet_with_lora(base))
+    saved = json.loads((ckpt / "state.json").read_text())
+    for files in ({}, None, {**saved["files"], "trainable.safetensors": "whole"}):  # no file would be checked
+        (ckpt / "state.json").write_text(json.dumps({**saved, "files": files}))
+        with pytest.raises(CheckpointError, match="does not list its files"):
+            load_checkpoint(out, comet_with_lora(base))
     (ckpt / "state.json").write_text('{"step": 5, "data_pos')
     with pytest.raises(CheckpointError, match="state.json is corrupted"):
         load_checkpoint(out, comet_with_lora(base))

@@ -236,7 +236,13 @@ def _read_state(path: Path) -> dict:
         raise CheckpointError(f"{state_file} is corrupted ({err}); {_RECOVER}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{state_file} is not a {FORMAT} checkpoint")
-    for name, expected in state["files"].items():
+    files = state.get("files")
+    needed = (PARAMS_FILE, OPTIMIZER_FILE, SCHEDULER_FILE, RNG_FILE)
+    if (not isinstance(files, dict) or set(files) != set(needed)
+            or not all(isinstance(v, dict) and isinstance(v.get("bytes"), int) and isinstance(v.get("sha256"), str)
+                       for v in files.values())):
+        raise CheckpointError(f"{state_file} does not list its files ({', '.join(needed)}) with sizes and sha256")
+    for name, expected in files.items():
         file = path / name
         if not file.is_file():
             raise CheckpointError(f"checkpoint {path} is incomplete: {name} is missing; {_RECOVER}")
