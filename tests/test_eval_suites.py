@@ -60,9 +60,15 @@ def test_each_family_runs_from_the_command_line(tmp_path, tiny_model_dir, tokeni
 def test_the_validation_split_reads_the_training_templates_and_is_kept_apart(tmp_path, tiny_model_dir, tokenizer):
     spec, val = SPECS["babilong-qa1"], on_split(next(t for t in SUITE_TASKS if t.name == "babilong-qa1"), "validation")
     sample = val.build(tokenizer, 400, 0.5, random.Random("0/400/50/0"))
-    train = spec.build(tokenizer, 400, 0.5, random.Random("0/400/50/0"), split="train")
-    test = spec.build(tokenizer, 400, 0.5, random.Random("0/400/50/0"), split="test")
-    assert sample.context_ids == train.context_ids and sample.context_ids != test.context_ids
+    rng = random.Random("0/400/50/0")
+    train = spec.build(tokenizer, 400, 0.5, random.Random(f"validation/{rng.getrandbits(64)}"), split="train")
+    assert sample.context_ids == train.context_ids  # the training's templates, names and text
+    # draws of its own: a validation trial is not the test trial of the same seed with other names
+    niah = {split: on_split(next(t for t in SUITE_TASKS if t.name == "ruler-niah-single"), split)
+            for split in ("test", "validation")}
+    values = {split: [task.build(tokenizer, 400, 0.5, random.Random(f"0/400/50/{t}")).answers for t in range(10)]
+              for split, task in niah.items()}
+    assert sum(a == b for a, b in zip(values["test"], values["validation"])) == 0
     out = tmp_path / "qa1"
     assert cometlm_eval("babilong-qa1", "--model", tiny_model_dir, *TINY, *GRID, "--split", "validation",
                         "--out", str(out)) == 0
@@ -81,6 +87,12 @@ def test_the_validation_split_reads_the_training_templates_and_is_kept_apart(tmp
     with pytest.raises(ValueError, match="different run .*split: 'test' there, 'validation' now"):
         cometlm_eval("babilong-qa1", "--model", tiny_model_dir, *TINY, *GRID, "--split", "validation", "--out",
                      str(old))
+    records = read_jsonl(out / TRIALS_FILE)  # validation trials of the test's draws (before draws 2) are refused
+    assert {r.pop("draws") for r in records} == {2}
+    (out / TRIALS_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(ValueError, match="different run .*draws: None there, 2 now"):
+        cometlm_eval("babilong-qa1", "--model", tiny_model_dir, *TINY, *GRID, "--split", "validation", "--out",
+                     str(out))
     with pytest.raises(ValueError, match="split must be one of"):
         on_split(SUITE_TASKS[0], "train")
 

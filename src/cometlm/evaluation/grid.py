@@ -310,7 +310,7 @@ def evaluate_grid(
     # What makes two trials comparable: a trials.jsonl that holds trials with other values belongs to another run.
     run = {"task": task.name, "method": method, **reader.settings(), "seed": seed, "model_id": info["id"],
            **({"task_options": task.settings} if task.settings else {}),
-           **({"split": task.config["split"]} if "split" in task.config else {})}
+           **{key: task.config[key] for key in ("split", "draws") if key in task.config}}
     config = {"lengths": lengths, "depths": depths, "trials": trials, "seed": seed, "method": method,
               **({"trials_at": {str(n): trials_at[n] for n in sorted(trials_at)}} if trials_at else {}),
               **reader.settings(), "reads": reader.describe(), "extra_tokens": task.extra_tokens, "greedy": True,

@@ -9,13 +9,20 @@ expected answers and where the facts went.
 
 from __future__ import annotations
 
+import random
+
 from cometlm.evaluation.grid import RetrievalTask
 from cometlm.tasks.suite import SPECS, TaskSpec
 
 # Evaluation splits -> the generators' split. "test": templates, names and text regions training never reads.
 # "validation": the training split's templates, names and text, in prompts drawn from the evaluation seeds (training
-# draws its own with `training.data.sample_rng`), to watch a run learn without looking at the test split.
+# draws its own with `training.data.sample_rng`; see VALIDATION_DRAWS), to watch a run learn without looking at the
+# test split.
 SPLITS = {"test": "test", "validation": "train"}
+# A validation trial's generator draws from its own RNG, seeded from the evaluation's: with the evaluation's RNG
+# itself it made the same draws as the test trial of its seed, length, depth and index (the same values, depths and
+# structure, other names). Version 2 of the validation draws; results written with the test's draws are refused.
+VALIDATION_DRAWS = 2
 
 
 def _matches(generated: str, sample) -> bool:
@@ -36,12 +43,15 @@ def grid_task(spec: TaskSpec, split: str = "test") -> RetrievalTask:
         raise ValueError(f"split must be one of {', '.join(SPLITS)} (got {split!r})")
 
     def build(tokenizer, n_tokens, depth, rng, **options):
+        if split == "validation":
+            rng = random.Random(f"validation/{rng.getrandbits(64)}")
         return spec.build(tokenizer, n_tokens, depth, rng, split=SPLITS[split], **options)
 
     return RetrievalTask(
         name=spec.name, title=spec.title, needle=spec.needle, build=build, matches=_matches,
         extra_tokens=spec.extra_tokens, scoring=spec.scoring, help=spec.help, description=spec.description,
-        record=_record, config={"split": split}, options=spec.options, depths=spec.depths, check=spec.check,
+        record=_record, config={"split": split, **({"draws": VALIDATION_DRAWS} if split == "validation" else {})},
+        options=spec.options, depths=spec.depths, check=spec.check,
     ).bind(**spec.defaults())
 
 
