@@ -68,7 +68,7 @@ class SessionStore:
         self.cache = StateCache(cache_bytes)
         self.fingerprint = model_fingerprint(model)
         self.template = model.init_memory(1)
-        self.vocab_size = model.backbone.embed_tokens.num_embeddings
+        self.check_memory = model.check_memory
 
     def path(self, session_id: str) -> Path:
         return self.states / f"{session_id}.safetensors"
@@ -143,24 +143,13 @@ class SessionStore:
                 f"this server's is {self.fingerprint!r}); only states exported by a server of the same model load",
                 code="incompatible_state",
             )
-        want = self.template
-        try:
-            state.check(len(want.layers), want.layers[0].global_memory.shape[-1])
+        try:  # the model's own check of a memory it is given: sizes, config, dtype, open chunk, token ids
+            self.check_memory(state, 1)
         except ValueError as err:
             raise bad_request(str(err), code="invalid_state") from err
-        if state.config != want.config or state.batch_size != 1:
-            raise bad_request("the state's config or batch size does not match this server's model", code="invalid_state")
-        if state.layers[0].global_memory.dtype != want.layers[0].global_memory.dtype:
-            raise bad_request(f"the state is {state.layers[0].global_memory.dtype}, this server's model "
-                              f"{want.layers[0].global_memory.dtype}", code="invalid_state")
         if tokens_read(state) > MAX_TOKENS_READ:
             raise bad_request(f"the state says it has read {tokens_read(state):,} tokens; a session reads at most "
                               f"{MAX_TOKENS_READ:,}", code="invalid_state")
-        if state.pending.shape[1] != int(state.pending_len[0]):  # one stream's open chunk has no padding
-            raise bad_request(f"the state's open chunk is {state.pending.shape[1]} ids wide but holds "
-                              f"{int(state.pending_len[0])}", code="invalid_state")
-        if bool(((state.pending < 0) | (state.pending >= self.vocab_size)).any()):
-            raise bad_request("the state's open chunk holds token ids outside the vocabulary", code="invalid_state")
         floats = [t for layer in state.layers for t in (layer.global_memory, layer.global_state, layer.temp)]
         if not all(bool(torch.isfinite(t).all()) for t in floats):
             raise bad_request("the state holds values that are not finite numbers", code="invalid_state")
