@@ -353,3 +353,33 @@ def test_plain_lm_eval_runs_the_backend_and_python_start_up_stays_light(setup, t
     direct = simple_evaluate(model="cometlm", model_args=f"comet={root / 'model'}", tasks=["comet_mc"], device="cpu",
                              task_manager=TaskManager(include_path=str(root / "tasks"), include_defaults=False))
     assert results["results"]["comet_mc"]["acc,none"] == direct["results"]["comet_mc"]["acc,none"]
+
+
+@pytest.mark.parametrize("reading", ["chunk_size=1024,global_slots=0,temp_stride=0", "method=full"])
+def test_generation_stops_at_every_end_id_the_generation_config_lists(setup, tmp_path, reading):
+    """Instruct models (Llama 3, Qwen2.5) list end-of-sequence ids in generation_config besides the tokenizer's;
+    lm-eval's `hf` backend and `model.generate` stop at each of them, so must every method here."""
+    import shutil
+
+    root, _, tokenizer = setup
+    backbone = tmp_path / "backbone"
+    shutil.copytree(root / "model" / "backbone", backbone)
+    context, options = "a b c d e f", {"until": ["\n\n"], "max_gen_toks": 8, "do_sample": False}
+    request = [Instance("generate_until", {}, (context, options), 0)]
+    free = get_model("hf").create_from_arg_string(f"pretrained={backbone},dtype=float32", {"device": "cpu"})
+    ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+    with torch.inference_mode():
+        new = free.model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False,
+                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=0)[0, len(ids):].tolist()
+    # a second end id: the first token it generates that it did not generate before (not its first token)
+    stop = next((k for k in range(1, len(new)) if new[k] not in new[:k]), None)
+    assert stop is not None, f"the tiny model repeats one token after {context!r}: {new}"
+    assert tokenizer.eos_token_id not in new[: stop + 1]
+    config = json.loads((backbone / "generation_config.json").read_text())
+    config["eos_token_id"] = [tokenizer.eos_token_id, new[stop]]
+    (backbone / "generation_config.json").write_text(json.dumps(config))
+    hf = get_model("hf").create_from_arg_string(f"pretrained={backbone},dtype=float32", {"device": "cpu"})
+    ours = get_model("cometlm").create_from_arg_string(f"pretrained={backbone},{reading}", {"device": "cpu"})
+    expected = hf.generate_until(request, disable_tqdm=True)
+    assert expected == [tokenizer.decode(new[: stop + 1])]  # the end id is not a special token: its text stays
+    assert ours.generate_until(request, disable_tqdm=True) == expected

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from cometlm.evaluation.methods import build_method, model_info
+from cometlm.evaluation.methods import build_method, end_ids, model_info
 from cometlm.evaluation.settings import DEFAULT_PRIME_TOKENS, DEFAULT_SINK_TOKENS, SNAPSHOT_SECONDS
 from cometlm.files import write_figure, write_json
 from cometlm.evaluation.results import (
@@ -316,7 +316,7 @@ def evaluate_grid(
               **reader.settings(), "reads": reader.describe(), "extra_tokens": task.extra_tokens, "greedy": True,
               "scoring": task.scoring, **task.config}
     env = environment(command if command is not None else shlex.join(sys.argv), reader.device)
-    eos = tokenizer.eos_token_id
+    eos = end_ids(model, tokenizer)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -177,6 +177,13 @@ class CometLM(TemplateLM):
         return self.tokenizer.eos_token_id
 
     @property
+    def _end_ids(self) -> list[int]:
+        """Where an answer ends: the tokenizer's EOS and every end id the backbone's generation_config lists."""
+        from cometlm.evaluation.methods import end_ids
+
+        return end_ids(self.model, self.tokenizer)
+
+    @property
     def prefix_token_id(self) -> int:
         """What an empty context (and a rolling text) starts from: BOS if the tokenizer has one, else EOS."""
         bos = self.tokenizer.bos_token_id
@@ -324,7 +331,7 @@ class CometLM(TemplateLM):
                         text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
                         return any(s and s in text for s in until)
 
-                    answers = [self.baseline.answer(ids, 0, max_new, self.eot_token_id, not disable_tqdm,
+                    answers = [self.baseline.answer(ids, 0, max_new, self._end_ids, not disable_tqdm,
                                                     stop=stop)[0]]
                 else:
                     answers = self._generate_batch([parsed[i][2] for i in batch], until, max_new, sampling,
@@ -381,7 +388,7 @@ class CometLM(TemplateLM):
             return torch.tensor([any(s and s in text for s in until) for text in texts], device=sequences.device)
 
         out = self.model.generate(open_ids, attention_mask=mask, memory=state, max_new_tokens=max_new,
-                                  eos_token_id=self.eot_token_id, stopping_criteria=stopped, **sampling)
+                                  eos_token_id=self._end_ids, stopping_criteria=stopped, **sampling)
         return out[:, width:].tolist()
 
     def _check_greedy_prompt(self, ids, until, max_new, sampling) -> None:

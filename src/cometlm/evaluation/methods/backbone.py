@@ -66,7 +66,7 @@ class BackboneMethod(Method):
         ids = torch.tensor([kept], device=self.device)
         out = self.model.backbone_model.generate(
             ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
-            eos_token_id=eos, pad_token_id=eos if eos is not None else 0, stopping_criteria=stopping_criteria(stop, len(kept)),
+            eos_token_id=eos, pad_token_id=_first(eos), stopping_criteria=stopping_criteria(stop, len(kept)),
         )
         return out[0, len(kept) :].tolist(), {"read_tokens": len(kept), "first_chunk_tokens": None,
                                               "open_chunk_tokens": None}
@@ -105,3 +105,10 @@ class BackboneMethod(Method):
                 if end == n:
                     return
                 scored, begin = end, begin + self.stride
+
+
+def _first(eos) -> int:
+    """A padding id for Hugging Face's `generate`: the (first) end id, or 0 without one."""
+    if isinstance(eos, int):
+        return eos
+    return eos[0] if eos else 0
