@@ -77,9 +77,11 @@ class Link:
     loss (see the module docstring). ``wait`` blocks until every asynchronous send has been delivered.
     """
 
-    def __init__(self, prev: int | None, next: int | None, group=None, per_layer: bool = True):
+    def __init__(self, prev: int | None, next: int | None, group=None, per_layer: bool = True, device=None):
         self.prev, self.next, self.group, self.per_layer = prev, next, group, per_layer
-        self.token = torch.zeros((), requires_grad=True)
+        # on the model's device: a rank that neither sends nor receives (a single chunk, data parallelism alone)
+        # adds its chunk losses, which live there, to a zero made from the token
+        self.token = torch.zeros((), requires_grad=True, device=device)
         self._sends: list[tuple] = []  # (work, tensor, dst, tag)
 
     def receive(self, tag: int, numel: int, dtype: torch.dtype, device) -> torch.Tensor:

@@ -75,7 +75,8 @@ class Pipeline:
         own = [chunked.chunks[t] for t in chunk_blocks(num_chunks, size)[p]]
         prev = self.stage.ranks[p - 1] if 0 < p < active else None
         next_ = self.stage.ranks[p + 1] if p + 1 < active else None
-        link = Link(prev, next_, self.stage.group, per_layer=self.schedule == "wavefront")
+        link = Link(prev, next_, self.stage.group, per_layer=self.schedule == "wavefront",
+                    device=chunked.chunks[0].text_ids.device if chunked.chunks else None)
         self._links.append(link)
         run = _wavefront if self.schedule == "wavefront" else _naive
         total = run(model, chunked.batch_size, own, link)
