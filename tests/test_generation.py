@@ -235,6 +235,37 @@ def test_sampling_options_and_streamer():
     assert streamer.ended and torch.equal(torch.cat(streamer.parts), out[0])
 
 
+def test_sampling_options_not_given_are_the_generation_configs_as_in_hugging_face():
+    """`model.generate(do_sample=True)` takes the temperature, top-k and top-p it is not given from the backbone's
+    generation_config (top-k 50 by default); with the memories off and one chunk CoMeT is the backbone, so the same
+    seed must draw the same tokens as Hugging Face's own `generate`."""
+    from conftest import tiny_backbone
+
+    from cometlm import CometConfig, CometForCausalLM
+
+    backbone = tiny_backbone("llama")
+    comet = CometForCausalLM.from_backbone(backbone, CometConfig(chunk_size=64, global_slots=0, temp_stride=0,
+                                                                 temp_capacity=0)).eval()
+    prompt = random_ids(1, 9)
+
+    def draw(generate, **options):
+        torch.manual_seed(3)
+        with torch.no_grad():
+            return generate(prompt, max_new_tokens=20, do_sample=True, **options)
+
+    for listed in ({}, {"temperature": 0.6, "top_k": 7, "top_p": 0.9}):
+        for key, value in listed.items():
+            setattr(backbone.generation_config, key, value)
+        hf = draw(backbone.generate, eos_token_id=None, pad_token_id=0)
+        assert torch.equal(draw(comet.generate, eos_token_id=[]), hf)
+        assert torch.equal(draw(comet.generate, eos_token_id=[], top_p=0.5, top_k=0),
+                           draw(backbone.generate, eos_token_id=None, pad_token_id=0, top_p=0.5, top_k=0))
+    # greedy decoding never reads them
+    greedy = comet.generate(prompt, max_new_tokens=10, eos_token_id=[])
+    assert torch.equal(greedy, backbone.generate(prompt, max_new_tokens=10, do_sample=False, eos_token_id=None,
+                                                 pad_token_id=0))
+
+
 def test_eos_stops_generation():
     comet = tiny_comet()
     prompt = random_ids(1, 9)

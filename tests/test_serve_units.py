@@ -155,3 +155,30 @@ def test_a_state_file_without_an_index_row_is_set_aside_not_deleted(tmp_path):
         assert (tmp_path / "orphans" / f"{lost.id}.safetensors").read_bytes() == data
     finally:
         store.close()
+
+
+def test_a_sampled_answer_keeps_every_token_without_top_k(tokenizer):
+    """The OpenAI API has no top-k: a request without one samples from the whole distribution (the library's
+    `generate` would take the model's generation_config's top-k, Hugging Face's 50, if the server passed None)."""
+    import asyncio
+
+    from cometlm.serving.scheduler import Generation, Sampling, Scheduler
+    from eval_helpers import tiny_text_model
+
+    model = tiny_text_model(16, tokenizer)
+    prompt = tokenizer("Once upon a time", add_special_tokens=False)["input_ids"]
+    sampling = Sampling(temperature=1.5, seed=7)
+    scheduler = Scheduler(model, window_ms=0)
+    scheduler.start()
+    try:
+        answer = asyncio.run(scheduler.generate(model.init_memory(1), Generation(prompt, sampling, 12)))
+    finally:
+        scheduler.stop()
+
+    def draw(**top_k):
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=True, temperature=1.5,
+                             top_p=1.0, eos_token_id=scheduler.eos_ids, generator=torch.Generator().manual_seed(7),
+                             **top_k)
+        return tokenizer.decode(out[0, len(prompt):], skip_special_tokens=True)
+
+    assert answer.text == draw(top_k=0) != draw()

@@ -220,6 +220,21 @@ class _ScaledFromTop(TemperatureLogitsWarper):
         return (scores - scores.amax(dim=-1, keepdim=True)) / max(self.temperature, limits.tiny)
 
 
+# What Hugging Face's `generate` samples with where neither the call nor the model's generation_config says
+# (transformers 5 keeps them outside GenerationConfig, whose fields default to None; tests compare draws with it).
+SAMPLING_DEFAULTS = {"temperature": 1.0, "top_k": 50, "top_p": 1.0}
+
+
+def _configured(model, **given) -> tuple:
+    """``given``'s values, each None replaced by the backbone's generation_config's, else Hugging Face's default."""
+    config = getattr(model.backbone_model, "generation_config", None)
+    listed = {key: getattr(config, key, None) for key in given}
+    return tuple(
+        value if value is not None else listed[key] if listed[key] is not None else SAMPLING_DEFAULTS[key]
+        for key, value in given.items()
+    )
+
+
 def _processors(do_sample, temperature, top_k, top_p, repetition_penalty) -> LogitsProcessorList:
     processors = LogitsProcessorList()
     if repetition_penalty is not None and repetition_penalty != 1.0:
@@ -242,7 +257,7 @@ def generate(
     attention_mask: torch.Tensor | None = None,
     max_new_tokens: int = 32,
     do_sample: bool = False,
-    temperature: float = 1.0,
+    temperature: float | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
     repetition_penalty: float | None = None,
@@ -271,10 +286,17 @@ def generate(
     ``stopping_criteria`` is what Hugging Face's ``generate`` takes (a ``StoppingCriteriaList``, or any callable
     ``(sequences, scores) -> bool or (B,) bool``); ``sequences`` are the ``input_ids`` given here followed by the
     tokens generated so far. A stream ends after the step on which it returns True, as at an EOS token.
+
+    Sampling options not given (``temperature``, ``top_k``, ``top_p``) are the backbone's ``generation_config``'s,
+    whose defaults are Hugging Face's (1.0, 50, 1.0), as in Hugging Face's ``generate``; ``top_k=0`` keeps every
+    token. Unlike there, ``do_sample`` and ``repetition_penalty`` are never read from it: greedy decoding without a
+    penalty unless asked, so that an instruct model whose config samples still answers evaluations greedily.
     """
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be a non-negative int (got {max_new_tokens!r})")
-    if do_sample and temperature is not None and temperature <= 0:
+    if do_sample:
+        temperature, top_k, top_p = _configured(model, temperature=temperature, top_k=top_k, top_p=top_p)
+    if do_sample and temperature <= 0:
         raise ValueError(f"temperature must be > 0 when sampling (got {temperature})")
     batch = model.check_batch(input_ids, attention_mask)
     if eos_token_id is None:

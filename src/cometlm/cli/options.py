@@ -133,12 +133,14 @@ def add_generation_options(parser: argparse.ArgumentParser, max_new_tokens: int)
     group.add_argument("--max-new-tokens", type=number_type(int, 0), default=max_new_tokens,
                        help=f"tokens to generate (default {max_new_tokens})")
     group.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    group.add_argument("--temperature", type=number_type(float, 0, low_open=True), default=1.0,
-                       help="sampling temperature (with --do-sample)")
+    group.add_argument("--temperature", type=number_type(float, 0, low_open=True), default=None,
+                       help="sampling temperature (with --do-sample; default: the model's generation_config, else 1)")
     group.add_argument("--top-k", type=number_type(int, 0), default=None,
-                       help="keep only the k most likely tokens (with --do-sample; 0 keeps all)")
+                       help="keep only the k most likely tokens (with --do-sample; 0 keeps all; default: the "
+                            "model's generation_config, else 50, as in Hugging Face)")
     group.add_argument("--top-p", type=number_type(float, 0, 1, low_open=True), default=None,
-                       help="nucleus sampling mass (with --do-sample)")
+                       help="nucleus sampling mass (with --do-sample; default: the model's generation_config, "
+                            "else 1)")
     group.add_argument("--repetition-penalty", type=number_type(float, 0, low_open=True), default=None,
                        help="HF repetition penalty (>1 discourages repeats)")
     group.add_argument("--seed", type=int, default=0, help="random seed for sampling, and for the demo's key and depth (default 0)")

@@ -211,7 +211,7 @@ class Scheduler:
         out = self.model.generate(
             ids, memory=state, attention_mask=mask, max_new_tokens=max(g.max_new_tokens for g in gens),
             do_sample=sampling.do_sample, temperature=sampling.temperature if sampling.do_sample else 1.0,
-            top_k=sampling.top_k, top_p=sampling.top_p, repetition_penalty=sampling.repetition_penalty,
+            top_k=sampling.top_k or 0, top_p=sampling.top_p, repetition_penalty=sampling.repetition_penalty,
             eos_token_id=self.eos_ids, streamer=_Streamer(jobs, streams), stopping_criteria=stopped,
             generator=generator, return_dict_in_generate=True,
         )
