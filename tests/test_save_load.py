@@ -98,6 +98,37 @@ def test_a_model_with_lora_round_trips_as_adapter_and_as_full_model(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), original.state_dict().values()))
 
 
+@torch.no_grad()
+def test_a_loaded_base_is_used_as_it_is(tmp_path):
+    """A loaded base model takes an adapter's LoRA into itself, so a second adapter loaded onto the same module is
+    refused (it would read with both, and change the first model); a dtype other than the module's is refused
+    instead of silently ignored."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    from cometlm.lora import apply_lora
+
+    base = saved_base(tmp_path)
+    comet = apply_lora(randomize_memory(CometForCausalLM.from_backbone(str(base), SMALL)))
+    for name, param in comet.named_parameters():
+        if ".lora_B." in name:
+            param.normal_(std=0.5)
+    comet.save_pretrained(tmp_path / "adapter", adapter=True)
+    module = AutoModelForCausalLM.from_pretrained(base)
+    spare = copy.deepcopy(module)
+    ids = random_ids(1, 30)
+    first = CometForCausalLM.from_pretrained(tmp_path / "adapter", base_model=module)
+    want = first(ids).logits
+    with pytest.raises(ValueError, match="already carries LoRA.*its own copy of the base"):
+        CometForCausalLM.from_pretrained(tmp_path / "adapter", base_model=module)
+    assert torch.equal(first(ids).logits, want)
+    assert torch.equal(CometForCausalLM.from_pretrained(tmp_path / "adapter", base_model=spare)(ids).logits, want)
+    with pytest.raises(ValueError, match="dtype=torch.bfloat16 applies to a backbone loaded here.*cast it first"):
+        CometForCausalLM.from_backbone(AutoModelForCausalLM.from_pretrained(base), SMALL, dtype=torch.bfloat16)
+    assert CometForCausalLM.from_backbone(module.to(torch.bfloat16), SMALL).backbone.dtype == torch.bfloat16
+
+
 def test_a_crafted_adapter_is_refused_before_its_sizes_are_built(tmp_path):
     """Sizes an adapter's files claim are checked against each other before anything of those sizes is made (a
     million memory slots, a LoRA of rank 10^6: gigabytes); a bad config, a tensor of another shape and weights that

@@ -133,21 +133,30 @@ class CometForCausalLM(nn.Module):
         return self.backbone_model.config
 
     @classmethod
-    def from_backbone(cls, model_or_path, config: CometConfig | None = None, tokenizer=None, dtype=torch.float32):
+    def from_backbone(cls, model_or_path, config: CometConfig | None = None, tokenizer=None, dtype=None):
         """Wraps a loaded ``*ForCausalLM`` model, a local HF model directory, or the bundled model's name.
 
         The tokenizer (loaded with the model when a name or directory is given) picks the whitespace token that
-        the beacon and readouts start from; it is kept as ``model.tokenizer`` for the command line.
+        the beacon and readouts start from; it is kept as ``model.tokenizer`` for the command line. ``dtype`` is
+        the backbone's when it is loaded here (default float32); a loaded model is used as it is (cast it first),
+        so a ``dtype`` other than its own is refused.
         """
         config = config or CometConfig()
         if isinstance(model_or_path, (str, os.PathLike)):
             from .bundled import load_backbone
 
             name = str(model_or_path)
-            model, loaded_tokenizer = load_backbone(name, dtype=dtype)
+            model, loaded_tokenizer = load_backbone(name, dtype=torch.float32 if dtype is None else dtype)
             return cls(model, config, base_model=name, tokenizer=tokenizer or loaded_tokenizer)
         if isinstance(model_or_path, nn.Module):
             Backbone.of(model_or_path)  # a clear error for unsupported models before anything else
+            own = {p.dtype for p in model_or_path.parameters() if p.is_floating_point()}
+            if dtype is not None and own != {dtype}:
+                raise ValueError(
+                    f"dtype={dtype} applies to a backbone loaded here from a name or directory; this loaded model's "
+                    f"weights are {', '.join(sorted(str(d) for d in own))}: cast it first (model.to(dtype)) or pass "
+                    "its directory"
+                )
             return cls(model_or_path, config, tokenizer=tokenizer)
         raise TypeError(
             "from_backbone takes a Hugging Face *ForCausalLM model, a local model directory, or the bundled "
@@ -425,11 +434,12 @@ class CometForCausalLM(nn.Module):
         saving.save(self, directory, adapter)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, base_model=None, dtype=torch.float32):
+    def from_pretrained(cls, directory: str | os.PathLike, base_model=None, dtype=None):
         """Loads what ``save_pretrained`` wrote: a directory, or the name of an adapter shipped in the package
         (``bundled.shipped_adapters()``, e.g. ``"smollm2-135m-passkey"``). An adapter loads onto ``base_model`` (a
         model, a directory or the bundled name; default: the base it recorded) and refuses a base with different
-        weights."""
+        weights. ``dtype`` is the backbone's when it is loaded here (default float32); a loaded ``base_model`` is
+        used as it is, and an adapter with LoRA puts its LoRA into it, so give each such adapter its own copy."""
         from .bundled import resolve_comet_path
 
         return saving.load(cls, resolve_comet_path(directory), base_model, dtype)

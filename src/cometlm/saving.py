@@ -119,6 +119,11 @@ def load(cls, directory: Path, base_model=None, dtype=None):
     else:
         base = base_model if base_model is not None else meta.get("base_model")
         model = cls.from_backbone(base, config, dtype=dtype)
+        if has_lora(model):  # a loaded base_model another adapter's LoRA was put into: it would read with both
+            raise ValueError(
+                "the given base model already carries LoRA (an adapter loaded onto it earlier put it there); load "
+                "each adapter onto its own copy of the base (copy.deepcopy) or onto its name or directory"
+            )
         got, want = model.backbone.describe(), meta["base"]
         if not same_base(got, want):
             raise ValueError(
