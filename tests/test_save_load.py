@@ -46,6 +46,14 @@ def test_adapter_round_trip_is_small_and_checks_its_base(tmp_path):
     assert {p.dtype for p in half.memory.parameters()} == {torch.float32}  # CoMeT's own weights stay float32
     with pytest.raises(ValueError, match="load it onto the base it was trained on"):
         CometForCausalLM.from_pretrained(tmp_path / "adapter", base_model=str(other), dtype=torch.bfloat16)
+    # a fine-tune of the base that kept its embeddings (a merged LoRA, say) is another base too
+    tuned = tiny_backbone("llama", 0)
+    with torch.no_grad():
+        for layer in tuned.model.layers:
+            layer.self_attn.q_proj.weight.add_(0.05 * torch.randn_like(layer.self_attn.q_proj.weight))
+    tuned.save_pretrained(tmp_path / "tuned")
+    with pytest.raises(ValueError, match="load it onto the base it was trained on"):
+        CometForCausalLM.from_pretrained(tmp_path / "adapter", base_model=str(tmp_path / "tuned"))
 
 
 def test_a_centred_gate_saves_and_loads_its_center(tmp_path):
@@ -174,6 +182,7 @@ def test_a_crafted_adapter_is_refused_before_its_sizes_are_built(tmp_path):
         (crafted("lorarank", lora_layout=json.dumps({"rank": 10**6, "alpha": 16.0, "dropout": 0.0,
                                                      "targets": ["q_proj", "v_proj"]})), "rank 1000000"),
         (crafted("loratext", lora_layout='{"rank": 8}'), "not what save_lora writes"),
+        (crafted("weights", config=lambda m: {**m, "base_weights": "abc"}), "'base_weights' must be a list"),
     ]
     for folder, said in cases:
         with pytest.raises(ValueError, match=said):

@@ -339,6 +339,17 @@ class Backbone:
         rows = torch.linspace(0, weight.shape[0] - 1, 8).long()
         return [round(float(v), 4) for v in weight[rows].double().sum(dim=1)]
 
+    def weights_fingerprint(self) -> list[float]:
+        """A cheap identity of the decoder layers' own weights (the first, middle and last layer; LoRA left out):
+        one sum of four spread rows per weight matrix, so a fine-tune that kept the embeddings is told apart."""
+        sums = []
+        for index in sorted({0, len(self.layers) // 2, len(self.layers) - 1}):
+            for name, weight in self.layers[index].named_parameters():
+                if weight.dim() == 2 and ".lora_" not in name:
+                    rows = torch.linspace(0, weight.shape[0] - 1, 4).long()
+                    sums.append(round(float(weight.detach()[rows].double().sum()), 4))
+        return sums
+
     def describe(self) -> dict:
         config = self.config
         return {

@@ -9,6 +9,7 @@ it was trained on and refuses to load onto another one. The folder is written at
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -51,6 +52,7 @@ def save(model, directory: str | os.PathLike, adapter: bool = False) -> None:
         "comet": model.comet_config.to_dict(),
         "base_model": model.base_model,
         "base": model.backbone.describe(),
+        **({"base_weights": model.backbone.weights_fingerprint()} if adapter else {}),
     }
     with atomic_directory(directory) as tmp:
         save_file(model.comet_state_dict(), tmp / WEIGHTS_FILE, metadata={"format": SAVE_FORMAT})
@@ -86,6 +88,9 @@ def read_meta(directory: Path) -> dict:
                          f"{type(meta.get('comet')).__name__})")
     if meta["kind"] == "adapter" and not isinstance(meta.get("base"), dict):
         raise ValueError(f"{config_path} is an adapter without the description of its base model ('base')")
+    weights = meta.get("base_weights", [])
+    if not isinstance(weights, list) or not all(type(v) in (int, float) and math.isfinite(v) for v in weights):
+        raise ValueError(f"{config_path}: 'base_weights' must be a list of numbers")
     return meta
 
 
@@ -125,6 +130,9 @@ def load(cls, directory: Path, base_model=None, dtype=None):
                 "each adapter onto its own copy of the base (copy.deepcopy) or onto its name or directory"
             )
         got, want = model.backbone.describe(), meta["base"]
+        if "base_weights" in meta:  # adapters saved before it was recorded are checked by the embeddings alone
+            got, want = {**got, "fingerprint": got["fingerprint"] + model.backbone.weights_fingerprint()}, {
+                **want, "fingerprint": list(want.get("fingerprint") or []) + list(meta["base_weights"] or [])}
         if not same_base(got, want):
             raise ValueError(
                 f"the adapter in {directory} was trained on base model {meta.get('base_model')!r} {want}, "
