@@ -100,6 +100,12 @@ def train(model, dataset, config: TrainConfig, resume: bool = True, parallel=Non
                              "there any more; use another output folder, or a later or no stop_at")
         _warn_about_changes(info.config, config)
         extra = info.extra
+        replicas = _replicas(parallel)
+        if extra.get("data_replicas", replicas) != replicas:  # older checkpoints did not record it
+            per_replica = config.batch_size * config.grad_accum
+            warnings.warn(f"resuming with {replicas} data replica(s) where the checkpoint had "
+                          f"{extra['data_replicas']}: each step now reads {replicas * per_replica} samples instead "
+                          f"of {extra['data_replicas'] * per_replica}", stacklevel=2)
         progress = Progress(info.step, info.data_position, extra["tokens"], extra["elapsed"], extra["loss"],
                             capture_rng_state())
         print(f"resuming from {info.path} (step {info.step})", file=sys.stderr)
@@ -115,7 +121,7 @@ def train(model, dataset, config: TrainConfig, resume: bool = True, parallel=Non
     final_dir, plot = output / FINAL_DIR, output / LOSS_PLOT_FILE
     if writes:
         if checkpoint is None:
-            checkpoint = _save(output, model, optimizer, scheduler, progress, config, run)
+            checkpoint = _save(output, model, optimizer, scheduler, progress, config, run, _replicas(parallel))
         export_model(model, final_dir, config.mode)
         plot_loss_curve(output / METRICS_FILE, plot)
     model.train(was_training)
@@ -168,23 +174,28 @@ def _run(model, dataset, config, optimizer, scheduler, planner, progress: Progre
                 if log is None:
                     continue
                 if progress.step % config.save_every == 0:
-                    checkpoint = _save(output, model, optimizer, scheduler, progress, config, run)
+                    checkpoint = _save(output, model, optimizer, scheduler, progress, config, run, _replicas(parallel))
         except KeyboardInterrupt:
             optimizer.zero_grad(set_to_none=True)
             if log is None:
                 raise
             if checkpoint is None:
-                checkpoint = _save(output, model, optimizer, scheduler, progress, config, run)
+                checkpoint = _save(output, model, optimizer, scheduler, progress, config, run, _replicas(parallel))
             print(f"\ninterrupted: {checkpoint} holds step {progress.step}; run again to resume", file=sys.stderr)
             raise
     return progress, checkpoint
 
 
+def _replicas(parallel) -> int:
+    """How many data replicas read each step (1 in one process)."""
+    return 1 if parallel is None else parallel.replicas
+
+
 def _save(output: Path, model, optimizer, scheduler, progress: Progress, config: TrainConfig,
-          run: dict | None = None) -> Path:
+          run: dict | None = None, replicas: int = 1) -> Path:
     from .checkpoint import save_checkpoint
 
-    extra = {"tokens": progress.tokens, "elapsed": progress.elapsed, "loss": progress.loss}
+    extra = {"tokens": progress.tokens, "elapsed": progress.elapsed, "loss": progress.loss, "data_replicas": replicas}
     return save_checkpoint(output, model, optimizer, scheduler, progress.step, progress.position, progress.rng,
                            extra=extra, config=config.to_dict(), keep=config.keep_checkpoints, run=run)
 
