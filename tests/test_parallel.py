@@ -458,3 +458,34 @@ def test_context_parallel_outside_torchrun_says_how_to_launch_it(monkeypatch):
     with pytest.raises(ValueError, match="3 processes is not a whole number of 2-stage pipelines"):
         with parallel_job(_train_args("--context-parallel", "2")):
             pass
+
+
+def test_ctrl_c_on_a_parallel_job_stops_it_as_one_process_does(monkeypatch, capsys):
+    """Ctrl-C reaches every rank of a torchrun job: the rank's checkpoint is written by `train`, and the job must
+    not then wait for the sends its stopped peers never receive (gloo fails them: it reported a crash, exit 1)."""
+    from types import SimpleNamespace
+
+    import cometlm.cli.train as cli_train
+    import cometlm.parallel.distributed as distributed
+    import cometlm.training.loop as loop
+    import cometlm.training.specs as specs
+
+    class UndeliveredSends(SimpleNamespace):
+        def close(self):
+            raise RuntimeError("sending layer 1's memories to rank 1 failed: Connection closed by peer")
+
+        def describe(self):
+            return "rank 0 of 2"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(distributed, "init_context_parallel",
+                        lambda *a: UndeliveredSends(device=torch.device("cpu"), is_main=True))
+    monkeypatch.setattr(cli_train, "load_model", lambda args: SimpleNamespace(tokenizer=None, to=lambda d: None))
+    monkeypatch.setattr(specs, "load_mixture", lambda *a: [])
+    monkeypatch.setattr(loop, "train", interrupted)
+    args = _train_args("--context-parallel", "2")
+    assert cli_train.cmd_train(args) == 130
+    err = capsys.readouterr().err
+    assert "stopped; run the same command again to resume" in err and "error:" not in err

@@ -99,17 +99,23 @@ def cmd_train(args) -> int:
 
     config = config_from_args(args)  # bad settings and data sources fail before a model is loaded
     check_mixture(args.data)
-    with parallel_job(args) as parallel:  # None unless --context-parallel / torchrun
-        model = load_model(args)  # with --comet, also the LoRA weights it was trained with
-        if parallel is not None:
-            model.to(parallel.device)
-        dataset = load_mixture(args.data, model.tokenizer, args.max_length, args.on_error, config.seed)
-        try:
+    training = False  # an interrupt while training has written its checkpoint (`train`): say how to resume
+    try:
+        # the interrupt leaves the job's block, so a parallel job closes without waiting for its peers' last
+        # messages (they stopped too): its own checkpoint is written, and no rank reports a failure
+        with parallel_job(args) as parallel:  # None unless --context-parallel / torchrun
+            model = load_model(args)  # with --comet, also the LoRA weights it was trained with
+            if parallel is not None:
+                model.to(parallel.device)
+            dataset = load_mixture(args.data, model.tokenizer, args.max_length, args.on_error, config.seed)
             data = {"data": list(args.data), "max_length": args.max_length, "on_error": args.on_error}
+            training = True
             result = train(model, dataset, config, resume=not args.no_resume, parallel=parallel, data=data)
-        except KeyboardInterrupt:
-            print("stopped; run the same command again to resume", file=sys.stderr)
-            return 130
+    except KeyboardInterrupt:
+        if not training:
+            raise
+        print("stopped; run the same command again to resume", file=sys.stderr)
+        return 130
     if parallel is not None and not parallel.is_main:
         return 0
     print(
