@@ -148,6 +148,8 @@ def _run(model, dataset, config, optimizer, scheduler, planner, progress: Progre
         try:
             while progress.step < config.last_step:
                 step_start = time.perf_counter()
+                if parallel is not None:  # each rank draws its own dropout: a function of (seed, step, rank), since
+                    _seed_rank(config.seed, progress.step, parallel.rank)  # only rank 0 saves its RNG state
                 replica, replicas = (0, 1) if parallel is None else (parallel.replica, parallel.replicas)
                 batches, position, read = _micro_batches(dataset, progress.position, config, pad_id, replica,
                                                          replicas)
@@ -366,6 +368,16 @@ def _chunk_planner(model, config: TrainConfig):
         return ChunkPlanner(model.comet_config.chunk_size, **config.chunk_augmentation)
     except TypeError as err:
         raise ValueError(f"chunk_augmentation {config.chunk_augmentation} does not fit ChunkPlanner: {err}") from None
+
+
+def _seed_rank(seed: int, step: int, rank: int) -> None:
+    """Seeds torch's generators for one step of one rank of a parallel job, so a resumed job draws what a job that
+    never stopped draws (a checkpoint holds the main rank's RNG state only)."""
+    import torch
+
+    from .data import sample_rng
+
+    torch.manual_seed(sample_rng(seed, step, stream=f"torch/rank-{rank}").getrandbits(63))
 
 
 def _plan(planner, batch: dict, seed: int, step: int, micro: int):
