@@ -489,3 +489,24 @@ def test_ctrl_c_on_a_parallel_job_stops_it_as_one_process_does(monkeypatch, caps
     assert cli_train.cmd_train(args) == 130
     err = capsys.readouterr().err
     assert "stopped; run the same command again to resume" in err and "error:" not in err
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_a_message_carries_the_memories_without_rounding(dtype):
+    """G and T travel in the widest of the memories' dtypes (S's float32 under a bfloat16 model; float64 for a
+    float64 one), so what a rank receives is exactly what its neighbour computed."""
+    from conftest import SMALL, random_ids, tiny_comet
+
+    from cometlm.parallel.messages import message_dtype, pack, packed_size, unpack
+
+    comet = tiny_comet(config=SMALL).to(dtype)
+    with torch.no_grad():
+        layers = list(comet.ingest(random_ids(2, 3 * SMALL.chunk_size + 1)).layers)
+    for layer in layers:
+        layer.global_state.copy_(torch.randn_like(layer.global_state))  # more digits than bfloat16 keeps
+    buffer = pack(layers, message_dtype(layers[0]))
+    assert buffer.numel() == packed_size(layers[0], len(layers))
+    for sent, got in zip(layers, unpack(buffer, layers[0], len(layers))):
+        for name in ("global_memory", "global_state", "has_global", "temp", "temp_valid"):
+            a, b = getattr(sent, name), getattr(got, name)
+            assert a.dtype == b.dtype and torch.equal(a, b), name

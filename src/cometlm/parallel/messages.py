@@ -40,6 +40,15 @@ def pack(layers: Sequence[LayerState], dtype: torch.dtype) -> torch.Tensor:
     return torch.cat([part.to(dtype) for part in parts])
 
 
+def message_dtype(like: LayerState) -> torch.dtype:
+    """The dtype a message of layers like ``like`` travels in: the widest of its memories' (S's float32 under a
+    bfloat16 model, so S is never rounded; float64 for a float64 model)."""
+    dtype = like.global_state.dtype
+    for field in (like.global_memory, like.temp):
+        dtype = torch.promote_types(dtype, field.dtype)
+    return dtype
+
+
 def packed_size(like: LayerState, count: int) -> int:
     """Elements of a buffer that holds ``count`` layers shaped like ``like``."""
     return count * sum(t.numel() for t in _fields(like))

@@ -25,7 +25,7 @@ import torch
 from ..model import ChunkedBatch, CometForCausalLM, mean_loss
 from ..state import LayerState
 from .blocks import active_ranks, chunk_blocks
-from .messages import Link, pack, packed_size, unpack
+from .messages import Link, message_dtype, pack, packed_size, unpack
 
 SCHEDULES = ("wavefront", "naive")
 
@@ -94,7 +94,7 @@ def _empty_layers(model: CometForCausalLM, batch_size: int) -> list[LayerState]:
 
 
 def _receive(link: Link, tag: int, like: LayerState, count: int) -> list[LayerState]:
-    dtype, device = like.global_state.dtype, like.global_memory.device  # S's dtype (float32): S is never rounded
+    dtype, device = message_dtype(like), like.global_memory.device
     return unpack(link.receive(tag, packed_size(like, count), dtype, device), like, count)
 
 
@@ -110,7 +110,7 @@ def _wavefront(model: CometForCausalLM, batch_size: int, chunks, link: Link) -> 
                 hidden[i] = inputs[i].hidden
             hidden[i], layer = model.layer_step(index, hidden[i], layer, inputs[i])
         if link.next is not None:
-            link.send(index, pack([layer], empty[index].global_state.dtype))
+            link.send(index, pack([layer], message_dtype(empty[index])))
     total = link.token.new_zeros(batch_size, dtype=torch.float32)  # per row
     for chunk, h, x in zip(chunks, hidden, inputs):
         total = total + model.chunk_loss(model.end_chunk(h, x), chunk)
@@ -129,5 +129,5 @@ def _naive(model: CometForCausalLM, batch_size: int, chunks, link: Link) -> torc
             hidden, layers[index] = model.layer_step(index, hidden, layers[index], inputs)
         total = total + model.chunk_loss(model.end_chunk(hidden, inputs), chunk)
     if link.next is not None:
-        link.send(0, pack(layers, empty[0].global_state.dtype))
+        link.send(0, pack(layers, message_dtype(empty[0])))
     return total
