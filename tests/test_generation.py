@@ -104,6 +104,32 @@ def test_the_repetition_penalty_never_counts_padding():
             assert torch.equal(out[b, 16:], alone[b])
 
 
+def test_the_repetition_penalty_counts_the_ids_read_before_when_given():
+    """Reading a text's start into memory and generating after its end, with the start given as `read_ids`, is
+    generating after the whole text, penalty included; streams that read different amounts decode together."""
+    comet = tiny_comet()
+    options = dict(max_new_tokens=10, eos_token_id=[], repetition_penalty=3.0)
+    starts, tails = [], []
+    for seed, (n_start, n_tail) in zip((3, 5), ((19, 11), (6, 4))):
+        tail, start = random_ids(1, n_tail, seed=seed)[0], random_ids(1, n_start, seed=seed + 100)[0]
+        # the start holds what would come first after the tail without it, so the penalty must see the start
+        first = comet.generate(tail[None], memory=comet.ingest(start[None]), **options)[0, n_tail:]
+        starts.append(torch.cat([first[:3], start[3:]]))
+        tails.append(tail)
+    whole = [comet.generate(torch.cat([a, t])[None], **options)[0, len(a) + len(t):] for a, t in zip(starts, tails)]
+    memory = MemoryState.stack([comet.ingest(a[None]) for a in starts])
+    width = max(map(len, tails))
+    ids = torch.stack([torch.cat([torch.zeros(width - len(t), dtype=torch.long), t]) for t in tails])
+    mask = torch.stack([torch.arange(width) >= width - len(t) for t in tails]).long()
+    out = comet.generate(ids, memory=memory, attention_mask=mask, read_ids=[a.tolist() for a in starts], **options)
+    for b in range(2):
+        assert torch.equal(out[b, width:], whole[b])
+        alone = comet.generate(tails[b][None], memory=memory.select(torch.tensor([b])), **options)
+        assert not torch.equal(alone[0, len(tails[b]):], whole[b])  # without the start the penalty misses it
+    with pytest.raises(ValueError, match="one list of ids per stream"):
+        comet.generate(ids, memory=memory, attention_mask=mask, read_ids=[[1]], **options)
+
+
 def test_a_stopping_criterion_must_answer_with_bools():
     comet = tiny_comet()
     with pytest.raises(ValueError, match=r"stopping_criteria must return a bool or a \(2,\) bool tensor"):

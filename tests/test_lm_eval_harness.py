@@ -383,3 +383,25 @@ def test_generation_stops_at_every_end_id_the_generation_config_lists(setup, tmp
     expected = hf.generate_until(request, disable_tqdm=True)
     assert expected == [tokenizer.decode(new[: stop + 1])]  # the end id is not a special token: its text stays
     assert ours.generate_until(request, disable_tqdm=True) == expected
+
+
+def test_the_repetition_penalty_counts_the_context_read_into_memory(setup):
+    """With the "fixed" layout an answer is `model.generate` over the whole context, so a repetition penalty must
+    count the context's tokens that were read into memory before the open chunk, as lm-eval's `hf` backend counts
+    the whole prompt; one at a time and two contexts of different lengths batched."""
+    root, model, tokenizer = setup
+    contexts = [" microbiology Mapper" + SENTENCE * k + "Question: what jumps?" for k in (3, 5)]
+    options = {"until": ["\n\n"], "max_gen_toks": 12, "do_sample": False, "repetition_penalty": 1.5}
+    requests = [Instance("generate_until", {}, (c, options), i) for i, c in enumerate(contexts)]
+    want = []
+    for context in contexts:
+        ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+        assert len(ids) > 2 * C  # the penalised start is read into memory before the open chunk
+        with torch.inference_mode():
+            out = model.generate(torch.tensor([ids]), max_new_tokens=12, eos_token_id=tokenizer.eos_token_id,
+                                 repetition_penalty=1.5)
+        want.append(tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).split("\n\n")[0])
+    for batch_size in (1, 2):
+        lm = get_model("cometlm").create_from_arg_string(f"comet={root / 'model'},layout=fixed",
+                                                         {"device": "cpu", "batch_size": batch_size})
+        assert lm.generate_until(requests, disable_tqdm=True) == want

@@ -269,6 +269,7 @@ def generate(
     return_dict_in_generate: bool = False,
     output_logits: bool = False,
     progress: bool = False,
+    read_ids: list[list[int]] | None = None,
 ):
     """Hugging Face-style generation at constant memory.
 
@@ -291,6 +292,10 @@ def generate(
     whose defaults are Hugging Face's (1.0, 50, 1.0), as in Hugging Face's ``generate``; ``top_k=0`` keeps every
     token. Unlike there, ``do_sample`` and ``repetition_penalty`` are never read from it: greedy decoding without a
     penalty unless asked, so that an instruct model whose config samples still answers evaluations greedily.
+
+    ``read_ids`` (one list per stream): the ids read into ``memory`` before, which the logits processors see
+    before the prompt, so that the repetition penalty counts them as Hugging Face's ``generate`` does over the
+    whole text (without them it counts the prompt given here and the new tokens).
     """
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be a non-negative int (got {max_new_tokens!r})")
@@ -307,8 +312,11 @@ def generate(
     state = memory if memory is not None else model.init_memory(batch.ids.shape[0])
     model.check_memory(state, batch.ids.shape[0])
     state = model.ingest(batch.ids, state, attention_mask=batch.mask(), progress=progress)
+    seen = _real_only(batch, input_ids, attention_mask)
+    if read_ids is not None:
+        seen = torch.cat([_left_filled(read_ids, seen[:, 0]), seen], dim=1)
     sequences, state, logits = _decode(
-        model, input_ids.long().to(batch.ids.device), _real_only(batch, input_ids, attention_mask), state,
+        model, input_ids.long().to(batch.ids.device), seen, state,
         max_new_tokens=max_new_tokens,
         processors=_processors(do_sample, temperature, top_k, top_p, repetition_penalty), do_sample=do_sample,
         eos=eos.to(batch.ids.device), pad_token_id=pad_token_id, streamer=streamer, generator=generator,
@@ -317,6 +325,19 @@ def generate(
     if return_dict_in_generate:
         return CometGenerateOutput(sequences=sequences, memory=state, logits=tuple(logits) if output_logits else None)
     return sequences
+
+
+def _left_filled(rows: list[list[int]], first: torch.Tensor) -> torch.Tensor:
+    """``rows`` as one (B, longest) tensor, each filled on the left with its own first id (else ``first``'s): a
+    penalty on the ids present counts each stream's own ids only."""
+    if len(rows) != first.shape[0]:
+        raise ValueError(f"read_ids must hold one list of ids per stream ({first.shape[0]}), got {len(rows)}")
+    width = max(map(len, rows), default=0)
+    out = first[:, None].repeat(1, width)
+    for row, ids in enumerate(rows):
+        if ids:
+            out[row] = torch.tensor([ids[0]] * (width - len(ids)) + list(ids), dtype=out.dtype)
+    return out
 
 
 def _real_only(batch, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:

@@ -387,8 +387,10 @@ class CometLM(TemplateLM):
             texts = self.tokenizer.batch_decode(sequences[:, width:][:, -lookback:])
             return torch.tensor([any(s and s in text for s in until) for text in texts], device=sequences.device)
 
+        # the penalty, if any, counts the whole context as lm-eval's hf backend does, not only the open chunk's
+        read = [ids[:-tail] for ids, tail in zip(prompts, tails)] if "repetition_penalty" in sampling else None
         out = self.model.generate(open_ids, attention_mask=mask, memory=state, max_new_tokens=max_new,
-                                  eos_token_id=self._end_ids, stopping_criteria=stopped, **sampling)
+                                  eos_token_id=self._end_ids, stopping_criteria=stopped, read_ids=read, **sampling)
         return out[:, width:].tolist()
 
     def _check_greedy_prompt(self, ids, until, max_new, sampling) -> None:
