@@ -6,7 +6,10 @@
 #
 #   recipes/general-smollm2.sh OUT [-- EXTRA TRAIN OPTIONS]
 #
-#   EXTRA  passed to every phase, e.g. --threads 1, or a GPU's larger --batch-size.
+#   EXTRA  passed to every phase: only options that change how a phase runs, not what it trains (--threads,
+#          --context-parallel, --pipeline-schedule, --dist-timeout, --gradient-checkpointing, --keep-checkpoints,
+#          --tensorboard), since a phase's settings are fixed before it runs and an A/B's arms must read the same
+#          batches whatever each sitting passes.
 #
 # Sizes: the passkey adapter's (128-token chunks, 16 global slots, 16 temporary rows with stride 8, LoRA r=8), so
 # the first phase starts from a memory that already carries a key across 1M tokens. Prompts are 512 to 1,024
@@ -24,6 +27,16 @@ OUT=${1:?usage: recipes/general-smollm2.sh OUT [-- EXTRA TRAIN OPTIONS]}
 shift
 if [[ ${1:-} == -- ]]; then shift; fi
 EXTRA=("$@")
+for option in ${EXTRA[@]+"${EXTRA[@]}"}; do  # option values pass; options must not change what a phase trains
+  case ${option%%=*} in
+    --threads|--context-parallel|--pipeline-schedule|--dist-timeout|--gradient-checkpointing|--keep-checkpoints|\
+    --tensorboard) ;;
+    --*) echo "recipes/general-smollm2.sh: ${option%%=*} changes what a phase trains, which the recipe fixes; EXTRA" \
+           "takes --threads, --context-parallel, --pipeline-schedule, --dist-timeout, --gradient-checkpointing," \
+           "--keep-checkpoints and --tensorboard" >&2
+         exit 2 ;;
+  esac
+done
 COMETLM=${COMETLM:-cometlm}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PASSKEY=$(cd "$HERE/.." && pwd)/src/cometlm/adapters/smollm2-135m-passkey

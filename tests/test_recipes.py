@@ -505,14 +505,19 @@ def test_the_rule_verdict_reads_the_global_column_at_each_length(tmp_path):
 
 
 def test_the_rule_verdict_compares_two_arms(tmp_path):
-    """--relative-to: each threshold is a factor of the other arm's mean at that length (g10's A/B, session 38)."""
+    """--relative-to: each threshold is a factor of the other arm's mean at that length (g10's A/B, session 38), and
+    only between arms measured alike; a loss that is not a finite number is no measurement."""
     verdict = RECIPE.parents[1] / "docs" / "experiments" / "rule_verdict.py"
     arm, control = tmp_path / "arm", tmp_path / "control"
+    sources = ["passkey:digits=3-9", "ruler-niah-single:depth=0-100"]
 
-    def measured(folder, global_loss, length=2048):
+    def measured(folder, global_loss, length=2048, **changes):
         folder.mkdir(exist_ok=True)
         means = {"open": 0.1, "queue": 0.4, "global": global_loss}
-        (folder / f"distance-{length}.json").write_text(json.dumps({"mean_by_distance": {"128:16": means}}))
+        record = {"max_length": length, "seed": 901, "samples": 48, "dtype": "bfloat16",
+                  "rows": [{"chunk_size": 128, "temp_capacity": 16, "data": d} for d in sources],
+                  "mean_by_distance": {"128:16": means}, **changes}
+        (folder / f"distance-{length}.json").write_text(json.dumps(record))  # NaN and Infinity as json writes them
 
     def run(limit="2048=0.9"):
         return subprocess.run([sys.executable, str(verdict), str(arm), "--global-at", limit, "--relative-to",
@@ -529,6 +534,20 @@ def test_the_rule_verdict_compares_two_arms(tmp_path):
     measured(arm, 0.451)
     assert run().stdout.splitlines()[-1] == "fail" and (arm / "verdict").read_text() == "fail\n"
     assert run("2048=1").stdout.splitlines()[-1] == "pass"  # the factor is read, not a fixed loss
+    for what, changes in [("seed 901 against 900", dict(seed=900)), ("samples 48 against 24", dict(samples=24)),
+                          ("against 'float32'", dict(dtype="float32")), ("sources", dict(rows=[]))]:
+        measured(control, 0.5, **changes)
+        result = run("2048=1")
+        assert result.returncode == 2 and "not measured alike" in result.stderr and what in result.stderr, what
+    measured(control, 0.5, max_length=1024)
+    assert run().returncode == 2
+    (arm / "verdict").unlink()
+    for arm_loss, control_loss in [(float("nan"), 0.5), (0.45, float("nan")), (3.0, float("inf"))]:
+        measured(arm, arm_loss)
+        measured(control, control_loss)
+        result = run()
+        assert result.returncode == 2 and "not a finite loss" in result.stderr and not (arm / "verdict").exists()
+    assert run("2048=nan").returncode == 2  # argparse refuses a threshold that is no number
 
 def test_centring_an_adapters_gates_keeps_what_it_computes(tmp_path, tiny_model_dir):
     """`reset_gates.py --center` (session 36): the copy's gates read their input less its mean, the bias raised to
@@ -557,3 +576,18 @@ def test_centring_an_adapters_gates_keeps_what_it_computes(tmp_path, tiny_model_
             torch.testing.assert_close(y.global_state, x.global_state, atol=1e-4, rtol=1e-4)
     again = run(tmp_path / "b", tmp_path / "c")
     assert again.returncode == 2 and "centred already" in again.stderr and not (tmp_path / "c").exists()
+
+
+def test_the_general_recipe_takes_only_options_that_do_not_change_what_it_trains(tmp_path):
+    """EXTRA reaches every phase last, so a --batch-size there would override a phase's own, and a sitting that
+    passed one would make g10x read other batches than g10c; such options are refused before anything runs."""
+    env = {**os.environ, "COMETLM": "echo", "PYTHON": "echo", "RULE": "echo", "RULES": str(tmp_path / "rules")}
+    for extra in (["--batch-size", "8"], ["--grad-accum=4"], ["--threads", "1", "--seed", "3"]):
+        result = subprocess.run(["bash", str(GENERAL), str(tmp_path), "--", *extra], capture_output=True, text=True,
+                                env=env)
+        option = next(e for e in extra if e.startswith("--") and not e.startswith("--threads")).partition("=")[0]
+        assert result.returncode == 2 and f"{option} changes what a phase trains" in result.stderr, extra
+        assert result.stdout == "" and not (tmp_path / "general-g1").exists()
+    result = subprocess.run(["bash", str(GENERAL), str(tmp_path), "--", "--threads", "2", "--dist-timeout=600",
+                             "--gradient-checkpointing"], capture_output=True, text=True, env=env)
+    assert result.returncode == 3 and "--dist-timeout=600 --gradient-checkpointing" in result.stdout

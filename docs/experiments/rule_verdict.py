@@ -11,8 +11,9 @@ datasets next to its threshold, and writes ``DIR/verdict``: ``pass`` when every 
 threshold, ``fail`` otherwise. ``--probes-at-least`` adds a condition: the mean of the probes' scores in
 ``DIR/probe.txt`` (``probe_general.sh``'s lines, ``TASK mean SCORE``) at least that. With ``--relative-to``
 each threshold is a factor of OTHER_DIR's mean at that length (``2048=0.9``: at most 0.9x the other run's), for a
-rule that compares two arms measured alike. A missing or unreadable
-measurement writes nothing and exits with status 2, so a recipe that reads the verdict stops instead of guessing.
+rule that compares two arms measured alike (the same length, seed, sample count, dtype and sources, checked). A
+missing, unreadable or non-finite measurement, or two arms measured differently, writes nothing and exits with
+status 2, so a recipe that reads the verdict stops instead of guessing.
 ``--column`` picks another distance (open, queue, global).
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -30,7 +32,7 @@ COLUMNS = ("open", "queue", "global")
 def threshold(text: str) -> tuple[int, float]:
     length, sep, value = text.partition("=")
     try:
-        if not sep or int(length) <= 0 or float(value) < 0:
+        if not sep or int(length) <= 0 or not 0 <= float(value) < math.inf:
             raise ValueError
         return int(length), float(value)
     except ValueError:
@@ -41,11 +43,41 @@ def column_mean(path: Path, sizes: str, column: str) -> float:
     """The mean over datasets of ``column``'s loss at ``sizes`` (C:K) in one distance diagnostic's JSON."""
     try:
         means = json.loads(path.read_text())["mean_by_distance"][sizes]
-        return float(means[column])
+        mean = float(means[column])
     except FileNotFoundError:
         raise ValueError(f"{path} does not exist: run phase_rule.sh first") from None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{path} has no {column} mean at sizes {sizes} ({type(error).__name__}: {error})") from None
+    if not math.isfinite(mean):  # a loss that diverged is no measurement: no verdict
+        raise ValueError(f"{path}'s {column} mean at sizes {sizes} is {mean}, not a finite loss")
+    return mean
+
+
+# What two arms' diagnostics must share to be compared (answer_loss.py records each): the same samples of the same
+# sources at the same length, read in the same dtype.
+MEASURED_ALIKE = ("max_length", "seed", "samples", "dtype")
+
+
+def measured_alike(a: Path, b: Path, sizes: str, length: int) -> None:
+    """Raises ValueError unless the diagnostics ``a`` and ``b`` measured the same samples at ``length`` tokens."""
+    chunk_size, _, rows = sizes.partition(":")
+
+    def record(path: Path) -> dict:
+        try:
+            data = json.loads(path.read_text())
+            sources = [row["data"] for row in data["rows"]
+                       if (str(row["chunk_size"]), str(row["temp_capacity"])) == (chunk_size, rows)]
+            return {**{key: data.get(key) for key in MEASURED_ALIKE}, "sources": sources}
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+            raise ValueError(f"{path} does not say what it measured ({type(error).__name__}: {error})") from None
+
+    got, want = record(a), record(b)
+    if got["max_length"] != length:
+        raise ValueError(f"{a} measured at max_length {got['max_length']}, not {length}")
+    differ = [key for key in got if got[key] != want[key]]
+    if differ:
+        said = "; ".join(f"{key} {got[key]!r} against {want[key]!r}" for key in differ)
+        raise ValueError(f"{a} and {b} were not measured alike ({said}): their losses do not compare")
 
 
 def probe_mean(path: Path) -> float:
@@ -90,6 +122,9 @@ def main(argv=None) -> int:
         limits, other = args.limits, {}
         if args.relative_to is not None:  # thresholds are factors of the other arm's means
             other = {length: mean_at(args.relative_to, length) for length, _ in limits}
+            for length, _ in limits:
+                measured_alike(args.dir / f"distance-{length}.json", args.relative_to / f"distance-{length}.json",
+                               args.sizes, length)
             limits = [(length, factor * other[length]) for length, factor in limits]
         means = [(length, limit, mean_at(args.dir, length)) for length, limit in limits]
         probes = None if args.probes_at_least is None else probe_mean(args.dir / "probe.txt")
