@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from cometlm.files import write_text
 from cometlm.loading import ModelOptions, load_model
 from cometlm.training.data import IGNORE
 from cometlm.training.specs import load_dataset
@@ -157,7 +158,7 @@ def main(argv=None) -> int:
                   + " | ".join(f"{name} {value:.3f}" for name, value in means.items()), flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1))
+        write_text(args.out, json.dumps(result, indent=1))  # whole or not at all: phase_rule.sh skips what exists
     return 0
 
 
