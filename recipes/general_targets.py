@@ -27,6 +27,13 @@ MARGIN = 0.2  # over every efficient baseline, at 16k and 32k
 LOGS = 0.8  # user-qa and agent-qa at 32k
 SHORT = 1.05  # short-input perplexity against the base model's
 BASELINES = ("no-memory", "truncated-cache", "sliding-window-cache")
+# What the recipe gives each method that reads with a cache (CoMeT's 176 keys a token) and the truncation to 8k; a
+# result read otherwise is not the baseline the issue names.
+SETTINGS = {"truncated-cache": {"window": 176}, "sliding-window-cache": {"window": 44, "sink_tokens": 4},
+            "sliding-window-cache-lora": {"window": 44, "sink_tokens": 4}, "truncated": {"window": 8192},
+            "truncated-lora": {"window": 8192}}
+# The held-out perplexity windows every perplexity target compares (recipes/general-eval-smollm2.sh)
+PPL_WINDOWS = {"corpus": "bible", "length": 32768, "documents": 2, "seed": 0}
 BEAT = ("babilong-qa2", "babilong-qa3", "babilong-qa4", "babilong-qa5", "ruler-niah-multikey",
         "ruler-niah-multivalue", "ruler-vt")
 TASKS = ("ruler-niah-single", "ruler-niah-multikey", "ruler-niah-multivalue", "ruler-niah-multiquery", "ruler-vt",
@@ -92,8 +99,49 @@ def at_least(result: dict, floor: float, lengths=LENGTHS, depths=DEPTHS):
     return text, all(v >= floor for v in values)
 
 
+def adapter(result: dict) -> tuple:
+    """What says which adapter a result read with: its name and LoRA (the memory's own weights differ between comet
+    and no-memory, which turns the memories off)."""
+    model = result.get("model") or {}
+    return model.get("name"), model.get("lora_checksum")
+
+
+def alike(comet: dict, other: dict, method: str, keys=("seed", "options")) -> None:
+    """Raises Missing unless ``other`` (a ``method`` result) read what ``comet`` read (the same ``keys`` of their
+    configs, the same dtype), with the recipe's settings for ``method`` and, for no-memory, the same adapter."""
+    what = f"{other.get('task', 'perplexity')} ({method})"
+    mine, theirs = comet.get("config") or {}, other.get("config") or {}
+    for key in keys:
+        if mine.get(key) != theirs.get(key):
+            raise Missing(f"{what} read with {key} {theirs.get(key)!r}, CoMeT with {mine.get(key)!r}: not comparable")
+    if (comet.get("model") or {}).get("dtype") != (other.get("model") or {}).get("dtype"):
+        raise Missing(f"{what} ran in another dtype than CoMeT: not comparable")
+    for key, value in SETTINGS.get(method, {}).items():
+        if theirs.get(key) != value:
+            raise Missing(f"{what} read with {key} {theirs.get(key)!r}, the recipe's is {value!r}")
+    if method in ("no-memory", "sliding-window-cache-lora", "truncated-lora") and adapter(other) != adapter(comet):
+        raise Missing(f"{what} read with {adapter(other)[0]!r}, CoMeT with {adapter(comet)[0]!r}")
+
+
+def comet_grid(out: Path, task: str, folder: Path | None = None, haystack: str | None = None) -> dict:
+    """A grid of the adapter's: refused unless it read with the adapter (and the seed) of the suites' single-needle
+    run, and, for a needle folder, in its ``haystack``."""
+    result = grid(out, task, "comet", folder)
+    reference = grid(out, "ruler-niah-single", "comet")
+    if adapter(result) != adapter(reference):
+        raise Missing(f"{task} read with {adapter(result)[0]!r}, the suites with {adapter(reference)[0]!r}")
+    if (result.get("config") or {}).get("seed") != (reference.get("config") or {}).get("seed"):
+        raise Missing(f"{task} ({folder or 'suites'}) read with another seed than the suites")
+    read = ((result.get("config") or {}).get("options") or {}).get("haystack")
+    if haystack is not None and not (read == haystack or haystack == "file:" and str(read).startswith("file:")):
+        raise Missing(f"{folder} holds a run on the haystack {read!r}, not {haystack!r}")
+    return result
+
+
 def beats_baselines(out: Path, task: str):
-    comet = grid(out, task, "comet")
+    comet = comet_grid(out, task)
+    for b in BASELINES:
+        alike(comet, grid(out, task, b), b)
     parts, ok = [], True
     for n in LENGTHS[1:]:
         mine = accuracy(comet, n)
@@ -104,7 +152,18 @@ def beats_baselines(out: Path, task: str):
 
 
 def perplexity(out: Path, name: str) -> float:
-    return float(summary(out / "ppl" / name / "ppl.json")["ppl"])
+    """The perplexity of the run ``name``, read on the recipe's held-out windows as CoMeT's was."""
+    comet = summary(out / "ppl" / "comet" / "ppl.json")
+    config = comet.get("config") or {}
+    wrong = {key: config.get(key) for key, value in PPL_WINDOWS.items() if config.get(key) != value}
+    if wrong:
+        raise Missing(f"CoMeT's perplexity read {wrong}, the recipe's windows are {PPL_WINDOWS}")
+    result = comet if name == "comet" else summary(out / "ppl" / name / "ppl.json")
+    alike(comet, result, name, keys=(*PPL_WINDOWS, "heldout_fraction", "bucket"))
+    try:
+        return float(result["ppl"])
+    except (KeyError, TypeError, ValueError):
+        raise Missing(f"{out / 'ppl' / name / 'ppl.json'} holds no perplexity") from None
 
 
 def ppl_below(out: Path):
@@ -142,7 +201,7 @@ def short_inputs(out: Path):
 
 
 def million(out: Path):
-    result = grid(out, "babilong-qa1", "comet", out / "qa1-1m")
+    result = comet_grid(out, "babilong-qa1", out / "qa1-1m")
     cells = [c for c in result["cells"] if c["length"] == 1000000]
     depths = sorted(c["depth"] for c in cells if c["done"] >= 1)
     if depths != [0, 50, 100]:
@@ -153,20 +212,22 @@ def million(out: Path):
 
 
 def targets(out: Path) -> list[dict]:
-    rows = [row("passkey grid", f">= {NEEDLE} at each length", lambda: at_least(summary(
-        out / "passkey" / "comet" / "passkey.json"), NEEDLE, depths=PASSKEY_DEPTHS))]
-    haystacks = {"essays": out / "suites" / "ruler-niah-single" / "comet", "bible": out / "needles" / "bible",
-                 "noise": out / "needles" / "noise", "a file never read": out / "needles" / "file"}
-    for name, folder in haystacks.items():
+    rows = [row("passkey grid", f">= {NEEDLE} at each length", lambda: at_least(comet_grid(
+        out, "passkey", out / "passkey" / "comet"), NEEDLE, depths=PASSKEY_DEPTHS))]
+    haystacks = {"essays": (out / "suites" / "ruler-niah-single" / "comet", "essays"),
+                 "bible": (out / "needles" / "bible", "bible"), "noise": (out / "needles" / "noise", "noise"),
+                 "a file never read": (out / "needles" / "file", "file:")}
+    for name, (folder, haystack) in haystacks.items():
         rows.append(row(f"single needle, {name}", f">= {NEEDLE} at each length",
-                        lambda folder=folder: at_least(grid(out, "ruler-niah-single", "comet", folder), NEEDLE)))
+                        lambda folder=folder, haystack=haystack: at_least(comet_grid(
+                            out, "ruler-niah-single", folder, haystack), NEEDLE)))
     rows.append(row("babilong-qa1", f">= {QA1} at each length",
-                    lambda: at_least(grid(out, "babilong-qa1", "comet"), QA1)))
+                    lambda: at_least(comet_grid(out, "babilong-qa1"), QA1)))
     for task in BEAT:
         rows.append(row(task, f"every efficient baseline + {MARGIN} at 16k and 32k",
                         lambda task=task: beats_baselines(out, task)))
     for task in ("user-qa", "agent-qa"):
-        rows.append(row(task, f">= {LOGS} at 32k", lambda task=task: at_least(grid(out, task, "comet"), LOGS,
+        rows.append(row(task, f">= {LOGS} at 32k", lambda task=task: at_least(comet_grid(out, task), LOGS,
                                                                             LENGTHS[-1:])))
     rows.append(row("perplexity, 2 held-out 32k Bible windows", "below no memory and the sliding window with "
                     "CoMeT's cache", lambda: ppl_below(out)))

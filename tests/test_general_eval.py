@@ -103,15 +103,36 @@ def test_the_recipe_runs_the_short_inputs_and_the_checker_and_refuses_bad_input(
 # The checker, on results written here
 
 
+ADAPTER = {"name": "runs/adapter", "lora_checksum": 17.5}
+# what the recipe gives each baseline (general_targets.SETTINGS), by the folder it writes
+READS = {"truncated-cache": {"window": 176}, "sliding-window-cache": {"window": 44, "sink_tokens": 4},
+         "sliding-window-cache-lora": {"window": 44, "sink_tokens": 4}, "truncated": {"window": 8192},
+         "truncated-lora": {"window": 8192}}
+
+
 def grid(folder: Path, task: str, method: str, accuracy: dict, trials: int = 5, depths=(50,), complete=True,
-         split="test"):
-    """A `cometlm eval` grid summary: ``accuracy`` per length (the same at every depth)."""
+         split="test", config: dict | None = None, model: dict | None = None):
+    """A `cometlm eval` grid summary: ``accuracy`` per length (the same at every depth), read at seed 0 with the
+    options and settings the recipe gives ``folder`` (``config`` and ``model`` change them)."""
     cells = [{"length": n, "depth": d, "done": trials, "correct": round(a * trials), "seconds": 60.0,
               "peak_rss_mib": 1000.0} for n, a in accuracy.items() for d in depths]
+    haystack = {"bible": "bible", "noise": "noise", "file": "file:/texts/never.txt"}.get(folder.name, "essays")
+    options = {"haystack": haystack} if task == "ruler-niah-single" else {}
+    own = {"split": split, "seed": 0, "options": options, **READS.get(folder.name, {}), **(config or {})}
+    base = {"name": "smollm2-135m-instruct"} if folder.name in ("truncated-cache", "sliding-window-cache") else ADAPTER
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{task}.json").write_text(json.dumps({"task": task, "method": method, "complete": complete,
-                                                     "cells": cells, "config": {"split": split},
-                                                     "model": {"name": "runs/adapter"}}))
+                                                     "cells": cells, "config": own, "model": model or base}))
+
+
+def ppl(out: Path, name: str, value: float, config: dict | None = None, model: dict | None = None) -> None:
+    """A `cometlm eval ppl` summary of the run ``name`` on the recipe's held-out windows."""
+    own = {"corpus": "bible", "length": 32768, "documents": 2, "seed": 0, "heldout_fraction": 0.05, "bucket": 1024,
+           **READS.get(name, {}), **(config or {})}
+    base = {"name": "smollm2-135m-instruct"} if name in ("truncated", "sliding-window-cache") else ADAPTER
+    (out / "ppl" / name).mkdir(parents=True, exist_ok=True)
+    (out / "ppl" / name / "ppl.json").write_text(json.dumps({"complete": True, "ppl": value, "config": own,
+                                                             "model": model or base}))
 
 
 def everything_met(out: Path) -> None:
@@ -128,8 +149,7 @@ def everything_met(out: Path) -> None:
         grid(out / "suites" / task / "full-lora", task, "full", {4096: 1.0})
     for name, value in {"comet": 15.0, "no-memory": 21.0, "sliding-window-cache": 17.9,
                         "sliding-window-cache-lora": 16.4, "truncated": 15.3, "truncated-lora": 14.7}.items():
-        (out / "ppl" / name).mkdir(parents=True)
-        (out / "ppl" / name / "ppl.json").write_text(json.dumps({"complete": True, "ppl": value}))
+        ppl(out, name, value)
     (out / "short-ppl.json").write_text(json.dumps({"comet": "runs/adapter", "results": {
         "bible": {"base_ppl": 30.0, "comet_ppl": 31.0, "ratio": 31 / 30},
         "essays": {"base_ppl": 40.0, "comet_ppl": 40.0, "ratio": 1.0}}}))
@@ -179,8 +199,8 @@ def test_the_checker_says_met_when_every_target_is(tmp_path):
                       complete=False), "single needle, a file never read", "missing"),
     (lambda out: (out / "suites" / "agent-qa" / "comet" / "agent-qa.json").unlink(), "agent-qa", "missing"),
     # perplexity not below the sliding window with the LoRA; short inputs 6% worse
-    (lambda out: (out / "ppl" / "sliding-window-cache-lora" / "ppl.json").write_text(json.dumps({
-        "complete": True, "ppl": 14.9})), "perplexity, 2 held-out 32k Bible windows", "NOT MET"),
+    (lambda out: ppl(out, "sliding-window-cache-lora", 14.9), "perplexity, 2 held-out 32k Bible windows",
+     "NOT MET"),
     (lambda out: (out / "short-ppl.json").write_text(json.dumps({"results": {
         "bible": {"base_ppl": 30.0, "comet_ppl": 31.8, "ratio": 1.06}}})), "short inputs (one chunk, held out)",
      "NOT MET"),
@@ -196,6 +216,28 @@ def test_the_checker_says_met_when_every_target_is(tmp_path):
      "missing"),
     (lambda out: (out / "short-ppl.json").write_text(json.dumps({"comet": "runs/adapter", "results": {}})),
      "short inputs (one chunk, held out)", "missing"),
+    # results that do not compare: other prompts, another adapter, another dtype, another cache or window, another
+    # haystack than the folder's, other perplexity windows
+    (lambda out: grid(out / "suites" / "babilong-qa2" / "no-memory", "babilong-qa2", "no-memory",
+                      dict.fromkeys(LENGTHS, 0.0), config={"seed": 7}), "babilong-qa2", "missing"),
+    (lambda out: grid(out / "suites" / "babilong-qa3" / "no-memory", "babilong-qa3", "no-memory",
+                      dict.fromkeys(LENGTHS, 0.0), model={"name": "runs/other", "lora_checksum": 3.0}),
+     "babilong-qa3", "missing"),
+    (lambda out: grid(out / "suites" / "babilong-qa4" / "truncated-cache", "babilong-qa4", "truncated",
+                      dict.fromkeys(LENGTHS, 0.0), model={"name": "smollm2-135m-instruct", "dtype": "bfloat16"}),
+     "babilong-qa4", "missing"),
+    (lambda out: grid(out / "suites" / "ruler-vt" / "sliding-window-cache", "ruler-vt", "sliding-window",
+                      dict.fromkeys(LENGTHS, 0.0), config={"window": 157}), "ruler-vt", "missing"),
+    (lambda out: grid(out / "needles" / "bible", "ruler-niah-single", "comet", dict.fromkeys(LENGTHS, 1.0),
+                      config={"options": {"haystack": "essays"}}), "single needle, bible", "missing"),
+    (lambda out: grid(out / "needles" / "noise", "ruler-niah-single", "comet", dict.fromkeys(LENGTHS, 1.0),
+                      model={"name": "runs/other"}), "single needle, noise", "missing"),
+    (lambda out: ppl(out, "no-memory", 21.0, config={"seed": 5}), "perplexity, 2 held-out 32k Bible windows",
+     "missing"),
+    (lambda out: ppl(out, "sliding-window-cache-lora", 16.4, model={"name": "runs/other", "lora_checksum": 3.0}),
+     "perplexity, 2 held-out 32k Bible windows", "missing"),
+    (lambda out: ppl(out, "truncated-lora", 14.7, config={"window": 4096}),
+     "perplexity against truncation to the last 8k", "missing"),
 ])
 def test_the_checker_catches_each_shortfall(tmp_path, change, target, verdict):
     everything_met(tmp_path)
