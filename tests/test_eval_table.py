@@ -117,6 +117,20 @@ def test_lengths_named_in_cells_are_exact_when_labels_would_collide(results):
     assert [row[2] for row in rows] == [f"{out['ppl-comet']['ppl']:.3f} (8000)", f"{out['ppl-full']['ppl']:.3f} (8192)"]
 
 
+def test_perplexities_of_other_texts_say_which(results):
+    """Two perplexities read on other documents (another corpus, count or seed) are not the same measurement: each
+    cell names its text, as it names its length."""
+    root, out = results
+    summaries = load_results([root / "ppl-comet", root / "ppl-full"])
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in format_table(summaries).splitlines()[2:4]]
+    assert rows[0][2] == f"{out['ppl-comet']['ppl']:.3f}"  # the same text: nothing to say
+    summaries[1]["config"]["seed"] = summaries[0]["config"]["seed"] + 1
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in format_table(summaries).splitlines()[2:4]]
+    for row, summary in zip(rows, summaries):
+        config = summary["config"]
+        assert f"{config['corpus']}, {config['documents']} document" in row[2] and f"seed {config['seed']}" in row[2]
+
+
 def test_grids_with_other_numbers_of_trials_say_how_many(results):
     root, out = results
     summaries = load_results([root / "passkey-comet", root / "passkey-sliding-window", root / "niah-comet"])

@@ -107,13 +107,26 @@ def _seconds_cell(summary: dict | None, lengths: list[int], label) -> str:
                                                                f" ({label(longest)})")
 
 
-def _ppl_cells(summary: dict | None, name_length: bool, label) -> list[str]:
-    """Perplexity (with its document length when the table mixes lengths) and tokens per second."""
+# What makes two perplexities comparable besides the length: the text they were read on
+PPL_TEXT = ("corpus", "documents", "seed", "heldout_fraction")
+
+
+def _ppl_text(summary: dict) -> str:
+    config = summary["config"]
+    documents = config.get("documents")
+    return (f"{config.get('corpus')}, {documents} document{'' if documents == 1 else 's'}, seed {config.get('seed')}"
+            + (f", held out {config['heldout_fraction']:g}" if config.get("heldout_fraction") is not None else ""))
+
+
+def _ppl_cells(summary: dict | None, name_length: bool, name_text: bool, label) -> list[str]:
+    """Perplexity (with its document length when the table mixes lengths, and the text it read when the table mixes
+    texts) and tokens per second."""
     if summary is None:
         return ["-", "-"]
     ppl = "-" if summary["ppl"] is None else f"{summary['ppl']:.3f}" + ("" if summary["complete"] else "*")
-    if name_length and summary["ppl"] is not None:
-        ppl += f" ({label(summary['config']['length'])})"
+    named = ([label(summary["config"]["length"])] if name_length else []) + ([_ppl_text(summary)] if name_text else [])
+    if named and summary["ppl"] is not None:
+        ppl += f" ({'; '.join(named)})"
     speed = summary["cost"]["tokens_per_s"]
     return [ppl, "-" if speed is None else f"{speed:,.0f}"]
 
@@ -166,6 +179,7 @@ def format_table(summaries: list[dict]) -> str:
         header += [f"{_title(task)} acc. ({' / '.join(labels)})", f"{_title(task)} s/trial (longest)"]
     has_ppl = any(s["task"] == "ppl" for s in summaries)
     ppl_lengths = {s["config"]["length"] for s in summaries if s["task"] == "ppl"}
+    ppl_texts = {tuple(s["config"].get(k) for k in PPL_TEXT) for s in summaries if s["task"] == "ppl"}
     label = _labeller({*(n for task in grids for n in lengths[task]), *ppl_lengths})
     if has_ppl:
         header += ["ppl", "ppl tok/s"]
@@ -177,7 +191,7 @@ def format_table(summaries: list[dict]) -> str:
             cells += [_accuracy_cell(row.get(task), lengths[task], mixed_trials[task]),
                       _seconds_cell(row.get(task), lengths[task], label)]
         if has_ppl:
-            cells += _ppl_cells(row.get("ppl"), len(ppl_lengths) > 1, label)
+            cells += _ppl_cells(row.get("ppl"), len(ppl_lengths) > 1, len(ppl_texts) > 1, label)
         cells.append(f"{max(_peak_rss(s) for s in row.values()):,.0f}")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
