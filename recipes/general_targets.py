@@ -195,8 +195,11 @@ def short_inputs(out: Path):
         graded = None
     if measured is not None and graded is not None and measured != graded:
         raise Missing(f"{path} measured {measured}, the grids {graded}: delete it and rerun the recipe")
-    text = ", ".join(f"{corpus} {r['comet_ppl']:.2f} / {r['base_ppl']:.2f} = {r['ratio']:.3f}"
-                     for corpus, r in results.items())
+    try:
+        text = ", ".join(f"{corpus} {r['comet_ppl']:.2f} / {r['base_ppl']:.2f} = {r['ratio']:.3f}"
+                         for corpus, r in results.items())
+    except (KeyError, TypeError, ValueError) as error:
+        raise Missing(f"{path} does not hold both perplexities and their ratio for every corpus ({error!r})") from None
     return text, all(r["ratio"] <= SHORT for r in results.values())
 
 

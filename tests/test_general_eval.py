@@ -216,6 +216,8 @@ def test_the_checker_says_met_when_every_target_is(tmp_path):
      "missing"),
     (lambda out: (out / "short-ppl.json").write_text(json.dumps({"comet": "runs/adapter", "results": {}})),
      "short inputs (one chunk, held out)", "missing"),
+    (lambda out: (out / "short-ppl.json").write_text(json.dumps({"comet": "runs/adapter", "results": {
+        "bible": {"base_ppl": 30.0, "comet_ppl": None}}})), "short inputs (one chunk, held out)", "missing"),
     # results that do not compare: other prompts, another adapter, another dtype, another cache or window, another
     # haystack than the folder's, other perplexity windows
     (lambda out: grid(out / "suites" / "babilong-qa2" / "no-memory", "babilong-qa2", "no-memory",
