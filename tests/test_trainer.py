@@ -216,7 +216,7 @@ def test_a_resume_with_another_number_of_data_replicas_says_so(tmp_path, base):
     """Each step reads batch_size x grad_accum samples per data replica, so resuming a run of two replicas in one
     process halves the samples per step: allowed (the machines at hand change), never silent."""
     data = make_data()
-    train(comet(base), data, config(tmp_path, "run", max_steps=2))
+    train(comet(base), data, config(tmp_path, "run", max_steps=3, stop_at=2))
     state = tmp_path / "run" / "checkpoint-2" / "state.json"
     saved = json.loads(state.read_text())
     assert saved["extra"]["data_replicas"] == 1
@@ -224,7 +224,7 @@ def test_a_resume_with_another_number_of_data_replicas_says_so(tmp_path, base):
     state.write_text(json.dumps(saved))
     with pytest.warns(UserWarning, match="1 data replica.*the checkpoint had 2: each step now reads 2 samples "
                                          "instead of 4"):
-        train(comet(base), data, config(tmp_path, "run", max_steps=3))
+        train(comet(base), data, config(tmp_path, "run", max_steps=3, stop_at=2))
 
 
 
