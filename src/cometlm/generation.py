@@ -220,6 +220,16 @@ class _ScaledFromTop(TemperatureLogitsWarper):
         return (scores - scores.amax(dim=-1, keepdim=True)) / max(self.temperature, limits.tiny)
 
 
+def end_token_ids(model, tokenizer=None) -> list[int]:
+    """The token ids that end an answer: the tokenizer's end-of-sequence id (if any), then every one the backbone's
+    generation_config lists (instruct models such as Llama 3 and Qwen2.5 list more than one), as Hugging Face's
+    `generate` and lm-eval's `hf` backend stop at."""
+    listed = getattr(getattr(model.backbone_model, "generation_config", None), "eos_token_id", None)
+    own = getattr(tokenizer, "eos_token_id", None)
+    ids = [own] + ([listed] if isinstance(listed, int) else list(listed or []))
+    return list(dict.fromkeys(int(i) for i in ids if i is not None))
+
+
 # What Hugging Face's `generate` samples with where neither the call nor the model's generation_config says
 # (transformers 5 keeps them outside GenerationConfig, whose fields default to None; tests compare draws with it).
 SAMPLING_DEFAULTS = {"temperature": 1.0, "top_k": 50, "top_p": 1.0}

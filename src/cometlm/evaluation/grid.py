@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from cometlm.evaluation.methods import build_method, end_ids, model_info
+from cometlm.evaluation.methods import build_method, model_info
 from cometlm.evaluation.settings import DEFAULT_PRIME_TOKENS, DEFAULT_SINK_TOKENS, SNAPSHOT_SECONDS
 from cometlm.files import write_figure, write_json
 from cometlm.evaluation.results import (
@@ -288,6 +288,7 @@ def evaluate_grid(
     from tqdm.auto import tqdm
 
     from cometlm.evaluation.streaming import Snapshot
+    from cometlm.generation import end_token_ids
 
     lengths, depths = check_grid(lengths, depths, trials, trials_at)
     reader = build_method(method, model, layout, prime_tokens, window, sink_tokens)
@@ -316,7 +317,7 @@ def evaluate_grid(
               **reader.settings(), "reads": reader.describe(), "extra_tokens": task.extra_tokens, "greedy": True,
               "scoring": task.scoring, **task.config}
     env = environment(command if command is not None else shlex.join(sys.argv), reader.device)
-    eos = end_ids(model, tokenizer)
+    eos = end_token_ids(model, tokenizer)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

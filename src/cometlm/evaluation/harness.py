@@ -179,9 +179,9 @@ class CometLM(TemplateLM):
     @property
     def _end_ids(self) -> list[int]:
         """Where an answer ends: the tokenizer's EOS and every end id the backbone's generation_config lists."""
-        from cometlm.evaluation.methods import end_ids
+        from cometlm.generation import end_token_ids
 
-        return end_ids(self.model, self.tokenizer)
+        return end_token_ids(self.model, self.tokenizer)
 
     @property
     def prefix_token_id(self) -> int:

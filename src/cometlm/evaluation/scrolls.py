@@ -313,7 +313,8 @@ def evaluate_scrolls_task(
     from tqdm.auto import tqdm
 
     from cometlm.runtime import peak_rss_mib
-    from cometlm.evaluation.methods import build_method, end_ids, model_info
+    from cometlm.evaluation.methods import build_method, model_info
+    from cometlm.generation import end_token_ids
 
     spec = TASKS[task]
     max_new = spec.max_new_tokens if max_new_tokens is None else max_new_tokens
@@ -328,7 +329,7 @@ def evaluate_scrolls_task(
     config = {**{k: v for k, v in run.items() if k != "model_id"}, "examples": len(examples), "seed": seed,
               "greedy": True, "metric": spec.metric, "prompt_cue": spec.cue}
     env = environment(command if command is not None else shlex.join(sys.argv), reader.device)
-    eos = end_ids(model, tokenizer)
+    eos = end_token_ids(model, tokenizer)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

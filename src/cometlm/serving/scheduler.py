@@ -22,6 +22,7 @@ from typing import Callable
 
 import torch
 
+from ..generation import end_token_ids
 from ..state import MemoryState
 from .decoding import TextStream
 
@@ -101,11 +102,7 @@ class Scheduler:
     def __init__(self, model, window_ms: float = 5.0, max_batch: int = 16):
         self.model, self.window, self.max_batch = model, window_ms / 1000, max_batch
         self.tokenizer = model.tokenizer
-        eos = getattr(getattr(model.backbone_model, "generation_config", None), "eos_token_id", None)
-        eos = [eos] if isinstance(eos, int) else list(eos or [])
-        if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
-            eos.append(self.tokenizer.eos_token_id)
-        self.eos_ids = sorted(set(eos))
+        self.eos_ids = end_token_ids(model, self.tokenizer)
         self.device = model.backbone.embed_tokens.weight.device
         self.batch_sizes: Counter[int] = Counter()  # how many batches of each size ran (for stats and tests)
         self._queue: queue.Queue = queue.Queue()

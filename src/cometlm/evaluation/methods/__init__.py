@@ -81,15 +81,6 @@ def build_method(
     return BackboneMethod(model, name, window)
 
 
-def end_ids(model, tokenizer) -> list[int]:
-    """The token ids that end an answer: the tokenizer's end-of-sequence id, then every one the backbone's
-    generation_config lists (instruct models such as Llama 3 and Qwen2.5 list more than one), as Hugging Face's
-    `generate` and lm-eval's `hf` backend stop at."""
-    listed = getattr(getattr(model.backbone_model, "generation_config", None), "eos_token_id", None)
-    ids = [tokenizer.eos_token_id] + ([listed] if isinstance(listed, int) else list(listed or []))
-    return list(dict.fromkeys(int(i) for i in ids if i is not None))
-
-
 def model_info(model, method: "Method", name: str | None) -> dict:
     """What identifies the weights a result was computed with; its hash guards resuming against mixing models."""
     info = {"name": name or model.base_model or type(model.backbone_model).__name__,
