@@ -13,8 +13,8 @@
 #
 # Sizes: the passkey adapter's (128-token chunks, 16 global slots, 16 temporary rows with stride 8, LoRA r=8), so
 # the first phase starts from a memory that already carries a key across 1M tokens. Prompts are 512 to 1,024
-# tokens (192-384 in g6, 1,024-2,048 in g8 to g10x, 4,096 in g9, g11 and g11c), so the 32k evaluations are at
-# least 8x the longest training prompt. From g8 on, the recipe reads each phase's rule itself (fixed in
+# tokens (192-384 in g6 and g11s, 1,024-2,048 in g8 to g10x, 4,096 in g9, g11 and g11c), so the 32k evaluations
+# are at least 8x the longest training prompt. From g8 on, the recipe reads each phase's rule itself (fixed in
 # docs/EXPERIMENTS.md before the phase ran) and takes the branch it names; RULES (default
 # docs/results/general-probes) is where the rules' measurements and verdicts go, RULE the script that measures them
 # (docs/experiments/phase_rule.sh).
@@ -137,6 +137,14 @@ MEMORY_TASKS=(
   user-qa:eos=1@0.16 agent-qa:eos=1@0.20
   lm:bible@0.035 lm:essays@0.035
 )
+# g11s's mixture (session 41): MEMORY_TASKS with the log tasks' weights doubled, renormalised to sum to 1.
+SKILL_LOGS=(
+  passkey:digits=3-9@0.176
+  ruler-niah-single:eos=1@0.132 ruler-niah-single:haystack=bible,values=uuid,eos=1@0.066
+  ruler-niah-single:haystack=noise,keys=number,values=word,eos=1@0.044
+  user-qa:eos=1@0.235 agent-qa:eos=1@0.294
+  lm:bible@0.0265 lm:essays@0.0265
+)
 phase general-g7 "$OUT/general-g6/final" --data "${MEMORY_TASKS[@]}" --max-length 1024 --max-steps 300 --lr 3e-4 \
   --warmup-steps 10 --seed 109 --loss-weighting sample --gate-weight-lr-multiplier 0.1 "${PLAN[@]}"
 # Phase g8: the same global path on longer samples. g7's rule (its global-memory loss 0.589 at 1,024 tokens, at most
@@ -158,10 +166,24 @@ RULES=${RULES:-$(cd "$HERE/.." && pwd)/docs/results/general-probes}
 RULE=${RULE:-$HERE/../docs/experiments/phase_rule.sh}
 VERDICT=("${PYTHON:-python}" "$HERE/../docs/experiments/rule_verdict.py")
 ALIGNED=("${PLAN[@]}" aligned=1)
-verdict() {  # verdict DIR LIMITS...: the rule's verdict in DIR, measured first if it is not there yet
-  local dir=$1; shift
-  [[ -f $dir/verdict ]] || "${VERDICT[@]}" "$dir" --global-at "$@" >&2 || true
-  cat "$dir/verdict" 2>/dev/null || true
+verdict() {  # verdict DIR LIMITS... [--column C] [--verdict-name NAME]: the rule's verdict in DIR (DIR/verdict or
+  # DIR/NAME), measured first if it is not there yet
+  local dir=$1 name=verdict; shift
+  local args=("$@")
+  for ((i = 0; i < ${#args[@]} - 1; i++)); do [[ ${args[i]} == --verdict-name ]] && name=${args[i + 1]}; done
+  [[ -f $dir/$name ]] || "${VERDICT[@]}" "$dir" --global-at "$@" >&2 || true
+  cat "$dir/$name" 2>/dev/null || true
+}
+log_rule() {  # log_rule ADAPTER DIR LENGTH...: the log tasks' answer loss by the fact's distance (validation
+  # generators, seed 901, 48 samples each, as phase_rule.sh measures the memory sources), kept once written
+  local adapter=$1 dir=$2; shift 2
+  mkdir -p "$dir"
+  for length in "$@"; do
+    [[ -f $dir/distance-$length.json ]] && continue
+    "${PYTHON:-python}" "$HERE/../docs/experiments/sizes/answer_loss.py" "$adapter" --sizes 128:16 \
+      --max-length "$length" --data agent-qa:depth=0-100 user-qa:depth=0-100 --samples 48 --seed 901 \
+      --threads "${THREADS:-2}" --out "$dir/distance-$length.json" | tee "$dir/distance-$length.txt"
+  done
 }
 no_verdict() {  # no_verdict PHASE DIR: stop, so that a rerun measures what is missing and reads the rule again
   echo "$1's rule has no verdict: see the messages above and $2; rerun the recipe to resume" >&2
@@ -284,9 +306,45 @@ case $(verdict "$G10_RULE" 2048=0.462 --probes-at-least 0.36) in
         PYTHON=${PYTHON:-python} "$RULE" "$OUT/general-g11c/final" "$RULES/g11c-step-100" 4096 2048
         echo "== adapter: $OUT/general-g11c/final (its rule: docs/EXPERIMENTS.md, session 38)" ;;
       fail)
+        # Centred gates at the full rate do not carry more. What follows (fixed in session 40 before either arm's
+        # result, its phase's details in session 41 before g10x's): one measurement on the control's adapter says
+        # whether the log tasks lack the skill (their answer's loss with the fact in the open chunk above 0.3) or
+        # the memory (open at most 0.3, global above 0.6); both low: the probes at 4,096 come next.
         echo "== g10c missed its rule ($G10C_RULE against $G10X_RULE): centred gates at the full rate do not"
-        echo "   carry more; the next change is argued in docs/EXPERIMENTS.md before it runs. Nothing more is trained."
-        echo "== adapter: $OUT/general-g10x/final" ;;
+        echo "   carry more; the log tasks are measured on g10x's adapter (docs/EXPERIMENTS.md, session 40)."
+        LOGS_RULE=$RULES/g10x-logs
+        log_rule "$OUT/general-g10x/final" "$LOGS_RULE" 2048
+        case $(verdict "$LOGS_RULE" 2048=0.3 --column open --verdict-name open):$(verdict "$LOGS_RULE" 2048=0.6 \
+                 --verdict-name global) in
+          fail:pass|fail:fail)
+            # g11s: skill first for the log tasks, g6's recipe (prompts of at most 384 tokens, 300 steps) on
+            # MEMORY_TASKS with agent-qa's and user-qa's weights doubled and the whole renormalised, from g10x's
+            # adapter with its gates as they are (their tenth of the rate). Its rule (session 41): the log tasks'
+            # open-column mean at 384 tokens at most 0.3; measured at 2,048 too, to compare with g10x's.
+            phase general-g11s "$OUT/general-g10x/final" --data "${SKILL_LOGS[@]}" --max-length 384 --max-steps 300 \
+              --lr 3e-4 --warmup-steps 10 --seed 118 --loss-weighting sample --gate-weight-lr-multiplier 0.1 \
+              "${PLAN[@]}"
+            G11S_RULE=$RULES/g11s-step-300
+            log_rule "$OUT/general-g11s/final" "$G11S_RULE" 384 2048
+            case $(verdict "$G11S_RULE" 384=0.3 --column open) in
+              pass) echo "== g11s met its rule ($G11S_RULE): the log tasks' skill is learned; the next phase is" ;;
+              fail) echo "== g11s missed its rule ($G11S_RULE): the log tasks' skill is not learned at 384 tokens;" \
+                      "the next change is" ;;
+              *) no_verdict g11s "$G11S_RULE" ;;
+            esac
+            echo "   argued in docs/EXPERIMENTS.md before it runs. Nothing more is trained here."
+            echo "== adapter: $OUT/general-g11s/final" ;;
+          pass:fail)
+            echo "== the log tasks are answered in view but not from the global memory ($LOGS_RULE): the next change"
+            echo "   is the memory's size (32 global slots, measured first with the distance diagnostic). Nothing"
+            echo "   more is trained here."
+            echo "== adapter: $OUT/general-g10x/final" ;;
+          pass:pass)
+            echo "== the log tasks' losses are low at 2,048 ($LOGS_RULE): the probes are measured at 4,096 before"
+            echo "   anything is trained. Nothing more is trained here."
+            echo "== adapter: $OUT/general-g10x/final" ;;
+          *) no_verdict g10x-logs "$LOGS_RULE" ;;
+        esac ;;
       *) no_verdict g10c "$G10C_RULE" ;;
     esac
     exit 0 ;;

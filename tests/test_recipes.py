@@ -145,15 +145,19 @@ SUITES_COMPARE = RECIPE.with_name("suites-compare-smollm2.sh")
 
 
 def general_recipe(out: Path, verdict: str | None = None, g9m_verdict: str | None = None,
-                   g9g_verdict: str | None = None, g10_verdict: str | None = None, g10c_verdict: str | None = None):
+                   g9g_verdict: str | None = None, g10_verdict: str | None = None, g10c_verdict: str | None = None,
+                   more: dict | None = None):
     """The general recipe's commands with every program echoed; ``verdict`` pre-written as g8's rule's,
-    ``g9m_verdict`` as g9m's, ``g9g_verdict`` as g9g's, ``g10_verdict`` as g10's, ``g10c_verdict`` as g10c's."""
+    ``g9m_verdict`` as g9m's, ``g9g_verdict`` as g9g's, ``g10_verdict`` as g10's, ``g10c_verdict`` as g10c's, and
+    ``more`` maps "FOLDER/FILE" to a verdict for the rules with named verdict files."""
     rules = out / "rules"
-    for phase, said in (("g8-step-200", verdict), ("g9m-step-200", g9m_verdict), ("g9g-step-100", g9g_verdict),
-                        ("g10-step-200", g10_verdict), ("g10c-step-100", g10c_verdict)):
+    written = {f"{phase}/verdict": said for phase, said in (
+        ("g8-step-200", verdict), ("g9m-step-200", g9m_verdict), ("g9g-step-100", g9g_verdict),
+        ("g10-step-200", g10_verdict), ("g10c-step-100", g10c_verdict))}
+    for name, said in {**written, **(more or {})}.items():
         if said is not None:
-            (rules / phase).mkdir(parents=True)
-            (rules / phase / "verdict").write_text(said + "\n")
+            (rules / name).parent.mkdir(parents=True, exist_ok=True)
+            (rules / name).write_text(said + "\n")
     return subprocess.run(["bash", str(GENERAL), str(out), "--", "--threads", "1"], capture_output=True, text=True,
                           env={**os.environ, "COMETLM": "echo", "PYTHON": "echo", "RULE": "echo", "RULES": str(rules)})
 
@@ -383,7 +387,8 @@ def test_g10s_failed_rule_tests_centred_gates_against_a_control(tmp_path):
     measured = [line for line in result.stdout.splitlines() if line.startswith(str(out / "general-g"))]
     assert measured[-2:] == [f"{out}/general-g10c/final {out}/rules/g10c-step-100 2048",
                              f"{out}/general-g10x/final {out}/rules/g10x-step-100 2048"]
-    result = general_recipe(tmp_path / "fail", "fail", "pass", g10_verdict="fail", g10c_verdict="fail")
+    result = general_recipe(tmp_path / "fail", "fail", "pass", g10_verdict="fail", g10c_verdict="fail",
+                            more={"g10x-logs/open": "pass", "g10x-logs/global": "pass"})
     assert result.returncode == 0, result.stderr
     assert len(train_runs(result)) == 12 and "g10c missed its rule" in result.stdout
     g11 = train_runs(general_recipe(tmp_path / "g11", "fail", "pass", g10_verdict="pass"))[-1]
@@ -402,6 +407,65 @@ def test_g10s_failed_rule_tests_centred_gates_against_a_control(tmp_path):
                              f"{out}/general-g11c/final {out}/rules/g11c-step-100 4096 2048"]
 
 
+def test_g10cs_failed_rule_measures_the_log_tasks_on_the_control(tmp_path, tokenizer):
+    """What follows a failed g10c (session 40, before either arm's result; g11s's details in session 41, before
+    g10x's): the log tasks' answer loss by the fact's distance at 2,048 on g10x's adapter; open column above 0.3 ->
+    g11s, skill first (g6's recipe from g10x, MEMORY_TASKS with the log tasks' weights doubled); open at most 0.3 and
+    global above 0.6 -> the memory's size next; both low -> the probes at 4,096 next; nothing trained in either."""
+    from cometlm.training.specs import load_mixture
+
+    def run(name, **more):
+        out = tmp_path / name
+        result = general_recipe(out, "fail", "pass", g10_verdict="fail", g10c_verdict="fail",
+                                more={f"{k.replace('__', '/').replace('_', '-')}": v for k, v in more.items()})
+        measured = [line.split() for line in result.stdout.splitlines() if "answer_loss.py" in line]
+        return out, result, train_runs(result), measured
+
+    out, result, runs, measured = run("none")
+    assert result.returncode == 3 and "g10x-logs's rule has no verdict" in result.stderr
+    assert len(runs) == 12
+    assert len(measured) == 1 and measured[0][0].endswith("docs/experiments/sizes/answer_loss.py")
+    assert measured[0][1:] == [  # the command fixed in session 40
+        str(out / "general-g10x" / "final"), "--sizes", "128:16", "--max-length", "2048", "--data",
+        "agent-qa:depth=0-100", "user-qa:depth=0-100", "--samples", "48", "--seed", "901", "--threads", "2", "--out",
+        str(out / "rules" / "g10x-logs" / "distance-2048.json")]
+    assert f"{out}/rules/g10x-logs --global-at 2048=0.3 --column open --verdict-name open" in result.stderr
+    assert f"{out}/rules/g10x-logs --global-at 2048=0.6 --verdict-name global" in result.stderr
+
+    g10, g10x = runs[-3], runs[-1]
+    for global_verdict in ("pass", "fail"):  # the skill is missing whatever the global column says
+        out, result, runs, measured = run(f"skill-{global_verdict}", g10x_logs__open="fail",
+                                          g10x_logs__global=global_verdict)
+        assert result.returncode == 3 and "g11s's rule has no verdict" in result.stderr
+        assert f"{out}/rules/g11s-step-300 --global-at 384=0.3 --column open" in result.stderr
+        assert len(runs) == 13
+        g11s = runs[-1]
+        assert g11s.comet == str(out / "general-g10x" / "final") and g11s.output_dir == str(out / "general-g11s")
+        assert (g11s.max_length, g11s.max_steps, g11s.lr, g11s.warmup_steps, g11s.loss_weighting) == (
+            384, 300, 3e-4, 10, "sample")
+        assert g11s.gate_weight_lr_multiplier == g10x.gate_weight_lr_multiplier == 0.1
+        assert g11s.seed not in [r.seed for r in runs[:-1]] and g11s.batch_size * g11s.grad_accum == 8
+        # g10's sources with the log tasks' weights doubled, renormalised
+        assert [spec.rpartition("@")[0] for spec in g11s.data] == [spec.rpartition("@")[0] for spec in g10.data]
+        doubled = [weight(spec) * (2 if spec.startswith(("agent-qa", "user-qa")) else 1) for spec in g10.data]
+        assert all(abs(weight(spec) - w / sum(doubled)) < 0.001 for spec, w in zip(g11s.data, doubled))
+        assert abs(sum(map(weight, g11s.data)) - 1) < 1e-9
+        mixture = load_mixture(g11s.data, tokenizer, g11s.max_length, seed=0)
+        assert all(len(mixture[i].input_ids) <= 384 for i in range(8))
+        assert [m[m.index("--max-length") + 1] for m in measured[1:]] == ["384", "2048"]
+        assert all(m[1] == str(out / "general-g11s" / "final") for m in measured[1:])
+    for said, words in (("pass", "met its rule"), ("fail", "missed its rule")):
+        out, result, runs, _ = run(f"g11s-{said}", g10x_logs__open="fail", g10x_logs__global="fail",
+                                   g11s_step_300__verdict=said)
+        assert result.returncode == 0, result.stderr
+        assert len(runs) == 13 and f"g11s {words}" in result.stdout
+    for global_verdict, words in (("fail", "the memory's size"), ("pass", "the probes are measured at 4,096")):
+        out, result, runs, measured = run(f"memory-{global_verdict}", g10x_logs__open="pass",
+                                          g10x_logs__global=global_verdict)
+        assert result.returncode == 0, result.stderr
+        assert len(runs) == 12 and len(measured) == 1 and words in result.stdout
+
+
 def test_the_rule_verdict_reads_the_probes_mean(tmp_path):
     verdict = RECIPE.parents[1] / "docs" / "experiments" / "rule_verdict.py"
 
@@ -418,6 +482,14 @@ def test_the_rule_verdict_reads_the_probes_mean(tmp_path):
     assert run("0.4").stdout.splitlines()[-2:] == ["probes' mean (probe.txt): 0.400 (at least 0.400: met)", "pass"]
     assert run("0.41").stdout.splitlines()[-1] == "fail"
     assert (tmp_path / "verdict").read_text() == "fail\n"
+    # a named verdict (a rule with two conditions on one measurement) leaves the other verdicts alone
+    named = [sys.executable, str(verdict), str(tmp_path), "--global-at", "2048=0.2", "--column", "open"]
+    result = subprocess.run([*named, "--verdict-name", "open"], capture_output=True, text=True)
+    assert result.stdout.splitlines()[-2:] == ["open loss at  2,048 tokens: 0.100 (at most 0.200: met)", "pass"]
+    assert (tmp_path / "open").read_text() == "pass\n" and (tmp_path / "verdict").read_text() == "fail\n"
+    for bad in ("../open", "", "."):
+        result = subprocess.run([*named, "--verdict-name", bad], capture_output=True, text=True)
+        assert result.returncode == 2 and "takes a file name" in result.stderr
     (tmp_path / "probe.txt").write_text("babilong-qa1 mean       0.00\nuser-qa Traceback\n")  # a broken probe
     result = run("0.1")
     assert result.returncode == 2 and "not 'TASK mean SCORE'" in result.stderr

@@ -14,7 +14,8 @@ each threshold is a factor of OTHER_DIR's mean at that length (``2048=0.9``: at 
 rule that compares two arms measured alike (the same length, seed, sample count, dtype and sources, checked). A
 missing, unreadable or non-finite measurement, or two arms measured differently, writes nothing and exits with
 status 2, so a recipe that reads the verdict stops instead of guessing.
-``--column`` picks another distance (open, queue, global).
+``--column`` picks another distance (open, queue, global); ``--verdict-name`` writes ``DIR/NAME`` instead of
+``DIR/verdict``, for a rule with more than one condition read from one measurement.
 """
 
 from __future__ import annotations
@@ -111,7 +112,11 @@ def main(argv=None) -> int:
                         help="also require the mean of the probes' scores in DIR/probe.txt to be at least MEAN")
     parser.add_argument("--relative-to", type=Path, default=None, metavar="OTHER_DIR",
                         help="read each threshold as a factor of OTHER_DIR's mean at that length")
+    parser.add_argument("--verdict-name", default="verdict", metavar="NAME",
+                        help="the file in DIR the verdict is written to (default: verdict)")
     args = parser.parse_args(argv)
+    if not args.verdict_name or Path(args.verdict_name).name != args.verdict_name or args.verdict_name in (".", ".."):
+        parser.error(f"--verdict-name takes a file name, not a path (got {args.verdict_name!r})")
     if len({length for length, _ in args.limits}) != len(args.limits):
         parser.error("give each length once")
 
@@ -142,9 +147,9 @@ def main(argv=None) -> int:
               f"{'met' if met[-1] else 'missed'})")
     verdict = "pass" if all(met) else "fail"
     print(verdict)
-    partial = args.dir / "verdict.partial"
+    partial = args.dir / f"{args.verdict_name}.partial"
     partial.write_text(verdict + "\n")
-    os.replace(partial, args.dir / "verdict")
+    os.replace(partial, args.dir / args.verdict_name)
     return 0
 
 
