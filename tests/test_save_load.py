@@ -269,6 +269,38 @@ def test_state_from_bytes_equals_the_file_and_refuses_bad_bytes(tmp_path):
         MemoryState.from_bytes(save({k: v.clone() for k, v in state.tensors().items()}, {"format": "something else"}))
 
 
+def test_a_state_naming_a_huge_layer_costs_no_more_to_refuse_than_another():
+    """A 164-byte file naming layer 3,000,000 made the reader build 15 million names (2 GiB) before refusing it: the
+    layers are counted from the names present (and a layer number has at most six digits). Gaps, unknown names and a config number beyond a float are refused
+    too (the last raised OverflowError, a 500 on the server)."""
+    import tracemalloc
+
+    from safetensors.torch import save
+
+    meta = {"format": "cometlm.memory_state/1", "config": json.dumps(SMALL.to_dict())}
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="lacks 'layers.0.global_memory'"):
+            MemoryState.from_bytes(save({"layers.999999.temp": torch.zeros(1)}, meta))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, f"{peak / 2**20:.0f} MiB to refuse one tensor"
+    comet = tiny_comet()
+    tensors = {k: v.clone() for k, v in comet.init_memory(1).tensors().items()}
+    assert len({k.split(".")[1] for k in tensors if k.startswith("layers.")}) >= 2
+    gap = {k: v for k, v in tensors.items() if not k.startswith("layers.0.")}
+    with pytest.raises(ValueError, match="lacks 'layers.0.global_memory'"):
+        MemoryState.from_bytes(save(gap, meta))
+    for name in ("layers.2999999.temp", "layers.01.temp", "layers.0.evil"):
+        with pytest.raises(ValueError, match="tensors it does not have"):
+            MemoryState.from_bytes(save({**tensors, name: torch.zeros(1)}, meta))
+    huge = {**meta, "config": json.dumps({**SMALL.to_dict(), "gate_bias": [1, 10**400]})}
+    with pytest.raises(ValueError, match="config is missing or invalid"):
+        MemoryState.from_bytes(save(tensors, huge))
+    assert MemoryState.from_bytes(save(tensors, meta)).batch_size == 1
+
+
 def test_state_for_another_model_is_refused(tmp_path):
     comet = tiny_comet()
     other = CometForCausalLM.from_backbone(tiny_backbone(), SMALL.__class__(chunk_size=16, global_slots=3, temp_stride=4, temp_capacity=5, adapter_rank=4))
@@ -286,6 +318,27 @@ def test_failed_save_leaves_nothing(tmp_path):
         comet.base_model = None
         comet.save_pretrained(target, adapter=True)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_saving_replaces_a_saved_model_but_never_a_folder_of_other_files(tmp_path):
+    """save_pretrained replaces its folder whole (atomically): into a folder of the user's own files it used to delete
+    them all. A saved CoMeT model or an empty folder is replaced; anything else is refused and left as it was."""
+    comet = tiny_comet()
+    mine = tmp_path / "mine"
+    (mine / "project").mkdir(parents=True)
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not a saved CoMeT model"):
+        comet.save_pretrained(mine)
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt", "project"]
+    a_file = tmp_path / "a-file"
+    a_file.write_text("keep me")
+    with pytest.raises(ValueError, match="not a saved CoMeT model"):
+        comet.save_pretrained(a_file)
+    assert a_file.read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "mine"]
+    (tmp_path / "empty").mkdir()
+    for target in (tmp_path / "empty", tmp_path / "empty"):  # an empty folder, then the model saved there
+        comet.save_pretrained(target)
+        assert (target / "comet_config.json").is_file()
 
 
 @torch.no_grad()

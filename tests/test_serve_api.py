@@ -312,7 +312,8 @@ def test_every_bad_request_gets_an_openai_error_and_changes_nothing(server):
 def test_crafted_state_files_are_refused_with_a_400(server):
     """Uploads that pass as state files but are not what a server writes: an open chunk wider than what it holds
     (it broke every request batched with it), a tensor a state does not have, scalars, JSON nested past Python's
-    recursion limit. Each is a 400 and nothing is written; the server goes on serving."""
+    recursion limit, a layer number in the millions, a config number beyond a float. Each is a 400 and nothing is
+    written; the server goes on serving."""
     import safetensors.torch
 
     http = server.client()
@@ -325,7 +326,10 @@ def test_crafted_state_files_are_refused_with_a_400(server):
                safetensors.torch.save({**tensors, "evil": torch.ones(1)}, metadata),
                safetensors.torch.save(dict(tensors, pending=torch.tensor(5)), metadata),
                safetensors.torch.save(tensors, {**metadata, "notes": "[" * 100_000}),
-               safetensors.torch.save(tensors, {**metadata, "config": "[" * 100_000})]
+               safetensors.torch.save(tensors, {**metadata, "config": "[" * 100_000}),
+               safetensors.torch.save({"layers.2999999.temp": torch.zeros(1)}, metadata),  # 2 GiB to refuse
+               safetensors.torch.save(tensors, {**metadata, "config": json.dumps(  # OverflowError: a 500
+                   {**json.loads(metadata["config"]), "gate_bias": [1, 10**400]})})]
     before = disk(server.state_dir)
     for data in crafted:
         response = http.post("/v1/sessions/import", content=data)
@@ -436,3 +440,54 @@ def test_openapi_schema_lists_the_api(server):
                  "/v1/sessions/{session_id}", "/v1/sessions/{session_id}/append", "/v1/sessions/{session_id}/ask",
                  "/v1/sessions/{session_id}/fork", "/v1/sessions/{session_id}/state"):
         assert path in paths, path
+    for page in ("/docs", "/redoc"):  # FastAPI's pages load scripts from a CDN into this API's origin: not served
+        assert httpx.get(server.url + page).status_code == 404
+
+
+def test_web_pages_of_other_origins_and_rebound_names_are_refused(server):
+    """A browser sends a form's text or an upload of any type to any address without asking, and a page whose
+    domain is made to resolve to 127.0.0.1 (DNS rebinding) reads the answers: a request with another origin, or a
+    Host header that is not this machine's, is refused before anything runs; the server's own origin is not."""
+    http = server.client()
+    sid = server.session(http, TEXT)
+    state = http.get(f"/v1/sessions/{sid}/state").content
+    own = server.url  # http://127.0.0.1:PORT
+    port = own.rpartition(":")[2]
+    before = disk(server.state_dir)
+    refused = [
+        (dict(headers={"Origin": "http://attacker.example"}), "POST", "/v1/sessions", {}, 403, "cross_origin"),
+        (dict(headers={"Origin": "http://attacker.example", "Content-Type": "text/plain"}), "POST",
+         "/v1/sessions/import", dict(content=state), 403, "cross_origin"),
+        (dict(headers={"Origin": "null"}), "POST", "/v1/sessions", {}, 403, "cross_origin"),
+        (dict(headers={"Origin": f"http://127.0.0.1:{int(port) + 1}"}), "POST", "/v1/sessions", {}, 403,
+         "cross_origin"),  # another server on this machine is another origin
+        (dict(headers={"Host": f"attacker.example:{port}"}), "GET", f"/v1/sessions/{sid}/state", {}, 400,
+         "invalid_host"),
+        (dict(headers={"Host": f"attacker.example:{port}"}), "DELETE", f"/v1/sessions/{sid}", {}, 400,
+         "invalid_host"),
+    ]
+    for extra, method, path, kwargs, status, code in refused:
+        headers = {**http.headers, **extra["headers"]}
+        response = httpx.request(method, own + path, headers=headers, timeout=60, **kwargs)
+        assert (response.status_code, response.json()["error"]["code"]) == (status, code), (extra, path)
+    assert disk(server.state_dir) == before
+    same = httpx.post(own + "/v1/sessions", headers={**http.headers, "Origin": own}, timeout=60)
+    assert same.status_code == 201
+    named = httpx.get(own.replace("127.0.0.1", "localhost") + f"/v1/sessions/{sid}", headers=http.headers,
+                      timeout=60)
+    assert named.status_code == 200
+
+
+def test_a_server_answers_to_its_own_names():
+    from cometlm.cli.serve import allowed_hosts
+
+    loopback = ("localhost", "127.0.0.1", "::1")
+    assert allowed_hosts("127.0.0.1", None) == allowed_hosts("::1", None) == loopback
+    assert allowed_hosts("127.0.0.1", ["box.lan"]) == (*loopback, "box.lan")
+    assert allowed_hosts("0.0.0.0", None) is None  # reached by names the server cannot know
+    assert allowed_hosts("0.0.0.0", ["box.lan"]) == (*loopback, "box.lan")
+    assert allowed_hosts("10.0.0.5", ["box.lan"]) == (*loopback, "10.0.0.5", "box.lan")
+    assert ServerSettings(state_dir="s", allowed_hosts=["[::1]", "Box.LAN"]).allowed_hosts == ("::1", "box.lan")
+    for bad in ((), ("a b",), ("",), "localhost"):
+        with pytest.raises(ValueError, match="allowed_hosts"):
+            ServerSettings(state_dir="s", allowed_hosts=bad)

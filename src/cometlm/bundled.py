@@ -178,10 +178,11 @@ def load_backbone(name_or_path: str = BUNDLED_MODEL, dtype: torch.dtype | None =
 
     dtype = torch.float32 if dtype is None else dtype
     path = resolve_model_path(name_or_path)
-    kernel = attention_implementation(AutoConfig.from_pretrained(path))
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=kernel)
+    local = dict(trust_remote_code=False, local_files_only=True)  # a folder's own code never runs, nothing downloads
+    kernel = attention_implementation(AutoConfig.from_pretrained(path, **local))
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=kernel, **local)
     has_tokenizer = any((Path(path) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
-    tokenizer = AutoTokenizer.from_pretrained(path) if has_tokenizer else None
+    tokenizer = AutoTokenizer.from_pretrained(path, **local) if has_tokenizer else None
     return model.eval(), tokenizer
 
 

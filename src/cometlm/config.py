@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 
@@ -61,7 +62,8 @@ class CometConfig:
         if self.gate_bias is not None:
             ok = isinstance(self.gate_bias, (tuple, list)) and len(self.gate_bias) == 2
             ok = ok and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in self.gate_bias)
-            need(ok, f"gate_bias must be None or (first_layer, last_layer) numbers (got {self.gate_bias!r})")
+            ok = ok and all(math.isfinite(b) if isinstance(b, float) else abs(b) < 2**53 for b in self.gate_bias)
+            need(ok, f"gate_bias must be None or (first_layer, last_layer) finite numbers (got {self.gate_bias!r})")
             object.__setattr__(self, "gate_bias", tuple(float(b) for b in self.gate_bias))  # JSON gives lists
             need(self.gate and self.global_slots > 0, "gate_bias needs the gated global memory (gate=True, global_slots > 0)")
         need(isinstance(self.gate_centered, bool), f"gate_centered must be True or False (got {self.gate_centered!r})")

@@ -430,7 +430,8 @@ class CometForCausalLM(nn.Module):
         """Writes the model atomically: a full model (backbone + CoMeT) or an adapter (CoMeT weights only,
         plus the name and fingerprint of the base model it needs). LoRA on the backbone (``apply_lora``) goes
         to its own ``lora.safetensors`` either way, and a full model's backbone is saved without it, as the
-        plain model it wraps, so that ``from_pretrained`` rebuilds exactly this model (see ``saving.py``)."""
+        plain model it wraps, so that ``from_pretrained`` rebuilds exactly this model (see ``saving.py``). The
+        folder is replaced whole: one holding anything but a saved CoMeT model is refused."""
         saving.save(self, directory, adapter)
 
     @classmethod

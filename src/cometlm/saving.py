@@ -41,6 +41,10 @@ def same_base(got: dict, want: dict) -> bool:
 def save(model, directory: str | os.PathLike, adapter: bool = False) -> None:
     """Writes ``model`` (a ``CometForCausalLM``) to ``directory``; see ``CometForCausalLM.save_pretrained``."""
     directory = Path(directory)
+    if directory.exists() and not (directory / CONFIG_FILE).is_file() and (
+            not directory.is_dir() or any(directory.iterdir())):
+        raise ValueError(f"refusing to save into {directory}: it holds files that are not a saved CoMeT model, and "
+                         "saving replaces the whole folder; choose a new or empty folder")
     if adapter and not model.base_model:
         raise ValueError(
             "cannot save an adapter: the base model has no name or path to record; wrap a model loaded from "

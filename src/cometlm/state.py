@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
@@ -55,6 +56,8 @@ class LayerState:
 
 
 _LAYER_FIELDS = ("global_memory", "global_state", "has_global", "temp", "temp_valid")
+_STREAM_FIELDS = ("pending", "pending_len", "chunks_closed")
+_LAYER_NAME = re.compile(rf"layers\.(0|[1-9][0-9]{{0,5}})\.(?:{'|'.join(_LAYER_FIELDS)})")
 
 
 @dataclass(frozen=True)
@@ -198,7 +201,7 @@ class MemoryState:
     def _from_file(cls, metadata: dict, tensors: dict[str, torch.Tensor], source: str) -> "MemoryState":
         try:
             config = CometConfig.from_dict(json.loads(metadata["config"]))
-        except (KeyError, TypeError, ValueError, RecursionError) as err:
+        except (KeyError, TypeError, ValueError, RecursionError, ArithmeticError) as err:
             raise ValueError(f"{source} is not a CoMeT memory state: its config is missing or invalid ({err})") from err
         return cls.from_tensors(config, tensors, source=source)
 
@@ -224,14 +227,19 @@ class MemoryState:
                 raise ValueError(f"{source}: memory state lacks '{name}'")
             return tensors[name]
 
-        num_layers = 1 + max((int(k.split(".")[1]) for k in tensors if k.startswith("layers.")), default=-1)
-        if num_layers == 0:
-            raise ValueError(f"{source}: memory state has no layers")
-        known = {"pending", "pending_len", "chunks_closed",
-                 *(f"layers.{i}.{n}" for i in range(num_layers) for n in _LAYER_FIELDS)}
-        unknown = sorted(set(tensors) - known)
+        # The layers are counted from the names present, never from a number a name claims: an upload naming layer
+        # 3,000,000 is one tensor, and must cost no more to refuse than any other.
+        named = {name: _LAYER_NAME.fullmatch(name) for name in tensors if name not in _STREAM_FIELDS}
+        unknown = sorted(name for name, match in named.items() if match is None)
         if unknown:
             raise ValueError(f"{source}: memory state holds tensors it does not have: {', '.join(unknown[:4])}")
+        indices = sorted({int(match.group(1)) for match in named.values()})
+        if not indices:
+            raise ValueError(f"{source}: memory state has no layers")
+        num_layers = indices[-1] + 1
+        if len(indices) != num_layers:  # a gap: the first index missing
+            missing = next(i for i, index in enumerate(indices) if i != index)
+            raise ValueError(f"{source}: memory state lacks 'layers.{missing}.{_LAYER_FIELDS[0]}'")
         layers = tuple(LayerState(*(take(f"layers.{i}.{n}") for n in _LAYER_FIELDS)) for i in range(num_layers))
         state = cls(config, layers, take("pending"), take("pending_len"), take("chunks_closed"))
         state.check(num_layers=num_layers)

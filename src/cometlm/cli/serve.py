@@ -19,6 +19,11 @@ def register(sub) -> None:
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=number_type(int, 1, 65535), default=8000, help="port (default 8000)")
+    serve.add_argument("--allowed-host", metavar="NAME", action="append", default=None,
+                       help="a name clients reach the server by, which requests' Host header may give (repeat for "
+                       "several). Default: localhost, 127.0.0.1 and ::1 on a loopback address, where other names "
+                       "are refused (a web page that makes its domain resolve here gives its own name); any name on "
+                       "another address")
     serve.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
                        help=f"where sessions live: index.sqlite and states/ (default ./{DEFAULT_STATE_DIR})")
     serve.add_argument("--api-keys", metavar="FILE",
@@ -49,6 +54,7 @@ def cmd_serve(args) -> int:
 
     from cometlm.runtime import limit_heap_fragmentation
     from cometlm.serving import ServerSettings, build_app, serve
+    from cometlm.serving.settings import LOOPBACK_HOSTS
 
     limit_heap_fragmentation()  # before any thread starts
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -59,8 +65,9 @@ def cmd_serve(args) -> int:
         max_body_bytes=args.max_body_kib << 10, max_append_tokens=args.max_append_tokens,
         max_new_tokens=args.max_new_tokens, max_sessions_per_key=args.max_sessions_per_key,
         batch_window_ms=args.batch_window_ms, max_batch=args.max_batch,
+        allowed_hosts=allowed_hosts(args.host, args.allowed_host),
     )
-    if args.host not in ("127.0.0.1", "localhost", "::1") and args.api_keys is None:
+    if args.host not in LOOPBACK_HOSTS and args.api_keys is None:
         logging.getLogger("cometlm.serve").warning(
             "binding to %s without --api-keys: anyone who can reach this port reads and writes every session",
             args.host)
@@ -69,6 +76,17 @@ def cmd_serve(args) -> int:
     app = build_app(model, settings, model_id=Path(model_options(args).name).name)
     serve(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
+
+
+def allowed_hosts(host: str, names: list[str] | None) -> tuple[str, ...] | None:
+    """The Host names a server bound to ``host`` answers to: this machine's names and ``names``, plus ``host`` where
+    it is one address; None (any) on a non-loopback address when no name is given."""
+    from cometlm.serving.settings import LOOPBACK_HOSTS
+
+    if host not in LOOPBACK_HOSTS and not names:
+        return None
+    bound = () if host in ("0.0.0.0", "::", "") else (host,)
+    return tuple(dict.fromkeys((*LOOPBACK_HOSTS, *bound, *(names or ()))))
 
 
 def check_before_loading(settings, host: str, port: int) -> None:

@@ -52,7 +52,9 @@ def build_app(model, settings: ServerSettings, model_id: str) -> FastAPI:
             store.close()
             log.info("stopped cleanly: %d sessions on disk in %s", sessions, settings.state_dir)
 
-    app = FastAPI(title="cometlm", version=__version__, lifespan=lifespan,
+    # No /docs or /redoc: FastAPI's pages load their scripts from a CDN, which would then run with this API's
+    # origin (the schema stays at /openapi.json).
+    app = FastAPI(title="cometlm", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="CoMeT memory sessions and an OpenAI-compatible API (docs/SERVING.md).")
     app.state.keys, app.state.model_id, app.state.settings = keys, model_id, settings
     app.state.started = int(time.time())
@@ -85,7 +87,8 @@ def build_app(model, settings: ServerSettings, model_id: str) -> FastAPI:
         return JSONResponse(server_error().body(), status_code=500)
 
     max_state_bytes = store.template.nbytes() + 8 * model.comet_config.chunk_size + (1 << 20)
-    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes, max_state_bytes=max_state_bytes)
+    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes, max_state_bytes=max_state_bytes,
+                       allowed_hosts=settings.allowed_hosts)
     return app
 
 

@@ -1,4 +1,10 @@
-"""The ASGI layer in front of every route: body size limits, strict UTF-8 and JSON, and one log line per request.
+"""The ASGI layer in front of every route: who may call (Host and Origin), body size limits, strict UTF-8 and JSON,
+and one log line per request.
+
+A request's Host header must name one of the server's allowed hosts (``ServerSettings.allowed_hosts``), and a
+request that carries an Origin header (a browser's) must come from the server's own origin: the API serves no web
+pages and allows no cross-origin use, so a page elsewhere cannot make a browser read or write sessions, even with
+the body types a browser sends without asking (a form's text, an upload of any type).
 
 A request body is read up to its limit (a state upload may be as large as a state file, anything else
 ``max_body_bytes``), then checked: a JSON body must be UTF-8 without lone surrogates and strict JSON (no NaN or
@@ -13,6 +19,7 @@ import json
 import logging
 import math
 import time
+from urllib.parse import urlsplit
 
 from .errors import APIError, bad_request, too_large
 
@@ -53,9 +60,34 @@ def check_json(body: bytes) -> None:
                           code="invalid_utf8") from err
 
 
+def _authority(url: str) -> tuple[str | None, int | None]:
+    """(host name, port) of a URL or a Host header's value; (None, None) where it has none."""
+    try:
+        parts = urlsplit(url if "//" in url else "//" + url)
+        return parts.hostname, parts.port
+    except ValueError:  # a port that is not a number
+        return None, None
+
+
+def check_caller(headers: dict, allowed_hosts: tuple[str, ...] | None) -> None:
+    """Raises an APIError unless the Host header is allowed and any Origin header is the server's own origin."""
+    host_header = headers.get(b"host", b"").decode("latin-1")
+    host = _authority(host_header)
+    if allowed_hosts is not None and host[0] not in allowed_hosts:
+        raise APIError(400, f"this server answers to {', '.join(allowed_hosts)} (the request's Host header says "
+                       f"{host_header[:100]!r}); `cometlm serve --allowed-host NAME` adds a name",
+                       code="invalid_host")
+    origin = headers.get(b"origin")
+    if origin is not None and (host[0] is None or _authority(origin.decode("latin-1")) != host):
+        raise APIError(403, "a request from a web page of another origin is refused: this API allows no "
+                       "cross-origin use", type="permission_error", code="cross_origin")
+
+
 class RequestGuard:
-    def __init__(self, app, max_body_bytes: int, max_state_bytes: int):
+    def __init__(self, app, max_body_bytes: int, max_state_bytes: int,
+                 allowed_hosts: tuple[str, ...] | None = None):
         self.app, self.max_body_bytes, self.max_state_bytes = app, max_body_bytes, max_state_bytes
+        self.allowed_hosts = allowed_hosts
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -73,6 +105,7 @@ class RequestGuard:
             await send(message)
 
         try:
+            check_caller(dict(scope["headers"]), self.allowed_hosts)
             body, receive = await self._read_body(scope, receive)
         except APIError as err:
             return await _send_error(err, logged_send)

@@ -6,6 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     """state_dir            sessions live here: ``index.sqlite`` and ``states/<session>.safetensors``.
@@ -17,6 +20,9 @@ class ServerSettings:
     max_sessions_per_key most sessions one key may hold.
     batch_window_ms      how long the scheduler collects requests of different sessions into one batch.
     max_batch            most requests in one batch.
+    allowed_hosts        the names a request's Host header may give (any port); None: any. The default, this
+                         machine's names, is what a loopback server answers to: a web page whose domain is made to
+                         resolve to 127.0.0.1 (DNS rebinding) gives its own name and is refused.
     """
 
     state_dir: Path
@@ -28,9 +34,16 @@ class ServerSettings:
     max_sessions_per_key: int = 1000
     batch_window_ms: float = 5.0
     max_batch: int = 16
+    allowed_hosts: tuple[str, ...] | None = LOOPBACK_HOSTS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state_dir", Path(self.state_dir))
+        if self.allowed_hosts is not None:
+            hosts = tuple(self.allowed_hosts) if isinstance(self.allowed_hosts, (tuple, list)) else ()
+            if not hosts or not all(isinstance(h, str) and h.strip("[]") and h.isprintable() and " " not in h
+                                    for h in hosts):
+                raise ValueError(f"allowed_hosts must be None or host names (got {self.allowed_hosts!r})")
+            object.__setattr__(self, "allowed_hosts", tuple(h.strip("[]").lower() for h in hosts))
         if self.api_keys is not None:
             object.__setattr__(self, "api_keys", Path(self.api_keys))
         for name in ("cache_bytes", "max_body_bytes", "max_append_tokens", "max_new_tokens", "max_sessions_per_key",

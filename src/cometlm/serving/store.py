@@ -132,9 +132,8 @@ class SessionStore:
 
     def check_upload(self, data: bytes) -> tuple[MemoryState, int]:
         """The one-stream state in an uploaded state file and its write count, or a 400 saying what is wrong."""
-        try:
+        try:  # the notes first: the header alone says whose state it is, before any tensor is read
             notes = MemoryState.read_notes(data)
-            state = MemoryState.from_bytes(data)
         except ValueError as err:
             raise bad_request(str(err), code="invalid_state") from err
         if notes.get("model") != self.fingerprint:
@@ -143,6 +142,10 @@ class SessionStore:
                 f"this server's is {self.fingerprint!r}); only states exported by a server of the same model load",
                 code="incompatible_state",
             )
+        try:
+            state = MemoryState.from_bytes(data)
+        except ValueError as err:
+            raise bad_request(str(err), code="invalid_state") from err
         try:  # the model's own check of a memory it is given: sizes, config, dtype, open chunk, token ids
             self.check_memory(state, 1)
         except ValueError as err:

@@ -185,7 +185,7 @@ def latest_checkpoint(directory) -> Path | None:
             raise CheckpointError(f"{root} has checkpoint folders but no '{LATEST}' file; {_RECOVER}")
         return None
     name = pointer.read_text().strip()
-    if not name.startswith(PREFIX) or not (root / name).is_dir():
+    if not name.startswith(PREFIX) or Path(name).name != name or not (root / name).is_dir():
         raise CheckpointError(f"{pointer} names {name!r}, which is not a checkpoint folder in {root}; {_RECOVER}")
     return root / name
 
