@@ -158,3 +158,20 @@ def test_unknown_corpus_lists_the_valid_names():
     with pytest.raises(ValueError, match="bible.*essays"):
         load_corpus("shakespeare")
     assert set(CORPORA) == {"bible", "essays"}
+
+
+def test_a_model_folder_never_runs_its_own_code(tmp_path, monkeypatch):
+    """A folder whose config names custom code (``auto_map``) is refused even when someone answers transformers'
+    "run the custom code? [y/N]" with y: a model folder is data, and nothing is fetched."""
+    import json
+
+    marker = tmp_path / "ran"
+    (tmp_path / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n"
+                                      "from transformers import PretrainedConfig\n"
+                                      "class EvilConfig(PretrainedConfig):\n    model_type = 'evil-model'\n")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "evil-model",
+                                                      "auto_map": {"AutoConfig": "evil.EvilConfig"}}))
+    monkeypatch.setattr("sys.stdin", io.StringIO("y\n" * 10))
+    with pytest.raises(Exception):
+        load_backbone(str(tmp_path))
+    assert not marker.exists()

@@ -20,7 +20,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from cometlm import CometForCausalLM
 from cometlm.training.chunking import ChunkPlanner
-from cometlm.training.checkpoint import CheckpointError, load_checkpoint
+from cometlm.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 from cometlm.lora import apply_lora, load_lora_state_dict
 from cometlm.saving import LORA_FILE
 from cometlm.cli.train import register
@@ -281,6 +281,11 @@ def test_checkpoints_are_pruned_and_damage_is_reported(tmp_path, base):
     (out / "latest").write_text("")
     with pytest.raises(CheckpointError, match="names '', which is not a checkpoint folder"):
         train(comet(base), make_data(), config(tmp_path, "run", save_every=1))
+    # a pointer may not lead out of its run's folder (into another run's checkpoint)
+    (tmp_path / "other" / "checkpoint-9").mkdir(parents=True)
+    (out / "latest").write_text("checkpoint-4/../../other/checkpoint-9")
+    with pytest.raises(CheckpointError, match="not a checkpoint folder in"):
+        latest_checkpoint(out)
 
 
 # --------------------------------------------------------------------------------------------------------------
