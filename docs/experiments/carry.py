@@ -27,6 +27,7 @@ The same for the task suites' comparison (issue 22, `recipes/suites-compare-smol
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -37,10 +38,10 @@ RUNS = ROOT / "runs"
 RESULTS = ROOT / "docs/results/compare"
 CARRY = ROOT / "docs/experiments/carry"
 # the general recipe's phases in the order they finish (recipes/general-smollm2.sh; g8's rule runs one of g9 and g9m,
-# g9m's one of g10 and g9g, which may be followed by g10g; g10's rule runs g11, or g10c and g10x, then maybe g11c)
+# g9m's one of g10 and g9g, which may be followed by g10g; g10's rule runs g11, or g10c and g10x, then g11c or g11s)
 GENERAL_PHASES = ("general-g1", "general-g2", "general-g3", "general-g4", "general-g5", "general-g6",
                   "general-g7", "general-g8", "general-g9", "general-g9m", "general-g10", "general-g9g", "general-g10g",
-                  "general-g11", "general-g10c", "general-g10x", "general-g11c")
+                  "general-g11", "general-g10c", "general-g10x", "general-g11c", "general-g11s")
 SUITES = ROOT / "docs/results/suites"
 # the recipe's phases in order (recipes/passkey-smollm2.sh)
 PHASES = ("passkey-v1", "passkey-v2a", "passkey-v2b", "passkey-v2d", "passkey-v2e", "passkey-v2f", "passkey-v2g")
@@ -48,24 +49,47 @@ SMALL_FILES = ("metrics.jsonl", "metrics-sources.jsonl", "latest")
 
 
 def copy_missing(source: Path, target: Path) -> int:
-    """Copies every file under ``source`` that ``target`` lacks; returns how many."""
+    """Copies every file under ``source`` that ``target`` lacks; returns how many. Each file is copied under a
+    temporary name and renamed, so an interrupted restore leaves no part of a file that a rerun would take as
+    copied."""
     copied = 0
     for file in sorted(source.rglob("*")):
         if file.is_file():
             to = target / file.relative_to(source)
             if not to.exists():
                 to.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(file, to)
+                partial = to.with_name(f".{to.name}.partial")
+                shutil.copy2(file, partial)
+                os.replace(partial, to)
                 copied += 1
     return copied
 
 
 def save_training(run: Path, carry: Path, phases=PHASES, models: int = 1) -> list[str]:
     """Copies the resumable part of one recipe run (``runs/abl-VARIANT``, ``runs/general``) into ``carry``,
-    replacing what was there: the model of the last ``models`` finished phases."""
+    replacing what was there: the model of the last ``models`` finished phases. The new carry is built beside the
+    old one and swapped in at the end, so an interrupted save (or a checkpoint pruned while it is copied) leaves the
+    last complete carry as it was."""
+    building = carry.with_name(f".{carry.name}.building")
+    if building.exists():
+        shutil.rmtree(building)
+    building.mkdir(parents=True)
+    try:
+        said = _copy_training(run, building, phases, models)
+    except BaseException:  # nothing half-built is left where `git add` would find it
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    old = carry.with_name(f".{carry.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
     if carry.exists():
-        shutil.rmtree(carry)
-    carry.mkdir(parents=True)
+        carry.rename(old)
+    building.rename(carry)
+    shutil.rmtree(old, ignore_errors=True)
+    return said
+
+
+def _copy_training(run: Path, carry: Path, phases, models: int) -> list[str]:
     if (run / "variant").is_file():
         shutil.copy2(run / "variant", carry / "variant")
     finished = [p for p in phases if (run / p / "final" / "comet_config.json").is_file()]
