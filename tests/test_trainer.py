@@ -212,6 +212,56 @@ def test_interrupted_run_saves_and_resumes_exactly(tmp_path, base, how):
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3, 4, 5]
 
 
+def test_a_second_signal_while_the_interrupted_step_is_saved_waits_for_the_checkpoint(tmp_path, base, monkeypatch):
+    """Ctrl-C writes a checkpoint before stopping; a second Ctrl-C (or SIGTERM) during that save used to stop it,
+    losing every step since the last periodic checkpoint."""
+    from cometlm.training import checkpoint as checkpoints
+
+    real, calls = checkpoints.save_checkpoint, []
+
+    def impatient(*args, **kwargs):
+        calls.append(1)
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives while the emergency checkpoint is written
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoints, "save_checkpoint", impatient)
+    interrupted = config(tmp_path, "interrupted", batch_size=1, grad_accum=1, save_every=100)
+    with pytest.raises(KeyboardInterrupt):
+        train(comet(base), InterruptingData(make_data(), at=3, how="keyboard"), interrupted)
+    assert len(calls) == 1
+    out = tmp_path / "interrupted"
+    assert (out / "latest").read_text().strip() == "checkpoint-3"
+    assert load_checkpoint(out / "checkpoint-3", comet_with_lora(base)).data_position == 3
+
+
+def test_starting_afresh_never_leaves_the_old_runs_checkpoints_beside_its_own_metrics(tmp_path, base):
+    """``--no-resume`` emptied the old run's metrics at once but kept its checkpoints and final model until they were
+    replaced, so a crash before the new run's first checkpoint was resumed as the old run, with the new run's
+    metrics. The old run's checkpoints and model now go first: a rerun after that crash starts afresh."""
+    data = make_data()
+    out = tmp_path / "run"
+    train(comet(base), data, config(tmp_path, "run", batch_size=1, grad_accum=1, save_every=2))
+    assert (out / "latest").is_file() and (out / "final").is_dir()
+
+    class Crashing(torch.utils.data.Dataset):  # the process dies at step 2 (no emergency checkpoint, as a kill)
+        def __len__(self):
+            return len(data)
+
+        def __getitem__(self, index):
+            if index == 1:
+                raise RuntimeError("killed")
+            return data[index]
+
+    with pytest.raises(RuntimeError, match="killed"):
+        train(comet(base), Crashing(), config(tmp_path, "run", batch_size=1, grad_accum=1, save_every=5, lr=1e-3),
+              resume=False)
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1]  # the new run's
+    assert not (out / "final").exists() and not list(out.glob("checkpoint-*")) and not (out / "latest").exists()
+    rerun = train(comet(base), data, config(tmp_path, "run", batch_size=1, grad_accum=1, save_every=5, lr=1e-3))
+    assert rerun.steps == 5 and [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3, 4, 5]
+    assert load_checkpoint(out / "checkpoint-5", comet_with_lora(base)).config["lr"] == 1e-3
+
+
 def test_a_resume_with_another_number_of_data_replicas_says_so(tmp_path, base):
     """Each step reads batch_size x grad_accum samples per data replica, so resuming a run of two replicas in one
     process halves the samples per step: allowed (the machines at hand change), never silent."""

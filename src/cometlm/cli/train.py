@@ -74,7 +74,8 @@ def register(subparsers) -> None:
     parser.add_argument("--on-error", choices=("skip", "fail"), default="skip",
                         help="a bad record in a data file is skipped and listed in the report (default), or stops")
     parser.add_argument("--no-resume", action="store_true",
-                        help="start afresh even if --output-dir holds checkpoints (they are replaced as it goes)")
+                        help="start afresh even if --output-dir holds a run: its checkpoints and final model are "
+                        "deleted first, its metrics start over")
     group = parser.add_argument_group("training")
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     for name, (text, options) in _CONFIG_OPTIONS.items():

@@ -154,6 +154,15 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def start_afresh(root: Path) -> None:
+    """Leaves ``root`` with no checkpoint to resume: a run that starts over must not leave the old run's checkpoints
+    beside its new metrics (a crash before its first checkpoint would resume the old run with them). ``latest``
+    goes first, so an interrupted clearing is refused by a plain rerun rather than resumed."""
+    (root / LATEST).unlink(missing_ok=True)
+    for path in _steps(root).values():
+        shutil.rmtree(path)
+
+
 def _steps(root: Path) -> dict[int, Path]:
     found = {}
     for path in root.glob(f"{PREFIX}*"):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import signal
 import sys
 import threading
@@ -73,7 +74,8 @@ def train(model, dataset, config: TrainConfig, resume: bool = True, parallel=Non
     data-parallel job: each step runs the pipeline schedule and sums gradients over all ranks; only its main rank
     writes checkpoints, metrics, the plot and the final model (on the others ``checkpoint`` is None).
     """
-    from .checkpoint import capture_rng_state, latest_checkpoint, load_checkpoint, read_checkpoint_config
+    from .checkpoint import (capture_rng_state, latest_checkpoint, load_checkpoint, read_checkpoint_config,
+                             start_afresh)
 
     if len(dataset) == 0:
         raise ValueError("the dataset is empty; give at least one sample")
@@ -89,6 +91,10 @@ def train(model, dataset, config: TrainConfig, resume: bool = True, parallel=Non
     output.mkdir(parents=True, exist_ok=True)  # once the settings have proved sound: a refused run leaves nothing
     run = {"model": model_identity(model), **({"data": data} if data is not None else {})}
 
+    writes = parallel is None or parallel.is_main
+    if not resume and writes:  # the old run's checkpoints and model go before its metrics do (TrainingLog)
+        start_afresh(output)
+        shutil.rmtree(output / FINAL_DIR, ignore_errors=True)
     found = latest_checkpoint(output) if resume else None
     if found is None:
         progress = Progress(0, 0, 0, 0.0, None, capture_rng_state())
@@ -110,7 +116,6 @@ def train(model, dataset, config: TrainConfig, resume: bool = True, parallel=Non
                             capture_rng_state())
         print(f"resuming from {info.path} (step {info.step})", file=sys.stderr)
 
-    writes = parallel is None or parallel.is_main
     log = TrainingLog(config, progress.step) if writes else None
     try:
         progress, checkpoint = _run(model, dataset, config, optimizer, scheduler, planner, progress, log, found,
@@ -181,9 +186,13 @@ def _run(model, dataset, config, optimizer, scheduler, planner, progress: Progre
             optimizer.zero_grad(set_to_none=True)
             if log is None:
                 raise
-            if checkpoint is None:
-                checkpoint = _save(output, model, optimizer, scheduler, progress, config, run, _replicas(parallel))
-            print(f"\ninterrupted: {checkpoint} holds step {progress.step}; run again to resume", file=sys.stderr)
+            if checkpoint is None:  # a second Ctrl-C would lose every step since the last checkpoint: held
+                print(f"\ninterrupted: saving step {progress.step} (further signals wait until it is written)",
+                      file=sys.stderr)
+                with signals.hold(discard=True):
+                    checkpoint = _save(output, model, optimizer, scheduler, progress, config, run,
+                                       _replicas(parallel))
+            print(f"interrupted: {checkpoint} holds step {progress.step}; run again to resume", file=sys.stderr)
             raise
     return progress, checkpoint
 
@@ -449,7 +458,9 @@ class _StopSignals:
             raise KeyboardInterrupt(signal.Signals(signum).name)
 
     @contextmanager
-    def hold(self):
+    def hold(self, discard: bool = False):
+        """Signals wait until the block ends, then raise; with ``discard`` (the block is already the way out)
+        they are dropped."""
         self.holding = True
         try:
             yield
@@ -457,7 +468,8 @@ class _StopSignals:
             self.holding = False
         if self.pending is not None:
             signum, self.pending = self.pending, None
-            raise KeyboardInterrupt(signal.Signals(signum).name)
+            if not discard:
+                raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def _check_exportable(model, config: TrainConfig) -> None:
