@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from cometlm import CometForCausalLM
 from cometlm.cli import build_parser, main
@@ -169,6 +170,33 @@ def test_generate_with_the_bundled_model_saves_a_reusable_memory(tmp_path, capsy
     err = capsys.readouterr().err
     assert "tokens/s" in err and "peak RSS" in err and memory.is_file()
     assert main(["generate", "--prompt", " And Italy's is", "--memory-in", str(memory), *small]) == 0
+
+
+def test_generate_refuses_a_memory_another_model_wrote(tmp_path, capsys, tiny_model_dir):
+    """A state read by other weights of the same sizes loaded and answered from memories that mean nothing to this
+    model; `--memory-out` now records the model's fingerprint, as the server does, and `--memory-in` checks it."""
+    import shutil
+
+    from transformers import LlamaForCausalLM
+
+    from cometlm.state import MemoryState
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model_dir, other)
+    torch.manual_seed(1)
+    LlamaForCausalLM(LlamaForCausalLM.config_class.from_pretrained(other)).save_pretrained(other)
+    memory, again = tmp_path / "memory.safetensors", tmp_path / "again.safetensors"
+    small = ["--chunk-size", "16", "--global-slots", "2", "--temp-capacity", "4", "--max-new-tokens", "2"]
+    prompt = "one two three four five six seven eight nine ten " * 4
+    assert main(["generate", "--model", tiny_model_dir, "--prompt", prompt, "--memory-out", str(memory), *small]) == 0
+    assert MemoryState.read_notes(memory)["model"]
+    capsys.readouterr()
+    assert main(["generate", "--model", str(other), "--prompt", "hi", "--memory-in", str(memory),
+                 "--memory-out", str(again), *small]) == 2
+    assert "was written by another model" in capsys.readouterr().err and not again.exists()
+    assert main(["generate", "--model", tiny_model_dir, "--prompt", "hi", "--memory-in", str(memory),
+                 "--memory-out", str(again), *small]) == 0  # the model that wrote it continues it
+    assert MemoryState.read_notes(again) == MemoryState.read_notes(memory)
 
 
 def test_cli_errors_are_clean(tmp_path, capsys):

@@ -131,6 +131,25 @@ def test_scoring_and_resuming_with_other_options_refused(tmp_path, model, tokeni
         evaluate_grid(task.bind(needles=3), model, tokenizer, out_dir=tmp_path, **grid)
 
 
+def test_a_grid_that_fails_before_its_first_trial_writes_nothing(tmp_path, model, tokenizer, monkeypatch):
+    """A trial's prompt can fail where the up-front probe passed (question lengths vary by draw): the grid used to
+    leave an empty summary and heatmap behind, which read as a finished run of nothing."""
+    task = next(t for t in SUITE_TASKS if t.name == "babilong-qa1").bind(haystack="essays", facts=4)
+    grid = dict(lengths=[300], depths=[0, 100], trials=2, seed=1, progress=False, batch=False)
+
+    def refuses(*args, **kwargs):
+        raise ValueError("the primed layout needs the question")
+
+    monkeypatch.setattr(model, "generate", refuses)
+    with pytest.raises(ValueError, match="primed layout"):
+        evaluate_grid(task, model, tokenizer, out_dir=tmp_path / "new", **grid)
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "mine").mkdir()  # a folder the user made is left, empty, as it was
+    with pytest.raises(ValueError, match="primed layout"):
+        evaluate_grid(task, model, tokenizer, out_dir=tmp_path / "mine", **grid)
+    assert list((tmp_path / "mine").iterdir()) == []
+
+
 def test_an_interrupted_suite_resumes_to_the_same_results(tmp_path, model, tokenizer, monkeypatch):
     task = next(t for t in SUITE_TASKS if t.name == "babilong-qa1").bind(haystack="essays", facts=4)
     grid = dict(lengths=[300], depths=[0, 100], trials=2, seed=1, progress=False, batch=False)  # spies count trials

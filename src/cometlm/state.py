@@ -8,6 +8,7 @@ has been read.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -317,3 +318,19 @@ def _metadata_of_bytes(data: bytes, source: str) -> dict:
         raise ValueError(f"{source} is not a readable CoMeT memory state (bad header: {err})") from err
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
     return _check_format(metadata if isinstance(metadata, dict) else {}, source)
+
+
+def model_fingerprint(model) -> str:
+    """Identity of what a state is only meaningful to: the CoMeT config, the base model's shape and weights (its
+    fingerprint), the dtype, and CoMeT's own weights and any LoRA on the backbone (16 hex digits). The server and
+    `cometlm generate` record it in a state's notes (``"model"``) and refuse a state whose notes name another."""
+    digest = hashlib.sha256()
+    weight = model.backbone.embed_tokens.weight
+    head = {"comet": model.comet_config.to_dict(), "base": model.backbone.describe(), "dtype": str(weight.dtype)}
+    digest.update(json.dumps(head, sort_keys=True).encode())
+    tensors = dict(model.comet_state_dict())
+    tensors.update({name: p for name, p in model.backbone_model.named_parameters() if "lora_" in name})
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        digest.update(tensors[name].detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -28,7 +28,7 @@ def register(sub) -> None:
 
 def cmd_generate(args) -> int:
     from cometlm.bundled import encode
-    from cometlm.state import MemoryState
+    from cometlm.state import MemoryState, model_fingerprint
 
     from pathlib import Path
 
@@ -52,11 +52,16 @@ def cmd_generate(args) -> int:
         raise SystemExit("error: the prompt is empty")
     state = memory_in if memory_in is not None else model.init_memory(1)
     model.check_memory(state, 1)
+    fingerprint = model_fingerprint(model)
+    written_by = MemoryState.read_notes(args.memory_in).get("model") if memory_in is not None else None
+    if written_by is not None and written_by != fingerprint:  # states saved before the notes said have none
+        raise ValueError(f"--memory-in {args.memory_in} was written by another model (fingerprint {written_by}; "
+                         f"this one's is {fingerprint}): its memories mean nothing to this one")
     context, prompt = split_open_chunk(ids, model.comet_config.chunk_size)
     state, read_seconds = read_timed(model, context, state)
     out, gen_seconds = generate_printed(model, prompt, state, args)
     if args.memory_out:
-        out.memory.save(args.memory_out)
+        out.memory.save(args.memory_out, notes={"model": fingerprint})
         print(f"memory state saved to {args.memory_out}", file=sys.stderr)
     report(len(context), read_seconds, len(prompt), out.sequences.shape[1] - len(prompt), gen_seconds, out.memory)
     return 0

@@ -320,6 +320,7 @@ def evaluate_grid(
     eos = end_token_ids(model, tokenizer)
 
     out_dir = Path(out_dir)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     trials_path = out_dir / TRIALS_FILE
     # Records from before a field existed: the test split; the task asked now (they cannot tell which wrote them).
@@ -335,7 +336,7 @@ def evaluate_grid(
 
     grid = list(_grid(config))
     finished = [done[k] for k in grid if k in done]
-    summary, unwritten = None, True  # unwritten: the summary does not show every finished trial yet
+    summary, unwritten = None, bool(done)  # unwritten: the summary does not show every finished trial yet
     was_training = model.training
     model.eval()
     status = [f"acc {_mean(finished):.2f}"] if finished else []  # running accuracy, last trial's speed
@@ -388,6 +389,8 @@ def evaluate_grid(
         model.train(was_training)
         if unwritten:  # also after an interrupt: the summary then shows every finished trial
             summary = write_outputs()
+        elif created and not done and not any(out_dir.iterdir()):  # a grid that failed before its first trial
+            out_dir.rmdir()
     return summary
 
 

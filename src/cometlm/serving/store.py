@@ -12,8 +12,6 @@ count and the fingerprint of the model that wrote it, so a state from another mo
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import re
 import time
@@ -23,7 +21,7 @@ import torch
 
 from ..files import write_bytes
 from ..runtime import release_free_memory
-from ..state import MemoryState
+from ..state import MemoryState, model_fingerprint
 from .cache import StateCache
 from .errors import bad_request, conflict, server_error, session_not_found
 from .index import SessionIndex, SessionInfo
@@ -36,21 +34,6 @@ INDEX_FILE = "index.sqlite"
 LOCK_FILE = "lock"
 SESSION_ID = re.compile(r"^sess_[0-9a-f]{32}$")
 MAX_TOKENS_READ = 2**53  # what a session may have read: an exact integer in JSON and far inside SQLite's int64
-
-
-def model_fingerprint(model) -> str:
-    """Identity of what a state is only meaningful to: the CoMeT config, the base model's shape and weights (its
-    fingerprint), the dtype, and CoMeT's own weights and any LoRA on the backbone."""
-    digest = hashlib.sha256()
-    weight = model.backbone.embed_tokens.weight
-    head = {"comet": model.comet_config.to_dict(), "base": model.backbone.describe(), "dtype": str(weight.dtype)}
-    digest.update(json.dumps(head, sort_keys=True).encode())
-    tensors = dict(model.comet_state_dict())
-    tensors.update({name: p for name, p in model.backbone_model.named_parameters() if "lora_" in name})
-    for name in sorted(tensors):
-        digest.update(name.encode())
-        digest.update(tensors[name].detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def tokens_read(state: MemoryState) -> int:
