@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import platform
 import sys
 import time
@@ -23,6 +22,7 @@ import torch
 from cometlm import CometForCausalLM
 from cometlm.bundled import SHIPPED_ADAPTER
 from cometlm.tasks.corpora import corpus_tokens
+from cometlm.files import output_file_problem, write_json
 
 
 def main(argv=None) -> int:
@@ -35,6 +35,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", help="also write the results as JSON here")
     args = parser.parse_args(argv)
+    if args.out and (problem := output_file_problem(args.out)):
+        parser.error(f"--out: {problem}")
     if args.batch < 2 or not 1 <= args.min_tokens <= args.max_tokens or args.new_tokens < 1:
         parser.error("need --batch >= 2, 1 <= --min-tokens <= --max-tokens and --new-tokens >= 1")
     if args.threads:
@@ -76,8 +78,7 @@ def main(argv=None) -> int:
         "one_at_a_time_s": alone_s, "batched_s": together_s, "speedup": alone_s / together_s, "same_tokens": same,
     }
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(record, f, indent=2)
+        write_json(args.out, record)
     return 0 if same else 1
 
 

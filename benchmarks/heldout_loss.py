@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import json
 import sys
 
 import torch
 
 from cometlm import CometConfig, CometForCausalLM
 from cometlm.training.data import CorpusLMDataset
+from cometlm.files import output_file_problem, write_json
 
 
 def main(argv=None) -> int:
@@ -26,6 +26,8 @@ def main(argv=None) -> int:
     parser.add_argument("--length", type=int, default=2048, help="tokens per window")
     parser.add_argument("--out", help="also write the results as JSON here")
     args = parser.parse_args(argv)
+    if args.out and (problem := output_file_problem(args.out)):
+        parser.error(f"--out: {problem}")
 
     model = (CometForCausalLM.from_pretrained(args.comet) if args.comet
              else CometForCausalLM.from_backbone("smollm2-135m-instruct", CometConfig())).eval()
@@ -48,8 +50,7 @@ def main(argv=None) -> int:
     for name, value in result["mean_loss"].items():
         print(f"{name:>20}: {value:.4f}")
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+        write_json(args.out, result)
     return 0
 
 

@@ -30,6 +30,7 @@ import tempfile
 from pathlib import Path
 
 from cometlm.bundled import SHIPPED_ADAPTER
+from cometlm.files import output_file_problem, write_json
 
 METHODS = ("comet", "no-memory", "full", "truncated", "sliding-window")
 
@@ -70,6 +71,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: all cores)")
     parser.add_argument("--out", help="also write the results as JSON here")
     args = parser.parse_args(argv)
+    if args.out and (problem := output_file_problem(args.out)):
+        parser.error(f"--out: {problem}")
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="methods-speed-") as scratch:
@@ -96,7 +99,7 @@ def main(argv=None) -> int:
         record = {"command": shlex.join([sys.executable, *sys.argv]),
                   "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                   "machine": f"{platform.machine()} {os.cpu_count()} cores", "threads": args.threads, "rows": rows}
-        Path(args.out).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        write_json(args.out, record)
     return 0
 
 

@@ -214,6 +214,10 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
+    from cometlm.files import output_file_problem
+
+    if args.out and (problem := output_file_problem(args.out)):
+        parser.error(f"--out: {problem}")
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
 

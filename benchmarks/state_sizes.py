@@ -18,6 +18,7 @@ import torch
 
 from cometlm import CometConfig, MemoryState
 from cometlm.bundled import SHIPPED_ADAPTER
+from cometlm.files import output_file_problem, write_json
 
 GIB, TB = 2**30, 10**12
 
@@ -32,6 +33,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="also write the rows as JSON here")
     args = parser.parse_args(argv)
+    if args.out and (problem := output_file_problem(args.out)):
+        parser.error(f"--out: {problem}")
     shipped = json.loads((SHIPPED_ADAPTER / "comet_config.json").read_text())
     cases = [
         (f"{SHIPPED_ADAPTER.name} on SmolLM2-135M (30 layers, d=576)", CometConfig.from_dict(shipped["comet"]), 30, 576),
@@ -50,8 +53,7 @@ def main(argv=None) -> int:
         print(f"{r['model']:<52} {r['M']:>4} {r['K']:>5} {r['dtype']:>8} {r['state_bytes'] / 2**20:>12.2f} "
               f"{r['sessions_per_GiB_RAM']:>12.1f} {r['sessions_per_TB_disk']:>12,.0f}")
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"command": " ".join(sys.argv), "rows": rows}, f, indent=2)
+        write_json(args.out, {"command": " ".join(sys.argv), "rows": rows})
     return 0
 
 

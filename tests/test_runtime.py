@@ -16,3 +16,21 @@ def test_periodic_trim_trims_first_then_once_per_interval():
 def test_periodic_trim_with_no_interval_trims_every_call():
     trim = PeriodicTrim(0.0, clock=lambda: 5.0)
     assert [trim() for _ in range(3)] == [True, True, True]
+
+
+def test_a_long_run_checks_its_output_file_first(tmp_path):
+    """Benchmarks ran for minutes, then lost their numbers to a --out in a folder that did not exist (a traceback)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from cometlm.files import output_file_problem
+
+    assert output_file_problem(tmp_path / "result.json") is None
+    assert "is a folder" in output_file_problem(tmp_path)
+    assert "does not exist" in output_file_problem(tmp_path / "missing" / "result.json")
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    for name in ("batched_generate", "state_sizes", "heldout_loss", "methods_speed", "speed"):
+        result = subprocess.run([sys.executable, str(benchmarks / f"{name}.py"), "--out",
+                                 str(tmp_path / "missing" / "r.json")], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and "--out:" in result.stderr, (name, result.stderr[-300:])

@@ -56,6 +56,17 @@ def write_bytes(path: str | os.PathLike, data: bytes, durable: bool = False) -> 
         tmp.write_bytes(data)
 
 
+def output_file_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot take an output file (a folder there, or no folder for it), or None: checked before a
+    long run, so that its result is not lost at the end."""
+    path = Path(path)
+    if path.is_dir():
+        return f"{path} is a folder; give a file name"
+    if not path.parent.is_dir():
+        return f"{path.parent} does not exist; create it first"
+    return None
+
+
 def write_text(path: str | os.PathLike, text: str, durable: bool = False) -> None:
     with atomic_path(path, durable) as tmp:
         tmp.write_text(text, encoding="utf-8")
