@@ -73,6 +73,13 @@ def test_command_line_writes_the_table_and_refuses_what_it_cannot_tabulate(resul
     assert printed == (tmp_path / "table.md").read_text() and printed.count("\n| ") == 2  # two rows under the header
     with pytest.raises(FileNotFoundError, match="holds no result"):
         load_results([tmp_path])
+    # an --out that cannot be written is found before the plot is drawn (it was written, then the table failed)
+    (tmp_path / "a-folder").mkdir()
+    args = parser.parse_args(["eval", "table", str(root / "passkey-comet"), "--plot", str(tmp_path / "t.png"),
+                              "--out", str(tmp_path / "a-folder")])
+    with pytest.raises(ValueError, match="--out: .* is a folder"):
+        args.run(args)
+    assert not (tmp_path / "t.png").exists()
     twice = load_results([root / "passkey-comet", root / "passkey-comet" / "passkey.json"])
     with pytest.raises(ValueError, match="two passkey results for one method and model"):
         format_table(twice)

@@ -157,6 +157,38 @@ def test_a_state_file_without_an_index_row_is_set_aside_not_deleted(tmp_path):
         store.close()
 
 
+def test_a_delete_cut_short_by_a_crash_never_leaves_the_memories_behind(tmp_path, monkeypatch):
+    """A crash between a deletion's two steps (the file, the index row) used to leave the file without a row, which
+    recovery keeps in orphans/: the deleted session's memories stayed on disk. Now the session is gone either way."""
+    import cometlm.serving.store as store_module
+    from cometlm.serving.store import SessionStore
+
+    model = tiny_comet()
+    store = SessionStore(tmp_path, model, cache_bytes=1 << 20)
+    try:
+        info = store.write("sess_" + "d" * 32, "alice", 0, model.init_memory(1), appends=0)
+        steps = []
+
+        def step(real):
+            def counted(*args, **kwargs):
+                steps.append(real)
+                if len(steps) == 2:
+                    raise KeyboardInterrupt("the process dies here")
+                return real(*args, **kwargs)
+            return counted
+
+        monkeypatch.setattr(store.index, "delete", step(store.index.delete))
+        monkeypatch.setattr(store_module, "remove_file", step(store_module.remove_file))
+        with pytest.raises(KeyboardInterrupt):
+            store.delete(info)
+        monkeypatch.undo()
+        store.recover()
+        assert store.index.list() == [] and not store.path(info.id).exists()
+        assert not (tmp_path / "orphans").exists()
+    finally:
+        store.close()
+
+
 def test_a_sampled_answer_keeps_every_token_without_top_k(tokenizer):
     """The OpenAI API has no top-k: a request without one samples from the whole distribution (the library's
     `generate` would take the model's generation_config's top-k, Hugging Face's 50, if the server passed None)."""

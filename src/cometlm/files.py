@@ -29,6 +29,13 @@ def _sync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def remove_file(path: str | os.PathLike) -> None:
+    """Deletes ``path`` (if it is there) and flushes its folder, so that a crash cannot bring it back."""
+    path = Path(path)
+    path.unlink(missing_ok=True)
+    _sync_dir(path.parent)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, durable: bool = False) -> Iterator[Path]:
     """Yields a temporary path next to ``path`` (same suffix, so writers that go by it still work); when the block

@@ -299,8 +299,11 @@ def register_table(tasks) -> None:
 
 
 def cmd_eval_table(args) -> int:
-    from cometlm.files import write_figure, write_text
+    from cometlm.files import output_file_problem, write_figure, write_text
 
+    for option, path in (("--out", args.out), ("--plot", args.plot)):  # neither written unless both can be
+        if path and (problem := output_file_problem(path)):
+            raise ValueError(f"{option}: {problem}")
     summaries = table.load_results(args.results)
     text = table.format_table(summaries)
     if args.plot:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..files import write_bytes
+from ..files import remove_file, write_bytes
 from ..runtime import release_free_memory
 from ..state import MemoryState, model_fingerprint
 from .cache import StateCache
@@ -104,10 +104,12 @@ class SessionStore:
         return info
 
     def delete(self, info: SessionInfo) -> None:
-        """The index row goes first: a crash in between leaves a file with no row, removed by ``recover``."""
-        self.index.delete(info.id)
+        """The file goes first (for good: its folder is flushed), then the index row: a crash in between leaves a
+        row with no file, which ``recover`` drops. The other order left a file with no row, which ``recover`` keeps
+        in ``orphans/``: a deleted user's memories outlived the deletion."""
         self.cache.drop(info.id)
-        self.path(info.id).unlink(missing_ok=True)
+        remove_file(self.path(info.id))
+        self.index.delete(info.id)
 
     def export(self, info: SessionInfo) -> bytes:
         self.load(info)  # refuses a state of another model with the same message as every other use
