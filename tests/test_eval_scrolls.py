@@ -278,3 +278,8 @@ def test_command_end_to_end_resumes_and_matches_generate(tmp_path, saved_model, 
     assert summary["config"]["method"] == "truncated" and summary["config"]["window"] == 40
     assert summary["config"]["layout"] is None and summary["describe"] == "last 40 tokens"
     assert all(r["read_tokens"] == 40 - 5 for r in read_jsonl(base / "validation" / "qasper" / LOG_FILE))
+    # A document full attention cannot hold is found before anything is written (an empty submission file was left)
+    full = tmp_path / "full"
+    assert main(baseline + ["--out", str(full), "--method", "full", "--window", "40", "--tasks", "qasper",
+                            "--no-progress"]) == 2
+    assert "exceeds" in capsys.readouterr().err and not (full / "validation" / "qasper").exists()

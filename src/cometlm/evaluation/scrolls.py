@@ -331,6 +331,10 @@ def evaluate_scrolls_task(
     env = environment(command if command is not None else shlex.join(sys.argv), reader.device)
     eos = end_token_ids(model, tokenizer)
 
+    for example in examples:  # every prompt fits the method before a file is written (a document too long for
+        ids, question_tokens = build_prompt(spec, example, tokenizer, chat)  # full attention, a question for C)
+        room = max(0, min(max_new, model.comet_config.chunk_size - question_tokens))
+        reader.check_prompt(len(ids), question_tokens, max_new, answer_room=room)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / LOG_FILE
