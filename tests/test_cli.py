@@ -314,3 +314,27 @@ def test_ctrl_c_ends_a_command_with_one_line(monkeypatch, capsys):
     monkeypatch.setattr(generate, "load_model", interrupted)
     assert main(["generate", "--prompt", "hi"]) == 130
     assert capsys.readouterr().err.strip().endswith("interrupted")
+
+
+def test_sigterm_ends_an_evaluation_as_ctrl_c_does(monkeypatch):
+    """SIGTERM (a scheduler's stop) killed `eval` outright: its summary missed the trials it had recorded. It now ends
+    the command as Ctrl-C does, so every `finally` that brings a result's files up to date runs."""
+    import os
+    import signal
+    import time
+
+    import cometlm.cli.eval as eval_command
+
+    brought_up_to_date = []
+
+    def long_evaluation(args):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)
+        finally:
+            brought_up_to_date.append(True)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(eval_command, "cmd_eval_table", long_evaluation)
+    assert main(["eval", "table", "anything"]) == 130 and brought_up_to_date
+    assert signal.getsignal(signal.SIGTERM) == previous

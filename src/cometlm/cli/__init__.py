@@ -6,7 +6,9 @@ happen inside the commands, so ``cometlm --help`` is instant.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
 from . import demo, eval, generate, lm_eval, serve, train
 
@@ -30,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     args = build_parser().parse_args(argv)
+    previous = None
+    if args.command in TERM_AS_CTRL_C and threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return args.run(args)
     except (ValueError, OSError, RuntimeError, ArithmeticError) as err:
@@ -42,6 +47,19 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+# Commands that write results as they go and bring their files up to date when stopped: SIGTERM (a scheduler's or a
+# container's stop) ends them as Ctrl-C does. `train` keeps its own handlers (the step in progress is finished
+# first); `serve` has uvicorn's.
+TERM_AS_CTRL_C = ("eval", "lm-eval", "generate", "demo")
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 if __name__ == "__main__":
