@@ -34,3 +34,19 @@ def test_a_long_run_checks_its_output_file_first(tmp_path):
         result = subprocess.run([sys.executable, str(benchmarks / f"{name}.py"), "--out",
                                  str(tmp_path / "missing" / "r.json")], capture_output=True, text=True, timeout=120)
         assert result.returncode == 2 and "--out:" in result.stderr, (name, result.stderr[-300:])
+
+
+def test_files_written_atomically_have_the_usual_permissions(tmp_path):
+    """Temporary files and folders are private to their owner; renamed into place, results and saved models stayed
+    so (0600, 0700) where every other file of the run was readable (0644 under the usual umask)."""
+    import os
+
+    from cometlm.files import atomic_directory, write_json
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    write_json(tmp_path / "result.json", {"a": 1})
+    with atomic_directory(tmp_path / "model") as folder:
+        (folder / "weights").write_bytes(b"0")
+    assert (tmp_path / "result.json").stat().st_mode & 0o777 == 0o666 & ~mask
+    assert (tmp_path / "model").stat().st_mode & 0o777 == 0o777 & ~mask

@@ -189,6 +189,19 @@ def test_a_delete_cut_short_by_a_crash_never_leaves_the_memories_behind(tmp_path
         store.close()
 
 
+def test_a_new_state_folder_is_private_to_the_server(tmp_path):
+    """Users' memories: a state folder the server creates, and its states/, are its own user's alone (0700), whatever
+    the umask makes of the files inside."""
+    from cometlm.serving.store import SessionStore
+
+    store = SessionStore(tmp_path / "new" / "sessions", tiny_comet(), cache_bytes=1 << 20)
+    try:
+        assert (tmp_path / "new" / "sessions").stat().st_mode & 0o777 == 0o700
+        assert store.states.stat().st_mode & 0o777 == 0o700
+    finally:
+        store.close()
+
+
 def test_a_sampled_answer_keeps_every_token_without_top_k(tokenizer):
     """The OpenAI API has no top-k: a request without one samples from the whole distribution (the library's
     `generate` would take the model's generation_config's top-k, Hugging Face's 50, if the server passed None)."""

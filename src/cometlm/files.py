@@ -17,6 +17,22 @@ from pathlib import Path
 from typing import Iterator
 
 
+def _read_umask() -> int:
+    """The process's umask, read once at import (setting it to read it is not safe once threads run)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def _as_created(path: str | os.PathLike, folder: bool = False) -> None:
+    """Gives a temporary file or folder the permissions ``open`` or ``mkdir`` would have (mkstemp and mkdtemp make
+    them private to the owner, so results written through them were unreadable to others on a shared machine)."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~_UMASK)
+
+
 def _sync_dir(directory: Path) -> None:
     """Flushes a folder's entries (a rename) to disk; a no-op where folders cannot be opened (Windows)."""
     try:
@@ -46,6 +62,7 @@ def atomic_path(path: str | os.PathLike, durable: bool = False) -> Iterator[Path
     fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
+    _as_created(tmp)
     try:
         yield tmp
         if durable:
@@ -92,6 +109,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    _as_created(tmp, folder=True)
     try:
         yield tmp
         if path.exists():

@@ -45,7 +45,10 @@ class SessionStore:
     def __init__(self, directory: str | Path, model, cache_bytes: int):
         self.directory = Path(directory)
         self.states = self.directory / STATES_DIR
-        self.states.mkdir(parents=True, exist_ok=True)
+        if not self.directory.exists():  # users' memories: readable by the server's own user only
+            self.directory.mkdir(parents=True, mode=0o700)
+        self.states.mkdir(exist_ok=True)
+        self.states.chmod(0o700)
         self._lock = _hold_folder(self.directory)
         self.index = SessionIndex(self.directory / INDEX_FILE)
         self.cache = StateCache(cache_bytes)
@@ -172,7 +175,7 @@ class SessionStore:
             caught_up += 1
         if files:  # written for a creation that was never acknowledged, or the index has lost their rows
             orphans = self.directory / ORPHANS_DIR
-            orphans.mkdir(exist_ok=True)
+            orphans.mkdir(mode=0o700, exist_ok=True)
             for path in files.values():
                 path.rename(orphans / path.name)
             log.warning("%d state files had no index row (sessions whose creation was never answered, or an index "
