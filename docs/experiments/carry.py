@@ -46,9 +46,8 @@ SUITES = ROOT / "docs/results/suites"
 # the recipe's phases in order (recipes/passkey-smollm2.sh)
 PHASES = ("passkey-v1", "passkey-v2a", "passkey-v2b", "passkey-v2d", "passkey-v2e", "passkey-v2f", "passkey-v2g")
 SMALL_FILES = ("metrics.jsonl", "metrics-sources.jsonl", "latest")
-# what an evaluation leaves while it runs, or after a kill: a long trial's snapshots, the temporary file of an atomic
-# write (`cometlm.files.atomic_path`: `.NAME.RANDOM.tmp.EXT`); never results
-LEFTOVERS = shutil.ignore_patterns("partial", ".*.tmp*")
+# what a killed atomic write leaves (`cometlm.files.atomic_path`: `.NAME.RANDOM.tmp.EXT`): never a result
+TEMPORARY = ".*.tmp*"
 
 
 def copy_missing(source: Path, target: Path) -> int:
@@ -128,7 +127,7 @@ def _copy_training(run: Path, carry: Path, phases, models: int) -> list[str]:
 def save() -> None:
     if (RUNS / "compare").is_dir():
         # runs/compare holds everything the repository had (restore) and what was measured since
-        shutil.copytree(RUNS / "compare", RESULTS, dirs_exist_ok=True, ignore=LEFTOVERS)
+        shutil.copytree(RUNS / "compare", RESULTS, dirs_exist_ok=True, ignore=shutil.ignore_patterns(TEMPORARY))
         print(f"evaluations: runs/compare -> {RESULTS.relative_to(ROOT)}")
         # paths relative to the repository, as the table's notes show them; an evaluation that has just started
         # has no summary yet; in the order recipes/compare-smollm2.sh writes the table in, so that the two agree
@@ -138,7 +137,8 @@ def save() -> None:
         subprocess.run([sys.executable, "-m", "cometlm", "eval", "table", *table, "--out", str(out / "table.md"),
                         "--plot", str(out / "table.png")], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     if (RUNS / "suites").is_dir():
-        shutil.copytree(RUNS / "suites", SUITES, dirs_exist_ok=True, ignore=LEFTOVERS)
+        shutil.copytree(RUNS / "suites", SUITES, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("partial", TEMPORARY))
         print(f"task suites: runs/suites -> {SUITES.relative_to(ROOT)}")
         out = SUITES.relative_to(ROOT)
         for family, pattern in (("ruler", "ruler-*"), ("babilong", "babilong-*"), ("logs", "*-qa")):
