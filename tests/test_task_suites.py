@@ -214,20 +214,31 @@ def test_babilong_answer_is_the_one_the_story_allows(tokenizer, task):
         assert sample.answers[0] not in sample.distractors
 
 
-USER_LINE = re.compile(r"^(\d{4}-\d\d-\d\d) \d\d:\d\d \| (view|cart|purchase|return|rating) \| (.+?) \| (.+?) \| "
+USER_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d) \| (view|cart|purchase|return|rating) \| (.+?) \| (.+?) \| "
                        r"\$\d+\.\d\d(?: \| (\d) stars)?$", re.M)
 
 
+def user_events_of(context: str) -> list[tuple]:
+    """(time, event, item, category, stars) of every whole line of the log."""
+    return USER_LINE.findall(context)
+
+
 def user_answers(context: str, question: str) -> list[str]:
-    events = USER_LINE.findall(context)
+    """What the log answers, read as a person would: the last purchase is the latest in time (another at the same
+    minute would leave it to line order)."""
+    events = user_events_of(context)
     if q := re.search(r"last item the user bought in the (.+) category\?", question):
-        return [[item for _, kind, item, category, _ in events if kind == "purchase" and category == q.group(1)][-1]]
+        bought = [(time, item) for time, kind, item, category, _ in events
+                  if kind == "purchase" and category == q.group(1)]
+        assert [time for time, _ in bought].count(bought[-1][0]) == 1, f"purchases at the same last time: {bought}"
+        return [bought[-1][1]]
     if q := re.search(r"How many stars did the user give to (.+)\?", question):
         stars = [s for _, kind, item, _, s in events if kind == "rating" and item == q.group(1)]
         assert len(stars) == 1
         return stars
     if q := re.search(r"What did the user buy on (\S+)\?", question):
-        return list(dict.fromkeys(item for day, kind, item, _, _ in events if kind == "purchase" and day == q.group(1)))
+        return list(dict.fromkeys(item for time, kind, item, _, _ in events
+                                  if kind == "purchase" and time[:10] == q.group(1)))
     q = re.search(r"How many items from the (.+) category did the user return\?", question)
     return [str(sum(kind == "return" and category == q.group(1) for _, kind, _, category, _ in events))]
 
@@ -256,6 +267,19 @@ def test_log_answers_are_what_the_log_says(tokenizer, name, questions, parse):
             sample = build(tokenizer, name, 1500, seed / 3, seed, question=question)
             assert sample.kind == question and parse(*text_of(tokenizer, sample)) == list(sample.answers)
             assert not set(sample.answers) & set(sample.distractors)
+
+
+def test_a_later_user_event_has_a_later_time(tokenizer):
+    """Facts that must come later (the last purchase after the earlier ones, a rating after its purchase) are later in
+    time, not only in line order, wherever they go in: at depth 0 every fact goes in at the first record start."""
+    for question in ("last-purchase", "rating"):
+        for depth in (0.0, 0.03, 0.5, 1.0):
+            for seed in range(15):
+                sample = build(tokenizer, "user-qa", 1200, depth, seed, question=question)
+                context, text = text_of(tokenizer, sample)
+                assert user_answers(context, text) == list(sample.answers)
+                times = [USER_LINE.match(fact).group(1) for fact in sample.facts]
+                assert times == sorted(set(times)), (question, depth, seed, sample.facts)
 
 
 @pytest.mark.parametrize("name, question", [("user-qa", "rating"), ("user-qa", "returns"), ("agent-qa", "lines"),

@@ -147,7 +147,7 @@ def agent_qa_sample(tokenizer, n_tokens: int, depth: float, rng, *, split: str =
         stream = _generated_calls(rng, split, avoid=unique)
     text = "Question: " + WORDING[split][kind].format(**fields) + "\nAnswer:"
     log = log_prompt(tokenizer, n_tokens, stream, lambda c: render(c, style), intro=WORDING[split]["intro"],
-                     facts=[lambda before, after: call], depths=[depth], question=lambda made: text,
+                     facts=[lambda before, after, previous: call], depths=[depth], question=lambda made: text,
                      what=f"a {kind} question")
     return TaskSample(
         context_ids=log.context_ids, question_ids=log.question_ids, answer_ids=encode(tokenizer, " " + answer),

@@ -4,8 +4,10 @@ A log is a stream of records, each rendered as one or more lines ending in a lin
 window of exactly the tokens that intro, facts and question leave: whole records, the first one cut from its start
 when the window's length demands it (a log that begins mid-record, as a window into a longer history does). Fact
 i goes in between two records, at the record start nearest `depths[i]` of the window and never before fact i-1.
-A fact's record may depend on its neighbours (a shop event takes the time of the event before it), so it is made
-by a function of the records before and after it; its rendering is redone until the lengths settle.
+A fact's record may depend on its neighbours and on the fact before it (a shop event takes the time of the event
+before it, and a time later than the fact before it), so it is made by a function of those; where it cannot go
+between two records (no minute left between them), it goes in at the next record start instead. Its rendering is
+redone until the lengths settle.
 
 A user's JSONL holds one record per line; `read_records` checks every line and reports every bad one with its
 file and line number before anything is built. The training split reads the first 95% of the records, the test
@@ -116,10 +118,12 @@ class LogPrompt:
 def log_prompt(tokenizer, n_tokens: int, stream: Iterator, render: Callable[[object], str], *, intro: str,
                facts: Sequence[Callable], depths: Sequence[float], question: Callable[[list], str],
                what: str) -> LogPrompt:
-    """A log of exactly `n_tokens` ids with intro, facts and question (module docstring). `facts[i](before, after)`
-    makes fact i's record from the records around it (either may be None); `render` gives a record's text, which
-    ends in a line break; `depths` are non-decreasing; `question(fact records)` is the question's text (it may
-    name what a fact took from its neighbours, such as a date)."""
+    """A log of exactly `n_tokens` ids with intro, facts and question (module docstring). `facts[i](before, after,
+    previous)` makes fact i's record from the records around it (either may be None) and fact i-1's record (None
+    for the first), or returns None where it cannot go between `before` and `after` (never when `after` is None:
+    at the end of the log); `render` gives a record's text, which ends in a line break; `depths` are
+    non-decreasing; `question(fact records)` is the question's text (it may name what a fact took from its
+    neighbours, such as a date)."""
     if list(depths) != sorted(depths):
         raise ValueError(f"facts go in the order of their depths (got depths {list(depths)})")
     intro_ids = encode(tokenizer, intro + "\n") if intro else []
@@ -131,7 +135,9 @@ def log_prompt(tokenizer, n_tokens: int, stream: Iterator, render: Callable[[obj
             records.extend(batch)
             lines.extend(tokenizer([render(r) for r in batch], add_special_tokens=False)["input_ids"])
 
-    made = [make(None, None) for make in facts]
+    made = []
+    for make in facts:
+        made.append(make(None, None, made[-1] if made else None))
     for _ in range(_SETTLE):
         texts = [render(r) for r in made] + ["\n" + question(made)]
         *fact_ids, question_ids = [encode(tokenizer, t) for t in texts]
@@ -149,14 +155,20 @@ def log_prompt(tokenizer, n_tokens: int, stream: Iterator, render: Callable[[obj
             starts.append(offset)
             offset += len(line)
         boundaries = [s for s in starts if s >= 0] + [size]
-        positions, at = [], 0
-        for depth in depths:
+        positions, again, at = [], [], 0
+        for make, depth in zip(facts, depths):
             at = max(at, nearest(boundaries, depth * size))
+            while True:
+                i = starts.index(at) if at < size else count  # the record that starts at the fact
+                record = make(records[i - 1] if i > 0 else None, records[i] if i < count else None,
+                              again[-1] if again else None)
+                if record is not None:
+                    break
+                if at == size:
+                    raise RuntimeError(f"a fact of {what} cannot go at the end of the log")
+                at = boundaries[boundaries.index(at) + 1]
             positions.append(at)
-        again = []
-        for make, position in zip(facts, positions):
-            i = starts.index(position) if position < size else count  # the record that starts at the fact
-            again.append(make(records[i - 1] if i > 0 else None, records[i] if i < count else None))
+            again.append(record)
         settled = [render(r) for r in again] + ["\n" + question(again)] == texts
         made = again
         if settled:

@@ -15,7 +15,10 @@ facts the question needs are events of items that appear nowhere else in the win
   Answer: every item bought that day that the window shows whole, in log order (all must be named).
 - returns: "How many items from the garden category did the user return?" One to four returns in the category, the
   first at the grid's depth and the others anywhere. Answer: their number, as the answer's first number.
-An event inserted between two others takes the time of the one before it, so the log stays in time order.
+An inserted event takes the time of the event before it, or a minute after the event inserted before it where that
+is later, so that the log stays in time order and every inserted event is later than the ones inserted before it
+(the last purchase is the latest in time, not only in line order; at depth 0 all of them go in at the window's first
+record start). Where the two events around it leave no minute for it, it goes in at the next record start.
 
 With a user's own events, events in the asked category (last-purchase, returns) or of the fact's items are left out
 of the window, so that no record of theirs can make a second answer.
@@ -146,10 +149,7 @@ def user_qa_sample(tokenizer, n_tokens: int, depth: float, rng, *, split: str = 
     price = {item: _price(rng) for item in fresh}
 
     def event(item, name="purchase", stars=None):
-        def make(before, after):
-            time = (before or after).time if before or after else _START.strftime("%Y-%m-%d %H:%M")
-            return Event(time, name, item, category, price[item], stars)
-        return make
+        return lambda time: Event(time, name, item, category, price[item], stars)
 
     questions = words["questions"]
     if kind == "last-purchase":
@@ -179,8 +179,15 @@ def user_qa_sample(tokenizer, n_tokens: int, depth: float, rng, *, split: str = 
     def question_text(made) -> str:
         return "Question: " + questions[kind].format(category=category, item=fresh[0], date=made[0].date) + "\nAnswer:"
 
-    log = log_prompt(tokenizer, n_tokens, stream, lambda e: render(e, style), intro=words["intro"], facts=facts,
-                     depths=depths, question=question_text, what=f"a {kind} question")
+    def placed(new, later: int):
+        def make(before, after, previous):
+            time = _fact_time(before, after, previous, later)
+            return None if time is None else new(time)
+        return make
+
+    log = log_prompt(tokenizer, n_tokens, stream, lambda e: render(e, style), intro=words["intro"],
+                     facts=[placed(new, len(facts) - 1 - i) for i, new in enumerate(facts)], depths=depths,
+                     question=question_text, what=f"a {kind} question")
     made = log.facts
     if kind == "last-purchase":
         answers, distractors = [made[key].item], tuple(f.item for f in made[:key])
@@ -196,6 +203,26 @@ def user_qa_sample(tokenizer, n_tokens: int, depth: float, rng, *, split: str = 
         facts=tuple(t.rstrip("\n") for t in log.fact_texts), fact_starts=tuple(log.fact_starts), depths=tuple(depths),
         depth=depth, key=key, distractors=distractors, match=MATCH[kind], kind=kind, split=split,
     )
+
+
+def _fact_time(before: Event | None, after: Event | None, previous: Event | None, later: int) -> str | None:
+    """The time of an event inserted between the events `before` and `after` (either may be None): that of the
+    event before it, and at least a minute after the event inserted before it (`previous`), so that an inserted
+    event is never at the same time as an earlier one; with no event before it, `later` minutes before the event
+    after it, which leaves a minute to each of the `later` inserted events that follow it there. None where it would
+    be later than `after`: no minute left between the two."""
+    minute = dt.timedelta(minutes=1)
+    if before is not None:
+        time = dt.datetime.fromisoformat(before.time)
+    elif after is not None:
+        time = dt.datetime.fromisoformat(after.time) - later * minute
+    else:
+        time = _START
+    if previous is not None:
+        time = max(time, dt.datetime.fromisoformat(previous.time) + minute)
+    if after is not None and time > dt.datetime.fromisoformat(after.time):
+        return None
+    return time.strftime("%Y-%m-%d %H:%M")
 
 
 def _fresh_items(rng, split: str, category: str, count: int) -> list[str]:
