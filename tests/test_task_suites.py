@@ -219,8 +219,11 @@ USER_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d) \| (view|cart|purchase|ret
 
 
 def user_events_of(context: str) -> list[tuple]:
-    """(time, event, item, category, stars) of every whole line of the log."""
-    return USER_LINE.findall(context)
+    """(time, event, item, category, stars) of every whole line of the log; the times never go back."""
+    events = USER_LINE.findall(context)
+    times = [event[0] for event in events]
+    assert times == sorted(times), "the log goes back in time"
+    return events
 
 
 def user_answers(context: str, question: str) -> list[str]:
@@ -446,6 +449,17 @@ def test_a_users_events_become_the_log_and_bad_lines_are_reported(tokenizer, tmp
     for reason in ("not JSON", "'time' is not a date", "needs 'stars'", "not a JSON object", "'price' must be",
                    "'event' must be one of"):
         assert reason in message
+
+
+def test_a_users_events_stay_in_time_order_when_the_window_is_longer_than_the_split(tokenizer, tmp_path):
+    """The test split holds the last 15 of 300 events; a 2,500-token window repeats them, each lap later in time."""
+    events = write_jsonl(tmp_path / "events.jsonl", good_events(300))
+    for question in user_events.QUESTIONS:
+        for seed in range(6):
+            sample = build(tokenizer, "user-qa", 2500, 0.6, seed, question=question, events=str(events))
+            context, text = text_of(tokenizer, sample)
+            assert len(user_events_of(context)) > 40  # more lines than the split holds: it wrapped
+            assert user_answers(context, text) == list(sample.answers)
 
 
 def test_a_users_tool_calls_become_the_log_and_bad_lines_are_reported(tokenizer, tmp_path):

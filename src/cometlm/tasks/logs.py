@@ -11,12 +11,14 @@ redone until the lengths settle.
 
 A user's JSONL holds one record per line; `read_records` checks every line and reports every bad one with its
 file and line number before anything is built. The training split reads the first 95% of the records, the test
-split the last 5% (at least one); a window longer than that wraps around to the start of the split.
+split the last 5% (at least one). A window starts at a random record and wraps around to the start of the split
+when it runs out (`cycle_from`), each wrap a copy that may be changed (a user's shop events moved later in time).
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,12 +99,12 @@ def split_region(records: Sequence, split: str) -> Sequence:
     return records[:cut] if check_split(split) == "train" and cut > 0 else records[cut:]
 
 
-def cycle_from(records: Sequence, rng) -> Iterator:
-    """The records from a random one on, wrapping around forever."""
-    start = rng.randrange(len(records))
-    while True:
-        yield from records[start:]
-        start = 0
+def cycle_from(records: Sequence, rng, lap: Callable[[object, int], object] | None = None) -> Iterator:
+    """The records from a random one on, wrapping around forever; on the n-th wrap (n >= 1) each record is
+    `lap(record, n)` (by default the record itself: a shop event would go back in time there, a tool call not)."""
+    yield from records[rng.randrange(len(records)):]
+    for n in itertools.count(1):
+        yield from (records if lap is None else (lap(record, n) for record in records))
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ is later, so that the log stays in time order and every inserted event is later 
 record start). Where the two events around it leave no minute for it, it goes in at the next record start.
 
 With a user's own events, events in the asked category (last-purchase, returns) or of the fact's items are left out
-of the window, so that no record of theirs can make a second answer.
+of the window, so that no record of theirs can make a second answer. A window that runs past the split's last event
+goes on with a copy of the split's events moved later by whole days (`_later_lap`), so the log stays in time order.
 
 Held out (`sample.Pool`): the test split renders events as pipe-separated lines and words the questions one way,
 with the item brands of `BRANDS.test`; the training split uses another line format, other wording and other brands.
@@ -30,7 +31,7 @@ with the item brands of `BRANDS.test`; the training split uses another line form
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cometlm.bundled import encode
 from cometlm.tasks.retrieval import check_depth
@@ -172,7 +173,7 @@ def user_qa_sample(tokenizer, n_tokens: int, depth: float, rng, *, split: str = 
         region = [e for e in split_region(load_events(events), split) if e.category not in avoid and e.item not in fresh]
         if not region:
             raise ValueError(f"{events}: no events left for the {split} split outside category {category!r}")
-        stream = cycle_from(region, rng)
+        stream = cycle_from(region, rng, _later_lap(region))
     else:
         stream = _generated_events(rng, split, exclude=avoid)
 
@@ -223,6 +224,18 @@ def _fact_time(before: Event | None, after: Event | None, previous: Event | None
     if after is not None and time > dt.datetime.fromisoformat(after.time):
         return None
     return time.strftime("%Y-%m-%d %H:%M")
+
+
+def _later_lap(events: list[Event]):
+    """The copy of a user's events (sorted by time) on the n-th wrap of a window: moved n periods of whole days later,
+    a period being the days from the first event's to the last one's, plus one. Each copy begins on the day after
+    the one before it ends, at the same times of day."""
+    first, last = (dt.date.fromisoformat(e.date) for e in (events[0], events[-1]))
+    period = dt.timedelta(days=(last - first).days + 1)
+
+    def lap(event: Event, n: int) -> Event:
+        return replace(event, time=(dt.datetime.fromisoformat(event.time) + n * period).strftime("%Y-%m-%d %H:%M"))
+    return lap
 
 
 def _fresh_items(rng, split: str, category: str, count: int) -> list[str]:
