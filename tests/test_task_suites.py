@@ -1,6 +1,7 @@
 """The task-suite generators: exact lengths, facts at their depths, one answer that a small independent parser of the
 rendered prompt confirms, train/test separation, determinism, scoring, a user's JSONL, and the training datasets."""
 
+import datetime
 import json
 import random
 import re
@@ -218,6 +219,11 @@ USER_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d) \| (view|cart|purchase|ret
                        r"\$\d+\.\d\d(?: \| (\d) stars)?$", re.M)
 
 
+def same(a: str, b: str) -> bool:
+    """Two names as a reader (and `sample.matches`) takes them: any case, runs of white space equal."""
+    return " ".join(a.lower().split()) == " ".join(b.lower().split())
+
+
 def user_events_of(context: str) -> list[tuple]:
     """(time, event, item, category, stars) of every whole line of the log; the times never go back."""
     events = USER_LINE.findall(context)
@@ -227,23 +233,23 @@ def user_events_of(context: str) -> list[tuple]:
 
 
 def user_answers(context: str, question: str) -> list[str]:
-    """What the log answers, read as a person would: the last purchase is the latest in time (another at the same
-    minute would leave it to line order)."""
+    """What the log answers, read as a person would: a category in any case; the last purchase is the latest in
+    time (another at the same minute would leave it to line order)."""
     events = user_events_of(context)
     if q := re.search(r"last item the user bought in the (.+) category\?", question):
         bought = [(time, item) for time, kind, item, category, _ in events
-                  if kind == "purchase" and category == q.group(1)]
+                  if kind == "purchase" and same(category, q.group(1))]
         assert [time for time, _ in bought].count(bought[-1][0]) == 1, f"purchases at the same last time: {bought}"
         return [bought[-1][1]]
     if q := re.search(r"How many stars did the user give to (.+)\?", question):
-        stars = [s for _, kind, item, _, s in events if kind == "rating" and item == q.group(1)]
+        stars = [s for _, kind, item, _, s in events if kind == "rating" and same(item, q.group(1))]
         assert len(stars) == 1
         return stars
     if q := re.search(r"What did the user buy on (\S+)\?", question):
         return list(dict.fromkeys(item for time, kind, item, _, _ in events
                                   if kind == "purchase" and time[:10] == q.group(1)))
     q = re.search(r"How many items from the (.+) category did the user return\?", question)
-    return [str(sum(kind == "return" and category == q.group(1) for _, kind, _, category, _ in events))]
+    return [str(sum(kind == "return" and same(category, q.group(1)) for _, kind, _, category, _ in events))]
 
 
 def agent_answers(context: str, question: str) -> list[str]:
@@ -460,6 +466,28 @@ def test_a_users_events_stay_in_time_order_when_the_window_is_longer_than_the_sp
             context, text = text_of(tokenizer, sample)
             assert len(user_events_of(context)) > 40  # more lines than the split holds: it wrapped
             assert user_answers(context, text) == list(sample.answers)
+
+
+def mixed_case_events(path):
+    """2,000 events (a test split of 100) whose categories are the generator's in other cases and spacing ("Sports",
+    " SPORTS "), and whose items "Trail shoes" and "trail  SHOES" are bought on the same days."""
+    rows, start = [], datetime.datetime(2024, 1, 1, 8, 0)
+    for i in range(2000):
+        category = sorted(user_events.PRODUCTS)[i % len(user_events.PRODUCTS)]
+        rows.append({"time": (start + datetime.timedelta(minutes=37 * i)).isoformat(),
+                     "event": ["purchase", "return", "purchase", "view", "cart"][i % 5],
+                     "item": ["Trail shoes", "trail  SHOES", "Mug"][i % 3],
+                     "category": [category.title(), f" {category.upper()} "][i % 2], "price": 5})
+    return write_jsonl(path, rows)
+
+
+def test_a_users_categories_count_in_any_case(tokenizer, tmp_path):
+    """A user's "Sports" is the asked "sports" category, so it is left out of the window like "sports"."""
+    events = mixed_case_events(tmp_path / "events.jsonl")
+    for question in ("last-purchase", "returns"):
+        for seed in range(8):
+            sample = build(tokenizer, "user-qa", 1500, 0.5, seed, question=question, events=str(events))
+            assert user_answers(*text_of(tokenizer, sample)) == list(sample.answers)
 
 
 def test_a_users_tool_calls_become_the_log_and_bad_lines_are_reported(tokenizer, tmp_path):

@@ -109,7 +109,7 @@ def answer_matches(generated: str, answers: Sequence[str], distractors: Sequence
     text = _normalise(generated)
     # longest first: a value inside another ("Cobalt kettle" in "Cobalt kettle A42") is looked for after the longer
     # one's mention is gone, so the longer one's mention never counts for it, nor its removal hides the longer one
-    for answer in sorted(answers, key=lambda value: len(_normalise(value.strip())), reverse=True):
+    for answer in sorted(answers, key=lambda value: len(normalised(value)), reverse=True):
         pattern = _phrase(answer)
         if not pattern.search(text):
             return False
@@ -118,13 +118,19 @@ def answer_matches(generated: str, answers: Sequence[str], distractors: Sequence
     return not any(wrong.lower() in words if wrong.isalnum() else _phrase(wrong).search(text) for wrong in distractors)
 
 
+def normalised(value: str) -> str:
+    """A value as `matches` compares it: lower case, runs of white space as one space, none around it. Values with
+    the same normalised form are one value to the matcher ("Trail shoes" and "trail  SHOES")."""
+    return _normalise(value.strip())
+
+
 def _normalise(text: str) -> str:
     return re.sub(r"\s+", " ", text.lower())
 
 
 def _phrase(value: str) -> re.Pattern:
     """The value as a whole word or phrase: not preceded or followed by a letter or digit."""
-    return re.compile(r"(?<![0-9a-z])" + re.escape(_normalise(value.strip())) + r"(?![0-9a-z])")
+    return re.compile(r"(?<![0-9a-z])" + re.escape(normalised(value)) + r"(?![0-9a-z])")
 
 
 def sample_rng(seed: int, index: int, stream: str = "") -> random.Random:

@@ -20,8 +20,9 @@ is later, so that the log stays in time order and every inserted event is later 
 (the last purchase is the latest in time, not only in line order; at depth 0 all of them go in at the window's first
 record start). Where the two events around it leave no minute for it, it goes in at the next record start.
 
-With a user's own events, events in the asked category (last-purchase, returns) or of the fact's items are left out
-of the window, so that no record of theirs can make a second answer. A window that runs past the split's last event
+With a user's own events, events in the asked category (last-purchase, returns) or of the fact's items, in any case
+and spacing (`sample.normalised`, as the matcher reads them: "Sports" is the sports category), are left out of the
+window, so that no record of theirs can make a second answer. A window that runs past the split's last event
 goes on with a copy of the split's events moved later by whole days (`_later_lap`), so the log stays in time order.
 
 Held out (`sample.Pool`): the test split renders events as pipe-separated lines and words the questions one way,
@@ -36,7 +37,7 @@ from dataclasses import dataclass, replace
 from cometlm.bundled import encode
 from cometlm.tasks.retrieval import check_depth
 from cometlm.tasks.logs import cycle_from, log_prompt, read_records, split_region
-from cometlm.tasks.sample import Pool, TaskSample, check_split
+from cometlm.tasks.sample import Pool, TaskSample, check_split, normalised
 
 QUESTIONS = ("last-purchase", "rating", "date", "returns")
 # A count is scored as the answer's first number: as a whole word anywhere, "1" would be found in "2023-08-1".
@@ -170,7 +171,10 @@ def user_qa_sample(tokenizer, n_tokens: int, depth: float, rng, *, split: str = 
         key = depths.index(depth)
     avoid = (category,) if kind in ("last-purchase", "returns") else ()
     if events:
-        region = [e for e in split_region(load_events(events), split) if e.category not in avoid and e.item not in fresh]
+        # as the matcher reads names: a user's "Sports" is the asked "sports", their "cobalt KETTLE A42" a fact's item
+        categories, items = {normalised(c) for c in avoid}, {normalised(item) for item in fresh}
+        region = [e for e in split_region(load_events(events), split)
+                  if normalised(e.category) not in categories and normalised(e.item) not in items]
         if not region:
             raise ValueError(f"{events}: no events left for the {split} split outside category {category!r}")
         stream = cycle_from(region, rng, _later_lap(region))
