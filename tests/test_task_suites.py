@@ -234,7 +234,7 @@ def user_events_of(context: str) -> list[tuple]:
 
 def user_answers(context: str, question: str) -> list[str]:
     """What the log answers, read as a person would: a category in any case; the last purchase is the latest in
-    time (another at the same minute would leave it to line order)."""
+    time (another at the same minute would leave it to line order); the items of a day as the matcher counts them."""
     events = user_events_of(context)
     if q := re.search(r"last item the user bought in the (.+) category\?", question):
         bought = [(time, item) for time, kind, item, category, _ in events
@@ -246,8 +246,11 @@ def user_answers(context: str, question: str) -> list[str]:
         assert len(stars) == 1
         return stars
     if q := re.search(r"What did the user buy on (\S+)\?", question):
-        return list(dict.fromkeys(item for time, kind, item, _, _ in events
-                                  if kind == "purchase" and time[:10] == q.group(1)))
+        items = {}
+        for time, kind, item, _, _ in events:
+            if kind == "purchase" and time[:10] == q.group(1):
+                items.setdefault(" ".join(item.lower().split()), item)
+        return list(items.values())
     q = re.search(r"How many items from the (.+) category did the user return\?", question)
     return [str(sum(kind == "return" and same(category, q.group(1)) for _, kind, _, category, _ in events))]
 
@@ -488,6 +491,15 @@ def test_a_users_categories_count_in_any_case(tokenizer, tmp_path):
         for seed in range(8):
             sample = build(tokenizer, "user-qa", 1500, 0.5, seed, question=question, events=str(events))
             assert user_answers(*text_of(tokenizer, sample)) == list(sample.answers)
+
+
+def test_items_of_a_day_that_differ_only_in_case_are_one_answer(tokenizer, tmp_path):
+    """The matcher takes "Trail shoes" and "trail  SHOES" for one item: the reference answer names it once."""
+    events = mixed_case_events(tmp_path / "events.jsonl")
+    for seed in range(6):
+        sample = build(tokenizer, "user-qa", 1500, 0.5, seed, question="date", events=str(events))
+        assert user_answers(*text_of(tokenizer, sample)) == list(sample.answers)
+        assert matches(tokenizer.decode(sample.answer_ids), sample)  # the reference answer passes
 
 
 def test_a_users_tool_calls_become_the_log_and_bad_lines_are_reported(tokenizer, tmp_path):

@@ -12,7 +12,8 @@ facts the question needs are events of items that appear nowhere else in the win
   grid's depth. Answer: the number of stars, as the answer's first number (`sample.matches`' "number": "4 stars"
   passes for 4, "2024-03-05: 4" does not).
 - date: "What did the user buy on 2024-03-05?" A purchase at the grid's depth, dated like the event before it.
-  Answer: every item bought that day that the window shows whole, in log order (all must be named).
+  Answer: every item bought that day that the window shows whole, in log order (all must be named); items that differ
+  only in case or spacing are one item, named as first shown, since the matcher takes them for one.
 - returns: "How many items from the garden category did the user return?" One to four returns in the category, the
   first at the grid's depth and the others anywhere. Answer: their number, as the answer's first number.
 An inserted event takes the time of the event before it, or a minute after the event inserted before it where that
@@ -196,8 +197,12 @@ def user_qa_sample(tokenizer, n_tokens: int, depth: float, rng, *, split: str = 
     made = log.facts
     if kind == "last-purchase":
         answers, distractors = [made[key].item], tuple(f.item for f in made[:key])
-    elif kind == "date":  # every item bought that day, as far as the log shows it
-        answers = list(dict.fromkeys(e.item for e in log.shown if e.event == "purchase" and e.date == made[0].date))
+    elif kind == "date":  # every item bought that day, as far as the log shows it, once as the matcher reads them
+        bought = {}
+        for e in log.shown:
+            if e.event == "purchase" and e.date == made[0].date:
+                bought.setdefault(normalised(e.item), e.item)
+        answers = list(bought.values())
         distractors = ()
     else:
         answers = [str(made[key].stars if kind == "rating" else len(made))]
