@@ -150,6 +150,30 @@ def test_a_grid_that_fails_before_its_first_trial_writes_nothing(tmp_path, model
     assert list((tmp_path / "mine").iterdir()) == []
 
 
+def test_user_qa_trials_of_an_older_generator_are_refused_and_other_tasks_resume(tmp_path, model, tokenizer):
+    """user-qa's generator 2 builds other prompts from the same seeds than the first one did (facts later in time
+    than earlier ones, a user's events in time order and in any case): a folder of trials recorded before, which
+    name no generator, is refused rather than mixed. Other tasks' trials name none, so their stored results resume."""
+    tasks = {t.name: t for t in SUITE_TASKS}
+    assert on_split(tasks["user-qa"], "validation").config["generator"] == 2
+    grid = dict(lengths=[400], depths=[0], trials=1, seed=0, progress=False)
+    for name in ("user-qa", "agent-qa"):
+        out = tmp_path / name
+        summary = evaluate_grid(tasks[name], model, tokenizer, out_dir=out, **grid)
+        records = read_jsonl(out / TRIALS_FILE)
+        version = 2 if name == "user-qa" else None
+        assert summary["config"].get("generator") == version and [r.get("generator") for r in records] == [version]
+        for record in records:
+            record.pop("generator", None)
+        (out / TRIALS_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
+        if name == "user-qa":
+            with pytest.raises(ValueError, match=r"user-qa trials of a different run \(generator: None there, 2 now\)"
+                                                 r"; .*another version of the user-qa generator"):
+                evaluate_grid(tasks[name], model, tokenizer, out_dir=out, **grid)
+        else:
+            assert stable(evaluate_grid(tasks[name], model, tokenizer, out_dir=out, **grid)) == stable(summary)
+
+
 def test_an_interrupted_suite_resumes_to_the_same_results(tmp_path, model, tokenizer, monkeypatch):
     task = next(t for t in SUITE_TASKS if t.name == "babilong-qa1").bind(haystack="essays", facts=4)
     grid = dict(lengths=[300], depths=[0, 100], trials=2, seed=1, progress=False, batch=False)  # spies count trials

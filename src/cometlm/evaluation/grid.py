@@ -311,7 +311,7 @@ def evaluate_grid(
     # What makes two trials comparable: a trials.jsonl that holds trials with other values belongs to another run.
     run = {"task": task.name, "method": method, **reader.settings(), "seed": seed, "model_id": info["id"],
            **({"task_options": task.settings} if task.settings else {}),
-           **{key: task.config[key] for key in ("split", "draws") if key in task.config}}
+           **{key: task.config[key] for key in ("split", "draws", "generator") if key in task.config}}
     config = {"lengths": lengths, "depths": depths, "trials": trials, "seed": seed, "method": method,
               **({"trials_at": {str(n): trials_at[n] for n in sorted(trials_at)}} if trials_at else {}),
               **reader.settings(), "reads": reader.describe(), "extra_tokens": task.extra_tokens, "greedy": True,
@@ -324,7 +324,9 @@ def evaluate_grid(
     out_dir.mkdir(parents=True, exist_ok=True)
     trials_path = out_dir / TRIALS_FILE
     # Records from before a field existed: the test split; the task asked now (they cannot tell which wrote them).
-    done = load_records(trials_path, run, TRIAL_KEY, f"{task.name} trial", implied={"split": "test", "task": task.name})
+    done = load_records(trials_path, run, TRIAL_KEY, f"{task.name} trial", implied={"split": "test", "task": task.name},
+                        meaning={"generator": f"they were built by another version of the {task.name} generator, "
+                                              "which made other prompts from the same seeds (docs/TASKS.md)"})
     for length, depth, trial in done:  # snapshots of trials recorded just before an interrupt
         _forget(_snapshot_path(out_dir, length, depth, trial))
 

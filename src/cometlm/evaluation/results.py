@@ -53,9 +53,10 @@ def peak_rss_over(records, now: float) -> float:
 
 
 def load_records(path: Path, run: dict, key_fields: tuple[str, ...], what: str,
-                 implied: dict | None = None) -> dict[tuple, dict]:
+                 implied: dict | None = None, meaning: dict | None = None) -> dict[tuple, dict]:
     """Finished records by their key fields; refuses a file written by a run with other `run` settings.
-    ``implied`` gives the value of a `run` field that records written before the field existed stand for.
+    ``implied`` gives the value of a `run` field that records written before the field existed stand for;
+    ``meaning`` says, for a field, what a difference in it means (added to the refusal).
 
     A line cut short by a killed process (no final newline) is dropped, so appending can go on after it.
     """
@@ -78,8 +79,9 @@ def load_records(path: Path, run: dict, key_fields: tuple[str, ...], what: str,
         other = {f: (record.get(f, implied.get(f)), run[f]) for f in run if record.get(f, implied.get(f)) != run[f]}
         if other:
             diff = ", ".join(f"{f}: {was!r} there, {now!r} now" for f, (was, now) in other.items())
+            notes = "".join(f"; {(meaning or {})[f]}" for f in other if f in (meaning or {}))
             raise ValueError(
-                f"{path} holds {what}s of a different run ({diff}); use another output folder or delete that one"
+                f"{path} holds {what}s of a different run ({diff}){notes}; use another output folder or delete that one"
             )
         done.setdefault(key, record)
     return done

@@ -38,7 +38,9 @@ def _record(sample) -> dict:
 
 def grid_task(spec: TaskSpec, split: str = "test") -> RetrievalTask:
     """The retrieval grid of one task suite on ``split`` (a key of ``SPLITS``), bound to its options' defaults (bind
-    again to change them). The split is in the summary's config, so results of the two never mix in one folder."""
+    again to change them). The split is in the summary's config, so results of the two never mix in one folder; so
+    is the generator's version from 2 on (`TaskSpec.generator`), so trials of an older one are refused (those of
+    version 1 name none: a task whose prompts never changed keeps its stored results)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)} (got {split!r})")
 
@@ -50,7 +52,8 @@ def grid_task(spec: TaskSpec, split: str = "test") -> RetrievalTask:
     return RetrievalTask(
         name=spec.name, title=spec.title, needle=spec.needle, build=build, matches=_matches,
         extra_tokens=spec.extra_tokens, scoring=spec.scoring, help=spec.help, description=spec.description,
-        record=_record, config={"split": split, **({"draws": VALIDATION_DRAWS} if split == "validation" else {})},
+        record=_record, config={"split": split, **({"draws": VALIDATION_DRAWS} if split == "validation" else {}),
+                                **({"generator": spec.generator} if spec.generator > 1 else {})},
         options=spec.options, depths=spec.depths, check=spec.check,
     ).bind(**spec.defaults())
 

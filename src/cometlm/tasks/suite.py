@@ -38,6 +38,9 @@ class TaskSpec:
     fixed: dict = field(default_factory=dict)  # keyword arguments this task always passes
     extra_tokens: int = 8  # generated beyond the reference answer's length
     depths: tuple = GRID_DEPTHS  # the command's default depths
+    # Raised when a change makes other prompts from the same seeds: evaluation records it with every trial from 2
+    # on, and refuses a results folder of another version (`evaluation.suites`).
+    generator: int = 1
 
     def defaults(self) -> dict:
         return {o.name: o.default for o in self.options}
@@ -164,6 +167,9 @@ SPECS["user-qa"] = TaskSpec(
     description="User-behaviour QA: a long event log of one shop user (views, carts, purchases, returns, ratings) "
     "and a question answered by one fact or a small count, the fact at the grid's depth. --events uses the "
     "user's own JSONL as the log. Rerunning the same command resumes.",
+    # 2: an inserted event is later in time than those inserted before it; with a user's events, a window that wraps
+    # is moved later in time, names are compared in any case, and a day's items are named once as the matcher reads them
+    generator=2,
 )
 SPECS["agent-qa"] = TaskSpec(
     name="agent-qa", title="Agent-trajectory QA", needle="tool call", builder="agent_trace:agent_qa_sample",
