@@ -6,7 +6,7 @@ when the window's length demands it (a log that begins mid-record, as a window i
 i goes in between two records, at the record start nearest `depths[i]` of the window and never before fact i-1.
 A fact's record may depend on its neighbours and on the fact before it (a shop event takes the time of the event
 before it, and a time later than the fact before it), so it is made by a function of those; where it cannot go
-between two records (no minute left between them), it goes in at the next record start instead. Its rendering is
+between two records (no minute left between them), it goes in at the next record start where it can. Its rendering is
 redone until the lengths settle.
 
 A user's JSONL holds one record per line; `read_records` checks every line and reports every bad one with its

@@ -19,7 +19,7 @@ facts the question needs are events of items that appear nowhere else in the win
 An inserted event takes the time of the event before it, or a minute after the event inserted before it where that
 is later, so that the log stays in time order and every inserted event is later than the ones inserted before it
 (the last purchase is the latest in time, not only in line order; at depth 0 all of them go in at the window's first
-record start). Where the two events around it leave no minute for it, it goes in at the next record start.
+record start). Where the two events around it leave no minute for it, it goes in at the next record start that does.
 
 With a user's own events, events in the asked category (last-purchase, returns) or of the fact's items, in any case
 and spacing (`sample.normalised`, as the matcher reads them: "Sports" is the sports category), are left out of the
