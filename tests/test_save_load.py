@@ -16,6 +16,29 @@ def saved_base(tmp_path, seed=0, name="base"):
 
 
 @torch.no_grad()
+def test_an_adapter_trained_on_a_bfloat16_base_loads_in_float32_and_back(tmp_path):
+    """Training holds the frozen base in bfloat16; the adapter it saves must load onto the same base in float32 (and
+    the reverse). The decoder weights' fingerprint sums rows; with entries as large as a real model's sums these
+    differ by more than the tolerance between the two precisions unless they are taken on bfloat16-rounded values."""
+    base = tiny_backbone("llama", 0)
+    for layer in base.model.layers:  # entries large enough that bfloat16 rounding moves a row's sum visibly
+        layer.mlp.up_proj.weight.mul_(300.0)
+    base.save_pretrained(tmp_path / "base")
+    for saved, loaded in ((torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16)):
+        comet = CometForCausalLM.from_backbone(str(tmp_path / "base"), SMALL, dtype=saved)
+        comet.save_pretrained(tmp_path / f"adapter-{saved}", adapter=True)
+        back = CometForCausalLM.from_pretrained(tmp_path / f"adapter-{saved}", dtype=loaded)
+        assert back.backbone.dtype == loaded
+    other = tiny_backbone("llama", 0)  # the same base with one decoder weight changed is still refused
+    for layer in other.model.layers:
+        layer.mlp.up_proj.weight.mul_(300.0)
+    other.model.layers[0].mlp.up_proj.weight[0].add_(1.0)
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(ValueError, match="load it onto the base it was trained on"):
+        CometForCausalLM.from_pretrained(tmp_path / f"adapter-{torch.float32}", base_model=str(tmp_path / "other"))
+
+
+@torch.no_grad()
 def test_full_model_round_trip(tmp_path, family):
     comet = tiny_comet(family)
     ids = random_ids(2, 21)

@@ -339,15 +339,20 @@ class Backbone:
         rows = torch.linspace(0, weight.shape[0] - 1, 8).long()
         return [round(float(v), 4) for v in weight[rows].double().sum(dim=1)]
 
-    def weights_fingerprint(self) -> list[float]:
+    def weights_fingerprint(self, rounded: bool = True) -> list[float]:
         """A cheap identity of the decoder layers' own weights (the first, middle and last layer; LoRA left out):
-        one sum of four spread rows per weight matrix, so a fine-tune that kept the embeddings is told apart."""
+        one sum of four spread rows per weight matrix, so a fine-tune that kept the embeddings is told apart. The
+        entries are rounded to bfloat16 first (``rounded``), so the same base held in float32 or bfloat16 gives the
+        same sums: a row's sum moves by more than the fingerprints' tolerance under that rounding. ``rounded=False``
+        sums the entries as held, as adapters saved before session 42 recorded them."""
         sums = []
         for index in sorted({0, len(self.layers) // 2, len(self.layers) - 1}):
             for name, weight in self.layers[index].named_parameters():
                 if weight.dim() == 2 and ".lora_" not in name:
-                    rows = torch.linspace(0, weight.shape[0] - 1, 4).long()
-                    sums.append(round(float(weight.detach()[rows].double().sum()), 4))
+                    rows = weight.detach()[torch.linspace(0, weight.shape[0] - 1, 4).long()]
+                    if rounded:
+                        rows = rows.to(torch.bfloat16)
+                    sums.append(round(float(rows.double().sum()), 4))
         return sums
 
     def describe(self) -> dict:

@@ -135,8 +135,11 @@ def load(cls, directory: Path, base_model=None, dtype=None):
             )
         got, want = model.backbone.describe(), meta["base"]
         if "base_weights" in meta:  # adapters saved before it was recorded are checked by the embeddings alone
-            got, want = {**got, "fingerprint": got["fingerprint"] + model.backbone.weights_fingerprint()}, {
-                **want, "fingerprint": list(want.get("fingerprint") or []) + list(meta["base_weights"] or [])}
+            want = {**want, "fingerprint": list(want.get("fingerprint") or []) + list(meta["base_weights"] or [])}
+            # recorded on bfloat16-rounded weights since session 42; before, on the weights as held
+            candidates = [{**got, "fingerprint": got["fingerprint"] + model.backbone.weights_fingerprint(rounded)}
+                          for rounded in (True, False)]
+            got = next((c for c in candidates if same_base(c, want)), candidates[0])
         if not same_base(got, want):
             raise ValueError(
                 f"the adapter in {directory} was trained on base model {meta.get('base_model')!r} {want}, "
