@@ -454,11 +454,47 @@ def test_g10cs_failed_rule_measures_the_log_tasks_on_the_control(tmp_path, token
         assert all(len(mixture[i].input_ids) <= 384 for i in range(8))
         assert [m[m.index("--max-length") + 1] for m in measured[1:]] == ["384", "2048"]
         assert all(m[1] == str(out / "general-g11s" / "final") for m in measured[1:])
-    for said, words in (("pass", "met its rule"), ("fail", "missed its rule")):
-        out, result, runs, _ = run(f"g11s-{said}", g10x_logs__open="fail", g10x_logs__global="fail",
-                                   g11s_step_300__verdict=said)
+    # What follows g11s (session 42, before its result). Pass: g12, g8's settings on g11s's mixture from g11s,
+    # its rule the log tasks' global column against g11s's and the needles' against g10x's.
+    g8 = runs[7]
+    out, result, runs, measured = run("g11s-pass", g10x_logs__open="fail", g10x_logs__global="fail",
+                                      g11s_step_300__verdict="pass")
+    assert result.returncode == 3 and "g12's rule has no verdict" in result.stderr
+    assert "g11s met its rule" in result.stdout and len(runs) == 14
+    g11s, g12 = runs[-2:]
+    assert g12.comet == str(out / "general-g11s" / "final") and g12.output_dir == str(out / "general-g12")
+    assert g12.data == g11s.data and g12.seed not in [r.seed for r in runs[:-1]]
+    assert (g12.max_length, g12.max_steps, g12.lr, g12.warmup_steps, g12.loss_weighting, g12.batch_size,
+            g12.grad_accum, g12.chunk_augmentation, g12.gate_weight_lr_multiplier) == (
+        g8.max_length, 200, g8.lr, g8.warmup_steps, g8.loss_weighting, g8.batch_size, g8.grad_accum,
+        g8.chunk_augmentation, g8.gate_weight_lr_multiplier)
+    assert f"{out}/general-g12/final {out}/rules/g12-step-200 2048" in result.stdout.splitlines()
+    assert measured[-1][1] == str(out / "general-g12" / "final") and measured[-1][-1] == str(
+        out / "rules" / "g12-logs" / "distance-2048.json")
+    assert f"{out}/rules/g12-logs --global-at 2048=0.9 --relative-to {out}/rules/g11s-step-300" in result.stderr
+    assert f"{out}/rules/g12-step-200 --global-at 2048=1.1 --relative-to {out}/rules/g10x-step-100" in result.stderr
+    for logs, needles, words in (("pass", "pass", "g12 met its rule"), ("pass", "fail", "g12 missed its rule"),
+                                 ("fail", "pass", "g12 missed its rule")):
+        out, result, runs, _ = run(f"g12-{logs}-{needles}", g10x_logs__open="fail", g10x_logs__global="fail",
+                                   g11s_step_300__verdict="pass", g12_logs__verdict=logs,
+                                   g12_step_200__verdict=needles)
         assert result.returncode == 0, result.stderr
-        assert len(runs) == 13 and f"g11s {words}" in result.stdout
+        assert len(runs) == 14 and words in result.stdout
+    # Fail: nothing trained; the same samples read in one chunk of 512 (the 384-token prompt whole, in view).
+    out, result, runs, measured = run("g11s-fail", g10x_logs__open="fail", g10x_logs__global="fail",
+                                      g11s_step_300__verdict="fail")
+    assert result.returncode == 3 and "g11s-in-view's rule has no verdict" in result.stderr
+    assert "g11s missed its rule" in result.stdout and len(runs) == 13
+    one_chunk = measured[-1]
+    assert one_chunk[1] == str(out / "general-g11s" / "final")
+    assert one_chunk[one_chunk.index("--sizes") + 1] == "512:16" and one_chunk[
+        one_chunk.index("--max-length") + 1] == "384"
+    assert f"{out}/rules/g11s-in-view --global-at 384=0.3 --column open" in result.stderr
+    for said, words in (("pass", "CoMeT's chunked reading disturbs"), ("fail", "not even in one chunk")):
+        out, result, runs, _ = run(f"in-view-{said}", g10x_logs__open="fail", g10x_logs__global="fail",
+                                   g11s_step_300__verdict="fail", g11s_in_view__verdict=said)
+        assert result.returncode == 0, result.stderr
+        assert len(runs) == 13 and words in result.stdout
     for global_verdict, words in (("fail", "the memory's size"), ("pass", "the probes are measured at 4,096")):
         out, result, runs, measured = run(f"memory-{global_verdict}", g10x_logs__open="pass",
                                           g10x_logs__global=global_verdict)

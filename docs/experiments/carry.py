@@ -38,10 +38,11 @@ RUNS = ROOT / "runs"
 RESULTS = ROOT / "docs/results/compare"
 CARRY = ROOT / "docs/experiments/carry"
 # the general recipe's phases in the order they finish (recipes/general-smollm2.sh; g8's rule runs one of g9 and g9m,
-# g9m's one of g10 and g9g, which may be followed by g10g; g10's rule runs g11, or g10c and g10x, then g11c or g11s)
+# g9m's one of g10 and g9g, which may be followed by g10g; g10's rule runs g11, or g10c and g10x, then g11c or g11s;
+# a passed g11s runs g12)
 GENERAL_PHASES = ("general-g1", "general-g2", "general-g3", "general-g4", "general-g5", "general-g6",
                   "general-g7", "general-g8", "general-g9", "general-g9m", "general-g10", "general-g9g", "general-g10g",
-                  "general-g11", "general-g10c", "general-g10x", "general-g11c", "general-g11s")
+                  "general-g11", "general-g10c", "general-g10x", "general-g11c", "general-g11s", "general-g12")
 SUITES = ROOT / "docs/results/suites"
 # the recipe's phases in order (recipes/passkey-smollm2.sh)
 PHASES = ("passkey-v1", "passkey-v2a", "passkey-v2b", "passkey-v2d", "passkey-v2e", "passkey-v2f", "passkey-v2g")

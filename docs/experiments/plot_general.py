@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 PROBES = ROOT / "docs/results/general-probes"
 METRICS = (ROOT / "runs/general", ROOT / "docs/experiments/carry/general")  # the first that has a phase wins
 # g8's rule runs g9 or g9m; g9m's g10 or g9g (then g10g); g10's g11, or the A/B g10c against g10x, then g11c (from
-# g10c) or g11s (from g10x; on the axis after g10c, whose steps g10x repeats)
+# g10c) or g11s (from g10x; on the axis after g10c, whose steps g10x repeats), and g11s's g12
 PHASES = ("g1", "g2", "g3", "g4", "g5", "g6", "g7", "g8", "g9", "g9m", "g9g", "g10", "g10g", "g11", "g10c", "g10x",
-          "g11c", "g11s")
+          "g11c", "g11s", "g12")
 CONTROLS = ("g10x",)  # an A/B's control arm: its own --table, not a stretch of the all-phases step axis
 PROBE_DIR = re.compile(r"^(?:(g\d+[a-z]?)-)?step-(\d+)$")  # step-N is g1's; suffixed folders are other experiments
 WINDOW = 20
