@@ -357,7 +357,7 @@ case $(verdict "$G10_RULE" 2048=0.462 --probes-at-least 0.36) in
                 echo "== g11s missed its rule ($G11S_RULE): the log tasks' skill is not learned at 384 tokens;" \
                      "the same samples are read in one chunk"
                 LOG_SIZES=512:16 log_rule "$OUT/general-g11s/final" "$RULES/g11s-in-view" 384
-                case $(verdict "$RULES/g11s-in-view" 384=0.3 --column open) in
+                case $(verdict "$RULES/g11s-in-view" 384=0.3 --column open --sizes 512:16) in
                   pass) echo "== in one chunk the answers are there: CoMeT's chunked reading disturbs what is in" \
                              "view; next, the open chunk's attention to the memory rows (memory_paths.py)." ;;
                   fail) echo "== not even in one chunk: LoRA r=8 on the attention did not learn these answers in" \

@@ -489,7 +489,7 @@ def test_g10cs_failed_rule_measures_the_log_tasks_on_the_control(tmp_path, token
     assert one_chunk[1] == str(out / "general-g11s" / "final")
     assert one_chunk[one_chunk.index("--sizes") + 1] == "512:16" and one_chunk[
         one_chunk.index("--max-length") + 1] == "384"
-    assert f"{out}/rules/g11s-in-view --global-at 384=0.3 --column open" in result.stderr
+    assert f"{out}/rules/g11s-in-view --global-at 384=0.3 --column open --sizes 512:16" in result.stderr
     for said, words in (("pass", "CoMeT's chunked reading disturbs"), ("fail", "not even in one chunk")):
         out, result, runs, _ = run(f"in-view-{said}", g10x_logs__open="fail", g10x_logs__global="fail",
                                    g11s_step_300__verdict="fail", g11s_in_view__verdict=said)
