@@ -14,8 +14,8 @@
 # Sizes: the passkey adapter's (128-token chunks, 16 global slots, 16 temporary rows with stride 8, LoRA r=8), so
 # the first phase starts from a memory that already carries a key across 1M tokens. Prompts are 512 to 1,024
 # tokens (192-384 in g6 and g11s, 1,024-2,048 in g8 to g10x and g12, 4,096 in g9, g11 and g11c), so the 32k
-# evaluations are at least 8x the longest training prompt. From g8 on, the recipe reads each phase's rule itself (fixed in
-# docs/EXPERIMENTS.md before the phase ran) and takes the branch it names; RULES (default
+# evaluations are at least 8x the longest training prompt. From g8 on, the recipe reads each phase's rule itself
+# (fixed in docs/EXPERIMENTS.md before the phase ran) and takes the branch it names; RULES (default
 # docs/results/general-probes) is where the rules' measurements and verdicts go, RULE the script that measures them
 # (docs/experiments/phase_rule.sh).
 # The frozen backbone is held in bfloat16; LoRA, the memory modules, the gate, the blend and the global state S stay
