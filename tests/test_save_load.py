@@ -29,6 +29,14 @@ def test_an_adapter_trained_on_a_bfloat16_base_loads_in_float32_and_back(tmp_pat
         comet.save_pretrained(tmp_path / f"adapter-{saved}", adapter=True)
         back = CometForCausalLM.from_pretrained(tmp_path / f"adapter-{saved}", dtype=loaded)
         assert back.backbone.dtype == loaded
+    # an adapter saved before session 42 recorded the sums of the entries as held (here float32): still accepted
+    legacy = tmp_path / f"adapter-{torch.float32}" / "comet_config.json"
+    meta = json.loads(legacy.read_text())
+    meta["base_weights"] = CometForCausalLM.from_backbone(str(tmp_path / "base"), SMALL).backbone.weights_fingerprint(
+        rounded=False)
+    assert meta["base_weights"] != comet.backbone.weights_fingerprint()  # the two ways differ on this base
+    legacy.write_text(json.dumps(meta))
+    CometForCausalLM.from_pretrained(legacy.parent)
     other = tiny_backbone("llama", 0)  # the same base with one decoder weight changed is still refused
     for layer in other.model.layers:
         layer.mlp.up_proj.weight.mul_(300.0)

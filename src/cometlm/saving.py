@@ -137,9 +137,10 @@ def load(cls, directory: Path, base_model=None, dtype=None):
         if "base_weights" in meta:  # adapters saved before it was recorded are checked by the embeddings alone
             want = {**want, "fingerprint": list(want.get("fingerprint") or []) + list(meta["base_weights"] or [])}
             # recorded on bfloat16-rounded weights since session 42; before, on the weights as held
-            candidates = [{**got, "fingerprint": got["fingerprint"] + model.backbone.weights_fingerprint(rounded)}
-                          for rounded in (True, False)]
-            got = next((c for c in candidates if same_base(c, want)), candidates[0])
+            embeddings = got["fingerprint"]
+            got = {**got, "fingerprint": embeddings + model.backbone.weights_fingerprint(rounded=True)}
+            if not same_base(got, want):  # summed the second way only when the first does not match
+                got = {**got, "fingerprint": embeddings + model.backbone.weights_fingerprint(rounded=False)}
         if not same_base(got, want):
             raise ValueError(
                 f"the adapter in {directory} was trained on base model {meta.get('base_model')!r} {want}, "
